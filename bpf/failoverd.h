@@ -1,0 +1,100 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/*
+ * Map layouts shared between the BPF programs and failoverd's user space.
+ *
+ * The Rust mirror of every type lives in shared/src/lib.rs. Both sides assert
+ * the sizes; a change here without the same change there fails the build.
+ * Any change to a layout bumps FO_LAYOUT_VERSION and the _vN suffix of the
+ * map names, so a daemon never writes a pinned map of another layout.
+ */
+#ifndef FAILOVERD_H
+#define FAILOVERD_H
+
+#include <linux/types.h>
+
+#define FO_LAYOUT_VERSION 1
+
+/* Backends one VIP can name at once. */
+#define FO_MAX_BACKENDS 32
+/* Slots of a VIP's selection table: weights are resolved to 1/256. */
+#define FO_MAX_SLOTS 256
+/* VIPs one datapath can serve. */
+#define FO_MAX_SERVICES 65536
+/* Counter ids (VIP ids and backend ids share one id space). */
+#define FO_MAX_COUNTERS 262144
+/* VIPs one unconnected UDP socket keeps reverse translations for. */
+#define FO_SOCK_ENTRIES 4
+
+/* Key of the services map: a VIP as the application names it. */
+struct fo_vip_key {
+	__u32 addr_be[4]; /* VIP address, network byte order; IPv4 as ::ffff:a.b.c.d */
+	__u16 port_be;   /* VIP port, network byte order */
+	__u8 proto;      /* IPPROTO_TCP or IPPROTO_UDP */
+	__u8 pad;        /* always zero: part of the hashed key */
+};
+_Static_assert(sizeof(struct fo_vip_key) == 20, "fo_vip_key layout");
+
+/* One backend a VIP can be translated to. */
+struct fo_backend {
+	__u32 addr_be[4]; /* backend address, network byte order; IPv4 as ::ffff:a.b.c.d */
+	__u16 port_be;   /* backend port, network byte order */
+	__u16 pad;       /* always zero */
+	__u32 id;        /* backend id: key of its counters */
+};
+_Static_assert(sizeof(struct fo_backend) == 24, "fo_backend layout");
+
+/*
+ * Value of the services map: the whole selection table of one VIP, written in
+ * one map update so a concurrent connect() sees the old or the new table and
+ * never a mix of both.
+ */
+struct fo_service {
+	__u64 generation;     /* changes on every write of this VIP */
+	__u32 vip_id;         /* VIP id: key of its counters */
+	__u32 flags;          /* reserved for per-VIP options; zero today */
+	__u16 backend_count;  /* valid entries in backends[] */
+	__u16 slot_count;     /* valid entries in slots[]; 0 = no live backend */
+	__u32 pad;            /* always zero */
+	struct fo_backend backends[FO_MAX_BACKENDS]; /* live backends */
+	__u8 slots[FO_MAX_SLOTS]; /* indexes into backends[], repeated by weight */
+};
+_Static_assert(sizeof(struct fo_service) == 1048, "fo_service layout");
+
+/* Per-CPU counters of one VIP id or backend id. */
+struct fo_counters {
+	__u64 connects;          /* connect()/sendmsg() translated */
+	__u64 rejected;          /* refused with ECONNREFUSED: no live backend */
+	__u64 xlate_errors;      /* could not translate: bad slot, family mismatch */
+	__u64 connect_failures;  /* reserved: kernel-observed failed connects */
+};
+_Static_assert(sizeof(struct fo_counters) == 32, "fo_counters layout");
+
+/* One translation made on a socket: what getpeername/recvmsg undo. */
+struct fo_sock_entry {
+	__u32 vip_addr_be[4];     /* the VIP the application named */
+	__u32 backend_addr_be[4]; /* the backend it was sent to */
+	__u16 vip_port_be;      /* VIP port, network byte order */
+	__u16 backend_port_be;  /* backend port, network byte order */
+	__u32 backend_id;       /* backend id, for counters and later termination */
+	__u64 generation;       /* table generation the backend was chosen from */
+};
+_Static_assert(sizeof(struct fo_sock_entry) == 48, "fo_sock_entry layout");
+
+/* Socket-local storage: released by the kernel with the socket. */
+struct fo_sock_state {
+	struct fo_sock_entry entries[FO_SOCK_ENTRIES]; /* most recent VIPs */
+	__u32 next;  /* entry the next new VIP replaces (round robin) */
+	__u32 pad;   /* always zero */
+};
+_Static_assert(sizeof(struct fo_sock_state) == 200, "fo_sock_state layout");
+
+/* The single value of the meta map: what layout the pinned maps hold. */
+struct fo_meta {
+	__u32 layout_version;   /* FO_LAYOUT_VERSION of the writer */
+	__u32 service_size;     /* sizeof(struct fo_service) */
+	__u32 sock_state_size;  /* sizeof(struct fo_sock_state) */
+	__u32 counters_size;    /* sizeof(struct fo_counters) */
+};
+_Static_assert(sizeof(struct fo_meta) == 16, "fo_meta layout");
+
+#endif /* FAILOVERD_H */

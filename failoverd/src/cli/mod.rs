@@ -1,0 +1,1 @@
+//! The `failoverd` command line: one module per subcommand.

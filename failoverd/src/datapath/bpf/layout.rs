@@ -1,0 +1,133 @@
+//! The layout contract of the pinned maps, and the check that runs before any pinned map is reused.
+//!
+//! aya reuses a map pinned under the same name without looking at it; a map
+//! left by a failoverd of another layout would then be read and written with
+//! the wrong offsets. Every pinned map is checked here first.
+
+use std::{mem::size_of, path::Path};
+
+use aya::maps::{Array, MapData, MapType};
+use failoverd_shared::{map_names, Counters, Meta, Service, SockState, VipKey};
+
+use super::DatapathError;
+
+/// BPF_F_NO_PREALLOC: elements are allocated on update and freed after RCU.
+const NO_PREALLOC: u32 = 1;
+
+/// What a pinned map must look like to be reused.
+struct Expected {
+    name: &'static str,
+    map_type: MapType,
+    key_size: u32,
+    value_size: u32,
+    max_entries: u32,
+    flags: u32,
+}
+
+fn expected() -> [Expected; 4] {
+    [
+        Expected {
+            name: map_names::SERVICES,
+            map_type: MapType::Hash,
+            key_size: size_of::<VipKey>() as u32,
+            value_size: size_of::<Service>() as u32,
+            max_entries: failoverd_shared::MAX_SERVICES,
+            flags: NO_PREALLOC,
+        },
+        Expected {
+            name: map_names::SOCKETS,
+            map_type: MapType::SkStorage,
+            key_size: size_of::<i32>() as u32,
+            value_size: size_of::<SockState>() as u32,
+            max_entries: 0,
+            flags: NO_PREALLOC,
+        },
+        Expected {
+            name: map_names::COUNTERS,
+            map_type: MapType::PerCpuHash,
+            key_size: size_of::<u32>() as u32,
+            value_size: size_of::<Counters>() as u32,
+            max_entries: failoverd_shared::MAX_COUNTERS,
+            flags: NO_PREALLOC,
+        },
+        Expected {
+            name: map_names::META,
+            map_type: MapType::Array,
+            key_size: size_of::<u32>() as u32,
+            value_size: size_of::<Meta>() as u32,
+            max_entries: 1,
+            flags: 0,
+        },
+    ]
+}
+
+/// What the pin directory held before this process touched it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PinnedState {
+    /// How many of the maps were pinned (all checked and matching).
+    pub maps_pinned: usize,
+    /// Whether the meta map (checked and matching) was among them.
+    pub meta_pinned: bool,
+}
+
+/// Checks every map pinned under `pin_dir` against this build's layout.
+pub fn check_pinned_maps(pin_dir: &Path) -> Result<PinnedState, DatapathError> {
+    let mut state = PinnedState {
+        maps_pinned: 0,
+        meta_pinned: false,
+    };
+    for want in expected() {
+        let path = pin_dir.join(want.name);
+        if !path.exists() {
+            continue;
+        }
+        let mismatch = |detail: String| DatapathError::LayoutMismatch {
+            path: path.clone(),
+            pin_dir: pin_dir.to_path_buf(),
+            detail,
+        };
+        let data =
+            MapData::from_pin(&path).map_err(DatapathError::map("opening pinned", want.name))?;
+        let info = data
+            .info()
+            .map_err(DatapathError::map("reading info of", want.name))?;
+        let map_type = info
+            .map_type()
+            .map_err(DatapathError::map("reading type of", want.name))?;
+        if map_type != want.map_type {
+            return Err(mismatch(format!(
+                "type {map_type:?}, expected {:?}",
+                want.map_type
+            )));
+        }
+        let found = (
+            info.key_size(),
+            info.value_size(),
+            info.max_entries(),
+            info.map_flags(),
+        );
+        let wanted = (want.key_size, want.value_size, want.max_entries, want.flags);
+        if found != wanted {
+            return Err(mismatch(format!(
+                "key/value size, max entries, flags {found:?}, expected {wanted:?}"
+            )));
+        }
+        if want.name == map_names::META {
+            let meta: Array<MapData, Meta> = Array::try_from(aya::maps::Map::Array(data))
+                .map_err(DatapathError::map("opening", map_names::META))?;
+            let found = meta
+                .get(&0, 0)
+                .map_err(DatapathError::map("reading", map_names::META))?;
+            // An all-zero meta is a map whose creator died before writing it.
+            if found != Meta::CURRENT && found != Meta::default() {
+                return Err(mismatch(format!(
+                    "layout {found:?}, this failoverd writes {:?}",
+                    Meta::CURRENT
+                )));
+            }
+            state.meta_pinned = found == Meta::CURRENT;
+        }
+        state.maps_pinned += 1;
+    }
+    Ok(state)
+}

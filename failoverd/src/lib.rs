@@ -1,0 +1,11 @@
+//! failoverd: an eBPF datapath that translates VIPs into live backends at `connect()` time.
+//!
+//! The library is split by job: [`datapath`] owns the kernel maps and programs
+//! (with an in-memory fake for tests), [`select`] turns weights into slot
+//! tables, [`dirs`] names every default path, and [`cli`] holds one module per
+//! subcommand of the `failoverd` binary.
+
+pub mod cli;
+pub mod datapath;
+pub mod dirs;
+pub mod select;

@@ -1,0 +1,2 @@
+//! The `failoverd` binary.
+fn main() {}
