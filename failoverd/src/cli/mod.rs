@@ -1,1 +1,68 @@
 //! The `failoverd` command line: one module per subcommand.
+
+pub mod cleanup;
+pub mod demo;
+pub mod vip;
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+use crate::datapath::CgroupSpec;
+
+/// Kernel-level VIP failover: connect() to a virtual address reaches a live backend.
+#[derive(Debug, Parser)]
+#[command(
+    name = "failoverd",
+    version,
+    after_help = "Examples:\n  \
+        failoverd demo                                   # see it work, self-contained\n  \
+        failoverd vip set 10.96.0.10:5432 10.0.0.5:5432=3 10.0.0.6:5432=1\n  \
+        failoverd vip list\n  \
+        failoverd cleanup"
+)]
+pub struct Cli {
+    /// Log filter (tracing syntax, e.g. `info` or `failoverd=debug`); RUST_LOG overrides.
+    #[arg(long, global = true, default_value = "info")]
+    pub log: String,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Install, list or remove VIP tables in the kernel datapath by hand.
+    #[command(subcommand)]
+    Vip(vip::VipCommand),
+    /// Detach failoverd's hooks and remove everything it pinned.
+    Cleanup(cleanup::CleanupArgs),
+    /// A self-contained run: two local backends, a VIP in a cgroup of its own,
+    /// connects through it, a failover by hand, a refused VIP, then cleanup.
+    Demo(demo::DemoArgs),
+    /// Internal: the client `demo` runs inside its cgroup.
+    #[command(hide = true)]
+    DemoClient(demo::DemoClientArgs),
+}
+
+/// Where the datapath lives: shared by every subcommand that opens it.
+#[derive(Debug, Clone, clap::Args)]
+pub struct DatapathArgs {
+    /// cgroup v2 directory whose processes see the VIPs; `auto` = the cgroup v2 root (every process).
+    #[arg(long, default_value = "auto")]
+    pub cgroup: CgroupSpec,
+    /// bpffs directory holding failoverd's pinned maps and links.
+    #[arg(long, default_value = crate::dirs::DEFAULT_PIN_DIR)]
+    pub pin_dir: PathBuf,
+}
+
+impl DatapathArgs {
+    /// The datapath configuration these flags describe.
+    pub fn config(&self) -> crate::datapath::DatapathConfig {
+        crate::datapath::DatapathConfig {
+            cgroup: self.cgroup.clone(),
+            pin_dir: self.pin_dir.clone(),
+        }
+    }
+}

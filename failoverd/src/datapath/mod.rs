@@ -16,7 +16,7 @@ pub use bpf::{
     DatapathError, PinnedMaps,
 };
 pub use fake::FakeDatapath;
-pub use ids::IdAllocator;
+pub use ids::{IdAllocator, IdsExhausted};
 pub use table::{Protocol, TableBackend, TableError, Vip, VipTable};
 
 /// A table as the datapath holds it, with the generation it was written under.

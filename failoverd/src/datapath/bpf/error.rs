@@ -141,6 +141,9 @@ pub enum DatapathError {
         /// The first missing pin.
         path: PathBuf,
     },
+    /// No counter id is left for a new VIP or backend.
+    #[error(transparent)]
+    Ids(#[from] crate::datapath::IdsExhausted),
     /// A table cannot be encoded.
     #[error(transparent)]
     Table(#[from] TableError),

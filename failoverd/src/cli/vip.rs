@@ -1,0 +1,257 @@
+//! `failoverd vip`: install, list and remove VIP tables by hand.
+//!
+//! The daemon normally owns the tables; these commands are for bring-up,
+//! debugging and emergencies, and write through the same [`Datapath`] calls.
+
+use std::{fmt::Write as _, net::SocketAddr, str::FromStr};
+
+use clap::Subcommand;
+
+use super::DatapathArgs;
+use crate::datapath::{
+    BpfDatapath, Datapath, DatapathError, IdAllocator, InstalledTable, PinnedMaps, Protocol,
+    TableBackend, Vip, VipTable,
+};
+
+/// `failoverd vip` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum VipCommand {
+    /// Point a VIP at backends (attaching the datapath first if needed).
+    #[command(after_help = "Examples:\n  \
+        failoverd vip set 10.96.0.10:5432 10.0.0.5:5432=3 10.0.0.6:5432=1\n  \
+        failoverd vip set '[fd00::10]:53' '[fd00::53]:53' --protocol udp\n  \
+        failoverd vip set 10.96.0.10:5432          # no backends: connects fail with ECONNREFUSED")]
+    Set(SetArgs),
+    /// Show every VIP table with shares and kernel counters.
+    List(ListArgs),
+    /// Stop translating a VIP.
+    Delete(DeleteArgs),
+}
+
+/// A backend on the command line: `ADDR:PORT` or `ADDR:PORT=WEIGHT` (weight 1 by default).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WeightedBackend {
+    /// Where connects go.
+    pub addr: SocketAddr,
+    /// Share of new connections; 0 = none.
+    pub weight: u32,
+}
+
+impl FromStr for WeightedBackend {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (addr, weight) = match s.rsplit_once('=') {
+            Some((addr, w)) => {
+                let weight = w
+                    .parse()
+                    .map_err(|_| format!("weight `{w}` in `{s}` is not a whole number"))?;
+                (addr, weight)
+            }
+            None => (s, 1),
+        };
+        let addr = addr
+            .parse()
+            .map_err(|_| format!("`{addr}` is not IP:PORT (IPv6 as [addr]:port)"))?;
+        Ok(WeightedBackend { addr, weight })
+    }
+}
+
+/// Arguments of `failoverd vip set`.
+#[derive(Debug, clap::Args)]
+pub struct SetArgs {
+    /// The VIP, IP:PORT (IPv6 as [addr]:port).
+    pub vip: SocketAddr,
+    /// Backends, `IP:PORT[=WEIGHT]`; none = refuse connects with ECONNREFUSED.
+    pub backends: Vec<WeightedBackend>,
+    /// Transport protocol of the VIP.
+    #[arg(long, default_value = "tcp")]
+    pub protocol: Protocol,
+    /// Where the datapath lives.
+    #[command(flatten)]
+    pub datapath: DatapathArgs,
+}
+
+/// Arguments of `failoverd vip list`.
+#[derive(Debug, clap::Args)]
+pub struct ListArgs {
+    /// bpffs directory holding failoverd's pinned maps and links.
+    #[arg(long, default_value = crate::dirs::DEFAULT_PIN_DIR)]
+    pub pin_dir: std::path::PathBuf,
+}
+
+/// Arguments of `failoverd vip delete`.
+#[derive(Debug, clap::Args)]
+pub struct DeleteArgs {
+    /// The VIP, IP:PORT.
+    pub vip: SocketAddr,
+    /// Transport protocol of the VIP.
+    #[arg(long, default_value = "tcp")]
+    pub protocol: Protocol,
+    /// bpffs directory holding failoverd's pinned maps and links.
+    #[arg(long, default_value = crate::dirs::DEFAULT_PIN_DIR)]
+    pub pin_dir: std::path::PathBuf,
+}
+
+/// Runs a `failoverd vip` subcommand, printing its result.
+pub fn run(command: &VipCommand) -> Result<(), DatapathError> {
+    match command {
+        VipCommand::Set(args) => {
+            let mut datapath = BpfDatapath::open(&args.datapath.config())?;
+            let vip = Vip {
+                addr: args.vip,
+                protocol: args.protocol,
+            };
+            let table = set(&mut datapath, vip, &args.backends)?;
+            println!(
+                "{}",
+                describe(
+                    &InstalledTable {
+                        table,
+                        generation: 0
+                    },
+                    None,
+                    false
+                )
+            );
+        }
+        VipCommand::List(args) => {
+            let maps = PinnedMaps::open(&args.pin_dir)?;
+            let tables = maps.tables()?;
+            if tables.is_empty() {
+                println!("no VIPs under {}", args.pin_dir.display());
+            }
+            for installed in tables.values() {
+                println!("{}", describe(installed, Some(&maps), true));
+            }
+        }
+        VipCommand::Delete(args) => {
+            let mut maps = PinnedMaps::open(&args.pin_dir)?;
+            let vip = Vip {
+                addr: args.vip,
+                protocol: args.protocol,
+            };
+            maps.remove(&vip)?;
+            println!("{vip}: removed, connects pass through untranslated");
+        }
+    }
+    Ok(())
+}
+
+/// Installs `backends` for `vip`, keeping the counter ids of backends it already had.
+pub fn set(
+    datapath: &mut dyn Datapath,
+    vip: Vip,
+    backends: &[WeightedBackend],
+) -> Result<VipTable, DatapathError> {
+    let tables = datapath.tables()?;
+    let mut ids = IdAllocator::from_tables(tables.values());
+    let existing = tables.get(&vip).map(|t| &t.table);
+    let vip_id = match existing {
+        Some(t) => t.vip_id,
+        None => ids.allocate()?,
+    };
+    let mut table_backends = Vec::with_capacity(backends.len());
+    for b in backends {
+        let known = existing.and_then(|t| t.backends.iter().find(|e| e.addr == b.addr));
+        let id = match known {
+            Some(e) => e.id,
+            None => ids.allocate()?,
+        };
+        table_backends.push(TableBackend { addr: b.addr, id });
+    }
+    let weights: Vec<u32> = backends.iter().map(|b| b.weight).collect();
+    let table = VipTable::weighted(vip, vip_id, table_backends, &weights)?;
+    datapath.apply(&table)?;
+    Ok(table)
+}
+
+/// A VIP table as text: each backend with its share, and counters when maps are given.
+pub fn describe(
+    installed: &InstalledTable,
+    maps: Option<&PinnedMaps>,
+    with_generation: bool,
+) -> String {
+    let table = &installed.table;
+    let mut out = format!("{}", table.vip);
+    if with_generation {
+        let _ = write!(out, "  generation {}", installed.generation);
+    }
+    if let Some(c) = maps.and_then(|m| m.counters(table.vip_id).ok()) {
+        let _ = write!(
+            out,
+            "  connects {}  rejected {}  errors {}",
+            c.connects, c.rejected, c.xlate_errors
+        );
+    }
+    if table.slots.is_empty() {
+        out.push_str("\n  no live backend: connects are refused with ECONNREFUSED");
+    }
+    for (b, slots) in table.backends.iter().zip(table.slot_counts()) {
+        let share = 100.0 * slots as f64 / table.slots.len().max(1) as f64;
+        let _ = write!(out, "\n  -> {:<40} {share:5.1}%", b.addr.to_string());
+        if let Some(c) = maps.and_then(|m| m.counters(b.id).ok()) {
+            let _ = write!(out, "  connects {}", c.connects);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::datapath::FakeDatapath;
+
+    #[test]
+    fn backend_syntax_takes_an_optional_weight() {
+        assert_eq!(
+            "127.0.0.1:80=3".parse::<WeightedBackend>(),
+            Ok(WeightedBackend {
+                addr: "127.0.0.1:80".parse().unwrap(),
+                weight: 3
+            })
+        );
+        assert_eq!("[::1]:80".parse::<WeightedBackend>().unwrap().weight, 1);
+        let err = "127.0.0.1:80=x".parse::<WeightedBackend>().unwrap_err();
+        assert!(err.contains("weight `x`"), "{err}");
+        let err = "127.0.0.1".parse::<WeightedBackend>().unwrap_err();
+        assert!(err.contains("IP:PORT"), "{err}");
+    }
+
+    #[test]
+    fn set_keeps_ids_of_backends_it_already_had() {
+        let mut dp = FakeDatapath::new();
+        let vip = Vip {
+            addr: "127.1.0.1:80".parse().unwrap(),
+            protocol: Protocol::Tcp,
+        };
+        let a: WeightedBackend = "127.0.0.1:1".parse().unwrap();
+        let b: WeightedBackend = "127.0.0.2:2".parse().unwrap();
+        let first = set(&mut dp, vip, &[a]).unwrap();
+        let second = set(&mut dp, vip, &[b, a]).unwrap();
+        assert_eq!(second.vip_id, first.vip_id);
+        assert_eq!(second.backends[1].id, first.backends[0].id);
+        assert_ne!(second.backends[0].id, first.backends[0].id);
+        assert_ne!(second.backends[0].id, second.vip_id);
+    }
+
+    #[test]
+    fn set_without_backends_installs_a_refusing_table() {
+        let mut dp = FakeDatapath::new();
+        let vip = Vip {
+            addr: "127.1.0.1:80".parse().unwrap(),
+            protocol: Protocol::Tcp,
+        };
+        let table = set(&mut dp, vip, &[]).unwrap();
+        assert!(table.slots.is_empty());
+        assert!(describe(
+            &InstalledTable {
+                table,
+                generation: 1
+            },
+            None,
+            true
+        )
+        .contains("ECONNREFUSED"));
+    }
+}
