@@ -175,6 +175,12 @@ impl Meta {
 }
 
 /// Address words in network byte order from the 16 octets of an IPv6 address.
+///
+/// ```
+/// use failoverd_shared::{addr_octets, addr_words};
+/// let octets = std::net::Ipv4Addr::new(127, 0, 0, 1).to_ipv6_mapped().octets();
+/// assert_eq!(addr_octets(addr_words(octets)), octets);
+/// ```
 pub fn addr_words(octets: [u8; 16]) -> [u32; 4] {
     let w = |i: usize| u32::from_ne_bytes([octets[i], octets[i + 1], octets[i + 2], octets[i + 3]]);
     [w(0), w(4), w(8), w(12)]

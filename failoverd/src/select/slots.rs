@@ -20,6 +20,12 @@ pub enum SlotError {
 /// largest remainders, so each share is within one slot (1/256) of exact.
 /// Slots are interleaved (not runs of one backend) so that a reader of a
 /// prefix still sees every backend. All weights zero → an empty table.
+///
+/// ```
+/// let slots = failoverd::select::fill_slots(&[3, 1]).unwrap();
+/// assert_eq!(slots.iter().filter(|&&s| s == 0).count(), 192); // 75% of 256
+/// assert_eq!(&slots[..4], &[0, 0, 1, 0]); // interleaved, not runs
+/// ```
 pub fn fill_slots(weights: &[u32]) -> Result<Vec<u8>, SlotError> {
     if weights.len() > MAX_BACKENDS {
         return Err(SlotError::TooManyBackends {

@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Installs what failoverd needs to build and test on Debian/Ubuntu, as root.
+# Idempotent: apt is only touched when a package is missing.
+set -euo pipefail
+
+packages=(
+  clang llvm libbpf-dev linux-libc-dev  # compile bpf/*.c (build.rs)
+  iproute2                               # tests: network namespaces
+  bpftool                                # operators: inspect maps and links
+)
+
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  echo "installing: ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+
+if ! command -v cargo >/dev/null; then
+  echo "cargo not found: failoverd needs Rust >= 1.87 (install it with rustup)" >&2
+  exit 1
+fi
