@@ -5,6 +5,11 @@
 //! direct from outside the cgroup (no hook runs), direct from inside it (the
 //! hook runs and finds no VIP), and through the VIP (the hook rewrites). Each
 //! round is `connect + close` and `connect + 1-byte echo + close`.
+//!
+//! To keep a 2-core machine's noise out of the ratios the client is pinned to
+//! CPU 0 and the backend to CPU 1, the order of paths rotates every round, and
+//! ratios are taken round by round (paired) before the median. The kernel's own
+//! BPF run-time statistics give the connect4 hook's cost per call directly.
 
 #[path = "../tests/support/mod.rs"]
 mod support;
@@ -29,8 +34,10 @@ use support::{cgroup::TestCgroup, client::place_child, pins::TestPinDir};
 
 const CLIENT_ENV: &str = "FO_BENCH_CLIENT";
 const VIP: &str = "127.77.250.1:80";
-const ROUNDS: usize = 7;
-const CONNECTS_PER_ROUND: u32 = 20_000;
+const ROUNDS: usize = 15;
+const CONNECTS_PER_ROUND: u32 = 10_000;
+const CLIENT_CPU: usize = 0;
+const BACKEND_CPU: usize = 1;
 
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
 enum Mode {
@@ -68,6 +75,7 @@ fn main() {
 /// One client run: `count` connects, each closed with a RST (SO_LINGER 0) so
 /// that no TIME_WAIT piles up and eats the ephemeral ports between rounds.
 fn client(spec: &Spec) -> Run {
+    pin_to_cpu(CLIENT_CPU);
     let mut run = Run {
         latencies_ns: Vec::with_capacity(spec.count as usize),
         ..Run::default()
@@ -96,6 +104,30 @@ fn client(spec: &Spec) -> Run {
     }
     run.elapsed_ns = start.elapsed().as_nanos() as u64;
     run
+}
+
+/// Pins the calling thread to one CPU (ignored on a 1-CPU machine).
+fn pin_to_cpu(cpu: usize) {
+    if thread::available_parallelism().map_or(1, |n| n.get()) <= cpu {
+        return;
+    }
+    // SAFETY: cpu_set_t is plain data; CPU_SET writes inside it.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+    }
+}
+
+/// Calls and total run time of every loaded `fo_connect4` program (this
+/// benchmark's is the only one while it runs).
+fn connect4_stats() -> (u64, u64) {
+    aya::programs::loaded_programs()
+        .filter_map(Result::ok)
+        .filter(|p| p.name_as_str() == Some("fo_connect4"))
+        .fold((0, 0), |(n, t), p| {
+            (n + p.run_count(), t + p.run_time().as_nanos() as u64)
+        })
 }
 
 fn linger_zero(s: &TcpStream) {
@@ -133,6 +165,7 @@ impl Backend {
                 let listener = listener.try_clone().expect("clone listener");
                 let stop = Arc::clone(&stop);
                 thread::spawn(move || {
+                    pin_to_cpu(BACKEND_CPU);
                     while !stop.load(Ordering::Relaxed) {
                         let Ok((mut s, _)) = listener.accept() else {
                             continue;
@@ -225,61 +258,79 @@ fn bench() -> Result<(), Box<dyn std::error::Error>> {
         &[1],
     )?)?;
 
-    println!("connect rate, {ROUNDS} interleaved rounds of {CONNECTS_PER_ROUND} connects per path and mode");
+    // Run-time statistics cost a little on every BPF call; they are on only
+    // while this process holds the fd.
+    let _stats = aya::sys::enable_stats(aya::sys::Stats::RunTime)?;
+
+    println!("connect rate: {ROUNDS} rounds × {CONNECTS_PER_ROUND} connects per path and mode, path order rotating");
     println!(
-        "kernel {}, {} CPUs\n",
+        "kernel {}, {} CPUs, client on CPU {CLIENT_CPU}, backend on CPU {BACKEND_CPU}\n",
         kernel(),
         thread::available_parallelism()?.get()
     );
     for mode in [Mode::ConnectClose, Mode::Echo] {
-        let mut runs: Vec<Vec<Run>> = vec![Vec::new(); PATHS.len()];
-        for _ in 0..ROUNDS {
-            for (i, p) in PATHS.iter().enumerate() {
+        let mut rates: Vec<Vec<f64>> = vec![Vec::new(); PATHS.len()];
+        let mut latencies: Vec<Vec<u32>> = vec![Vec::new(); PATHS.len()];
+        let mut failed = [0u32; 3];
+        let mut hook = [(0u64, 0u64); 3];
+        for round in 0..ROUNDS {
+            for k in 0..PATHS.len() {
+                let i = (round + k) % PATHS.len();
+                let p = &PATHS[i];
                 let target = if p.via_vip { vip.addr } else { backend.addr };
                 let spec = Spec {
                     target,
                     mode,
                     count: CONNECTS_PER_ROUND,
                 };
-                runs[i].push(run_client(p.inside.then_some(&cgroup), &spec)?);
+                let before = connect4_stats();
+                let run = run_client(p.inside.then_some(&cgroup), &spec)?;
+                let after = connect4_stats();
+                hook[i].0 += after.0 - before.0;
+                hook[i].1 += after.1 - before.1;
+                rates[i].push(
+                    f64::from(CONNECTS_PER_ROUND - run.failed) / (run.elapsed_ns as f64 / 1e9),
+                );
+                latencies[i].extend(run.latencies_ns);
+                failed[i] += run.failed;
             }
         }
-        let rates: Vec<f64> = runs.iter().map(|r| median_rate(r)).collect();
         println!("{mode:?}:");
-        println!("| path | connects/s (median of rounds) | × direct (no hook) | p50 µs | p99 µs | failed |");
-        println!("|---|---:|---:|---:|---:|---:|");
+        println!("| path | connects/s (median) | ratio to direct, no hook (median of rounds) | p50 µs | p99 µs | connect4 hook ns/call | failed |");
+        println!("|---|---:|---:|---:|---:|---:|---:|");
         for (i, p) in PATHS.iter().enumerate() {
-            let mut lat: Vec<u32> = runs[i]
-                .iter()
-                .flat_map(|r| r.latencies_ns.iter().copied())
-                .collect();
-            lat.sort_unstable();
-            let failed: u32 = runs[i].iter().map(|r| r.failed).sum();
+            latencies[i].sort_unstable();
+            let hook_ns = hook[i]
+                .1
+                .checked_div(hook[i].0)
+                .map_or("–".to_string(), |ns| ns.to_string());
             println!(
-                "| {} | {:.0} | {:.3} | {:.1} | {:.1} | {} |",
+                "| {} | {:.0} | {:.3} | {:.1} | {:.1} | {hook_ns} | {} |",
                 p.name,
-                rates[i],
-                rates[i] / rates[0],
-                pct(&lat, 0.50) / 1e3,
-                pct(&lat, 0.99) / 1e3,
-                failed
+                median(rates[i].clone()),
+                median_ratio(&rates[i], &rates[0]),
+                pct(&latencies[i], 0.50) / 1e3,
+                pct(&latencies[i], 0.99) / 1e3,
+                failed[i]
             );
         }
         println!(
-            "VIP / direct with the hook running: {:.3}\n",
-            rates[2] / rates[1]
+            "VIP / direct with the hook running (median of rounds): {:.3}\n",
+            median_ratio(&rates[2], &rates[1])
         );
     }
     Ok(())
 }
 
-fn median_rate(runs: &[Run]) -> f64 {
-    let mut rates: Vec<f64> = runs
-        .iter()
-        .map(|r| f64::from(CONNECTS_PER_ROUND - r.failed) / (r.elapsed_ns as f64 / 1e9))
-        .collect();
-    rates.sort_by(|a, b| a.total_cmp(b));
-    rates[rates.len() / 2]
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+/// The median of round-by-round ratios: each pair ran back to back, so slow
+/// phases of the machine cancel out.
+fn median_ratio(a: &[f64], b: &[f64]) -> f64 {
+    median(a.iter().zip(b).map(|(x, y)| x / y).collect())
 }
 
 fn pct(sorted: &[u32], q: f64) -> f64 {

@@ -95,6 +95,10 @@ fn main() {
             cgroup_outside_the_hierarchy_is_refused,
         ),
         ("cleanup_detaches_and_unpins", cleanup_detaches_and_unpins),
+        (
+            "unprivileged_user_is_told_which_capabilities_are_missing",
+            unprivileged_user_is_told_which_capabilities_are_missing,
+        ),
         ("object_and_rust_types_agree", object_and_rust_types_agree),
     ];
     let trials = trials
@@ -659,6 +663,40 @@ fn cleanup_detaches_and_unpins() -> TestResult {
         report.errno_count(libc::ECONNREFUSED) == 3 && backend.accepts() == 0,
         || format!("after cleanup the VIP must not translate: {report:?}"),
     )
+}
+
+fn unprivileged_user_is_told_which_capabilities_are_missing() -> TestResult {
+    let env = Env::new("caps")?;
+    let out = Command::new("setpriv")
+        .args([
+            "--reuid",
+            "65534",
+            "--regid",
+            "65534",
+            "--clear-groups",
+            "--inh-caps=-all",
+        ])
+        .arg(env!("CARGO_BIN_EXE_failoverd"))
+        .args(["vip", "set", "127.77.14.1:80", "127.0.0.1:1"])
+        .arg("--cgroup")
+        .arg(env.cgroup.path())
+        .arg("--pin-dir")
+        .arg(env.pins.path())
+        .output()?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    check(!out.status.success(), || {
+        "an unprivileged user set a VIP".into()
+    })?;
+    check(
+        stderr.contains("CAP_BPF") && stderr.contains("CAP_NET_ADMIN"),
+        || format!("the error should name the capabilities: {stderr}"),
+    )?;
+    check(!env.pins.path().exists(), || {
+        "the refused run created the pin directory".into()
+    })?;
+    check(hooks_attached(env.cgroup.path())? == 0, || {
+        "the refused run attached hooks".into()
+    })
 }
 
 fn object_and_rust_types_agree() -> TestResult {
