@@ -5,7 +5,11 @@
 //! tables, [`dirs`] names every default path, and [`cli`] holds one module per
 //! subcommand of the `failoverd` binary.
 
+pub mod breaker;
 pub mod cli;
+pub mod config;
 pub mod datapath;
 pub mod dirs;
+pub mod health;
+pub mod resolve;
 pub mod select;

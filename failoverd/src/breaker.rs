@@ -1,0 +1,1 @@
+//! The circuit breaker: ejects a backend that keeps failing, for growing periods.

@@ -1,0 +1,1 @@
+//! Configuration: the YAML file, its defaults and its validation.

@@ -1,0 +1,1 @@
+//! Health checks: probes, and the hysteresis that turns results into verdicts.

@@ -1,0 +1,1 @@
+//! Hostname backends: DNS lookups with hickory and re-resolution at the answer TTL.
