@@ -1,1 +1,78 @@
 //! Configuration: the YAML file, its defaults and its validation.
+//!
+//! [`load`] reads a file and [`parse`] checks text; both return a [`Config`]
+//! with every default filled in and `defaults` merged into each service, or
+//! the first problem in file order as `file:line:column: key: message`.
+//! The keys, their defaults and their rules are listed in `docs/configuration.md`.
+//!
+//! Checking happens in two passes. serde_yaml_ng deserializes into structs
+//! that refuse unknown keys and parse each scalar (durations, addresses), and
+//! its errors already carry key path and position. The rules that relate
+//! values to each other (timeout < interval, unique names and VIPs, address
+//! families) run afterwards on the deserialized values, and a locator built
+//! from yaml-rust2's marked events turns their key paths back into positions.
+
+mod address;
+mod error;
+mod issues;
+mod locate;
+mod lower;
+mod merge;
+mod model;
+mod raw;
+mod status;
+mod syntax;
+
+use std::path::Path;
+
+pub use address::{AddressError, BackendAddress};
+pub use error::ConfigError;
+pub use model::{
+    BackendConfig, BreakerConfig, Config, ControlSection, DatapathSection, Failback, HealthConfig,
+    HealthKind, HttpCheckConfig, MetricsSection, OnAllDown, ResolverSection, ServiceConfig,
+    DEFAULT_CONTROL_SOCKET, DEFAULT_METRICS_LISTEN, DEFAULT_STATE_DIR, DEFAULT_WEIGHT, MAX_WEIGHT,
+    MIN_INTERVAL,
+};
+pub use status::StatusMatch;
+pub use syntax::MAX_NAME_LEN;
+
+/// Reads and checks the configuration file at `path`.
+pub fn load(path: &Path) -> Result<Config, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    parse(&text, path)
+}
+
+/// Checks configuration `text`; `source` is the file it came from, for
+/// [`Config::source`] and error messages. Nothing is opened or resolved.
+pub fn parse(text: &str, source: &Path) -> Result<Config, ConfigError> {
+    let raw: raw::RawConfig = serde_yaml_ng::from_str(text).map_err(|e| {
+        // serde_yaml_ng deserializes what it parsed before a syntax error, so a
+        // mis-indented line can surface as a "missing key" above it. A pass that
+        // only parses finds the syntax error itself, which is what to fix.
+        let syntax = serde_yaml_ng::from_str::<serde::de::IgnoredAny>(text).err();
+        error::from_serde(syntax.as_ref().unwrap_or(&e), text, source.to_path_buf())
+    })?;
+    let mut issues = issues::Issues::default();
+    let config = lower::lower(raw, source, &mut issues);
+    if issues.is_empty() {
+        return Ok(config);
+    }
+    // Positions are only needed to report, so the second parse happens only then.
+    let locator = locate::Locator::new(text);
+    match issues.first(&locator) {
+        None => Ok(config),
+        Some((issue, pos)) => Err(ConfigError::Invalid {
+            file: source.to_path_buf(),
+            line: pos.line,
+            column: pos.column,
+            key: issue.path,
+            message: issue.message,
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,209 @@
+//! `failoverd check`: validate a configuration file and summarise what it would do.
+
+use std::{collections::BTreeMap, fmt, path::PathBuf};
+
+use humantime::format_duration;
+
+use crate::config::{self, BackendConfig, Config, ConfigError, HealthKind, ServiceConfig};
+
+/// Arguments of `failoverd check`.
+#[derive(Debug, clap::Args)]
+#[command(after_help = "Example:\n  \
+    failoverd check --config /etc/failoverd/failoverd.yaml\n\n\
+    A valid file prints a summary (per service: VIP, backends by priority, worst-case\n\
+    detection time) and exits 0. An invalid one prints FILE:LINE:COLUMN: KEY: MESSAGE\n\
+    for the first problem in the file and exits non-zero. Nothing is opened or resolved.")]
+pub struct CheckArgs {
+    /// The configuration file to check.
+    #[arg(long, default_value = "/etc/failoverd/failoverd.yaml")]
+    pub config: PathBuf,
+}
+
+/// Runs `failoverd check`: loads and validates the file, then prints [`Summary`].
+pub fn run(args: &CheckArgs) -> Result<(), ConfigError> {
+    let config = config::load(&args.config)?;
+    print!("{}", Summary(&config));
+    Ok(())
+}
+
+/// What a valid configuration will do, for a person to read.
+#[derive(Debug)]
+pub struct Summary<'a>(pub &'a Config);
+
+impl fmt::Display for Summary<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let c = self.0;
+        let count = c.services.len();
+        writeln!(
+            f,
+            "{}: ok, {count} service{}",
+            c.source.display(),
+            if count == 1 { "" } else { "s" }
+        )?;
+        writeln!(
+            f,
+            "  datapath: cgroup {}, pins under {}",
+            c.datapath.cgroup,
+            c.datapath.pin_dir.display()
+        )?;
+        writeln!(
+            f,
+            "  control:  socket {}, state in {}",
+            c.control.socket.display(),
+            c.control.state_dir.display()
+        )?;
+        writeln!(f, "  metrics:  http://{}/metrics", c.metrics.listen)?;
+        let servers = match &c.resolver.nameservers {
+            None => "the system's nameservers".to_owned(),
+            Some(list) => list
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(", "),
+        };
+        writeln!(
+            f,
+            "  resolver: {servers}, re-resolving every {} to {}",
+            format_duration(c.resolver.min_ttl),
+            format_duration(c.resolver.max_ttl)
+        )?;
+        for service in &c.services {
+            writeln!(f)?;
+            write_service(f, service)?;
+        }
+        Ok(())
+    }
+}
+
+fn write_service(f: &mut fmt::Formatter<'_>, s: &ServiceConfig) -> fmt::Result {
+    writeln!(
+        f,
+        "service {}: vip {}, on_all_down {}, failback {}",
+        s.name,
+        s.vip(),
+        s.on_all_down,
+        s.failback
+    )?;
+    let h = &s.health;
+    let port = h
+        .port
+        .map_or("the backend's port".to_owned(), |p| format!("port {p}"));
+    let probe = match h.kind {
+        HealthKind::Tcp => format!("tcp connect to {port}"),
+        HealthKind::Http => format!(
+            "http GET {} on {port}, status {}{}",
+            h.http.path,
+            h.http.expect_status,
+            h.http
+                .expect_body
+                .as_ref()
+                .map_or(String::new(), |b| format!(", body containing {b:?}"))
+        ),
+    };
+    writeln!(
+        f,
+        "  health:    {probe}; every {}, timeout {}, rise {}, fall {}",
+        format_duration(h.interval),
+        format_duration(h.timeout),
+        h.rise,
+        h.fall
+    )?;
+    writeln!(
+        f,
+        "  detection: at most {} (fall {} × interval {} + timeout {})",
+        format_duration(s.detection_bound()),
+        h.fall,
+        format_duration(h.interval),
+        format_duration(h.timeout)
+    )?;
+    let b = &s.breaker;
+    writeln!(
+        f,
+        "  breaker:   ejects after {} failures for {} up to {}, at most {}% of backends",
+        b.failures,
+        format_duration(b.open_for),
+        format_duration(b.max_open_for),
+        b.max_ejected_percent
+    )?;
+    let mut by_priority: BTreeMap<u8, Vec<&BackendConfig>> = BTreeMap::new();
+    for backend in &s.backends {
+        by_priority
+            .entry(backend.priority)
+            .or_default()
+            .push(backend);
+    }
+    for (priority, group) in by_priority {
+        writeln!(f, "  priority {priority}:")?;
+        let total: u64 = group.iter().map(|b| u64::from(b.weight)).sum();
+        for backend in group {
+            let share = if total == 0 {
+                0.0
+            } else {
+                100.0 * f64::from(backend.weight) / total as f64
+            };
+            let address = backend.address.to_string();
+            // An unnamed backend is named by its address: no need to say it twice.
+            if backend.name != address {
+                write!(f, "    {} {address}", backend.name)?;
+            } else {
+                write!(f, "    {address}")?;
+            }
+            writeln!(f, " weight {} ({share:.0}%)", backend.weight)?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+
+    #[test]
+    fn summarises_backends_by_priority_and_the_detection_bound() {
+        let text = "\
+services:
+  - name: orders-db
+    vip: 10.96.0.10:5432
+    health: { interval: 1s, timeout: 300ms, fall: 3 }
+    backends:
+      - { address: 10.0.0.7:5432, name: c, priority: 1 }
+      - { address: 10.0.0.5:5432, name: a, weight: 300 }
+      - { address: 10.0.0.6:5432, name: b }
+";
+        let config = config::parse(text, Path::new("f.yaml")).unwrap();
+        let shown = Summary(&config).to_string();
+        assert!(shown.starts_with("f.yaml: ok, 1 service\n"), "{shown}");
+        assert!(
+            shown
+                .contains("  detection: at most 3s 300ms (fall 3 × interval 1s + timeout 300ms)\n"),
+            "{shown}"
+        );
+        let backends = "  priority 0:\n    a 10.0.0.5:5432 weight 300 (75%)\n    b 10.0.0.6:5432 weight 100 (25%)\n  priority 1:\n    c 10.0.0.7:5432 weight 100 (100%)\n";
+        assert!(shown.contains(backends), "{shown}");
+    }
+
+    #[test]
+    fn the_example_config_checks() {
+        let path = Path::new(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../configs/failoverd.yaml"
+        ));
+        run(&CheckArgs {
+            config: path.to_path_buf(),
+        })
+        .unwrap_or_else(|e| panic!("{e}"));
+    }
+
+    #[test]
+    fn an_invalid_file_is_an_error() {
+        let path = Path::new("/nonexistent/failoverd.yaml");
+        assert!(matches!(
+            run(&CheckArgs {
+                config: path.to_path_buf()
+            }),
+            Err(ConfigError::Io { .. })
+        ));
+    }
+}

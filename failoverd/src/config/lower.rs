@@ -1,0 +1,357 @@
+//! From the file as written to [`Config`]: defaults filled in, every rule checked.
+
+use std::{
+    collections::{hash_map::Entry, HashMap},
+    net::SocketAddr,
+    path::{Path, PathBuf},
+};
+
+use failoverd_shared::MAX_BACKENDS;
+
+use super::{
+    issues::Issues,
+    merge::{self, Scope, Section},
+    model::{DEFAULT_WEIGHT, MAX_WEIGHT},
+    raw::{RawBackend, RawConfig, RawControl, RawDatapath, RawResolver, RawService},
+    syntax::check_name,
+    BackendAddress, BackendConfig, Config, ControlSection, DatapathSection, MetricsSection,
+    ResolverSection, ServiceConfig,
+};
+use crate::datapath::{CgroupSpec, Protocol, Vip};
+
+/// Builds the configuration and records every broken rule in `issues`; the
+/// result is meaningful only if `issues` stays empty.
+pub(super) fn lower(raw: RawConfig, source: &Path, issues: &mut Issues) -> Config {
+    let datapath = datapath(raw.datapath.as_ref(), issues);
+    let control = control(raw.control.as_ref(), issues);
+    let metrics = MetricsSection {
+        listen: raw
+            .metrics
+            .and_then(|m| m.listen)
+            .map_or(MetricsSection::default().listen, |l| l.0),
+    };
+    let resolver = resolver(raw.resolver.as_ref(), issues);
+
+    let defaults = raw.defaults.as_ref();
+    let default_health = defaults.and_then(|d| d.health.as_ref()).map(|raw| Section {
+        raw,
+        path: "defaults.health",
+    });
+    let default_breaker = defaults
+        .and_then(|d| d.breaker.as_ref())
+        .map(|raw| Section {
+            raw,
+            path: "defaults.breaker",
+        });
+    if let Some(section) = default_health {
+        merge::health(Scope::Defaults(section), issues);
+    }
+    if let Some(section) = default_breaker {
+        merge::breaker(Scope::Defaults(section), issues);
+    }
+
+    // Every VIP address, whatever its protocol: a backend at one of them would
+    // send connects back into a VIP.
+    let vips: HashMap<SocketAddr, &str> = raw
+        .services
+        .iter()
+        .map(|s| (s.vip.0, s.name.as_str()))
+        .collect();
+    let mut names: HashMap<&str, usize> = HashMap::new();
+    let mut vip_owners: HashMap<Vip, usize> = HashMap::new();
+    let mut services = Vec::with_capacity(raw.services.len());
+    for (i, s) in raw.services.iter().enumerate() {
+        let path = format!("services[{i}]");
+        let at = |key: &str| format!("{path}.{key}");
+        if let Err(message) = check_name(&s.name) {
+            issues.value(at("name"), message);
+        } else {
+            match names.entry(&s.name) {
+                Entry::Vacant(e) => {
+                    e.insert(i);
+                }
+                Entry::Occupied(e) => issues.value(
+                    at("name"),
+                    format!(
+                        "service name `{}` is already used by services[{}]",
+                        s.name,
+                        e.get()
+                    ),
+                ),
+            }
+        }
+        let vip = Vip {
+            addr: s.vip.0,
+            protocol: s.protocol.as_ref().map_or(Protocol::Tcp, |p| p.0),
+        };
+        if vip.addr.port() == 0 {
+            issues.value(
+                at("vip"),
+                format!(
+                    "vip {} has port 0; give the port applications connect to",
+                    vip.addr
+                ),
+            );
+        } else {
+            match vip_owners.entry(vip) {
+                Entry::Vacant(e) => {
+                    e.insert(i);
+                }
+                Entry::Occupied(e) => {
+                    let first = *e.get();
+                    issues.value(
+                        at("vip"),
+                        format!(
+                            "vip {vip} is already used by service `{}` (services[{first}])",
+                            raw.services[first].name
+                        ),
+                    );
+                }
+            }
+        }
+        let health_path = at("health");
+        let health = merge::health(
+            Scope::Service {
+                own: s.health.as_ref().map(|raw| Section {
+                    raw,
+                    path: &health_path,
+                }),
+                inherited: default_health,
+            },
+            issues,
+        );
+        let breaker_path = at("breaker");
+        let breaker = merge::breaker(
+            Scope::Service {
+                own: s.breaker.as_ref().map(|raw| Section {
+                    raw,
+                    path: &breaker_path,
+                }),
+                inherited: default_breaker,
+            },
+            issues,
+        );
+        services.push(ServiceConfig {
+            name: s.name.clone(),
+            vip: vip.addr,
+            protocol: vip.protocol,
+            on_all_down: s.on_all_down.as_ref().map(|v| v.0).unwrap_or_default(),
+            failback: s.failback.as_ref().map(|v| v.0).unwrap_or_default(),
+            health,
+            breaker,
+            backends: backends(s, &path, &vips, issues),
+        });
+    }
+
+    Config {
+        datapath,
+        control,
+        metrics,
+        resolver,
+        services,
+        source: source.to_path_buf(),
+    }
+}
+
+fn backends(
+    s: &RawService,
+    service_path: &str,
+    vips: &HashMap<SocketAddr, &str>,
+    issues: &mut Issues,
+) -> Vec<BackendConfig> {
+    let list_path = format!("{service_path}.backends");
+    if s.backends.is_empty() {
+        issues.value(&list_path, "a service needs at least one backend");
+    }
+    if s.backends.len() > MAX_BACKENDS {
+        issues.value(
+            format!("{list_path}[{MAX_BACKENDS}]"),
+            format!(
+                "a service holds at most {MAX_BACKENDS} backends (the size of the datapath's table); this one lists {}",
+                s.backends.len()
+            ),
+        );
+    }
+    let mut out: Vec<BackendConfig> = Vec::with_capacity(s.backends.len());
+    for (j, b) in s.backends.iter().enumerate() {
+        let path = format!("{list_path}[{j}]");
+        let backend = backend(b, &path, s.vip.0, vips, issues);
+        if let Some(k) = out.iter().position(|o| o.address.same_as(&backend.address)) {
+            issues.value(
+                format!("{path}.address"),
+                format!(
+                    "address {} is already listed as {list_path}[{k}]",
+                    backend.address
+                ),
+            );
+        } else if let Some(k) = out.iter().position(|o| o.name == backend.name) {
+            // An unnamed backend is named by its address; point at what sets the name.
+            let key = if b.name.is_some() { "name" } else { "address" };
+            issues.value(
+                format!("{path}.{key}"),
+                format!(
+                    "backend name `{}` is already used by {list_path}[{k}]",
+                    backend.name
+                ),
+            );
+        }
+        out.push(backend);
+    }
+    out
+}
+
+fn backend(
+    b: &RawBackend,
+    path: &str,
+    vip: SocketAddr,
+    vips: &HashMap<SocketAddr, &str>,
+    issues: &mut Issues,
+) -> BackendConfig {
+    let at = |key: &str| format!("{path}.{key}");
+    let address = b.address.0.clone();
+    if address.port() == 0 {
+        issues.value(
+            at("address"),
+            format!("address {address} has port 0; give the port the backend listens on"),
+        );
+    }
+    if let BackendAddress::Ip(addr) = &address {
+        if addr.is_ipv4() != vip.is_ipv4() {
+            let family = |a: &SocketAddr| if a.is_ipv4() { "IPv4" } else { "IPv6" };
+            issues.value(
+                at("address"),
+                format!(
+                    "address {addr} is {} but the vip {vip} is {}; a connect cannot change address family",
+                    family(addr),
+                    family(&vip)
+                ),
+            );
+        } else if let Some(owner) = vips.get(addr) {
+            issues.value(
+                at("address"),
+                format!("address {addr} is the vip of service `{owner}`; a backend must be a real address"),
+            );
+        }
+    }
+    if let Some(name) = &b.name {
+        if let Err(message) = check_name(name) {
+            issues.value(at("name"), message);
+        }
+    }
+    let weight = b.weight.unwrap_or(DEFAULT_WEIGHT);
+    if weight > MAX_WEIGHT {
+        issues.value(
+            at("weight"),
+            format!("weight {weight} is out of range 0 to {MAX_WEIGHT}"),
+        );
+    }
+    let priority = b.priority.unwrap_or(0);
+    if priority > u32::from(u8::MAX) {
+        issues.value(
+            at("priority"),
+            format!("priority {priority} is out of range 0 to 255"),
+        );
+    }
+    BackendConfig {
+        name: b.name.clone().unwrap_or_else(|| address.to_string()),
+        address,
+        weight,
+        priority: u8::try_from(priority).unwrap_or(u8::MAX),
+    }
+}
+
+fn datapath(raw: Option<&RawDatapath>, issues: &mut Issues) -> DatapathSection {
+    let d = DatapathSection::default();
+    let Some(raw) = raw else { return d };
+    let cgroup = match raw.cgroup.as_deref() {
+        None => d.cgroup,
+        Some("auto") => CgroupSpec::Auto,
+        Some(dir) => {
+            // The daemon's working directory is not the operator's: a relative
+            // cgroup would depend on how the daemon was started.
+            if !Path::new(dir).is_absolute() {
+                issues.value(
+                    "datapath.cgroup",
+                    format!("cgroup `{dir}` must be `auto` or an absolute path"),
+                );
+            }
+            CgroupSpec::Path(PathBuf::from(dir))
+        }
+    };
+    DatapathSection {
+        cgroup,
+        pin_dir: absolute(raw.pin_dir.as_ref(), "datapath.pin_dir", d.pin_dir, issues),
+    }
+}
+
+fn control(raw: Option<&RawControl>, issues: &mut Issues) -> ControlSection {
+    let d = ControlSection::default();
+    let Some(raw) = raw else { return d };
+    ControlSection {
+        socket: absolute(raw.socket.as_ref(), "control.socket", d.socket, issues),
+        state_dir: absolute(
+            raw.state_dir.as_ref(),
+            "control.state_dir",
+            d.state_dir,
+            issues,
+        ),
+    }
+}
+
+fn absolute(value: Option<&PathBuf>, key: &str, default: PathBuf, issues: &mut Issues) -> PathBuf {
+    let Some(path) = value else { return default };
+    if !path.is_absolute() {
+        let name = key.rsplit('.').next().unwrap_or(key);
+        issues.value(
+            key,
+            format!("{name} `{}` must be an absolute path", path.display()),
+        );
+    }
+    path.clone()
+}
+
+fn resolver(raw: Option<&RawResolver>, issues: &mut Issues) -> ResolverSection {
+    let d = ResolverSection::default();
+    let Some(raw) = raw else { return d };
+    if let Some(list) = &raw.nameservers {
+        if list.is_empty() {
+            issues.value(
+                "resolver.nameservers",
+                "nameservers is empty; list at least one, or leave the key out to use the system's",
+            );
+        }
+        for (i, ns) in list.iter().enumerate() {
+            if ns.0 .0.port() == 0 {
+                issues.value(
+                    format!("resolver.nameservers[{i}]"),
+                    format!("nameserver {} has port 0", ns.0 .0),
+                );
+            }
+        }
+    }
+    let min_ttl = raw.min_ttl.as_ref().map_or(d.min_ttl, |t| t.0);
+    let max_ttl = raw.max_ttl.as_ref().map_or(d.max_ttl, |t| t.0);
+    if min_ttl > max_ttl {
+        let key = if raw.min_ttl.is_some() {
+            "resolver.min_ttl"
+        } else {
+            "resolver.max_ttl"
+        };
+        issues.value(
+            key,
+            format!(
+                "min_ttl {} must not be longer than max_ttl {}",
+                humantime::format_duration(min_ttl),
+                humantime::format_duration(max_ttl)
+            ),
+        );
+    }
+    ResolverSection {
+        nameservers: raw
+            .nameservers
+            .as_ref()
+            .map(|list| list.iter().map(|ns| ns.0 .0).collect()),
+        min_ttl,
+        max_ttl,
+    }
+}

@@ -1,0 +1,547 @@
+//! `health` and `breaker`: a service's keys over `defaults`' keys over the
+//! built-in defaults, key by key, and the rules that apply to the result.
+//!
+//! Each value is checked where it is written, so an error in
+//! `defaults.health.timeout` points there and not at every service that
+//! inherits it. A rule that relates two keys (timeout < interval) is checked on
+//! the merged result and reported at the most specific section that wrote one of them.
+
+use std::time::Duration;
+
+use humantime::format_duration;
+
+use super::{
+    issues::Issues,
+    locate::join,
+    model::MIN_INTERVAL,
+    raw::{RawBreaker, RawHealth, RawStatus},
+    BreakerConfig, HealthConfig, HealthKind, HttpCheckConfig, StatusMatch,
+};
+
+/// One `health` or `breaker` mapping and its key path.
+pub(super) struct Section<'a, R> {
+    pub raw: &'a R,
+    pub path: &'a str,
+}
+
+// Derived Copy would demand `R: Copy`; only references are copied.
+impl<R> Clone for Section<'_, R> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<R> Copy for Section<'_, R> {}
+
+/// Which section is being merged: its own keys come first.
+pub(super) enum Scope<'a, R> {
+    /// `defaults.health` or `defaults.breaker`, over the built-in defaults.
+    Defaults(Section<'a, R>),
+    /// A service's section (if it has one) over `defaults` (if given).
+    Service {
+        own: Option<Section<'a, R>>,
+        inherited: Option<Section<'a, R>>,
+    },
+}
+
+impl<R> Clone for Scope<'_, R> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<R> Copy for Scope<'_, R> {}
+
+/// A merged value and the key path that set it (`None`: the built-in default).
+struct Merged<T> {
+    value: T,
+    from: Option<String>,
+}
+
+impl<'a, R> Scope<'a, R> {
+    fn own(&self) -> Option<Section<'a, R>> {
+        match *self {
+            Scope::Defaults(s) => Some(s),
+            Scope::Service { own, .. } => own,
+        }
+    }
+
+    fn get<T>(&self, key: &str, field: impl Fn(&'a R) -> Option<T>, builtin: T) -> Merged<T> {
+        let inherited = match *self {
+            Scope::Defaults(_) => None,
+            Scope::Service { inherited, .. } => inherited,
+        };
+        for section in [self.own(), inherited].into_iter().flatten() {
+            if let Some(value) = field(section.raw) {
+                return Merged {
+                    value,
+                    from: Some(join(section.path, key)),
+                };
+            }
+        }
+        Merged {
+            value: builtin,
+            from: None,
+        }
+    }
+
+    /// Where a value came from, when this scope did not write it: a message
+    /// about an inherited value says where to find it.
+    fn note<T>(&self, m: &Merged<T>) -> String {
+        match &m.from {
+            _ if self.wrote(m) => String::new(),
+            Some(path) => format!(" (from {path})"),
+            None => " (the built-in default)".to_owned(),
+        }
+    }
+
+    /// Whether this scope's own section wrote the value, i.e. a rule broken by it is this scope's to report.
+    fn wrote<T>(&self, m: &Merged<T>) -> bool {
+        let own = self.own().map(|s| s.path);
+        match (own, &m.from) {
+            (Some(own), Some(from)) => from.strip_prefix(own).is_some_and(|k| k.starts_with('.')),
+            _ => false,
+        }
+    }
+}
+
+fn dur(d: Duration) -> String {
+    format_duration(d).to_string()
+}
+
+/// Checks and merges `health`; the result is meaningful only if no issue was added.
+pub(super) fn health(scope: Scope<'_, RawHealth>, issues: &mut Issues) -> HealthConfig {
+    let builtin = HealthConfig::default();
+    if let Some(own) = scope.own() {
+        check_health_values(own, issues);
+    }
+    let kind = scope.get("kind", |h| h.kind.as_ref().map(|k| k.0), builtin.kind);
+    let interval = scope.get(
+        "interval",
+        |h| h.interval.as_ref().map(|d| d.0),
+        builtin.interval,
+    );
+    let timeout = scope.get(
+        "timeout",
+        |h| h.timeout.as_ref().map(|d| d.0),
+        builtin.timeout,
+    );
+
+    if timeout.value >= interval.value && (scope.wrote(&timeout) || scope.wrote(&interval)) {
+        let at = if scope.wrote(&timeout) {
+            &timeout.from
+        } else {
+            &interval.from
+        };
+        let (t_note, i_note) = (scope.note(&timeout), scope.note(&interval));
+        issues.value(
+            at.clone().unwrap_or_default(),
+            format!(
+                "timeout {}{t_note} must be shorter than interval {}{i_note}",
+                dur(timeout.value),
+                dur(interval.value)
+            ),
+        );
+    }
+
+    if let (Scope::Service { own: Some(own), .. }, HealthKind::Tcp) = (scope, kind.value) {
+        // In `defaults` the http keys are fine: they serve the http services only.
+        let r = own.raw;
+        let written = [
+            ("path", r.path.is_some()),
+            ("host", r.host.is_some()),
+            ("expect_status", r.expect_status.is_some()),
+            ("expect_body", r.expect_body.is_some()),
+        ];
+        for (key, _) in written.iter().filter(|(_, is_set)| *is_set) {
+            let why = scope.note(&kind);
+            issues.key(
+                join(own.path, key),
+                format!("{key} applies to http checks only, and this check's kind is tcp{why}"),
+            );
+        }
+    }
+
+    let http = match kind.value {
+        // A tcp check carries the http defaults, so that an http key in
+        // `defaults` does not make two tcp services look different.
+        HealthKind::Tcp => HttpCheckConfig::default(),
+        HealthKind::Http => {
+            let d = HttpCheckConfig::default();
+            HttpCheckConfig {
+                path: scope.get("path", |h| h.path.clone(), d.path).value,
+                host: scope
+                    .get("host", |h| h.host.clone().map(Some), d.host)
+                    .value,
+                expect_status: scope
+                    .get(
+                        "expect_status",
+                        |h| h.expect_status.as_ref().map(to_status_match),
+                        d.expect_status,
+                    )
+                    .value,
+                expect_body: scope
+                    .get(
+                        "expect_body",
+                        |h| h.expect_body.clone().map(Some),
+                        d.expect_body,
+                    )
+                    .value,
+            }
+        }
+    };
+
+    HealthConfig {
+        kind: kind.value,
+        interval: interval.value,
+        timeout: timeout.value,
+        rise: scope.get("rise", |h| h.rise, builtin.rise).value,
+        fall: scope.get("fall", |h| h.fall, builtin.fall).value,
+        port: scope.get("port", |h| h.port.map(Some), builtin.port).value,
+        http,
+    }
+}
+
+/// The rules one written `health` value must follow on its own.
+fn check_health_values(s: Section<'_, RawHealth>, issues: &mut Issues) {
+    let at = |key| join(s.path, key);
+    let h = s.raw;
+    if let Some(interval) = &h.interval {
+        if interval.0 < MIN_INTERVAL {
+            issues.value(
+                at("interval"),
+                format!(
+                    "interval {} is shorter than the minimum of {}",
+                    dur(interval.0),
+                    dur(MIN_INTERVAL)
+                ),
+            );
+        }
+    }
+    if h.timeout.as_ref().is_some_and(|t| t.0.is_zero()) {
+        issues.value(at("timeout"), "timeout must be longer than zero");
+    }
+    if h.rise == Some(0) {
+        issues.value(
+            at("rise"),
+            "rise must be at least 1 (successes that mark a backend up)",
+        );
+    }
+    if h.fall == Some(0) {
+        issues.value(
+            at("fall"),
+            "fall must be at least 1 (failures that mark a backend down)",
+        );
+    }
+    if h.port == Some(0) {
+        issues.value(
+            at("port"),
+            "port 0 cannot be probed; give 1 to 65535 or leave the key out",
+        );
+    }
+    if let Some(path) = &h.path {
+        if !path.starts_with('/') {
+            issues.value(at("path"), format!("path `{path}` must start with /"));
+        }
+    }
+    if let Some(host) = &h.host {
+        if host.is_empty() || host.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            issues.value(
+                at("host"),
+                format!("host `{host}` is not a valid Host header (empty, or spaces inside)"),
+            );
+        }
+    }
+    if let Some(status) = &h.expect_status {
+        check_status(status, &at("expect_status"), issues);
+    }
+    if h.expect_body.as_deref() == Some("") {
+        issues.value(
+            at("expect_body"),
+            "expect_body is empty, which every body contains; leave the key out instead",
+        );
+    }
+}
+
+fn check_status(status: &RawStatus, path: &str, issues: &mut Issues) {
+    let valid = |code: u32| (100..=599).contains(&code);
+    match status {
+        RawStatus::List(codes) if codes.is_empty() => {
+            issues.value(path, "expect_status must list at least one code");
+        }
+        RawStatus::List(codes) => {
+            for (i, &code) in codes.iter().enumerate() {
+                if !valid(code) {
+                    // A single code written without brackets has no `[0]`;
+                    // the locator then falls back to `expect_status` itself.
+                    issues.value(
+                        format!("{path}[{i}]"),
+                        format!("status code {code} is not an HTTP status (100 to 599)"),
+                    );
+                }
+            }
+        }
+        RawStatus::Range(lo, hi) => {
+            if !valid(*lo) || !valid(*hi) || lo > hi {
+                issues.value(
+                    path,
+                    format!("status range {lo}-{hi} must run upwards within 100 to 599"),
+                );
+            }
+        }
+    }
+}
+
+fn to_status_match(status: &RawStatus) -> StatusMatch {
+    // Only reached with codes already checked to be 100..=599.
+    let code = |c: u32| u16::try_from(c).unwrap_or(u16::MAX);
+    match status {
+        RawStatus::Range(lo, hi) => StatusMatch::Range(code(*lo), code(*hi)),
+        RawStatus::List(codes) => StatusMatch::List(codes.iter().map(|&c| code(c)).collect()),
+    }
+}
+
+/// Checks and merges `breaker`; the result is meaningful only if no issue was added.
+pub(super) fn breaker(scope: Scope<'_, RawBreaker>, issues: &mut Issues) -> BreakerConfig {
+    let builtin = BreakerConfig::default();
+    if let Some(own) = scope.own() {
+        check_breaker_values(own, issues);
+    }
+    let open_for = scope.get(
+        "open_for",
+        |b| b.open_for.as_ref().map(|d| d.0),
+        builtin.open_for,
+    );
+    let max_open_for = scope.get(
+        "max_open_for",
+        |b| b.max_open_for.as_ref().map(|d| d.0),
+        builtin.max_open_for,
+    );
+    if max_open_for.value < open_for.value && (scope.wrote(&open_for) || scope.wrote(&max_open_for))
+    {
+        let at = if scope.wrote(&max_open_for) {
+            &max_open_for.from
+        } else {
+            &open_for.from
+        };
+        let (max_note, open_note) = (scope.note(&max_open_for), scope.note(&open_for));
+        issues.value(
+            at.clone().unwrap_or_default(),
+            format!(
+                "max_open_for {}{max_note} must not be shorter than open_for {}{open_note}",
+                dur(max_open_for.value),
+                dur(open_for.value)
+            ),
+        );
+    }
+    let percent = scope.get(
+        "max_ejected_percent",
+        |b| b.max_ejected_percent,
+        u32::from(builtin.max_ejected_percent),
+    );
+    BreakerConfig {
+        failures: scope
+            .get("failures", |b| b.failures, builtin.failures)
+            .value,
+        open_for: open_for.value,
+        max_open_for: max_open_for.value,
+        max_ejected_percent: u8::try_from(percent.value).unwrap_or(u8::MAX),
+    }
+}
+
+fn check_breaker_values(s: Section<'_, RawBreaker>, issues: &mut Issues) {
+    let at = |key| join(s.path, key);
+    let b = s.raw;
+    if b.failures == Some(0) {
+        issues.value(at("failures"), "failures must be at least 1");
+    }
+    if b.open_for.as_ref().is_some_and(|d| d.0.is_zero()) {
+        issues.value(at("open_for"), "open_for must be longer than zero");
+    }
+    if let Some(p) = b.max_ejected_percent.filter(|&p| p > 100) {
+        issues.value(
+            at("max_ejected_percent"),
+            format!("max_ejected_percent {p} is more than 100"),
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn raw_health(yaml: &str) -> RawHealth {
+        serde_yaml_ng::from_str(yaml).unwrap()
+    }
+
+    fn raw_breaker(yaml: &str) -> RawBreaker {
+        serde_yaml_ng::from_str(yaml).unwrap()
+    }
+
+    fn merged_health(
+        own: Option<&RawHealth>,
+        defaults: Option<&RawHealth>,
+    ) -> (HealthConfig, Issues) {
+        let mut issues = Issues::default();
+        let scope = Scope::Service {
+            own: own.map(|raw| Section {
+                raw,
+                path: "services[0].health",
+            }),
+            inherited: defaults.map(|raw| Section {
+                raw,
+                path: "defaults.health",
+            }),
+        };
+        (health(scope, &mut issues), issues)
+    }
+
+    fn only_issue(issues: Issues) -> (String, String) {
+        let locator = super::super::locate::Locator::new("");
+        let (issue, _) = issues.first(&locator).expect("an issue");
+        (issue.path, issue.message)
+    }
+
+    #[test]
+    fn nothing_written_gives_the_built_in_defaults() {
+        let (h, issues) = merged_health(None, None);
+        assert!(issues.is_empty());
+        assert_eq!(h, HealthConfig::default());
+        let mut issues = Issues::default();
+        let b = breaker(
+            Scope::Service {
+                own: None,
+                inherited: None,
+            },
+            &mut issues,
+        );
+        assert_eq!(b, BreakerConfig::default());
+    }
+
+    #[test]
+    fn service_keys_beat_defaults_keys_beat_built_ins() {
+        let defaults = raw_health("{ kind: http, interval: 2s, timeout: 1s, path: /healthz }");
+        let own = raw_health("{ interval: 5s, expect_status: [204] }");
+        let (h, issues) = merged_health(Some(&own), Some(&defaults));
+        assert!(issues.is_empty());
+        assert_eq!(h.kind, HealthKind::Http); // from defaults
+        assert_eq!(h.interval, Duration::from_secs(5)); // own
+        assert_eq!(h.timeout, Duration::from_secs(1)); // defaults
+        assert_eq!(h.rise, 2); // built-in
+        assert_eq!(h.http.path, "/healthz"); // defaults
+        assert_eq!(h.http.expect_status, StatusMatch::List(vec![204])); // own
+    }
+
+    #[test]
+    fn breaker_keys_merge_the_same_way() {
+        let defaults = raw_breaker("{ failures: 3, open_for: 30s }");
+        let own = raw_breaker("{ failures: 7 }");
+        let mut issues = Issues::default();
+        let b = breaker(
+            Scope::Service {
+                own: Some(Section {
+                    raw: &own,
+                    path: "services[0].breaker",
+                }),
+                inherited: Some(Section {
+                    raw: &defaults,
+                    path: "defaults.breaker",
+                }),
+            },
+            &mut issues,
+        );
+        assert!(issues.is_empty());
+        assert_eq!(b.failures, 7);
+        assert_eq!(b.open_for, Duration::from_secs(30));
+        assert_eq!(b.max_open_for, Duration::from_secs(300));
+        assert_eq!(b.max_ejected_percent, 50);
+    }
+
+    #[test]
+    fn timeout_not_below_interval_is_reported_at_the_service_key() {
+        let own = raw_health("{ interval: 500ms, timeout: 500ms }");
+        let (path, message) = only_issue(merged_health(Some(&own), None).1);
+        assert_eq!(path, "services[0].health.timeout");
+        assert_eq!(message, "timeout 500ms must be shorter than interval 500ms");
+    }
+
+    #[test]
+    fn an_inherited_value_is_named_in_the_message() {
+        let defaults = raw_health("{ timeout: 800ms }");
+        let own = raw_health("{ interval: 500ms }");
+        let (path, message) = only_issue(merged_health(Some(&own), Some(&defaults)).1);
+        assert_eq!(path, "services[0].health.interval");
+        assert_eq!(
+            message,
+            "timeout 800ms (from defaults.health.timeout) must be shorter than interval 500ms"
+        );
+    }
+
+    #[test]
+    fn a_rule_broken_only_by_defaults_is_reported_once_at_defaults() {
+        let defaults = raw_health("{ timeout: 2s }");
+        let (_, issues) = merged_health(None, Some(&defaults));
+        assert!(issues.is_empty(), "the service inherits, it did not write");
+        let mut issues = Issues::default();
+        health(
+            Scope::Defaults(Section {
+                raw: &defaults,
+                path: "defaults.health",
+            }),
+            &mut issues,
+        );
+        let (path, message) = only_issue(issues);
+        assert_eq!(path, "defaults.health.timeout");
+        assert_eq!(
+            message,
+            "timeout 2s must be shorter than interval 1s (the built-in default)"
+        );
+    }
+
+    #[test]
+    fn http_keys_on_a_tcp_check_are_refused_in_services_only() {
+        let own = raw_health("{ path: /x }");
+        let (path, message) = only_issue(merged_health(Some(&own), None).1);
+        assert_eq!(path, "services[0].health.path");
+        assert!(
+            message.contains("kind is tcp (the built-in default)"),
+            "{message}"
+        );
+
+        let defaults = raw_health("{ path: /x }");
+        let (h, issues) = merged_health(None, Some(&defaults));
+        assert!(issues.is_empty());
+        assert_eq!(h.http, HttpCheckConfig::default());
+    }
+
+    #[test]
+    fn out_of_range_status_codes_are_pointed_at_by_index() {
+        let own = raw_health("{ kind: http, expect_status: [200, 700] }");
+        let (path, message) = only_issue(merged_health(Some(&own), None).1);
+        assert_eq!(path, "services[0].health.expect_status[1]");
+        assert_eq!(
+            message,
+            "status code 700 is not an HTTP status (100 to 599)"
+        );
+    }
+
+    #[test]
+    fn max_open_for_below_open_for_is_refused() {
+        let own = raw_breaker("{ open_for: 10m }");
+        let mut issues = Issues::default();
+        breaker(
+            Scope::Service {
+                own: Some(Section {
+                    raw: &own,
+                    path: "services[0].breaker",
+                }),
+                inherited: None,
+            },
+            &mut issues,
+        );
+        let (path, message) = only_issue(issues);
+        assert_eq!(path, "services[0].breaker.open_for");
+        assert_eq!(
+            message,
+            "max_open_for 5m (the built-in default) must not be shorter than open_for 10m"
+        );
+    }
+}

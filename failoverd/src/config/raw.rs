@@ -1,0 +1,320 @@
+//! The file as written: serde structs with every key optional and unknown keys refused.
+//!
+//! Only shape and scalar syntax are checked here, so that serde_yaml_ng's
+//! errors (which carry the key path and position) cover them; the rules that
+//! relate keys to each other live in `lower`.
+
+use std::{
+    fmt,
+    marker::PhantomData,
+    net::{IpAddr, SocketAddr},
+    path::PathBuf,
+    time::Duration,
+};
+
+use serde::{de, Deserialize, Deserializer};
+
+use super::{BackendAddress, Failback, HealthKind, OnAllDown};
+use crate::datapath::Protocol;
+
+/// The whole file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawConfig {
+    pub datapath: Option<RawDatapath>,
+    pub control: Option<RawControl>,
+    pub metrics: Option<RawMetrics>,
+    pub resolver: Option<RawResolver>,
+    pub defaults: Option<RawDefaults>,
+    pub services: Vec<RawService>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawDatapath {
+    pub cgroup: Option<String>,
+    pub pin_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawControl {
+    pub socket: Option<PathBuf>,
+    pub state_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawMetrics {
+    pub listen: Option<Parsed<SocketAddr>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawResolver {
+    pub nameservers: Option<Vec<Parsed<Nameserver>>>,
+    pub min_ttl: Option<Parsed<Duration>>,
+    pub max_ttl: Option<Parsed<Duration>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawDefaults {
+    pub health: Option<RawHealth>,
+    pub breaker: Option<RawBreaker>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawService {
+    pub name: String,
+    pub vip: Parsed<SocketAddr>,
+    pub protocol: Option<Parsed<Protocol>>,
+    pub on_all_down: Option<Parsed<OnAllDown>>,
+    pub failback: Option<Parsed<Failback>>,
+    pub health: Option<RawHealth>,
+    pub breaker: Option<RawBreaker>,
+    pub backends: Vec<RawBackend>,
+}
+
+/// `health`, in `defaults` or in a service.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawHealth {
+    pub kind: Option<Parsed<HealthKind>>,
+    pub interval: Option<Parsed<Duration>>,
+    pub timeout: Option<Parsed<Duration>>,
+    pub rise: Option<u32>,
+    pub fall: Option<u32>,
+    pub port: Option<u16>,
+    pub path: Option<String>,
+    pub host: Option<String>,
+    pub expect_status: Option<RawStatus>,
+    pub expect_body: Option<String>,
+}
+
+/// `breaker`, in `defaults` or in a service.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawBreaker {
+    pub failures: Option<u32>,
+    pub open_for: Option<Parsed<Duration>>,
+    pub max_open_for: Option<Parsed<Duration>>,
+    pub max_ejected_percent: Option<u32>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawBackend {
+    pub address: Parsed<BackendAddress>,
+    pub name: Option<String>,
+    // Wider than the model's types so that an out-of-range value gets the
+    // config's own message (with the allowed range) rather than serde's.
+    pub weight: Option<u32>,
+    pub priority: Option<u32>,
+}
+
+/// `expect_status` as written: `200`, `200-299` or `[200, 204]`. Codes are
+/// range-checked later so that a bad one in a list is pointed at by index.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(super) enum RawStatus {
+    Range(u32, u32),
+    List(Vec<u32>),
+}
+
+impl<'de> Deserialize<'de> for RawStatus {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> de::Visitor<'de> for V {
+            type Value = RawStatus;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a status code, a range like 200-299, or a list of codes")
+            }
+
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<RawStatus, E> {
+                let code = u32::try_from(v).unwrap_or(u32::MAX);
+                Ok(RawStatus::List(vec![code]))
+            }
+
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<RawStatus, E> {
+                Err(E::custom(format!(
+                    "invalid status code {v}: codes are 100 to 599"
+                )))
+            }
+
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<RawStatus, E> {
+                parse_status_range(v).ok_or_else(|| {
+                    E::custom(format!(
+                        "invalid expect_status `{v}`: expected a code, a range like 200-299, or a list of codes"
+                    ))
+                })
+            }
+
+            fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<RawStatus, A::Error> {
+                let mut codes = Vec::new();
+                while let Some(code) = seq.next_element::<u32>()? {
+                    codes.push(code);
+                }
+                Ok(RawStatus::List(codes))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+fn parse_status_range(s: &str) -> Option<RawStatus> {
+    match s.split_once('-') {
+        Some((lo, hi)) => Some(RawStatus::Range(
+            lo.trim().parse().ok()?,
+            hi.trim().parse().ok()?,
+        )),
+        None => Some(RawStatus::List(vec![s.trim().parse().ok()?])),
+    }
+}
+
+/// A scalar written as text and parsed with a message of the config's own.
+pub(super) trait Scalar: Sized {
+    /// What serde says it expected when the YAML node is not a scalar.
+    const EXPECTING: &'static str;
+    fn parse(text: &str) -> Result<Self, String>;
+}
+
+/// A [`Scalar`] deserialized from its text; serde_yaml_ng adds key path and position to the error.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(super) struct Parsed<T>(pub T);
+
+impl<'de, T: Scalar> Deserialize<'de> for Parsed<T> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V<T>(PhantomData<T>);
+        impl<'de, T: Scalar> de::Visitor<'de> for V<T> {
+            type Value = Parsed<T>;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(T::EXPECTING)
+            }
+
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Parsed<T>, E> {
+                T::parse(v).map(Parsed).map_err(E::custom)
+            }
+        }
+        // deserialize_str hands any plain scalar over as its text, so `interval: 5`
+        // reaches the duration parser and gets its message ("time unit needed").
+        d.deserialize_str(V(PhantomData))
+    }
+}
+
+impl Scalar for Duration {
+    const EXPECTING: &'static str = "a duration such as 300ms, 1s or 5m";
+
+    fn parse(text: &str) -> Result<Self, String> {
+        humantime::parse_duration(text)
+            .map_err(|e| format!("invalid duration `{text}` ({e}): write e.g. 300ms, 1s or 5m"))
+    }
+}
+
+impl Scalar for SocketAddr {
+    const EXPECTING: &'static str = "an address such as 10.0.0.5:80 or [2001:db8::5]:80";
+
+    fn parse(text: &str) -> Result<Self, String> {
+        text.parse().map_err(|_| {
+            format!("invalid address `{text}`: expected ip:port, with IPv6 in brackets as [2001:db8::5]:80")
+        })
+    }
+}
+
+/// A `resolver.nameservers` entry: `ip:port`, or a bare IP meaning port 53.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct Nameserver(pub SocketAddr);
+
+impl Scalar for Nameserver {
+    const EXPECTING: &'static str = "a nameserver such as 127.0.0.53:53";
+
+    fn parse(text: &str) -> Result<Self, String> {
+        if let Ok(ip) = text.parse::<IpAddr>() {
+            return Ok(Nameserver(SocketAddr::new(ip, 53)));
+        }
+        text.parse().map(Nameserver).map_err(|_| {
+            format!("invalid nameserver `{text}`: expected ip or ip:port, with IPv6 in brackets as [2001:db8::53]:53")
+        })
+    }
+}
+
+impl Scalar for BackendAddress {
+    const EXPECTING: &'static str = "an address such as 10.0.0.5:5432 or db.internal:5432";
+
+    fn parse(text: &str) -> Result<Self, String> {
+        text.parse().map_err(|e: super::AddressError| e.to_string())
+    }
+}
+
+macro_rules! from_str_scalar {
+    ($($ty:ty => $expecting:literal),+ $(,)?) => {$(
+        impl Scalar for $ty {
+            const EXPECTING: &'static str = $expecting;
+
+            fn parse(text: &str) -> Result<Self, String> {
+                text.parse()
+            }
+        }
+    )+};
+}
+
+from_str_scalar!(
+    Protocol => "tcp or udp",
+    OnAllDown => "reject or panic",
+    Failback => "auto or manual",
+    HealthKind => "tcp or http",
+);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn health(yaml: &str) -> Result<RawHealth, String> {
+        serde_yaml_ng::from_str(yaml).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn expect_status_takes_a_code_a_range_or_a_list() {
+        let h = |y| health(y).unwrap().expect_status.unwrap();
+        assert_eq!(h("expect_status: 204"), RawStatus::List(vec![204]));
+        assert_eq!(h("expect_status: 200-299"), RawStatus::Range(200, 299));
+        assert_eq!(
+            h("expect_status: [200, 204]"),
+            RawStatus::List(vec![200, 204])
+        );
+        assert!(health("expect_status: ok")
+            .unwrap_err()
+            .contains("expect_status"));
+    }
+
+    #[test]
+    fn plain_numbers_reach_the_duration_parser() {
+        let err = health("interval: 5").unwrap_err();
+        assert!(err.starts_with("interval: invalid duration `5`"), "{err}");
+        assert_eq!(
+            health("interval: 1m30s").unwrap().interval,
+            Some(Parsed(Duration::from_secs(90)))
+        );
+    }
+
+    #[test]
+    fn nameservers_default_to_port_53() {
+        assert_eq!(
+            Nameserver::parse("127.0.0.53").unwrap().0,
+            "127.0.0.53:53".parse().unwrap()
+        );
+        assert_eq!(
+            Nameserver::parse("[::1]:5353").unwrap().0,
+            "[::1]:5353".parse().unwrap()
+        );
+        assert!(Nameserver::parse("dns.example").is_err());
+    }
+
+    #[test]
+    fn a_mapping_where_a_scalar_belongs_says_what_was_expected() {
+        let err = health("interval: {a: 1}").unwrap_err();
+        assert!(err.contains("expected a duration such as 300ms"), "{err}");
+    }
+}

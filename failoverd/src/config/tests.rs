@@ -1,0 +1,339 @@
+//! End-to-end tests of [`parse`]: text in, a [`Config`] or a located error out.
+
+use std::{path::Path, time::Duration};
+
+use super::*;
+use crate::datapath::{CgroupSpec, Protocol, Vip};
+
+/// The example from the issue that defined the format.
+const ISSUE_EXAMPLE: &str = "\
+datapath:
+  cgroup: auto
+  pin_dir: /sys/fs/bpf/failoverd
+control:
+  socket: /run/failoverd/control.sock
+  state_dir: /var/lib/failoverd
+metrics:
+  listen: 127.0.0.1:9477
+resolver:
+  nameservers: [127.0.0.53:53]
+  min_ttl: 5s
+  max_ttl: 5m
+defaults:
+  health: { kind: tcp, interval: 1s, timeout: 500ms, rise: 2, fall: 3 }
+services:
+  - name: orders-db
+    vip: 1.2.3.4:5432
+    protocol: tcp
+    on_all_down: reject
+    failback: auto
+    health:
+      kind: http
+      interval: 1s
+      timeout: 300ms
+      rise: 2
+      fall: 3
+      port: 8008
+      path: /primary
+      host: db.internal
+      expect_status: [200]
+      expect_body: 'running'
+    breaker:
+      failures: 5
+      open_for: 10s
+      max_open_for: 5m
+      max_ejected_percent: 50
+    backends:
+      - address: 10.10.40.25:5432
+        name: a
+        weight: 100
+        priority: 0
+      - address: db-b.internal:5432
+        name: b
+        priority: 1
+";
+
+const MINIMAL: &str = "\
+services:
+  - name: web
+    vip: 10.96.0.80:80
+    backends:
+      - address: 10.0.0.1:80
+";
+
+fn ok(text: &str) -> Config {
+    parse(text, Path::new("t.yaml")).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// `line:column: key: message` of the error `text` gets.
+fn err(text: &str) -> String {
+    match parse(text, Path::new("t.yaml")) {
+        Ok(_) => panic!("parsed:\n{text}"),
+        Err(e) => {
+            let shown = e.to_string();
+            shown
+                .strip_prefix("t.yaml:")
+                .unwrap_or_else(|| panic!("{shown}"))
+                .to_owned()
+        }
+    }
+}
+
+/// MINIMAL with `extra` lines appended to its one service (indented already).
+fn service_with(extra: &str) -> String {
+    format!("{MINIMAL}{extra}")
+}
+
+#[test]
+fn the_issue_example_parses_to_what_it_says() {
+    let c = ok(ISSUE_EXAMPLE);
+    assert_eq!(c.source, Path::new("t.yaml"));
+    assert_eq!(
+        c.resolver.nameservers,
+        Some(vec!["127.0.0.53:53".parse().unwrap()])
+    );
+    let s = &c.services[0];
+    assert_eq!(s.name, "orders-db");
+    assert_eq!(
+        s.vip(),
+        Vip {
+            addr: "1.2.3.4:5432".parse().unwrap(),
+            protocol: Protocol::Tcp
+        }
+    );
+    assert_eq!(s.health.kind, HealthKind::Http);
+    assert_eq!(s.health.timeout, Duration::from_millis(300));
+    assert_eq!(s.health.port, Some(8008));
+    assert_eq!(s.health.http.path, "/primary");
+    assert_eq!(s.health.http.host.as_deref(), Some("db.internal"));
+    assert_eq!(s.health.http.expect_status, StatusMatch::List(vec![200]));
+    assert_eq!(s.health.http.expect_body.as_deref(), Some("running"));
+    assert_eq!(s.detection_bound(), Duration::from_millis(3300));
+    assert_eq!(s.backends[1].name, "b");
+    assert_eq!(
+        s.backends[1].address,
+        BackendAddress::Host {
+            host: "db-b.internal".into(),
+            port: 5432
+        }
+    );
+    assert_eq!((s.backends[1].weight, s.backends[1].priority), (100, 1));
+}
+
+#[test]
+fn a_minimal_file_gets_every_default() {
+    let c = ok(MINIMAL);
+    assert_eq!(c.datapath, DatapathSection::default());
+    assert_eq!(c.datapath.cgroup, CgroupSpec::Auto);
+    assert_eq!(c.control, ControlSection::default());
+    assert_eq!(c.metrics, MetricsSection::default());
+    assert_eq!(c.resolver, ResolverSection::default());
+    let s = &c.services[0];
+    assert_eq!(s.protocol, Protocol::Tcp);
+    assert_eq!(s.on_all_down, OnAllDown::Reject);
+    assert_eq!(s.failback, Failback::Auto);
+    assert_eq!(s.health, HealthConfig::default());
+    assert_eq!(s.breaker, BreakerConfig::default());
+    let b = &s.backends[0];
+    assert_eq!(b.name, "10.0.0.1:80");
+    assert_eq!((b.weight, b.priority), (100, 0));
+}
+
+#[test]
+fn defaults_apply_per_key_to_every_service() {
+    let c = ok(&format!(
+        "defaults:\n  health: {{ interval: 2s, fall: 5 }}\n  breaker: {{ failures: 2 }}\n{MINIMAL}    health: {{ fall: 4 }}\n"
+    ));
+    let h = &c.services[0].health;
+    assert_eq!(h.interval, Duration::from_secs(2)); // defaults
+    assert_eq!(h.fall, 4); // the service
+    assert_eq!(h.timeout, Duration::from_millis(500)); // built-in
+    assert_eq!(c.services[0].breaker.failures, 2);
+}
+
+#[test]
+fn sections_may_be_empty() {
+    let c = ok(&format!("datapath:\nresolver:\ndefaults:\n{MINIMAL}"));
+    assert_eq!(c.resolver, ResolverSection::default());
+}
+
+#[test]
+fn a_cgroup_path_and_other_paths_are_kept() {
+    let c = ok(&format!(
+        "datapath: {{ cgroup: /sys/fs/cgroup/app, pin_dir: /sys/fs/bpf/x }}\ncontrol: {{ socket: /tmp/s.sock }}\n{MINIMAL}"
+    ));
+    assert_eq!(
+        c.datapath.cgroup,
+        CgroupSpec::Path("/sys/fs/cgroup/app".into())
+    );
+    assert_eq!(
+        c.datapath.to_datapath_config().pin_dir,
+        Path::new("/sys/fs/bpf/x")
+    );
+    assert_eq!(c.control.socket, Path::new("/tmp/s.sock"));
+    assert_eq!(c.control.state_dir, Path::new("/var/lib/failoverd"));
+}
+
+#[test]
+fn an_empty_service_list_is_a_valid_idle_config() {
+    assert!(ok("services: []\n").services.is_empty());
+}
+
+#[test]
+fn an_indentation_slip_is_reported_as_the_syntax_error_it_is() {
+    let text = "services:\n  - name: web\n    vip: 10.96.0.80:80\n   backends: []\n";
+    assert_eq!(
+        err(text),
+        "4:4: (root): did not find expected '-' indicator, while parsing a block collection at line 2 column 3"
+    );
+}
+
+#[test]
+fn a_file_without_services_is_refused() {
+    assert_eq!(err(""), "1:1: services: missing key `services`");
+}
+
+#[test]
+fn a_bad_value_in_defaults_points_at_defaults() {
+    assert_eq!(
+        err(&format!("defaults:\n  health:\n    timeout: 1s\n{MINIMAL}")),
+        "3:14: defaults.health.timeout: timeout 1s must be shorter than interval 1s (the built-in default)"
+    );
+}
+
+#[test]
+fn the_first_problem_in_the_file_is_reported() {
+    // Two problems: the second service's name is a duplicate (line 7) and the
+    // first service's weight is out of range (line 6); line 6 comes first.
+    let text = format!(
+        "{MINIMAL}        weight: 5000\n  - name: web\n    vip: 10.96.0.81:80\n    backends: [{{ address: 10.0.0.2:80 }}]\n"
+    );
+    assert_eq!(
+        err(&text),
+        "6:17: services[0].backends[0].weight: weight 5000 is out of range 0 to 1000"
+    );
+}
+
+#[test]
+fn every_rule_has_its_own_message() {
+    let cases: &[(&str, &str)] = &[
+        (
+            "    health: { interval: 5ms, timeout: 1ms }\n",
+            "6:25: services[0].health.interval: interval 5ms is shorter than the minimum of 10ms",
+        ),
+        (
+            "    health: { rise: 0 }\n",
+            "6:21: services[0].health.rise: rise must be at least 1 (successes that mark a backend up)",
+        ),
+        (
+            "    health: { kind: http, path: health }\n",
+            "6:33: services[0].health.path: path `health` must start with /",
+        ),
+        (
+            "    health: { expect_body: running }\n",
+            "6:15: services[0].health.expect_body: expect_body applies to http checks only, and this check's kind is tcp (the built-in default)",
+        ),
+        (
+            "    health: { kind: http, expect_status: 200-99 }\n",
+            "6:42: services[0].health.expect_status: status range 200-99 must run upwards within 100 to 599",
+        ),
+        (
+            "    breaker: { max_ejected_percent: 101 }\n",
+            "6:37: services[0].breaker.max_ejected_percent: max_ejected_percent 101 is more than 100",
+        ),
+        (
+            "    breaker: { failures: 0 }\n",
+            "6:26: services[0].breaker.failures: failures must be at least 1",
+        ),
+        (
+            "    protocol: sctp\n",
+            "6:15: services[0].protocol: unknown protocol `sctp`: expected tcp or udp",
+        ),
+        (
+            "        priority: 256\n",
+            "6:19: services[0].backends[0].priority: priority 256 is out of range 0 to 255",
+        ),
+        (
+            "      - address: 10.0.0.1:80\n",
+            "6:18: services[0].backends[1].address: address 10.0.0.1:80 is already listed as services[0].backends[0]",
+        ),
+        (
+            "      - address: 10.0.0.2:0\n",
+            "6:18: services[0].backends[1].address: address 10.0.0.2:0 has port 0; give the port the backend listens on",
+        ),
+        (
+            "      - address: 10.0.0.2:80\n        name: 10.0.0.1:80\n",
+            "7:15: services[0].backends[1].name: backend name `10.0.0.1:80` is already used by services[0].backends[0]",
+        ),
+        (
+            "      - address: db_2.internal:80\n",
+            "6:18: services[0].backends[1].address: invalid hostname `db_2.internal`: only letters, digits, hyphens and dots are allowed",
+        ),
+    ];
+    for (extra, want) in cases {
+        assert_eq!(&err(&service_with(extra)), want, "for {extra:?}");
+    }
+}
+
+#[test]
+fn top_level_rules_have_their_own_messages() {
+    let cases: &[(&str, &str)] = &[
+        (
+            "resolver: { min_ttl: 10m }\n",
+            "1:22: resolver.min_ttl: min_ttl 10m must not be longer than max_ttl 5m",
+        ),
+        (
+            "resolver: { nameservers: [] }\n",
+            "1:26: resolver.nameservers: nameservers is empty; list at least one, or leave the key out to use the system's",
+        ),
+        (
+            "datapath: { cgroup: app.slice }\n",
+            "1:21: datapath.cgroup: cgroup `app.slice` must be `auto` or an absolute path",
+        ),
+        (
+            "control: { state_dir: var/lib }\n",
+            "1:23: control.state_dir: state_dir `var/lib` must be an absolute path",
+        ),
+        (
+            "metrics: { listen: localhost:9477 }\n",
+            "1:20: metrics.listen: invalid address `localhost:9477`: expected ip:port, with IPv6 in brackets as [2001:db8::5]:80",
+        ),
+        (
+            "defaults: { breaker: { open_for: 10m } }\n",
+            "1:34: defaults.breaker.open_for: max_open_for 5m (the built-in default) must not be shorter than open_for 10m",
+        ),
+    ];
+    for (extra, want) in cases {
+        assert_eq!(&err(&format!("{extra}{MINIMAL}")), want, "for {extra:?}");
+    }
+}
+
+#[test]
+fn more_than_32_backends_point_at_the_33rd() {
+    let mut text = "services:\n  - name: big\n    vip: 10.96.0.1:80\n    backends:\n".to_owned();
+    for i in 0..33 {
+        text.push_str(&format!("      - address: 10.0.1.{i}:80\n"));
+    }
+    assert_eq!(
+        err(&text),
+        "37:9: services[0].backends[32]: a service holds at most 32 backends (the size of the datapath's table); this one lists 33"
+    );
+}
+
+#[test]
+fn load_reports_unreadable_files_with_their_path() {
+    let missing = Path::new("/nonexistent/failoverd.yaml");
+    let err = load(missing).unwrap_err();
+    assert!(
+        err.to_string()
+            .starts_with("reading config file /nonexistent/failoverd.yaml: "),
+        "{err}"
+    );
+    match err {
+        ConfigError::Io { path, source } => {
+            assert_eq!(path, missing);
+            assert_eq!(source.kind(), std::io::ErrorKind::NotFound);
+        }
+        other => panic!("{other:?}"),
+    }
+}

@@ -1,0 +1,163 @@
+//! Every broken config under `tests/fixtures/bad` fails where its first line
+//! says, and every file in `configs/` parses.
+//!
+//! A fixture starts with `# expect: LINE:COLUMN: KEY`: the position and key
+//! path the error must name (1-based, counting that comment line).
+
+use std::{
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use failoverd::{
+    config::{self, BackendAddress, ConfigError, HealthKind, StatusMatch},
+    datapath::Protocol,
+};
+
+/// Every fixture must fail, and there must be at least this many.
+const MIN_FIXTURES: usize = 14;
+
+fn manifest_dir() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn bad_fixtures() -> Vec<PathBuf> {
+    let dir = manifest_dir().join("tests/fixtures/bad");
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("reading {}: {e}", dir.display()))
+        .map(|entry| entry.expect("directory entry").path())
+        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
+        .collect();
+    files.sort();
+    files
+}
+
+/// `(line, column, key)` from the fixture's first line.
+fn expectation(path: &Path) -> (usize, usize, String) {
+    let text = std::fs::read_to_string(path).expect("fixture is readable");
+    let first = text.lines().next().unwrap_or_default();
+    let spec = first.strip_prefix("# expect: ").unwrap_or_else(|| {
+        panic!(
+            "{}: first line must be `# expect: L:C: key`",
+            path.display()
+        )
+    });
+    let mut parts = spec.splitn(3, ':');
+    let mut number = || {
+        parts
+            .next()
+            .and_then(|n| n.trim().parse::<usize>().ok())
+            .unwrap_or_else(|| panic!("{}: bad expect line `{first}`", path.display()))
+    };
+    let (line, column) = (number(), number());
+    let key = parts.next().unwrap_or_default().trim().to_owned();
+    assert!(
+        !key.is_empty(),
+        "{}: expect line names no key",
+        path.display()
+    );
+    (line, column, key)
+}
+
+#[test]
+fn every_bad_fixture_fails_at_the_expected_key_and_position() {
+    let fixtures = bad_fixtures();
+    assert!(
+        fixtures.len() >= MIN_FIXTURES,
+        "only {} fixtures",
+        fixtures.len()
+    );
+    let mut wrong = Vec::new();
+    for path in &fixtures {
+        let (line, column, key) = expectation(path);
+        let want = format!("{}:{line}:{column}: {key}: ", path.display());
+        let err = match config::load(path) {
+            Ok(_) => {
+                wrong.push(format!("{}: parsed, but must fail", path.display()));
+                continue;
+            }
+            Err(e) => e,
+        };
+        let shown = err.to_string();
+        match err {
+            ConfigError::Invalid {
+                file,
+                line: l,
+                column: c,
+                key: k,
+                message,
+            } => {
+                if file != *path || (l, c, &k) != (line, column, &key) {
+                    wrong.push(format!("expected {want}…\n     got {shown}"));
+                } else if message.is_empty() || message.starts_with(char::is_uppercase) {
+                    wrong.push(format!("message must be non-empty, lower-case: {shown}"));
+                } else {
+                    assert!(shown.starts_with(&want), "{shown}");
+                }
+            }
+            other => wrong.push(format!("{}: not Invalid: {other}", path.display())),
+        }
+    }
+    assert!(wrong.is_empty(), "\n{}", wrong.join("\n"));
+}
+
+#[test]
+fn the_example_config_parses_to_what_it_says() {
+    let path = manifest_dir().join("../configs/failoverd.yaml");
+    let c = config::load(&path).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(c.source, path);
+    assert_eq!(c.services.len(), 3);
+
+    let orders = &c.services[0];
+    assert_eq!(orders.name, "orders-db");
+    assert_eq!(orders.vip, "10.96.0.10:5432".parse().unwrap());
+    assert_eq!(orders.health.kind, HealthKind::Http);
+    assert_eq!(orders.health.interval, Duration::from_secs(1));
+    assert_eq!(orders.health.timeout, Duration::from_millis(300));
+    assert_eq!(orders.health.port, Some(8008));
+    assert_eq!(
+        orders.health.http.expect_status,
+        StatusMatch::List(vec![200])
+    );
+    assert_eq!(orders.detection_bound(), Duration::from_millis(3300));
+    assert_eq!(
+        orders.backends[1].address,
+        BackendAddress::Host {
+            host: "db-b.internal".into(),
+            port: 5432
+        }
+    );
+    assert_eq!(orders.backends[1].priority, 1);
+
+    // No health section of its own: everything from `defaults`.
+    let cache = &c.services[1];
+    assert!(cache.vip.is_ipv6());
+    assert_eq!(cache.health.kind, HealthKind::Tcp);
+    assert_eq!(cache.health.timeout, Duration::from_millis(500));
+    assert_eq!(cache.backends[0].weight, 300);
+    assert_eq!(cache.backends[1].name, "[2001:db8:10::32]:6379");
+
+    let dns = &c.services[2];
+    assert_eq!(dns.protocol, Protocol::Udp);
+    assert_eq!(dns.on_all_down, config::OnAllDown::Panic);
+    assert_eq!(dns.failback, config::Failback::Manual);
+}
+
+#[test]
+fn every_yaml_file_in_configs_parses() {
+    let dir = manifest_dir().join("../configs");
+    let mut checked = 0;
+    for entry in std::fs::read_dir(&dir).expect("configs/ is readable") {
+        let path = entry.expect("directory entry").path();
+        // Only failoverd's own config files; alert rules and dashboards are other formats.
+        let is_config = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| n.starts_with("failoverd") && n.ends_with(".yaml"));
+        if is_config {
+            config::load(&path).unwrap_or_else(|e| panic!("{e}"));
+            checked += 1;
+        }
+    }
+    assert!(checked >= 1, "no failoverd*.yaml in {}", dir.display());
+}
