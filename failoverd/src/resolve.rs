@@ -1,1 +1,0 @@
-//! Hostname backends: DNS lookups with hickory and re-resolution at the answer TTL.
