@@ -2,6 +2,8 @@
 
 use std::path::PathBuf;
 
+/// The config file `failoverd run` and `check` read unless `--config` says otherwise.
+pub const DEFAULT_CONFIG: &str = "/etc/failoverd/failoverd.yaml";
 /// Where the datapath pins its maps and links: `/sys/fs/bpf/failoverd`.
 pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/failoverd";
 /// Where bpffs is mounted when it is missing.

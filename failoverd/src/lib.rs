@@ -8,8 +8,10 @@
 pub mod breaker;
 pub mod cli;
 pub mod config;
+pub mod daemon;
 pub mod datapath;
 pub mod dirs;
 pub mod health;
+pub mod reconcile;
 pub mod resolve;
 pub mod select;

@@ -25,6 +25,9 @@ fn main() -> ExitCode {
 
 fn run(command: Command) -> anyhow::Result<()> {
     match command {
+        // Their errors already say file:line:column and what to do.
+        Command::Run(args) => Ok(cli::run::run(&args)?),
+        Command::Check(args) => Ok(cli::check::run(&args)?),
         Command::Vip(c) => cli::vip::run(&c).context("vip"),
         Command::Cleanup(args) => cli::cleanup::run(&args).map(drop).context("cleanup"),
         Command::Demo(args) => cli::demo::run(&args).context("demo"),

@@ -29,8 +29,8 @@ use support::{
     backends::{TcpBackend, UdpBackend},
     cgroup::TestCgroup,
     client::{run_client, run_client_outside_cgroup, spawn_client, ClientReport, ClientSpec, Mode},
+    env::Env,
     netns::TestNetns,
-    pins::TestPinDir,
 };
 
 type TestResult = Result<(), Failed>;
@@ -108,32 +108,13 @@ fn main() {
     libtest_mimic::run(&args, trials).exit();
 }
 
-/// A test cgroup and pin directory. Fields drop in order: pins (detaching the
-/// hooks) before the cgroup.
-struct Env {
-    pins: TestPinDir,
-    cgroup: TestCgroup,
+/// Opens the datapath and runs clients in a trial's [`Env`].
+trait EnvExt {
+    fn open(&self) -> Result<BpfDatapath, Failed>;
+    fn client(&self, spec: &ClientSpec) -> Result<ClientReport, Failed>;
 }
 
-impl Env {
-    fn new(tag: &str) -> Result<Env, Failed> {
-        // SAFETY: geteuid has no preconditions.
-        if unsafe { libc::geteuid() } != 0 {
-            return Err("the datapath tests load BPF: run them as root".into());
-        }
-        Ok(Env {
-            pins: TestPinDir::new(tag)?,
-            cgroup: TestCgroup::new(tag)?,
-        })
-    }
-
-    fn config(&self) -> DatapathConfig {
-        DatapathConfig {
-            cgroup: CgroupSpec::Path(self.cgroup.path().to_path_buf()),
-            pin_dir: self.pins.path().to_path_buf(),
-        }
-    }
-
+impl EnvExt for Env {
     fn open(&self) -> Result<BpfDatapath, Failed> {
         Ok(BpfDatapath::open(&self.config())?)
     }

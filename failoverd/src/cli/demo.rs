@@ -1,18 +1,19 @@
-//! `failoverd demo`: a self-contained run of the datapath on loopback, on a built-in default.
+//! `failoverd demo`: a self-contained run of the whole product on loopback, on a built-in default.
 //!
-//! It makes a cgroup and a pin directory of its own, starts two TCP backends
-//! on 127.0.0.1, points a 127.x VIP at them, and runs a client inside the
-//! cgroup: weighted spread, a failover by hand, and a VIP with no live backend.
-//! Everything it made is removed on the way out, also on error.
+//! It makes a cgroup and a pin directory of its own, starts two HTTP backends
+//! on 127.0.0.1 (A preferred, B the backup), runs the daemon on a config it
+//! prints, and runs a client inside the cgroup that sends a request through
+//! the VIP every 10 ms. Then it kills A, shows the switch to B with the time it
+//! took, brings A back, shows the failback, and removes everything it made —
+//! also on error.
 
 use std::{
-    collections::BTreeMap,
     fs::OpenOptions,
-    io::{Read, Write},
-    net::{SocketAddr, TcpListener, TcpStream},
+    io::{BufRead, BufReader, Read, Write},
+    net::{Shutdown, SocketAddr, TcpListener, TcpStream},
     os::{fd::AsRawFd, unix::process::CommandExt},
     path::{Path, PathBuf},
-    process::{Command, Stdio},
+    process::{Child, Command, Stdio},
     sync::{
         atomic::{AtomicBool, Ordering},
         Arc,
@@ -22,33 +23,37 @@ use std::{
 };
 
 use anyhow::{bail, Context, Result};
+use tokio::sync::mpsc;
 
-use super::vip::{set, WeightedBackend};
-use crate::datapath::{
-    cgroup2_mount, cleanup, BpfDatapath, CgroupSpec, DatapathConfig, Protocol, Vip,
+use crate::{
+    config, daemon,
+    datapath::{cgroup2_mount, cleanup, BpfDatapath},
 };
 
 /// Arguments of `failoverd demo`.
 #[derive(Debug, clap::Args)]
-#[command(after_help = "Example:\n  failoverd demo --connects 2000")]
+#[command(after_help = "Example:\n  failoverd demo")]
 pub struct DemoArgs {
-    /// The VIP the demo client connects to; must be a 127.x address so nothing leaves the host.
+    /// The VIP the demo client talks to; must be a 127.x address so nothing leaves the host.
     #[arg(long, default_value = "127.77.0.1:80")]
     pub vip: SocketAddr,
-    /// Connects per step.
-    #[arg(long, default_value_t = 1000)]
-    pub connects: u32,
 }
 
 /// Arguments of the hidden client `demo` runs inside its cgroup.
 #[derive(Debug, clap::Args)]
 pub struct DemoClientArgs {
-    /// Where to connect.
+    /// Where to send requests.
     pub vip: SocketAddr,
-    /// How many connects.
-    #[arg(long)]
-    pub count: u32,
+    /// Pause between requests, in milliseconds.
+    #[arg(long, default_value_t = 10)]
+    pub interval_ms: u64,
+    /// Stop after this many seconds (the demo kills it sooner).
+    #[arg(long, default_value_t = 120)]
+    pub max_seconds: u64,
 }
+
+/// How long any one phase of the demo may take before it gives up.
+const PHASE_LIMIT: Duration = Duration::from_secs(30);
 
 /// Runs the demo, printing what happens.
 pub fn run(args: &DemoArgs) -> Result<()> {
@@ -58,181 +63,193 @@ pub fn run(args: &DemoArgs) -> Result<()> {
             args.vip
         );
     }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    runtime.block_on(demo(args.vip))
+}
+
+async fn demo(vip: SocketAddr) -> Result<()> {
     let pid = std::process::id();
     let cgroup = DemoCgroup::create(&cgroup2_mount()?.join(format!("failoverd-demo-{pid}")))?;
     let pins = DemoPins(PathBuf::from(format!("/sys/fs/bpf/failoverd-demo-{pid}")));
-    let a = NamedBackend::start("backend-a")?;
-    let b = NamedBackend::start("backend-b")?;
+    let mut a = HttpBackend::start("backend-a", "127.0.0.1:0".parse()?)?;
+    let a_addr = a.addr;
+    let b = HttpBackend::start("backend-b", "127.0.0.1:0".parse()?)?;
 
-    let mut datapath = BpfDatapath::open(&DatapathConfig {
-        cgroup: CgroupSpec::Path(cgroup.0.clone()),
-        pin_dir: pins.0.clone(),
-    })?;
-    let vip = Vip {
-        addr: args.vip,
-        protocol: Protocol::Tcp,
-    };
-    println!("failoverd demo");
-    println!("  hooks attached to cgroup {}", cgroup.0.display());
-    println!("  maps and links pinned under {}", pins.0.display());
+    let yaml = format!(
+        "datapath:\n  cgroup: {cgroup}\n  pin_dir: {pins}\n\
+         services:\n  - name: demo\n    vip: {vip}\n    on_all_down: reject\n    failback: auto\n\
+         \x20   health: {{ kind: http, path: /health, interval: 100ms, timeout: 50ms, rise: 2, fall: 3 }}\n\
+         \x20   breaker: {{ failures: 5, open_for: 1s, max_open_for: 10s }}\n\
+         \x20   backends:\n\
+         \x20     - {{ name: a, address: '{a_addr}', priority: 0 }}\n\
+         \x20     - {{ name: b, address: '{b_addr}', priority: 1 }}\n",
+        cgroup = cgroup.0.display(),
+        pins = pins.0.display(),
+        b_addr = b.addr,
+    );
+    let config = config::parse(&yaml, Path::new("<demo>"))?;
+    let bound = config.services[0].detection_bound();
+    println!("failoverd demo: config\n\n{yaml}");
+    println!("worst-case detection: fall × interval + timeout = {bound:?}\n");
+
+    let datapath = BpfDatapath::open(&config.datapath.to_datapath_config())?;
+    let running = daemon::start(&config, datapath).await?;
+    let mut client = DemoClient::spawn(&cgroup, vip)?;
+
     println!(
-        "  {} = 127.0.0.1:{}, {} = 127.0.0.1:{}\n",
-        a.name,
-        a.addr.port(),
-        b.name,
-        b.addr.port()
+        "1. waiting for the first verdicts; a client in the cgroup sends GET {vip} every 10 ms"
+    );
+    let first = client.until_served_by("backend-a", PHASE_LIMIT).await?;
+    println!(
+        "   served by backend-a ({} requests before the table was written went untranslated)\n",
+        first.failed
     );
 
-    let weighted = [
-        WeightedBackend {
-            addr: a.addr,
-            weight: 3,
-        },
-        WeightedBackend {
-            addr: b.addr,
-            weight: 1,
-        },
-    ];
-    let took = timed(|| set(&mut datapath, vip, &weighted))?;
+    println!("2. killing backend-a (its port now refuses connections)");
+    a.stop();
+    let killed = Instant::now();
+    let switched = client.until_served_by("backend-b", PHASE_LIMIT).await?;
     println!(
-        "1. {vip} -> {} weight 3, {} weight 1 (one map write, {took:?})",
-        a.name, b.name
+        "   failover to backend-b after {:?} (bound {bound:?}); {} requests failed meanwhile\n",
+        killed.elapsed(),
+        switched.failed
     );
-    report(&client(&cgroup, vip.addr, args.connects)?, args.connects);
 
-    let took = timed(|| set(&mut datapath, vip, &weighted[1..]))?;
+    println!("3. bringing backend-a back on {a_addr}");
+    a = HttpBackend::start("backend-a", a_addr)?;
+    let back = Instant::now();
+    let failback = client.until_served_by("backend-a", PHASE_LIMIT).await?;
     println!(
-        "\n2. failover by hand: {vip} -> {} only (one map write, {took:?})",
-        b.name
+        "   failback to backend-a after {:?} (rise × interval, plus the breaker's open time if it opened); {} requests failed\n",
+        back.elapsed(),
+        failback.failed
     );
-    report(&client(&cgroup, vip.addr, args.connects)?, args.connects);
 
-    let took = timed(|| set(&mut datapath, vip, &[]))?;
-    println!("\n3. no live backend: {vip} -> nothing (one map write, {took:?})");
-    report(&client(&cgroup, vip.addr, args.connects)?, args.connects);
-
-    drop(datapath);
+    let status = running.service_status("demo").await?;
+    for backend in &status.backends {
+        println!(
+            "   {} {} {} (ejections: {})",
+            backend.name, backend.addr, backend.state, backend.ejections
+        );
+    }
+    drop(client);
+    drop(running.shutdown().await);
+    drop((a, b));
     println!("\ncleaning up: hooks detached, pins, cgroup and backends removed");
     Ok(())
 }
 
-fn timed<T>(f: impl FnOnce() -> Result<T, crate::datapath::DatapathError>) -> Result<Duration> {
-    let start = Instant::now();
-    f()?;
-    Ok(start.elapsed())
+/// What the client saw until the wanted backend answered.
+struct Phase {
+    failed: u64,
 }
 
-/// What the client saw.
-#[derive(Debug, Default)]
-struct ClientReport {
-    replies: BTreeMap<String, u64>,
-    errors: BTreeMap<String, u64>,
-    peer: Option<String>,
-    max_refused_us: u64,
+/// The client process in the demo cgroup, its output read line by line.
+struct DemoClient {
+    child: Child,
+    lines: mpsc::UnboundedReceiver<String>,
 }
 
-fn report(r: &ClientReport, connects: u32) {
-    for (name, n) in &r.replies {
-        println!(
-            "   {name}: {n} of {connects} connects ({:.1}%)",
-            100.0 * *n as f64 / f64::from(connects)
-        );
-    }
-    if let Some(peer) = &r.peer {
-        println!("   getpeername() inside the cgroup says {peer}: the application sees the VIP");
-    }
-    for (error, n) in &r.errors {
-        println!(
-            "   {n} connects failed: {error} (slowest {} µs)",
-            r.max_refused_us
-        );
-    }
-}
-
-/// Runs the client inside the demo cgroup and reads its report.
-fn client(cgroup: &DemoCgroup, vip: SocketAddr, count: u32) -> Result<ClientReport> {
-    let procs = OpenOptions::new()
-        .write(true)
-        .open(cgroup.0.join("cgroup.procs"))
-        .context("opening cgroup.procs")?;
-    let fd = procs.as_raw_fd();
-    let mut command = Command::new("/proc/self/exe");
-    command.args([
-        "demo-client",
-        &vip.to_string(),
-        "--count",
-        &count.to_string(),
-    ]);
-    command.stdout(Stdio::piped());
-    // SAFETY: the hook only calls write(2), which is async-signal-safe, on an
-    // fd opened before the fork; "0" moves the calling (child) process.
-    unsafe {
-        command.pre_exec(move || {
-            if libc::write(fd, b"0".as_ptr().cast(), 1) != 1 {
-                return Err(std::io::Error::last_os_error());
+impl DemoClient {
+    fn spawn(cgroup: &DemoCgroup, vip: SocketAddr) -> Result<Self> {
+        let procs = OpenOptions::new()
+            .write(true)
+            .open(cgroup.0.join("cgroup.procs"))
+            .context("opening cgroup.procs")?;
+        let fd = procs.as_raw_fd();
+        let mut command = Command::new("/proc/self/exe");
+        command
+            .args(["demo-client", &vip.to_string()])
+            .stdout(Stdio::piped());
+        // SAFETY: the hook only calls write(2), which is async-signal-safe, on
+        // an fd opened before the fork; "0" moves the calling (child) process.
+        unsafe {
+            command.pre_exec(move || {
+                if libc::write(fd, b"0".as_ptr().cast(), 1) != 1 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let mut child = command.spawn().context("starting the demo client")?;
+        let stdout = child.stdout.take().context("client stdout")?;
+        let (tx, lines) = mpsc::unbounded_channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
             }
-            Ok(())
         });
+        Ok(DemoClient { child, lines })
     }
-    let output = command.output().context("running the demo client")?;
-    if !output.status.success() {
-        bail!("demo client failed: {}", output.status);
-    }
-    let mut report = ClientReport::default();
-    for line in String::from_utf8_lossy(&output.stdout).lines() {
-        let mut fields = line.splitn(3, ' ');
-        match (fields.next(), fields.next(), fields.next()) {
-            (Some("reply"), Some(name), Some(n)) => {
-                report.replies.insert(name.into(), n.parse()?);
+
+    /// Reads client lines until one says `name` answered.
+    async fn until_served_by(&mut self, name: &str, limit: Duration) -> Result<Phase> {
+        let mut phase = Phase { failed: 0 };
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let line = tokio::time::timeout_at(deadline, self.lines.recv())
+                .await
+                .with_context(|| format!("no answer from {name} within {limit:?}"))?
+                .context("the demo client exited")?;
+            if line == format!("ok {name}") {
+                return Ok(phase);
             }
-            (Some("error"), Some(n), Some(what)) => {
-                report.errors.insert(what.into(), n.parse()?);
+            if line.starts_with("error") {
+                phase.failed += 1;
             }
-            (Some("peer"), Some(peer), None) => report.peer = Some(peer.into()),
-            (Some("max_refused_us"), Some(n), None) => report.max_refused_us = n.parse()?,
-            _ => bail!("demo client printed an unexpected line: {line}"),
         }
     }
-    Ok(report)
 }
 
-/// The hidden `demo-client` subcommand: connects `count` times and prints a tally.
-pub fn run_client(args: &DemoClientArgs) -> Result<()> {
-    let mut replies: BTreeMap<String, u64> = BTreeMap::new();
-    let mut errors: BTreeMap<String, u64> = BTreeMap::new();
-    let mut peer = None;
-    let mut max_refused = Duration::ZERO;
-    for _ in 0..args.count {
-        let start = Instant::now();
-        match TcpStream::connect_timeout(&args.vip, Duration::from_secs(2)) {
-            Ok(mut stream) => {
-                peer.get_or_insert(stream.peer_addr()?);
-                let mut name = String::new();
-                stream.set_read_timeout(Some(Duration::from_secs(2)))?;
-                stream.read_to_string(&mut name)?;
-                *replies.entry(name).or_default() += 1;
-            }
-            Err(e) => {
-                max_refused = max_refused.max(start.elapsed());
-                *errors.entry(e.to_string()).or_default() += 1;
-            }
+impl Drop for DemoClient {
+    fn drop(&mut self) {
+        if let Err(e) = self.child.kill() {
+            tracing::debug!(error = %e, "demo client already gone");
+        }
+        if let Err(e) = self.child.wait() {
+            tracing::error!(error = %e, "could not reap the demo client");
         }
     }
+}
+
+/// The hidden `demo-client` subcommand: one GET every interval, one line per answer.
+pub fn run_client(args: &DemoClientArgs) -> Result<()> {
+    let stop = Instant::now() + Duration::from_secs(args.max_seconds);
     let mut out = std::io::stdout().lock();
-    for (name, n) in replies {
-        writeln!(out, "reply {name} {n}")?;
+    while Instant::now() < stop {
+        match get(args.vip) {
+            Ok(body) => writeln!(out, "ok {body}")?,
+            Err(e) => writeln!(out, "error {e}")?,
+        }
+        out.flush()?;
+        std::thread::sleep(Duration::from_millis(args.interval_ms));
     }
-    for (what, n) in errors {
-        writeln!(out, "error {n} {what}")?;
-    }
-    if let Some(peer) = peer {
-        writeln!(out, "peer {peer}")?;
-    }
-    writeln!(out, "max_refused_us {}", max_refused.as_micros())?;
     Ok(())
 }
 
-/// A child cgroup removed on drop (after its processes are gone).
+fn get(vip: SocketAddr) -> std::io::Result<String> {
+    let mut s = TcpStream::connect_timeout(&vip, Duration::from_millis(500))?;
+    s.set_read_timeout(Some(Duration::from_millis(500)))?;
+    write!(
+        s,
+        "GET / HTTP/1.1\r\nHost: {vip}\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut response = String::new();
+    s.read_to_string(&mut response)?;
+    Ok(response
+        .split("\r\n\r\n")
+        .nth(1)
+        .unwrap_or_default()
+        .trim()
+        .to_string())
+}
+
+/// A child cgroup, removed on drop (its client was killed and reaped first).
 struct DemoCgroup(PathBuf);
 
 impl DemoCgroup {
@@ -244,7 +261,6 @@ impl DemoCgroup {
 
 impl Drop for DemoCgroup {
     fn drop(&mut self) {
-        // Clients were waited for; a leftover would only be a killed one.
         if let Err(e) = std::fs::remove_dir(&self.0) {
             tracing::error!(cgroup = %self.0.display(), error = %e, "could not remove the demo cgroup");
         }
@@ -262,50 +278,82 @@ impl Drop for DemoPins {
     }
 }
 
-/// A TCP server on 127.0.0.1 that answers every connection with its name.
-struct NamedBackend {
+/// A minimal HTTP server answering every request with its name.
+struct HttpBackend {
     name: &'static str,
     addr: SocketAddr,
+    listener: Option<TcpListener>,
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
 }
 
-impl NamedBackend {
-    fn start(name: &'static str) -> Result<Self> {
-        let listener = TcpListener::bind("127.0.0.1:0").context("binding a demo backend")?;
+impl HttpBackend {
+    fn start(name: &'static str, bind: SocketAddr) -> Result<Self> {
+        let listener =
+            TcpListener::bind(bind).with_context(|| format!("binding {name} on {bind}"))?;
         let addr = listener.local_addr()?;
         let stop = Arc::new(AtomicBool::new(false));
+        let accepting = listener.try_clone()?;
         let stopping = Arc::clone(&stop);
         let thread = std::thread::spawn(move || {
-            for stream in listener.incoming() {
+            for stream in accepting.incoming() {
                 if stopping.load(Ordering::Relaxed) {
                     break;
                 }
-                if let Ok(mut s) = stream {
-                    if let Err(e) = s.write_all(name.as_bytes()) {
-                        tracing::debug!(backend = name, error = %e, "client left early");
+                if let Ok(s) = stream {
+                    if let Err(e) = answer(s, name) {
+                        tracing::debug!(backend = name, error = %e, "request not answered");
                     }
                 }
             }
         });
-        Ok(NamedBackend {
+        Ok(HttpBackend {
             name,
             addr,
+            listener: Some(listener),
             stop,
             thread: Some(thread),
         })
     }
-}
 
-impl Drop for NamedBackend {
-    fn drop(&mut self) {
+    /// Stops accepting at once: new connects are refused, like a killed process.
+    fn stop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
-        // Wakes the accept loop so it sees the flag.
-        let _wake = TcpStream::connect(self.addr);
+        if let Some(listener) = self.listener.take() {
+            // shutdown() wakes the blocked accept and stops the socket from
+            // listening even where a copy of the fd lingers.
+            // SAFETY: shutdown on a valid listening socket fd.
+            unsafe { libc::shutdown(listener.as_raw_fd(), libc::SHUT_RDWR) };
+        }
         if let Some(t) = self.thread.take() {
             if t.join().is_err() {
                 tracing::error!(backend = self.name, "backend thread panicked");
             }
         }
     }
+}
+
+impl Drop for HttpBackend {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn answer(mut s: TcpStream, name: &str) -> std::io::Result<()> {
+    s.set_read_timeout(Some(Duration::from_millis(500)))?;
+    let mut request = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !request.windows(4).any(|w| w == b"\r\n\r\n") && request.len() < 16 * 1024 {
+        let n = s.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        request.extend_from_slice(&buf[..n]);
+    }
+    write!(
+        s,
+        "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{name}",
+        name.len()
+    )?;
+    s.shutdown(Shutdown::Write)
 }

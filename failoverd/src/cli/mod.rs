@@ -1,7 +1,9 @@
 //! The `failoverd` command line: one module per subcommand.
 
+pub mod check;
 pub mod cleanup;
 pub mod demo;
+pub mod run;
 pub mod vip;
 
 use std::path::PathBuf;
@@ -17,6 +19,8 @@ use crate::datapath::CgroupSpec;
     version,
     after_help = "Examples:\n  \
         failoverd demo                                   # see it work, self-contained\n  \
+        failoverd check --config /etc/failoverd/failoverd.yaml\n  \
+        failoverd run --config /etc/failoverd/failoverd.yaml\n  \
         failoverd vip set 10.96.0.10:5432 10.0.0.5:5432=3 10.0.0.6:5432=1\n  \
         failoverd vip list\n  \
         failoverd cleanup"
@@ -33,13 +37,17 @@ pub struct Cli {
 /// The subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Run the daemon in the foreground: probe backends, keep every VIP on live ones.
+    Run(run::RunArgs),
+    /// Validate a config file without touching anything live.
+    Check(check::CheckArgs),
     /// Install, list or remove VIP tables in the kernel datapath by hand.
     #[command(subcommand)]
     Vip(vip::VipCommand),
     /// Detach failoverd's hooks and remove everything it pinned.
     Cleanup(cleanup::CleanupArgs),
-    /// A self-contained run: two local backends, a VIP in a cgroup of its own,
-    /// connects through it, a failover by hand, a refused VIP, then cleanup.
+    /// A self-contained run: two local HTTP backends, a VIP in a cgroup of its
+    /// own, the daemon probing them, the primary killed and brought back.
     Demo(demo::DemoArgs),
     /// Internal: the client `demo` runs inside its cgroup.
     #[command(hide = true)]

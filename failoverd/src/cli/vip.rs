@@ -145,7 +145,7 @@ pub fn set(
     backends: &[WeightedBackend],
 ) -> Result<VipTable, DatapathError> {
     let tables = datapath.tables()?;
-    let mut ids = IdAllocator::from_tables(tables.values());
+    let mut ids = IdAllocator::from_tables(tables.values().map(|t| &t.table));
     let existing = tables.get(&vip).map(|t| &t.table);
     let vip_id = match existing {
         Some(t) => t.vip_id,

@@ -4,7 +4,7 @@ use std::collections::BTreeSet;
 
 use failoverd_shared::MAX_COUNTERS;
 
-use super::InstalledTable;
+use super::VipTable;
 
 /// Hands out counter ids, starting from those already in use by installed tables.
 ///
@@ -23,11 +23,11 @@ pub struct IdsExhausted;
 
 impl IdAllocator {
     /// An allocator that knows the ids the given tables hold.
-    pub fn from_tables<'a>(tables: impl IntoIterator<Item = &'a InstalledTable>) -> Self {
+    pub fn from_tables<'a>(tables: impl IntoIterator<Item = &'a VipTable>) -> Self {
         let mut ids = IdAllocator::default();
         for t in tables {
-            ids.used.insert(t.table.vip_id);
-            ids.used.extend(t.table.backends.iter().map(|b| b.id));
+            ids.used.insert(t.vip_id);
+            ids.used.extend(t.backends.iter().map(|b| b.id));
         }
         ids
     }
@@ -59,7 +59,7 @@ impl IdAllocator {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::datapath::{Protocol, TableBackend, Vip, VipTable};
+    use crate::datapath::{Protocol, TableBackend, Vip};
 
     #[test]
     fn skips_ids_of_installed_tables() {
@@ -75,11 +75,7 @@ mod tests {
             }],
             slots: vec![0],
         };
-        let installed = InstalledTable {
-            table,
-            generation: 1,
-        };
-        let mut ids = IdAllocator::from_tables([&installed]);
+        let mut ids = IdAllocator::from_tables([&table]);
         assert_eq!(ids.allocate(), Ok(3));
         assert_eq!(ids.allocate(), Ok(4));
     }

@@ -15,7 +15,7 @@ pub use bpf::{
     cgroup2_mount, cleanup, AttachReport, BpfDatapath, CgroupSpec, CleanupReport, DatapathConfig,
     DatapathError, PinnedMaps,
 };
-pub use fake::FakeDatapath;
+pub use fake::{FakeDatapath, FakeWrite};
 pub use ids::{IdAllocator, IdsExhausted};
 pub use table::{Protocol, TableBackend, TableError, Vip, VipTable};
 
@@ -37,6 +37,24 @@ pub struct CounterTotals {
     pub rejected: u64,
     /// Calls that could not be translated.
     pub xlate_errors: u64,
+}
+
+impl<T: Datapath + ?Sized> Datapath for Box<T> {
+    fn apply(&mut self, table: &VipTable) -> Result<(), DatapathError> {
+        (**self).apply(table)
+    }
+
+    fn remove(&mut self, vip: &Vip) -> Result<(), DatapathError> {
+        (**self).remove(vip)
+    }
+
+    fn tables(&self) -> Result<BTreeMap<Vip, InstalledTable>, DatapathError> {
+        (**self).tables()
+    }
+
+    fn counters(&self, id: u32) -> Result<CounterTotals, DatapathError> {
+        (**self).counters(id)
+    }
 }
 
 /// Where VIP tables are installed.

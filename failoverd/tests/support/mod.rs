@@ -10,8 +10,10 @@
 pub mod backends;
 pub mod cgroup;
 pub mod client;
+pub mod env;
 pub mod netns;
 pub mod pins;
+pub mod server;
 
 use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};
