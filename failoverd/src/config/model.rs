@@ -276,7 +276,7 @@ pub struct BreakerConfig {
     pub open_for: Duration,
     /// `max_open_for`: the longest ejection, at least `open_for`. Default: 5m.
     pub max_open_for: Duration,
-    /// `max_ejected_percent`: never eject more than this share of a service's backends, 0-100. Default: 50.
+    /// `max_ejected_percent`: never eject more than this share of a priority group, 0-100 (rounded down). Default: 50.
     pub max_ejected_percent: u8,
 }
 
