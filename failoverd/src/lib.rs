@@ -8,6 +8,7 @@
 pub mod breaker;
 pub mod cli;
 pub mod config;
+pub mod control;
 pub mod daemon;
 pub mod datapath;
 pub mod dirs;

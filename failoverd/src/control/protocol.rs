@@ -1,0 +1,221 @@
+//! The control API's messages (JSON over HTTP/1.1 on a Unix socket) and the handler the daemon implements.
+//!
+//! These types are the stable contract of `failoverd status --output json`
+//! and of docs/control-api.md: fields are only ever added.
+
+use std::future::Future;
+
+use serde::{Deserialize, Serialize};
+
+/// `GET /v1/status`: every service and backend.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct StatusReport {
+    /// failoverd's version.
+    pub version: String,
+    /// Services in name order.
+    pub services: Vec<ServiceReport>,
+}
+
+/// One service in a [`StatusReport`].
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ServiceReport {
+    /// Service name.
+    pub name: String,
+    /// The VIP, `ip:port`.
+    pub vip: String,
+    /// `tcp` or `udp`.
+    pub protocol: String,
+    /// Priority that takes new connections; `null` when connects are refused or before the first verdicts.
+    pub active_priority: Option<u8>,
+    /// Whether every backend had its first verdict (before that the pinned table is left alone).
+    pub ready: bool,
+    /// `reject` or `panic`.
+    pub on_all_down: String,
+    /// `auto` or `manual`.
+    pub failback: String,
+    /// Backends in config order (a hostname's addresses in address order).
+    pub backends: Vec<BackendReport>,
+}
+
+/// One backend in a [`ServiceReport`].
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct BackendReport {
+    /// Name (`name@ip:port` for each address of a hostname backend).
+    pub name: String,
+    /// Traffic address, `ip:port`.
+    pub address: String,
+    /// `unknown`, `healthy`, `unhealthy`, `ejected` or `drained`.
+    pub state: String,
+    /// Weight within its priority group.
+    pub weight: u32,
+    /// Priority (0 is preferred).
+    pub priority: u8,
+    /// Whether new connections may go to it right now (it is in the VIP's table).
+    pub in_table: bool,
+    /// The last probe, if any.
+    pub last_probe: Option<ProbeReport>,
+    /// Seconds since its state last changed.
+    pub in_state_seconds: f64,
+    /// Times its breaker opened.
+    pub ejections: u32,
+    /// Connects to it the kernel translated (per-CPU counters, summed).
+    pub kernel_connects: u64,
+    /// Set while it is drained.
+    pub drain: Option<DrainInfo>,
+}
+
+/// What the last probe of a backend saw.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ProbeReport {
+    /// Passed or failed.
+    pub ok: bool,
+    /// `connected`, `HTTP 200`, or the failure (`refused: ...`, `timeout: ...`).
+    pub detail: String,
+    /// How long it took, in milliseconds.
+    pub latency_ms: f64,
+}
+
+/// Who drained a backend, when and why.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DrainInfo {
+    /// The user who asked (from the socket peer's credentials).
+    pub by: String,
+    /// When, in seconds since the Unix epoch.
+    pub at_unix: u64,
+    /// The operator's reason, if given.
+    pub reason: Option<String>,
+}
+
+/// `POST /v1/drain`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DrainRequest {
+    /// Service name.
+    pub service: String,
+    /// Backend name.
+    pub backend: String,
+    /// Why (shown by status).
+    #[serde(default)]
+    pub reason: Option<String>,
+    /// Allow draining the last live backend of the VIP.
+    #[serde(default)]
+    pub force: bool,
+}
+
+/// `POST /v1/undrain`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UndrainRequest {
+    /// Service name.
+    pub service: String,
+    /// Backend name.
+    pub backend: String,
+}
+
+/// `POST /v1/failback`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FailbackRequest {
+    /// Service name.
+    pub service: String,
+}
+
+/// `POST /v1/reload`: what a successful reload changed.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReloadReport {
+    /// Services that were added.
+    pub added: Vec<String>,
+    /// Services that were removed (their VIPs left the datapath).
+    pub removed: Vec<String>,
+    /// Services whose config changed (restarted with fresh health state, drains kept).
+    pub changed: Vec<String>,
+    /// Services left exactly as they were.
+    pub unchanged: Vec<String>,
+}
+
+/// `GET /v1/explain?vip=ip:port[&protocol=tcp|udp]`: where a connect to the VIP goes now.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ExplainReport {
+    /// The VIP asked about.
+    pub vip: String,
+    /// The service it belongs to.
+    pub service: String,
+    /// Priority that takes new connections, if any.
+    pub active_priority: Option<u8>,
+    /// True when connects are refused with ECONNREFUSED.
+    pub refused: bool,
+    /// True in `on_all_down: panic`.
+    pub panic: bool,
+    /// Backends a connect reaches, with their share of new connections.
+    pub reachable: Vec<ReachableBackend>,
+    /// Every other backend, with the reason it is out.
+    pub out: Vec<OutBackend>,
+}
+
+/// A backend a connect to the VIP can reach.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ReachableBackend {
+    /// Name.
+    pub name: String,
+    /// Address.
+    pub address: String,
+    /// Share of new connections, in percent (slots / 256).
+    pub share_percent: f64,
+}
+
+/// A backend a connect to the VIP does not reach.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OutBackend {
+    /// Name.
+    pub name: String,
+    /// Address.
+    pub address: String,
+    /// Why: `drained by alice: maintenance`, `unhealthy: refused: ...`, `ejected by the breaker (3 times)`, `weight 0`, `standby: priority 1 while priority 0 is live`, `unknown: no verdict yet`.
+    pub reason: String,
+}
+
+/// The body of every error response (4xx/5xx).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    /// What went wrong, for a human.
+    pub error: String,
+}
+
+/// Why a control request failed; the server maps each kind to an HTTP status.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ControlError {
+    /// The request named something that does not exist (404).
+    #[error("{0}")]
+    NotFound(String),
+    /// The request is malformed or not allowed as asked (400), e.g. draining the last live backend without force.
+    #[error("{0}")]
+    Invalid(String),
+    /// The new config is invalid; nothing changed (422). The message is `file:line:column: key: message`.
+    #[error("{0}")]
+    BadConfig(String),
+    /// The daemon could not do it (500), e.g. persisting a drain failed; nothing changed.
+    #[error("{0}")]
+    Failed(String),
+}
+
+/// Who sent a request, from the Unix socket's peer credentials.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Caller {
+    /// User name (or `uid N` when it has none).
+    pub user: String,
+    /// Process id of the client.
+    pub pid: i32,
+}
+
+/// What the daemon does for each request. The server decodes, calls, encodes.
+pub trait ControlHandler: Send + Sync + 'static {
+    /// Every service and backend.
+    fn status(&self) -> impl Future<Output = Result<StatusReport, ControlError>> + Send;
+    /// Takes a backend out of new connections; persisted before it returns.
+    fn drain(&self, caller: Caller, request: DrainRequest) -> impl Future<Output = Result<(), ControlError>> + Send;
+    /// Puts a drained backend back; persisted before it returns.
+    fn undrain(&self, caller: Caller, request: UndrainRequest) -> impl Future<Output = Result<(), ControlError>> + Send;
+    /// Sends a `failback: manual` service back to its best live priority.
+    fn failback(&self, caller: Caller, request: FailbackRequest) -> impl Future<Output = Result<(), ControlError>> + Send;
+    /// Re-reads the config file and applies what changed; an invalid config changes nothing.
+    fn reload(&self, caller: Caller) -> impl Future<Output = Result<ReloadReport, ControlError>> + Send;
+    /// Where a connect to `vip` (`ip:port`) goes now.
+    fn explain(&self, vip: String, protocol: Option<String>) -> impl Future<Output = Result<ExplainReport, ControlError>> + Send;
+}
