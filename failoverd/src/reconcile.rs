@@ -23,6 +23,23 @@ pub enum WriterCommand {
     Remove(Vip),
 }
 
+/// What the writer's channel carries.
+#[derive(Debug)]
+pub enum WriterMessage {
+    /// A change to make.
+    Command(WriterCommand),
+    /// Answered once everything sent before it is written: `true` when nothing
+    /// is left to retry. Lets an operator command return only after the
+    /// kernel holds its effect.
+    Barrier(tokio::sync::oneshot::Sender<bool>),
+}
+
+impl From<WriterCommand> for WriterMessage {
+    fn from(command: WriterCommand) -> Self {
+        WriterMessage::Command(command)
+    }
+}
+
 impl WriterCommand {
     fn vip(&self) -> Vip {
         match self {
@@ -124,7 +141,7 @@ impl<D: Datapath> Writer<D> {
 /// returns it (and so the datapath) so the caller decides what to do with the pins.
 pub async fn run_writer<D: Datapath>(
     mut writer: Writer<D>,
-    mut commands: mpsc::Receiver<WriterCommand>,
+    mut messages: mpsc::Receiver<WriterMessage>,
     mut shutdown: watch::Receiver<bool>,
 ) -> Writer<D> {
     let mut retry = false;
@@ -132,18 +149,26 @@ pub async fn run_writer<D: Datapath>(
         tokio::select! {
             biased;
             _ = shutdown.wait_for(|stop| *stop) => break,
-            command = commands.recv() => match command {
-                Some(command) => {
-                    writer.queue(command);
-                    // Take everything already waiting, then write once: a burst
-                    // of verdicts for one VIP becomes one map write.
-                    while let Ok(more) = commands.try_recv() {
-                        writer.queue(more);
+            message = messages.recv() => {
+                let Some(first) = message else { break };
+                // Take everything already waiting, then write once: a burst
+                // of verdicts for one VIP becomes one map write. Barriers are
+                // answered after that write.
+                let mut barriers = Vec::new();
+                let mut next = Some(first);
+                while let Some(message) = next {
+                    match message {
+                        WriterMessage::Command(command) => writer.queue(command),
+                        WriterMessage::Barrier(reply) => barriers.push(reply),
                     }
-                    retry = writer.flush();
+                    next = messages.try_recv().ok();
                 }
-                None => break,
-            },
+                retry = writer.flush();
+                for reply in barriers {
+                    // The asker may have given up; the writes stand anyway.
+                    reply.send(!retry).ok();
+                }
+            }
             _ = tokio::time::sleep(RETRY_AFTER), if retry => retry = writer.flush(),
         }
     }
@@ -236,7 +261,7 @@ mod tests {
         let (tx, rx) = mpsc::channel(8);
         let (stop_tx, stop_rx) = watch::channel(false);
         let task = tokio::spawn(run_writer(writer, rx, stop_rx));
-        tx.send(WriterCommand::Apply(table(vip(1), 1)))
+        tx.send(WriterCommand::Apply(table(vip(1), 1)).into())
             .await
             .unwrap();
         tokio::time::sleep(RETRY_AFTER + Duration::from_millis(10)).await;

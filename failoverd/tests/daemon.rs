@@ -115,7 +115,7 @@ async fn start(env: &Env, services_yaml: &str) -> Result<Running<BpfDatapath>, F
     let yaml = format!("{}services:\n{services_yaml}", env.yaml_datapath());
     let config = config::parse(&yaml, Path::new("<test>"))?;
     let datapath = BpfDatapath::open(&env.config())?;
-    Ok(daemon::start(&config, datapath).await?)
+    Ok(daemon::start(&config, datapath, daemon::Drains::new()).await?)
 }
 
 /// The backends the kernel's table for `vip` holds now (None: no table, or no datapath yet).
@@ -502,7 +502,12 @@ fn hostname_backend_follows_its_dns_answer() -> TestResult {
                 .replace("'0.0.0.0:0'", &format!("'{name}:{port}'"))
         );
         let config = config::parse(&yaml, Path::new("<test>"))?;
-        let running = daemon::start(&config, BpfDatapath::open(&env.config())?).await?;
+        let running = daemon::start(
+            &config,
+            BpfDatapath::open(&env.config())?,
+            daemon::Drains::new(),
+        )
+        .await?;
         until_table(&env, vip, Duration::from_secs(5), only(first.addr())).await?;
 
         dns.set(name, &["127.0.0.32".parse::<IpAddr>()?], 1);

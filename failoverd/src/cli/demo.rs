@@ -96,7 +96,7 @@ async fn demo(vip: SocketAddr) -> Result<()> {
     println!("worst-case detection: fall × interval + timeout = {bound:?}\n");
 
     let datapath = BpfDatapath::open(&config.datapath.to_datapath_config())?;
-    let running = daemon::start(&config, datapath).await?;
+    let running = daemon::start(&config, datapath, daemon::Drains::new()).await?;
     let mut client = DemoClient::spawn(&cgroup, vip)?;
 
     println!(

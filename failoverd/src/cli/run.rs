@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use crate::{
     config::{self, ConfigError},
-    daemon::{self, DaemonError},
+    daemon::{self, drains::DrainStoreError, DaemonError, DrainStore},
     datapath::{cleanup, BpfDatapath, DatapathError},
 };
 
@@ -35,6 +35,9 @@ pub enum RunError {
     /// The daemon could not start.
     #[error(transparent)]
     Daemon(#[from] DaemonError),
+    /// The drains in `state_dir` could not be read: refusing to guess which backends are drained.
+    #[error(transparent)]
+    Drains(#[from] DrainStoreError),
     /// The async runtime or the signal handlers could not be set up.
     #[error("setting up {what}: {source}")]
     Setup {
@@ -58,13 +61,14 @@ pub fn run(args: &RunArgs) -> Result<(), RunError> {
             what: "the async runtime",
             source,
         })?;
+    let drains = DrainStore::new(&config.control.state_dir).load()?;
     runtime.block_on(async {
         let stop = stop_signal().map_err(|source| RunError::Setup {
             what: "signal handlers",
             source,
         })?;
         let datapath = BpfDatapath::open(&config.datapath.to_datapath_config())?;
-        let datapath = daemon::run(&config, datapath, stop).await?;
+        let datapath = daemon::run(&config, datapath, drains, stop).await?;
         drop(datapath);
         if args.cleanup_on_exit {
             let report = cleanup(&config.datapath.pin_dir)?;

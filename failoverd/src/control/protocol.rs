@@ -209,13 +209,32 @@ pub trait ControlHandler: Send + Sync + 'static {
     /// Every service and backend.
     fn status(&self) -> impl Future<Output = Result<StatusReport, ControlError>> + Send;
     /// Takes a backend out of new connections; persisted before it returns.
-    fn drain(&self, caller: Caller, request: DrainRequest) -> impl Future<Output = Result<(), ControlError>> + Send;
+    fn drain(
+        &self,
+        caller: Caller,
+        request: DrainRequest,
+    ) -> impl Future<Output = Result<(), ControlError>> + Send;
     /// Puts a drained backend back; persisted before it returns.
-    fn undrain(&self, caller: Caller, request: UndrainRequest) -> impl Future<Output = Result<(), ControlError>> + Send;
+    fn undrain(
+        &self,
+        caller: Caller,
+        request: UndrainRequest,
+    ) -> impl Future<Output = Result<(), ControlError>> + Send;
     /// Sends a `failback: manual` service back to its best live priority.
-    fn failback(&self, caller: Caller, request: FailbackRequest) -> impl Future<Output = Result<(), ControlError>> + Send;
+    fn failback(
+        &self,
+        caller: Caller,
+        request: FailbackRequest,
+    ) -> impl Future<Output = Result<(), ControlError>> + Send;
     /// Re-reads the config file and applies what changed; an invalid config changes nothing.
-    fn reload(&self, caller: Caller) -> impl Future<Output = Result<ReloadReport, ControlError>> + Send;
+    fn reload(
+        &self,
+        caller: Caller,
+    ) -> impl Future<Output = Result<ReloadReport, ControlError>> + Send;
     /// Where a connect to `vip` (`ip:port`) goes now.
-    fn explain(&self, vip: String, protocol: Option<String>) -> impl Future<Output = Result<ExplainReport, ControlError>> + Send;
+    fn explain(
+        &self,
+        vip: String,
+        protocol: Option<String>,
+    ) -> impl Future<Output = Result<ExplainReport, ControlError>> + Send;
 }

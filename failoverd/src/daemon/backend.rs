@@ -7,6 +7,7 @@ use tokio::time::Instant;
 use crate::{
     breaker::{Breaker, BreakerParams},
     config::{BackendConfig, ServiceConfig},
+    control::DrainInfo,
     health::{HealthState, HealthStatus, ProbeError, ProbeOk},
 };
 
@@ -49,8 +50,8 @@ pub struct BackendState {
     pub health: HealthState,
     /// Ejects it when it keeps failing.
     pub breaker: Breaker,
-    /// Held out by an operator (the control issue fills this in; false until then).
-    pub drained: bool,
+    /// Set while an operator holds it out of new connections (still probed).
+    pub drain: Option<DrainInfo>,
     /// The most recent probe.
     pub last_probe: Option<LastProbe>,
     /// When its state (health or breaker) last changed.
@@ -93,7 +94,7 @@ impl BackendState {
                 max_open_for: service.breaker.max_open_for,
                 rise: service.health.rise,
             }),
-            drained: false,
+            drain: None,
             last_probe: None,
             since: now,
             verdict_due: now + verdict_wait,
@@ -103,7 +104,9 @@ impl BackendState {
     /// Takes new connections: healthy, breaker closed, not drained (weight is
     /// judged by selection, which also knows about panic mode).
     pub fn is_live(&self) -> bool {
-        self.health.status() == HealthStatus::Healthy && !self.breaker.is_open() && !self.drained
+        self.health.status() == HealthStatus::Healthy
+            && !self.breaker.is_open()
+            && self.drain.is_none()
     }
 
     /// Whether the first verdict is in, or overdue (then it stays out as `unknown`).
@@ -113,7 +116,7 @@ impl BackendState {
 
     /// The state word status shows: drained, ejected, or the health status.
     pub fn state_word(&self) -> &'static str {
-        if self.drained {
+        if self.drain.is_some() {
             "drained"
         } else if self.breaker.is_open() {
             "ejected"

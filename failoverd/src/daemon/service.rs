@@ -23,14 +23,18 @@ use super::{
 use crate::{
     breaker::{may_eject, BreakerEvent},
     config::{Failback, OnAllDown, ServiceConfig},
+    control::{ControlError, DrainInfo, ExplainReport, OutBackend, ReachableBackend},
     datapath::{IdAllocator, TableBackend, Vip, VipTable},
     health::{HealthStatus, Probe, ProbeError, ProbeOk},
-    reconcile::WriterCommand,
+    reconcile::{WriterCommand, WriterMessage},
     select::{select, AllDown, Candidate, FailbackMode, Selection},
 };
 
+/// Makes a drain change durable; runs inside the service task after the
+/// change was checked and before it is applied, so a failure changes nothing.
+pub type Persist = Box<dyn FnOnce() -> Result<(), ControlError> + Send>;
+
 /// What a service task reacts to.
-#[derive(Debug)]
 pub enum ServiceEvent {
     /// A probe finished.
     Probe {
@@ -57,6 +61,29 @@ pub enum ServiceEvent {
     Status {
         /// Answered with the snapshot.
         reply: oneshot::Sender<ServiceStatus>,
+    },
+    /// Operator: hold a backend out of new connections (`info: None` puts it back).
+    Drain {
+        /// Backend name.
+        backend: String,
+        /// Who, when, why; `None` to undrain.
+        info: Option<DrainInfo>,
+        /// Allow draining the last backend in the table.
+        force: bool,
+        /// Makes the change durable before it is applied.
+        persist: Persist,
+        /// Answered once the kernel's table reflects the change.
+        reply: oneshot::Sender<Result<(), ControlError>>,
+    },
+    /// Where a connect to the VIP goes now, and why every other backend is out.
+    Explain {
+        /// Answered with the explanation.
+        reply: oneshot::Sender<ExplainReport>,
+    },
+    /// Stop the task (reload removed or changed the service); answered with the table it last sent.
+    Stop {
+        /// Answered with the last table, which a successor adopts.
+        reply: oneshot::Sender<Option<VipTable>>,
     },
 }
 
@@ -102,6 +129,8 @@ pub struct BackendStatus {
     pub last_probe: Option<(Result<String, String>, Duration)>,
     /// Time since its state last changed.
     pub in_state_for: Duration,
+    /// Who drained it, when and why, while drained.
+    pub drain: Option<DrainInfo>,
 }
 
 struct Tracked {
@@ -118,13 +147,11 @@ impl Drop for Tracked {
 /// Shared by every service task.
 pub struct Shared {
     /// Where tables go.
-    pub writer: mpsc::Sender<WriterCommand>,
+    pub writer: mpsc::Sender<WriterMessage>,
     /// Caps probes in flight.
     pub permits: Arc<Semaphore>,
     /// Counter ids.
     pub ids: Arc<Mutex<IdAllocator>>,
-    /// Stops everything.
-    pub shutdown: watch::Receiver<bool>,
 }
 
 /// The state and the loop of one service.
@@ -136,11 +163,15 @@ pub struct ServiceTask {
     backends: BTreeMap<BackendKey, Tracked>,
     /// Ids the adopted table gave to addresses, reused so counters continue.
     adopted_ids: HashMap<SocketAddr, u32>,
+    /// Drains restored from state_dir, by backend name, applied as backends appear.
+    drains: BTreeMap<String, DrainInfo>,
     active: Option<u8>,
+    panic: bool,
     last_sent: Option<VipTable>,
     ready: bool,
     events_tx: mpsc::Sender<ServiceEvent>,
     shared: Arc<Shared>,
+    stop: watch::Receiver<bool>,
 }
 
 impl ServiceTask {
@@ -149,8 +180,10 @@ impl ServiceTask {
         config: ServiceConfig,
         vip_id: u32,
         adopted: Option<&VipTable>,
+        drains: BTreeMap<String, DrainInfo>,
         events_tx: mpsc::Sender<ServiceEvent>,
         shared: Arc<Shared>,
+        stop: watch::Receiver<bool>,
     ) -> Self {
         let probe = Arc::new(super::probe_for(&config.health));
         ServiceTask {
@@ -163,31 +196,44 @@ impl ServiceTask {
                 .unwrap_or_default(),
             // Traffic was wherever the pinned table sends it; selection starts from scratch.
             active: None,
+            panic: false,
+            drains,
             last_sent: adopted.cloned(),
             ready: false,
             config,
             events_tx,
             shared,
+            stop,
         }
     }
 
     /// Runs until shutdown.
     pub async fn run(mut self, mut events: mpsc::Receiver<ServiceEvent>) {
-        let mut shutdown = self.shared.shutdown.clone();
+        let mut stop = self.stop.clone();
         loop {
             let deadline = self
                 .backends
                 .values()
                 .filter_map(|b| b.state.breaker.next_deadline())
                 .min();
-            tokio::select! {
+            // Decide inside select!, act after it: the branch futures must be
+            // gone before anything else is awaited.
+            let event = tokio::select! {
                 biased;
-                _ = shutdown.wait_for(|stop| *stop) => return,
+                _ = stop.wait_for(|stop| *stop) => return,
                 event = events.recv() => match event {
-                    Some(event) => self.handle(event),
+                    Some(event) => Some(event),
                     None => return,
                 },
-                _ = sleep_until_opt(deadline) => self.tick_breakers(),
+                _ = sleep_until_opt(deadline) => None,
+            };
+            match event {
+                Some(ServiceEvent::Stop { reply }) => {
+                    reply.send(self.last_sent.take()).ok();
+                    return;
+                }
+                Some(event) => self.handle(event).await,
+                None => self.tick_breakers(),
             }
             self.reconcile().await;
         }
@@ -229,7 +275,10 @@ impl ServiceTask {
                     }
                 },
             };
-            let state = BackendState::new(&self.config, backend_config, key, from_hostname, id);
+            let mut state = BackendState::new(&self.config, backend_config, key, from_hostname, id);
+            // Drains are keyed by backend name, which for a hostname's
+            // addresses is only known here.
+            state.drain = self.drains.get(&state.name).cloned();
             let prober = tokio::spawn(prober::run(
                 ProberParams {
                     key,
@@ -240,7 +289,7 @@ impl ServiceTask {
                     permits: Arc::clone(&self.shared.permits),
                 },
                 self.events_tx.clone(),
-                self.shared.shutdown.clone(),
+                self.stop.clone(),
             ));
             if from_hostname {
                 tracing::info!(service = %self.config.name, backend = %state.name, "new address; probing it");
@@ -249,7 +298,7 @@ impl ServiceTask {
         }
     }
 
-    fn handle(&mut self, event: ServiceEvent) {
+    async fn handle(&mut self, event: ServiceEvent) {
         match event {
             ServiceEvent::Probe {
                 key,
@@ -271,6 +320,169 @@ impl ServiceTask {
             ServiceEvent::Status { reply } => {
                 reply.send(self.status()).ok();
             }
+            ServiceEvent::Drain {
+                backend,
+                info,
+                force,
+                persist,
+                reply,
+            } => {
+                let result = self.drain(&backend, info, force, persist).await;
+                reply.send(result).ok();
+            }
+            ServiceEvent::Explain { reply } => {
+                reply.send(self.explain()).ok();
+            }
+            // Handled in `run`, which ends the task.
+            ServiceEvent::Stop { .. } => {}
+        }
+    }
+
+    /// Drains or undrains a backend: checks, persists, applies, and returns
+    /// once the kernel's table reflects it.
+    async fn drain(
+        &mut self,
+        backend: &str,
+        info: Option<DrainInfo>,
+        force: bool,
+        persist: Persist,
+    ) -> Result<(), ControlError> {
+        let service = self.config.name.clone();
+        let Some(key) = self
+            .backends
+            .iter()
+            .find(|(_, t)| t.state.name == backend)
+            .map(|(k, _)| *k)
+        else {
+            let names: Vec<&str> = self
+                .backends
+                .values()
+                .map(|t| t.state.name.as_str())
+                .collect();
+            return Err(ControlError::NotFound(format!(
+                "service {service} has no backend `{backend}` (it has: {})",
+                names.join(", ")
+            )));
+        };
+        if info.is_some() && !force {
+            let in_table = self
+                .last_sent
+                .as_ref()
+                .map(|t| t.backends.iter().map(|b| b.addr).collect::<Vec<_>>())
+                .unwrap_or_default();
+            if in_table == [key.addr] {
+                return Err(ControlError::Invalid(format!(
+                    "{backend} is the last backend {service} sends connections to; draining it leaves the VIP without one: pass --force to drain it anyway"
+                )));
+            }
+        }
+        persist()?;
+        match &info {
+            Some(i) => {
+                tracing::info!(service = %service, backend = %backend, by = %i.by, reason = ?i.reason, "backend drained");
+                self.drains.insert(backend.to_string(), i.clone());
+            }
+            None => {
+                tracing::info!(service = %service, backend = %backend, "backend undrained");
+                self.drains.remove(backend);
+            }
+        }
+        if let Some(t) = self.backends.get_mut(&key) {
+            t.state.drain = info;
+            t.state.since = Instant::now();
+        }
+        self.reconcile().await;
+        let (reply, written) = oneshot::channel();
+        if self
+            .shared
+            .writer
+            .send(WriterMessage::Barrier(reply))
+            .await
+            .is_err()
+        {
+            return Err(ControlError::Failed("the daemon is stopping".into()));
+        }
+        match written.await {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(ControlError::Failed(
+                "the drain is recorded but the datapath write failed; it is being retried (see the daemon's log)".to_string(),
+            )),
+            Err(_) => Err(ControlError::Failed("the daemon is stopping".into())),
+        }
+    }
+
+    fn explain(&self) -> ExplainReport {
+        let table = self.last_sent.as_ref();
+        let shares: BTreeMap<SocketAddr, f64> = table
+            .map(|t| {
+                let total = t.slots.len().max(1) as f64;
+                t.backends
+                    .iter()
+                    .zip(t.slot_counts())
+                    .map(|(b, n)| (b.addr, 100.0 * n as f64 / total))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let mut reachable = Vec::new();
+        let mut out = Vec::new();
+        for t in self.backends.values() {
+            let b = &t.state;
+            let address = b.key.addr.to_string();
+            if let Some(&share) = shares.get(&b.key.addr).filter(|s| **s > 0.0) {
+                reachable.push(ReachableBackend {
+                    name: b.name.clone(),
+                    address,
+                    share_percent: share,
+                });
+                continue;
+            }
+            let reason = if let Some(d) = &b.drain {
+                format!(
+                    "drained by {}{}",
+                    d.by,
+                    d.reason
+                        .as_ref()
+                        .map(|r| format!(": {r}"))
+                        .unwrap_or_default()
+                )
+            } else if b.breaker.is_open() {
+                format!("ejected by the breaker ({} times)", b.breaker.ejections())
+            } else {
+                match b.health.status() {
+                    HealthStatus::Unknown => "unknown: no verdict yet".to_string(),
+                    HealthStatus::Unhealthy => match b.last_probe.as_ref().map(|p| &p.outcome) {
+                        Some(Err((reason, message))) => format!("unhealthy: {reason}: {message}"),
+                        _ => "unhealthy".to_string(),
+                    },
+                    HealthStatus::Healthy if b.weight == 0 => "weight 0".to_string(),
+                    HealthStatus::Healthy => {
+                        match self.active {
+                            Some(active) if active != b.priority => {
+                                format!("standby: priority {} while priority {active} takes connections", b.priority)
+                            }
+                            _ if !self.ready => {
+                                "not managed yet: waiting for every backend's first verdict"
+                                    .to_string()
+                            }
+                            _ => "not in the table".to_string(),
+                        }
+                    }
+                }
+            };
+            out.push(OutBackend {
+                name: b.name.clone(),
+                address,
+                reason,
+            });
+        }
+        ExplainReport {
+            vip: self.vip.addr.to_string(),
+            service: self.config.name.clone(),
+            active_priority: if self.ready { self.active } else { None },
+            refused: table.is_some_and(|t| t.slots.is_empty()),
+            panic: self.panic,
+            reachable,
+            out,
         }
     }
 
@@ -355,7 +567,7 @@ impl ServiceTask {
                 priority: b.priority,
                 weight: b.weight,
                 live: b.is_live(),
-                drained: b.drained,
+                drained: b.drain.is_some(),
             })
             .collect();
         let all_down = match self.config.on_all_down {
@@ -369,6 +581,7 @@ impl ServiceTask {
         let selection = select(&candidates, all_down, failback, self.active);
         self.log_priority_change(&selection, &states);
         self.active = selection.priority();
+        self.panic = matches!(selection, Selection::Panic { .. });
 
         let mut members = selection.members().to_vec();
         if members.len() > failoverd_shared::MAX_BACKENDS {
@@ -401,7 +614,7 @@ impl ServiceTask {
         if self
             .shared
             .writer
-            .send(WriterCommand::Apply(table))
+            .send(WriterCommand::Apply(table).into())
             .await
             .is_err()
         {
@@ -473,6 +686,7 @@ impl ServiceTask {
                             (outcome, p.latency)
                         }),
                         in_state_for: b.since.elapsed(),
+                        drain: b.drain.clone(),
                     }
                 })
                 .collect(),
