@@ -2,7 +2,6 @@
 
 use std::process::ExitCode;
 
-use anyhow::Context;
 use clap::Parser;
 use failoverd::cli::{self, Cli, Command};
 use tracing_subscriber::EnvFilter;
@@ -17,20 +16,27 @@ fn main() -> ExitCode {
     match run(cli.command) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("failoverd: {e:#}");
+            eprintln!("failoverd: {e}");
             ExitCode::FAILURE
         }
     }
 }
 
 fn run(command: Command) -> anyhow::Result<()> {
+    // Every error type here already names its cause in its message, so main
+    // prints `{e}` once rather than a context chain that repeats it.
     match command {
-        // Their errors already say file:line:column and what to do.
         Command::Run(args) => Ok(cli::run::run(&args)?),
         Command::Check(args) => Ok(cli::check::run(&args)?),
-        Command::Vip(c) => cli::vip::run(&c).context("vip"),
-        Command::Cleanup(args) => cli::cleanup::run(&args).map(drop).context("cleanup"),
-        Command::Demo(args) => cli::demo::run(&args).context("demo"),
-        Command::DemoClient(args) => cli::demo::run_client(&args).context("demo client"),
+        Command::Status(args) => Ok(cli::status::run(&args)?),
+        Command::Drain(args) => Ok(cli::drain::run(&args)?),
+        Command::Undrain(args) => Ok(cli::drain::run_undrain(&args)?),
+        Command::Failback(args) => Ok(cli::failback::run(&args)?),
+        Command::Reload(args) => Ok(cli::reload::run(&args)?),
+        Command::Explain(args) => Ok(cli::explain::run(&args)?),
+        Command::Vip(c) => Ok(cli::vip::run(&c)?),
+        Command::Cleanup(args) => cli::cleanup::run(&args).map(drop).map_err(Into::into),
+        Command::Demo(args) => cli::demo::run(&args),
+        Command::DemoClient(args) => cli::demo::run_client(&args),
     }
 }

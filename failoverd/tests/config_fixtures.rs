@@ -161,3 +161,43 @@ fn every_yaml_file_in_configs_parses() {
     }
     assert!(checked >= 1, "no failoverd*.yaml in {}", dir.display());
 }
+
+/// The systemd unit: a notify service that checks its config first, reloads
+/// on SIGHUP, restarts on failure and keeps exactly the capabilities BPF needs.
+#[test]
+fn systemd_unit_runs_the_daemon_with_only_the_capabilities_it_needs() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs/failoverd.service");
+    let text = std::fs::read_to_string(&path).expect("configs/failoverd.service");
+    let mut section = String::new();
+    let mut keys: Vec<(String, String, String)> = Vec::new();
+    for (n, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        if let Some(name) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
+            section = name.to_string();
+            continue;
+        }
+        let (key, value) = line
+            .split_once('=')
+            .unwrap_or_else(|| panic!("line {}: not key=value: {line}", n + 1));
+        keys.push((section.clone(), key.to_string(), value.to_string()));
+    }
+    let get = |s: &str, k: &str| {
+        keys.iter()
+            .find(|(sec, key, _)| sec == s && key == k)
+            .map(|(_, _, v)| v.as_str())
+    };
+    assert_eq!(get("Service", "Type"), Some("notify"));
+    assert!(get("Service", "ExecStartPre").is_some_and(|v| v.contains("failoverd check --config")));
+    assert!(get("Service", "ExecStart").is_some_and(|v| v.contains("failoverd run --config")));
+    assert!(get("Service", "ExecReload").is_some_and(|v| v.contains("-HUP")));
+    assert_eq!(get("Service", "Restart"), Some("on-failure"));
+    let caps = get("Service", "CapabilityBoundingSet").expect("capabilities");
+    for cap in ["CAP_BPF", "CAP_NET_ADMIN", "CAP_SYS_ADMIN"] {
+        assert!(caps.contains(cap), "{cap} missing from {caps}");
+    }
+    assert_eq!(get("Service", "RuntimeDirectoryMode"), Some("0750"));
+    assert_eq!(get("Install", "WantedBy"), Some("multi-user.target"));
+}

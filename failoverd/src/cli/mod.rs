@@ -3,7 +3,12 @@
 pub mod check;
 pub mod cleanup;
 pub mod demo;
+pub mod drain;
+pub mod explain;
+pub mod failback;
+pub mod reload;
 pub mod run;
+pub mod status;
 pub mod vip;
 
 use std::path::PathBuf;
@@ -21,6 +26,9 @@ use crate::datapath::CgroupSpec;
         failoverd demo                                   # see it work, self-contained\n  \
         failoverd check --config /etc/failoverd/failoverd.yaml\n  \
         failoverd run --config /etc/failoverd/failoverd.yaml\n  \
+        failoverd status\n  \
+        failoverd drain orders-db a --reason \"kernel upgrade\"\n  \
+        failoverd explain 10.96.0.10:5432\n  \
         failoverd vip set 10.96.0.10:5432 10.0.0.5:5432=3 10.0.0.6:5432=1\n  \
         failoverd vip list\n  \
         failoverd cleanup"
@@ -41,6 +49,18 @@ pub enum Command {
     Run(run::RunArgs),
     /// Validate a config file without touching anything live.
     Check(check::CheckArgs),
+    /// Every service and backend of the running daemon.
+    Status(status::StatusArgs),
+    /// Take a backend out of new connections (persisted; still probed).
+    Drain(drain::DrainArgs),
+    /// Put a drained backend back.
+    Undrain(drain::UndrainArgs),
+    /// Send a `failback: manual` service back to its best live priority.
+    Failback(failback::FailbackArgs),
+    /// Re-read the config and apply what changed; an invalid one changes nothing.
+    Reload(reload::ReloadArgs),
+    /// Where a connect to a VIP goes right now, and why not elsewhere.
+    Explain(explain::ExplainArgs),
     /// Install, list or remove VIP tables in the kernel datapath by hand.
     #[command(subcommand)]
     Vip(vip::VipCommand),

@@ -2,10 +2,16 @@
 
 use std::path::PathBuf;
 
+use std::{sync::Arc, time::Duration};
+
 use crate::{
     config::{self, ConfigError},
-    daemon::{self, drains::DrainStoreError, DaemonError, DrainStore},
-    datapath::{cleanup, BpfDatapath, DatapathError},
+    control::{self, Caller, ControlHandler},
+    daemon::{
+        self, control::DaemonControl, drains::DrainStoreError, DaemonError, DaemonHandle,
+        DrainStore,
+    },
+    datapath::{cleanup, BpfDatapath, DatapathError, PinnedMaps},
 };
 
 /// Arguments of `failoverd run`.
@@ -38,6 +44,9 @@ pub enum RunError {
     /// The drains in `state_dir` could not be read: refusing to guess which backends are drained.
     #[error(transparent)]
     Drains(#[from] DrainStoreError),
+    /// The control socket could not be set up.
+    #[error(transparent)]
+    Control(#[from] control::server::ServerError),
     /// The async runtime or the signal handlers could not be set up.
     #[error("setting up {what}: {source}")]
     Setup {
@@ -61,25 +70,85 @@ pub fn run(args: &RunArgs) -> Result<(), RunError> {
             what: "the async runtime",
             source,
         })?;
-    let drains = DrainStore::new(&config.control.state_dir).load()?;
+    let store = DrainStore::new(&config.control.state_dir);
+    let drains = store.load()?;
     runtime.block_on(async {
-        let stop = stop_signal().map_err(|source| RunError::Setup {
-            what: "signal handlers",
-            source,
-        })?;
+        let stop = stop_signal().map_err(|source| RunError::Setup { what: "signal handlers", source })?;
         let datapath = BpfDatapath::open(&config.datapath.to_datapath_config())?;
-        let datapath = daemon::run(&config, datapath, drains, stop).await?;
-        drop(datapath);
+        let counters = PinnedMaps::open(&config.datapath.pin_dir)?;
+        let running = daemon::start(&config, datapath, drains).await?;
+        let handle = running.handle();
+        let control = Arc::new(DaemonControl::new(handle.clone(), store, args.config.clone(), Some(counters)));
+        let listener = control::server::bind(&config.control.socket)?;
+        let (control_stop, control_stopped) = tokio::sync::watch::channel(false);
+        let server = tokio::spawn(control::server::serve(listener, Arc::clone(&control), control_stopped));
+        let hup = tokio::spawn(reload_on_sighup(Arc::clone(&control)));
+        let ready = tokio::spawn(notify_when_ready(handle));
+
+        stop.await;
+        notify(&[sd_notify::NotifyState::Stopping]);
+        control_stop.send(true).ok();
+        hup.abort();
+        ready.abort();
+        if let Err(e) = server.await {
+            tracing::error!(error = %e, "control server ended abnormally");
+        }
+        if let Err(e) = std::fs::remove_file(&config.control.socket) {
+            tracing::warn!(socket = %config.control.socket.display(), error = %e, "could not remove the control socket");
+        }
+        tracing::info!("shutting down; the datapath stays pinned and keeps translating");
+        drop(running.shutdown().await);
         if args.cleanup_on_exit {
             let report = cleanup(&config.datapath.pin_dir)?;
-            tracing::info!(
-                links = report.links,
-                maps = report.maps,
-                "datapath removed (--cleanup-on-exit)"
-            );
+            tracing::info!(links = report.links, maps = report.maps, "datapath removed (--cleanup-on-exit)");
         }
         Ok(())
     })
+}
+
+/// Tells systemd (Type=notify) the daemon is ready once every service has its
+/// first verdicts: before that, a restart would only be adopting tables.
+async fn notify_when_ready(handle: DaemonHandle) {
+    // Bounded by the daemon's life: this task is aborted at shutdown.
+    loop {
+        if handle.ready().await {
+            tracing::info!("every service has its first verdicts: ready");
+            notify(&[sd_notify::NotifyState::Ready]);
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn notify(state: &[sd_notify::NotifyState<'_>]) {
+    // A no-op outside systemd (no NOTIFY_SOCKET); a failure is worth a log line only.
+    if let Err(e) = sd_notify::notify(state) {
+        tracing::warn!(error = %e, "could not notify systemd");
+    }
+}
+
+/// SIGHUP reloads the config like `failoverd reload`; an invalid one is logged and changes nothing.
+async fn reload_on_sighup(control: Arc<DaemonControl>) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut hup = match signal(SignalKind::hangup()) {
+        Ok(hup) => hup,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot listen for SIGHUP; use failoverd reload");
+            return;
+        }
+    };
+    while hup.recv().await.is_some() {
+        let caller = Caller {
+            user: "SIGHUP".into(),
+            pid: 0,
+        };
+        match control.reload(caller).await {
+            Ok(report) => tracing::info!(?report, "SIGHUP: config reloaded"),
+            Err(e) => {
+                tracing::error!(error = %e, "SIGHUP: reload refused, the running config is unchanged")
+            }
+        }
+    }
 }
 
 /// Resolves on the first SIGTERM or SIGINT.

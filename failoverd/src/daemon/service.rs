@@ -446,7 +446,10 @@ impl ServiceTask {
                         .unwrap_or_default()
                 )
             } else if b.breaker.is_open() {
-                format!("ejected by the breaker ({} times)", b.breaker.ejections())
+                match b.breaker.ejections() {
+                    1 => "ejected by the breaker (first ejection)".to_string(),
+                    n => format!("ejected by the breaker ({n} ejections)"),
+                }
             } else {
                 match b.health.status() {
                     HealthStatus::Unknown => "unknown: no verdict yet".to_string(),

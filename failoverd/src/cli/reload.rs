@@ -1,0 +1,29 @@
+//! `failoverd reload`: make the running daemon re-read its config file and apply what changed.
+
+use crate::control::{
+    command::{block_on, print, CommandError, SocketArgs},
+    render,
+};
+
+/// Arguments of `failoverd reload`.
+#[derive(Debug, Clone, clap::Args)]
+#[command(after_help = "Examples:\n  \
+    failoverd check --config /etc/failoverd/failoverd.yaml && failoverd reload\n  \
+    failoverd reload --config /etc/failoverd/failoverd.yaml   # its control.socket\n\n\
+    The daemon re-reads the file it was started with (--config here only finds the\n\
+    socket). Added services start, removed ones leave the datapath, changed ones\n\
+    restart with fresh health state and keep their drains. An invalid file changes\n\
+    nothing: its error (FILE:LINE:COLUMN: KEY: MESSAGE) is printed and the exit\n\
+    code is non-zero.")]
+pub struct ReloadArgs {
+    /// Which daemon to ask.
+    #[command(flatten)]
+    pub socket: SocketArgs,
+}
+
+/// Runs `failoverd reload`; an invalid config is a [`CommandError::Client`] whose message is the daemon's, verbatim.
+pub fn run(args: &ReloadArgs) -> Result<(), CommandError> {
+    let client = args.socket.client()?;
+    let report = block_on(async { Ok(client.reload().await?) })?;
+    print(&render::reload_text(&report))
+}

@@ -1,0 +1,56 @@
+//! `failoverd status`: every service and backend of the running daemon, as an 80-column table or as JSON.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use crate::control::{
+    command::{block_on, print, CommandError, SocketArgs},
+    render,
+};
+
+/// How `failoverd status` prints.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum OutputFormat {
+    /// A table for people, at most 80 columns wide.
+    #[default]
+    Table,
+    /// The daemon's StatusReport, pretty-printed; stable: fields are only ever added.
+    Json,
+}
+
+/// Arguments of `failoverd status`.
+#[derive(Debug, Clone, clap::Args)]
+#[command(after_help = "Examples:\n  \
+    failoverd status\n  \
+    failoverd status --output json | jq '.services[] | {name, active_priority}'\n  \
+    failoverd status --config /etc/failoverd/failoverd.yaml   # its control.socket\n\n\
+    Per service: VIP, the priority taking new connections, readiness; per backend:\n\
+    address, state, weight, priority, last probe, time in state and the connects\n\
+    the kernel sent it. The JSON fields are described in docs/control-api.md.")]
+pub struct StatusArgs {
+    /// `table` (for people) or `json` (for scripts).
+    #[arg(long, short = 'o', value_enum, default_value_t = OutputFormat::Table)]
+    pub output: OutputFormat,
+    /// Which daemon to ask.
+    #[command(flatten)]
+    pub socket: SocketArgs,
+}
+
+/// Runs `failoverd status`: asks the daemon and prints its answer.
+pub fn run(args: &StatusArgs) -> Result<(), CommandError> {
+    let client = args.socket.client()?;
+    let report = block_on(async { Ok(client.status().await?) })?;
+    let text = match args.output {
+        OutputFormat::Table => render::status_table(&report, now_unix()),
+        OutputFormat::Json => {
+            render::status_json(&report).map_err(|e| CommandError::Output { source: e.into() })?
+        }
+    };
+    print(&text)
+}
+
+/// Seconds since the Unix epoch; a clock before 1970 only makes drains look recent.
+fn now_unix() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}

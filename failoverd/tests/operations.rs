@@ -1,0 +1,569 @@
+//! Operator control end to end, as root: the real `failoverd run`, its control socket and CLI,
+//! real backend processes and clients in a cgroup.
+//!
+//! Drains under load, drains that survive restarts and reloads, reloads that
+//! refuse a broken config or remove a VIP, a SIGKILLed daemon under load, and
+//! `status --output json` checked against the kernel's own map.
+
+mod support;
+
+use std::{
+    net::SocketAddr,
+    path::PathBuf,
+    process::{Child, Command, Output},
+    time::{Duration, Instant},
+};
+
+use failoverd::{
+    control::StatusReport,
+    datapath::{DatapathError, PinnedMaps, Protocol, Vip},
+};
+use libtest_mimic::{Arguments, Failed, Trial};
+use support::{
+    client::{run_client, spawn_client, ClientSpec, Mode},
+    env::Env,
+    server::{BackendProcess, ServerSpec},
+};
+
+type TestResult = Result<(), Failed>;
+type TrialFn = fn() -> TestResult;
+
+fn main() {
+    support::client::maybe_run_client();
+    support::server::maybe_run_server();
+    let args = Arguments::from_args();
+    let trials: Vec<(&'static str, TrialFn)> = vec![
+        (
+            "drain_under_load_fails_nothing_and_takes_effect_before_returning",
+            drain_under_load_fails_nothing_and_takes_effect_before_returning,
+        ),
+        (
+            "drain_survives_restart_and_reload",
+            drain_survives_restart_and_reload,
+        ),
+        (
+            "draining_the_last_backend_needs_force",
+            draining_the_last_backend_needs_force,
+        ),
+        (
+            "reload_with_a_broken_config_keeps_the_old_one",
+            reload_with_a_broken_config_keeps_the_old_one,
+        ),
+        (
+            "reload_that_removes_a_vip_stops_its_translation",
+            reload_that_removes_a_vip_stops_its_translation,
+        ),
+        (
+            "sigkill_under_load_loses_no_connect",
+            sigkill_under_load_loses_no_connect,
+        ),
+        (
+            "status_json_agrees_with_the_kernel_map",
+            status_json_agrees_with_the_kernel_map,
+        ),
+        (
+            "a_user_without_root_cannot_use_the_control_socket",
+            a_user_without_root_cannot_use_the_control_socket,
+        ),
+    ];
+    let trials = trials
+        .into_iter()
+        .map(|(name, f)| Trial::test(name, f))
+        .collect();
+    libtest_mimic::run(&args, trials).exit();
+}
+
+fn check(cond: bool, what: impl FnOnce() -> String) -> TestResult {
+    if cond {
+        Ok(())
+    } else {
+        Err(what().into())
+    }
+}
+
+fn loopback() -> SocketAddr {
+    "127.0.0.1:0".parse().expect("loopback")
+}
+
+fn tcp_vip(addr: &str) -> Vip {
+    Vip {
+        addr: addr.parse().expect("test VIP"),
+        protocol: Protocol::Tcp,
+    }
+}
+
+/// One trial's daemon: its files (config, state dir, socket) and the process.
+struct Daemon {
+    dir: PathBuf,
+    config: PathBuf,
+    socket: PathBuf,
+    child: Option<Child>,
+}
+
+impl Daemon {
+    /// Writes the config (with this trial's cgroup, pins, socket and state dir) but starts nothing.
+    fn new(env: &Env, tag: &str, services: &str) -> Result<Daemon, Failed> {
+        let dir = std::env::temp_dir().join(support::unique_name("fo-ops", tag)?);
+        std::fs::create_dir_all(&dir)?;
+        let d = Daemon {
+            config: dir.join("failoverd.yaml"),
+            socket: dir.join("run/control.sock"),
+            dir,
+            child: None,
+        };
+        d.write_config(env, services)?;
+        Ok(d)
+    }
+
+    fn write_config(&self, env: &Env, services: &str) -> Result<(), Failed> {
+        let text = format!(
+            "{}control:\n  socket: {}\n  state_dir: {}\nservices:\n{services}",
+            env.yaml_datapath(),
+            self.socket.display(),
+            self.dir.join("state").display()
+        );
+        std::fs::write(&self.config, text)?;
+        Ok(())
+    }
+
+    fn start(&mut self) -> Result<(), Failed> {
+        let child = Command::new(env!("CARGO_BIN_EXE_failoverd"))
+            .args(["run", "--log", "warn", "--config"])
+            .arg(&self.config)
+            .spawn()?;
+        self.child = Some(child);
+        // The control socket answers once the daemon is up.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if self.cli(&["status"])?.status.success() {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Err("the daemon's control socket never answered".into())
+    }
+
+    fn sigkill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            child.kill().ok();
+            child.wait().ok();
+        }
+    }
+
+    /// Runs a client subcommand against this daemon's socket.
+    fn cli(&self, args: &[&str]) -> Result<Output, Failed> {
+        Ok(Command::new(env!("CARGO_BIN_EXE_failoverd"))
+            .args(args)
+            .arg("--socket")
+            .arg(&self.socket)
+            .output()?)
+    }
+
+    fn ok(&self, args: &[&str]) -> Result<String, Failed> {
+        let out = self.cli(args)?;
+        check(out.status.success(), || {
+            format!(
+                "failoverd {args:?} failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        })?;
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    fn status(&self) -> Result<StatusReport, Failed> {
+        Ok(serde_json::from_str(
+            &self.ok(&["status", "--output", "json"])?,
+        )?)
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.sigkill();
+        std::fs::remove_dir_all(&self.dir).ok();
+    }
+}
+
+fn service_yaml(name: &str, vip: Vip, backends: &[(&str, SocketAddr, u8)]) -> String {
+    let mut s = format!(
+        "  - name: {name}\n    vip: {}\n    health: {{ kind: tcp, interval: 100ms, timeout: 50ms, rise: 2, fall: 3 }}\n    backends:\n",
+        vip.addr
+    );
+    for (n, addr, priority) in backends {
+        s.push_str(&format!(
+            "      - {{ name: {n}, address: '{addr}', priority: {priority} }}\n"
+        ));
+    }
+    s
+}
+
+/// The kernel table's backends for `vip` (None: no table or no datapath yet).
+fn table(env: &Env, vip: Vip) -> Result<Option<Vec<SocketAddr>>, Failed> {
+    let maps = match PinnedMaps::open(env.pins.path()) {
+        Ok(maps) => maps,
+        Err(DatapathError::NotPinned { .. }) => return Ok(None),
+        Err(e) => return Err(e.into()),
+    };
+    Ok(maps
+        .tables()?
+        .get(&vip)
+        .map(|t| t.table.backends.iter().map(|b| b.addr).collect()))
+}
+
+fn until_table(env: &Env, vip: Vip, limit: Duration, want: &[SocketAddr]) -> TestResult {
+    let start = Instant::now();
+    let mut want = want.to_vec();
+    want.sort();
+    let mut last = None;
+    while start.elapsed() < limit {
+        let mut now = table(env, vip)?;
+        if let Some(v) = now.as_mut() {
+            v.sort();
+        }
+        if now.as_deref() == Some(&want[..]) {
+            return Ok(());
+        }
+        last = now;
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    Err(format!("table for {vip} never became {want:?} within {limit:?}; last {last:?}").into())
+}
+
+fn drain_under_load_fails_nothing_and_takes_effect_before_returning() -> TestResult {
+    let env = Env::new("odrain")?;
+    let a = BackendProcess::spawn(ServerSpec::tcp(loopback(), 1))?;
+    let b = BackendProcess::spawn(ServerSpec::tcp(loopback(), 2))?;
+    let vip = tcp_vip("127.79.1.1:80");
+    let mut d = Daemon::new(
+        &env,
+        "drain",
+        &service_yaml("svc", vip, &[("a", a.addr(), 0), ("b", b.addr(), 0)]),
+    )?;
+    d.start()?;
+    until_table(&env, vip, Duration::from_secs(5), &[a.addr(), b.addr()])?;
+
+    // About 1,000 connects per second while the drain happens.
+    let mut spec = ClientSpec::new(vip.addr, Mode::TcpReadId, 2000);
+    spec.interval_ms = 1;
+    let load = spawn_client(&env.cgroup, None, &spec)?;
+    std::thread::sleep(Duration::from_millis(500));
+    d.ok(&["drain", "svc", "a", "--reason", "maintenance"])?;
+    // The command has returned: the kernel's table must already be b alone.
+    check(table(&env, vip)? == Some(vec![b.addr()]), || {
+        "drain returned before the kernel table changed".into()
+    })?;
+    let after = run_client(
+        &env.cgroup,
+        None,
+        &ClientSpec::new(vip.addr, Mode::TcpReadId, 200),
+    )?;
+    check(after.id_count(2) == 200, || {
+        format!("a new connect reached the drained backend: {after:?}")
+    })?;
+    let report = load.wait_report()?;
+    check(report.ok == 2000, || {
+        format!("no connect may fail during a drain: {report:?}")
+    })?;
+
+    let status = d.status()?;
+    let a_status = status.services[0]
+        .backends
+        .iter()
+        .find(|x| x.name == "a")
+        .expect("a in status");
+    let drain = a_status
+        .drain
+        .as_ref()
+        .ok_or("status must show the drain")?;
+    check(
+        a_status.state == "drained"
+            && drain.reason.as_deref() == Some("maintenance")
+            && drain.by == "root",
+        || format!("status should say who drained it and why: {a_status:?}"),
+    )?;
+    d.ok(&["undrain", "svc", "a"])?;
+    check(table(&env, vip)?.map(|t| t.len()) == Some(2), || {
+        "undrain returned before a was back in the table".into()
+    })
+}
+
+fn drain_survives_restart_and_reload() -> TestResult {
+    let env = Env::new("opersist")?;
+    let a = BackendProcess::spawn(ServerSpec::tcp(loopback(), 1))?;
+    let b = BackendProcess::spawn(ServerSpec::tcp(loopback(), 2))?;
+    let vip = tcp_vip("127.79.2.1:80");
+    let mut d = Daemon::new(
+        &env,
+        "persist",
+        &service_yaml("svc", vip, &[("a", a.addr(), 0), ("b", b.addr(), 0)]),
+    )?;
+    d.start()?;
+    until_table(&env, vip, Duration::from_secs(5), &[a.addr(), b.addr()])?;
+    d.ok(&["drain", "svc", "a", "--reason", "disk swap"])?;
+
+    d.sigkill();
+    d.start()?;
+    // Once the restarted daemon has its verdicts the table is managed again: still b alone.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !d.status()?.services[0].ready {
+        check(Instant::now() < deadline, || {
+            "the restarted daemon never became ready".into()
+        })?;
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    check(table(&env, vip)? == Some(vec![b.addr()]), || {
+        "the drain was lost by the restart".into()
+    })?;
+    let a_status = d.status()?.services[0]
+        .backends
+        .iter()
+        .find(|x| x.name == "a")
+        .cloned()
+        .expect("a");
+    check(
+        a_status
+            .drain
+            .as_ref()
+            .and_then(|x| x.reason.clone())
+            .as_deref()
+            == Some("disk swap"),
+        || format!("the restored drain keeps its reason: {a_status:?}"),
+    )?;
+
+    d.ok(&["reload"])?;
+    std::thread::sleep(Duration::from_millis(300));
+    check(table(&env, vip)? == Some(vec![b.addr()]), || {
+        "the drain was lost by the reload".into()
+    })
+}
+
+fn draining_the_last_backend_needs_force() -> TestResult {
+    let env = Env::new("oforce")?;
+    let a = BackendProcess::spawn(ServerSpec::tcp(loopback(), 1))?;
+    let vip = tcp_vip("127.79.3.1:80");
+    let mut d = Daemon::new(
+        &env,
+        "force",
+        &service_yaml("svc", vip, &[("a", a.addr(), 0)]),
+    )?;
+    d.start()?;
+    until_table(&env, vip, Duration::from_secs(5), &[a.addr()])?;
+    let out = d.cli(&["drain", "svc", "a"])?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    check(!out.status.success() && stderr.contains("--force"), || {
+        format!("draining the last backend must ask for --force: {stderr}")
+    })?;
+    check(table(&env, vip)? == Some(vec![a.addr()]), || {
+        "a refused drain changed the table".into()
+    })?;
+    let out = d.cli(&["drain", "svc", "nope"])?;
+    check(
+        !out.status.success() && String::from_utf8_lossy(&out.stderr).contains("nope"),
+        || "an unknown backend must be named".into(),
+    )?;
+    d.ok(&["drain", "svc", "a", "--force"])?;
+    check(table(&env, vip)? == Some(vec![]), || {
+        "a forced drain of the last backend leaves an empty (refusing) table".into()
+    })
+}
+
+fn reload_with_a_broken_config_keeps_the_old_one() -> TestResult {
+    let env = Env::new("obadreload")?;
+    let a = BackendProcess::spawn(ServerSpec::tcp(loopback(), 1))?;
+    let vip = tcp_vip("127.79.4.1:80");
+    let services = service_yaml("svc", vip, &[("a", a.addr(), 0)]);
+    let mut d = Daemon::new(&env, "badreload", &services)?;
+    d.start()?;
+    until_table(&env, vip, Duration::from_secs(5), &[a.addr()])?;
+    let before = d.status()?;
+
+    // Line 11 (after datapath, control and the service's first lines): an unknown key.
+    let broken = services.replace("    backends:\n", "    bakends: []\n    backends:\n");
+    d.write_config(&env, &broken)?;
+    let out = d.cli(&["reload"])?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let location = format!("{}:", d.config.display());
+    check(
+        !out.status.success() && stderr.contains(&location) && stderr.contains("bakends"),
+        || format!("reload must refuse with file:line:column and the key: {stderr}"),
+    )?;
+    let after = d.status()?;
+    check(
+        after.services.len() == before.services.len()
+            && after.services[0].vip == before.services[0].vip,
+        || "a refused reload changed the running config".into(),
+    )?;
+    check(table(&env, vip)? == Some(vec![a.addr()]), || {
+        "a refused reload changed the table".into()
+    })
+}
+
+fn reload_that_removes_a_vip_stops_its_translation() -> TestResult {
+    let env = Env::new("oremove")?;
+    let a = BackendProcess::spawn(ServerSpec::tcp(loopback(), 1))?;
+    let b = BackendProcess::spawn(ServerSpec::tcp(loopback(), 2))?;
+    let keep = tcp_vip("127.79.5.1:80");
+    let gone = tcp_vip("127.79.5.2:80");
+    let both = service_yaml("keep", keep, &[("a", a.addr(), 0)])
+        + &service_yaml("gone", gone, &[("b", b.addr(), 0)]);
+    let mut d = Daemon::new(&env, "remove", &both)?;
+    d.start()?;
+    until_table(&env, keep, Duration::from_secs(5), &[a.addr()])?;
+    until_table(&env, gone, Duration::from_secs(5), &[b.addr()])?;
+    let kept_generation = PinnedMaps::open(env.pins.path())?.tables()?[&keep].generation;
+
+    d.write_config(&env, &service_yaml("keep", keep, &[("a", a.addr(), 0)]))?;
+    let out = d.ok(&["reload"])?;
+    check(out.contains("gone"), || {
+        format!("reload should report the removed service: {out}")
+    })?;
+    check(table(&env, gone)?.is_none(), || {
+        "the removed VIP is still in the datapath".into()
+    })?;
+    let report = run_client(
+        &env.cgroup,
+        None,
+        &ClientSpec::new(gone.addr, Mode::TcpReadId, 5),
+    )?;
+    check(report.errno_count(libc::ECONNREFUSED) == 5, || {
+        format!("the removed VIP must not translate: {report:?}")
+    })?;
+    let tables = PinnedMaps::open(env.pins.path())?.tables()?;
+    check(tables[&keep].generation == kept_generation, || {
+        "an unchanged service's table was rewritten".into()
+    })
+}
+
+fn sigkill_under_load_loses_no_connect() -> TestResult {
+    let env = Env::new("okill")?;
+    let a = BackendProcess::spawn(ServerSpec::tcp(loopback(), 1))?;
+    let b = BackendProcess::spawn(ServerSpec::tcp(loopback(), 2))?;
+    let vip = tcp_vip("127.79.6.1:80");
+    let mut d = Daemon::new(
+        &env,
+        "kill",
+        &service_yaml("svc", vip, &[("a", a.addr(), 0), ("b", b.addr(), 1)]),
+    )?;
+    d.start()?;
+    until_table(&env, vip, Duration::from_secs(5), &[a.addr()])?;
+    let generation = PinnedMaps::open(env.pins.path())?.tables()?[&vip].generation;
+
+    let mut spec = ClientSpec::new(vip.addr, Mode::TcpReadId, 3000);
+    spec.interval_ms = 1;
+    let load = spawn_client(&env.cgroup, None, &spec)?;
+    std::thread::sleep(Duration::from_millis(700));
+    d.sigkill();
+    std::thread::sleep(Duration::from_millis(500));
+    d.start()?;
+    let report = load.wait_report()?;
+    check(report.ok == 3000 && report.id_count(1) == 3000, || {
+        format!("no connect may fail across a SIGKILL and restart: {report:?}")
+    })?;
+    let tables = PinnedMaps::open(env.pins.path())?.tables()?;
+    check(tables[&vip].generation == generation, || {
+        "the restart rewrote an unchanged table".into()
+    })
+}
+
+fn status_json_agrees_with_the_kernel_map() -> TestResult {
+    let env = Env::new("ostatus")?;
+    let a = BackendProcess::spawn(ServerSpec::tcp(loopback(), 1))?;
+    let b = BackendProcess::spawn(ServerSpec::tcp(loopback(), 2))?;
+    let mut c = BackendProcess::spawn(ServerSpec::tcp(loopback(), 3))?;
+    let vip = tcp_vip("127.79.7.1:80");
+    let mut d = Daemon::new(
+        &env,
+        "status",
+        &service_yaml(
+            "svc",
+            vip,
+            &[("a", a.addr(), 0), ("b", b.addr(), 0), ("c", c.addr(), 1)],
+        ),
+    )?;
+    d.start()?;
+    until_table(&env, vip, Duration::from_secs(5), &[a.addr(), b.addr()])?;
+    c.kill();
+    let report = run_client(
+        &env.cgroup,
+        None,
+        &ClientSpec::new(vip.addr, Mode::TcpReadId, 100),
+    )?;
+    check(report.ok == 100, || format!("{report:?}"))?;
+    std::thread::sleep(Duration::from_millis(600));
+
+    let status = d.status()?;
+    let maps = PinnedMaps::open(env.pins.path())?;
+    let kernel = &maps.tables()?[&vip].table;
+    let service = &status.services[0];
+    check(service.active_priority == Some(0), || {
+        format!("{service:?}")
+    })?;
+    let mut in_table: Vec<String> = service
+        .backends
+        .iter()
+        .filter(|b| b.in_table)
+        .map(|b| b.address.clone())
+        .collect();
+    let mut kernel_addrs: Vec<String> =
+        kernel.backends.iter().map(|b| b.addr.to_string()).collect();
+    in_table.sort();
+    kernel_addrs.sort();
+    check(in_table == kernel_addrs, || {
+        format!("status says {in_table:?}, the kernel holds {kernel_addrs:?}")
+    })?;
+    for b in &service.backends {
+        let id = kernel
+            .backends
+            .iter()
+            .find(|k| k.addr.to_string() == b.address)
+            .map(|k| k.id);
+        if let Some(id) = id {
+            let counted = maps.counters(id)?.connects;
+            check(b.kernel_connects == counted, || {
+                format!(
+                    "{}: status {} vs kernel {counted}",
+                    b.name, b.kernel_connects
+                )
+            })?;
+        }
+    }
+    let total: u64 = service.backends.iter().map(|b| b.kernel_connects).sum();
+    check(total >= 100, || {
+        format!("the kernel counted {total} connects, the client made 100")
+    })?;
+    let c_status = service.backends.iter().find(|b| b.name == "c").expect("c");
+    check(
+        c_status.state == "unhealthy" && c_status.last_probe.as_ref().is_some_and(|p| !p.ok),
+        || format!("{c_status:?}"),
+    )
+}
+
+fn a_user_without_root_cannot_use_the_control_socket() -> TestResult {
+    let env = Env::new("ononroot")?;
+    let a = BackendProcess::spawn(ServerSpec::tcp(loopback(), 1))?;
+    let vip = tcp_vip("127.79.8.1:80");
+    let mut d = Daemon::new(
+        &env,
+        "nonroot",
+        &service_yaml("svc", vip, &[("a", a.addr(), 0)]),
+    )?;
+    d.start()?;
+    let out = Command::new("setpriv")
+        .args(["--reuid", "65534", "--regid", "65534", "--clear-groups"])
+        .arg(env!("CARGO_BIN_EXE_failoverd"))
+        .args(["drain", "svc", "a", "--force", "--socket"])
+        .arg(&d.socket)
+        .output()?;
+    check(!out.status.success(), || "nobody drained a backend".into())?;
+    check(d.status()?.services[0].backends[0].drain.is_none(), || {
+        "the drain went through".into()
+    })?;
+    let mode =
+        std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&d.socket)?.permissions())
+            & 0o777;
+    check(mode == 0o600, || {
+        format!("the socket is {mode:o}, want 600")
+    })?;
+    Ok(())
+}
