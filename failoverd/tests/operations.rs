@@ -58,6 +58,10 @@ fn main() {
             sigkill_under_load_loses_no_connect,
         ),
         (
+            "sighup_reloads_like_the_command",
+            sighup_reloads_like_the_command,
+        ),
+        (
             "status_json_agrees_with_the_kernel_map",
             status_json_agrees_with_the_kernel_map,
         ),
@@ -432,6 +436,31 @@ fn reload_that_removes_a_vip_stops_its_translation() -> TestResult {
     let tables = PinnedMaps::open(env.pins.path())?.tables()?;
     check(tables[&keep].generation == kept_generation, || {
         "an unchanged service's table was rewritten".into()
+    })
+}
+
+fn sighup_reloads_like_the_command() -> TestResult {
+    let env = Env::new("ohup")?;
+    let a = BackendProcess::spawn(ServerSpec::tcp(loopback(), 1))?;
+    let b = BackendProcess::spawn(ServerSpec::tcp(loopback(), 2))?;
+    let keep = tcp_vip("127.79.9.1:80");
+    let added = tcp_vip("127.79.9.2:80");
+    let mut d = Daemon::new(
+        &env,
+        "hup",
+        &service_yaml("keep", keep, &[("a", a.addr(), 0)]),
+    )?;
+    d.start()?;
+    until_table(&env, keep, Duration::from_secs(5), &[a.addr()])?;
+    let both = service_yaml("keep", keep, &[("a", a.addr(), 0)])
+        + &service_yaml("added", added, &[("b", b.addr(), 0)]);
+    d.write_config(&env, &both)?;
+    let pid = d.child.as_ref().ok_or("daemon not running")?.id();
+    // SAFETY: a signal to our own child.
+    unsafe { libc::kill(pid as i32, libc::SIGHUP) };
+    until_table(&env, added, Duration::from_secs(5), &[b.addr()])?;
+    check(d.status()?.services.len() == 2, || {
+        "SIGHUP should have added the service".into()
     })
 }
 
