@@ -18,12 +18,13 @@ use std::{
 use failoverd::{
     config,
     daemon::{self, Running, ServiceStatus},
-    datapath::{BpfDatapath, Datapath, DatapathError, PinnedMaps, Protocol, Vip},
+    datapath::{BpfDatapath, Datapath, PinnedMaps, Vip},
 };
 use libtest_mimic::{Arguments, Failed, Trial};
 use support::{
     client::{run_client, ClientReport, ClientSpec, Mode},
     env::Env,
+    kernel::{check, exactly, loopback, table, tcp_vip, until_table},
     server::{BackendProcess, ServerSpec},
 };
 
@@ -91,25 +92,6 @@ fn block_on<F: Future<Output = TestResult>>(f: F) -> TestResult {
         .block_on(f)
 }
 
-fn check(cond: bool, what: impl FnOnce() -> String) -> TestResult {
-    if cond {
-        Ok(())
-    } else {
-        Err(what().into())
-    }
-}
-
-fn loopback() -> SocketAddr {
-    "127.0.0.1:0".parse().expect("loopback")
-}
-
-fn tcp_vip(addr: &str) -> Vip {
-    Vip {
-        addr: addr.parse().expect("test VIP"),
-        protocol: Protocol::Tcp,
-    }
-}
-
 /// The daemon on a trial's own config.
 async fn start(env: &Env, services_yaml: &str) -> Result<Running<BpfDatapath>, Failed> {
     let yaml = format!("{}services:\n{services_yaml}", env.yaml_datapath());
@@ -118,44 +100,20 @@ async fn start(env: &Env, services_yaml: &str) -> Result<Running<BpfDatapath>, F
     Ok(daemon::start(&config, datapath, daemon::Drains::new()).await?)
 }
 
-/// The backends the kernel's table for `vip` holds now (None: no table, or no datapath yet).
-fn table(env: &Env, vip: Vip) -> Result<Option<Vec<SocketAddr>>, Failed> {
-    let maps = match PinnedMaps::open(env.pins.path()) {
-        Ok(maps) => maps,
-        Err(DatapathError::NotPinned { .. }) => return Ok(None),
-        Err(e) => return Err(e.into()),
-    };
-    let tables = maps.tables()?;
-    Ok(tables
-        .get(&vip)
-        .map(|t| t.table.backends.iter().map(|b| b.addr).collect()))
-}
-
-/// Polls the kernel table every 5 ms until `want` holds; returns how long it took.
-async fn until_table(
+/// Polls the kernel table off the runtime's worker (the daemon runs on it too).
+async fn wait_table(
     env: &Env,
     vip: Vip,
     limit: Duration,
     want: impl Fn(&Option<Vec<SocketAddr>>) -> bool,
 ) -> Result<Duration, Failed> {
-    let start = Instant::now();
-    let mut last = None;
-    while start.elapsed() < limit {
-        let now = table(env, vip)?;
-        if want(&now) {
-            return Ok(start.elapsed());
-        }
-        last = now;
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    Err(
-        format!("table for {vip} did not reach the wanted state within {limit:?}; last: {last:?}")
-            .into(),
-    )
+    Ok(tokio::task::block_in_place(|| {
+        until_table(env, vip, limit, want)
+    })?)
 }
 
-fn only(addr: SocketAddr) -> impl Fn(&Option<Vec<SocketAddr>>) -> bool {
-    move |t| t.as_deref() == Some(&[addr][..])
+fn exactly_one(addr: SocketAddr) -> impl Fn(&Option<Vec<SocketAddr>>) -> bool {
+    exactly(&[addr])
 }
 
 async fn client(env: &Env, vip: Vip, count: u32) -> Result<ClientReport, Failed> {
@@ -195,7 +153,7 @@ fn killed_primary_fails_over_within_the_bound_and_back() -> TestResult {
             &[("a", a.addr(), 0), ("b", b.addr(), 1)],
         );
         let running = start(&env, &yaml).await?;
-        until_table(&env, vip, Duration::from_secs(5), only(a.addr())).await?;
+        wait_table(&env, vip, Duration::from_secs(5), exactly_one(a.addr())).await?;
         let report = client(&env, vip, 10).await?;
         check(report.id_count(1) == 10, || {
             format!("before the kill everything goes to a: {report:?}")
@@ -203,11 +161,11 @@ fn killed_primary_fails_over_within_the_bound_and_back() -> TestResult {
 
         let bound = Duration::from_millis(3 * 100 + 50);
         a.kill();
-        let took = until_table(
+        let took = wait_table(
             &env,
             vip,
             bound + MARGIN + Duration::from_secs(2),
-            only(b.addr()),
+            exactly_one(b.addr()),
         )
         .await?;
         check(took <= bound + MARGIN, || {
@@ -219,7 +177,7 @@ fn killed_primary_fails_over_within_the_bound_and_back() -> TestResult {
         })?;
 
         a.restart()?;
-        let took = until_table(&env, vip, Duration::from_secs(5), only(a.addr())).await?;
+        let took = wait_table(&env, vip, Duration::from_secs(5), exactly_one(a.addr())).await?;
         check(took <= Duration::from_millis(2 * 100) + MARGIN, || {
             format!("failback took {took:?}")
         })?;
@@ -245,9 +203,9 @@ fn manual_failback_waits_for_the_operator() -> TestResult {
             &[("a", a.addr(), 0), ("b", b.addr(), 1)],
         );
         let running = start(&env, &yaml).await?;
-        until_table(&env, vip, Duration::from_secs(5), only(a.addr())).await?;
+        wait_table(&env, vip, Duration::from_secs(5), exactly_one(a.addr())).await?;
         a.kill();
-        until_table(&env, vip, Duration::from_secs(3), only(b.addr())).await?;
+        wait_table(&env, vip, Duration::from_secs(3), exactly_one(b.addr())).await?;
         a.restart()?;
         // a is healthy again after rise × interval; wait well past that.
         let healthy = async {
@@ -271,7 +229,7 @@ fn manual_failback_waits_for_the_operator() -> TestResult {
         })?;
 
         running.failback("manual").await?;
-        until_table(&env, vip, Duration::from_secs(2), only(a.addr())).await?;
+        wait_table(&env, vip, Duration::from_secs(2), exactly_one(a.addr())).await?;
         check(running.failback("nope").await.is_err(), || {
             "failback of an unknown service must fail".into()
         })?;
@@ -305,7 +263,7 @@ fn http_503_or_a_wrong_body_takes_a_backend_out() -> TestResult {
             good.addr()
         );
         let running = start(&env, &yaml).await?;
-        until_table(&env, vip, Duration::from_secs(5), only(good.addr())).await?;
+        wait_table(&env, vip, Duration::from_secs(5), exactly_one(good.addr())).await?;
         let status = running.service_status("http").await?;
         let reason = |name: &str| -> String {
             let b = status
@@ -411,9 +369,9 @@ fn all_down_rejects_at_once() -> TestResult {
             &[("a", a.addr(), 0)],
         );
         let running = start(&env, &yaml).await?;
-        until_table(&env, vip, Duration::from_secs(5), only(a.addr())).await?;
+        wait_table(&env, vip, Duration::from_secs(5), exactly_one(a.addr())).await?;
         a.kill();
-        until_table(&env, vip, Duration::from_secs(3), |t| {
+        wait_table(&env, vip, Duration::from_secs(3), |t| {
             t.as_ref().is_some_and(Vec::is_empty)
         })
         .await?;
@@ -458,15 +416,12 @@ fn all_down_panics_to_every_backend() -> TestResult {
             c.addr()
         );
         let running = start(&env, &yaml).await?;
-        let mut want = vec![a.addr(), b.addr()];
-        want.sort();
-        until_table(&env, vip, Duration::from_secs(5), |t| {
-            t.as_ref().map(|v| {
-                let mut v = v.clone();
-                v.sort();
-                v
-            }) == Some(want.clone())
-        })
+        wait_table(
+            &env,
+            vip,
+            Duration::from_secs(5),
+            exactly(&[a.addr(), b.addr()]),
+        )
         .await?;
         let report = client(&env, vip, 200).await?;
         check(
@@ -508,18 +463,18 @@ fn hostname_backend_follows_its_dns_answer() -> TestResult {
             daemon::Drains::new(),
         )
         .await?;
-        until_table(&env, vip, Duration::from_secs(5), only(first.addr())).await?;
+        wait_table(&env, vip, Duration::from_secs(5), exactly_one(first.addr())).await?;
 
         dns.set(name, &["127.0.0.32".parse::<IpAddr>()?], 1);
         // Within the TTL (clamped to 1 s) plus the new address's first verdict.
-        until_table(
+        wait_table(
             &env,
             vip,
             Duration::from_secs(1)
                 + Duration::from_millis(2 * 100)
                 + MARGIN
                 + Duration::from_secs(2),
-            only(second.addr()),
+            exactly_one(second.addr()),
         )
         .await?;
         let report = client(&env, vip, 10).await?;
@@ -539,7 +494,7 @@ fn restart_adopts_the_pinned_table_without_a_write() -> TestResult {
         let stale = tcp_vip("127.78.8.2:80");
         let yaml = tcp_service("restart", vip, "", &[("a", a.addr(), 0)]);
         let running = start(&env, &yaml).await?;
-        until_table(&env, vip, Duration::from_secs(5), only(a.addr())).await?;
+        wait_table(&env, vip, Duration::from_secs(5), exactly_one(a.addr())).await?;
         let mut datapath = running.shutdown().await;
         // A VIP the next config does not name.
         let mut extra = datapath.tables()?[&vip].table.clone();
@@ -626,7 +581,7 @@ fn run_stops_on_sigterm_and_leaves_the_datapath_pinned() -> TestResult {
                 .arg(&file.0)
                 .spawn()?,
         );
-        until_table(&env, vip, Duration::from_secs(10), only(a.addr())).await?;
+        wait_table(&env, vip, Duration::from_secs(10), exactly_one(a.addr())).await?;
         // SAFETY: a signal to our own child.
         unsafe { libc::kill(daemon.0.id() as i32, libc::SIGTERM) };
         let deadline = Instant::now() + Duration::from_secs(10);

@@ -30,6 +30,7 @@ use support::{
     cgroup::TestCgroup,
     client::{run_client, run_client_outside_cgroup, spawn_client, ClientReport, ClientSpec, Mode},
     env::Env,
+    kernel::{check, loopback, tcp_vip},
     netns::TestNetns,
 };
 
@@ -124,22 +125,11 @@ impl EnvExt for Env {
     }
 }
 
-fn tcp(addr: &str) -> Vip {
-    Vip {
-        addr: addr.parse().expect("test VIP"),
-        protocol: Protocol::Tcp,
-    }
-}
-
 fn udp(addr: &str) -> Vip {
     Vip {
         addr: addr.parse().expect("test VIP"),
         protocol: Protocol::Udp,
     }
-}
-
-fn loopback() -> SocketAddr {
-    "127.0.0.1:0".parse().expect("loopback")
 }
 
 /// A table sending everything to `backends` with equal weights; counter ids
@@ -157,19 +147,11 @@ fn weighted(vip: Vip, backends: &[(SocketAddr, u32)], weights: &[u32]) -> Result
     Ok(VipTable::weighted(vip, 1000, backends, weights)?)
 }
 
-fn check(cond: bool, what: impl FnOnce() -> String) -> TestResult {
-    if cond {
-        Ok(())
-    } else {
-        Err(what().into())
-    }
-}
-
 fn tcp_connect_reaches_backend_and_peer_is_vip() -> TestResult {
     let env = Env::new("tcp")?;
     let backend = TcpBackend::start(loopback(), 7)?;
     let mut dp = env.open()?;
-    let vip = tcp("127.77.1.1:80");
+    let vip = tcp_vip("127.77.1.1:80");
     dp.apply(&table(vip, &[(backend.addr(), 7)])?)?;
 
     let report = env.client(&ClientSpec::new(vip.addr, Mode::TcpReadId, 20))?;
@@ -195,7 +177,7 @@ fn process_outside_the_cgroup_is_not_translated() -> TestResult {
     let env = Env::new("outside")?;
     let backend = TcpBackend::start(loopback(), 8)?;
     let mut dp = env.open()?;
-    let vip = tcp("127.77.2.1:80");
+    let vip = tcp_vip("127.77.2.1:80");
     dp.apply(&table(vip, &[(backend.addr(), 8)])?)?;
 
     // Nothing listens on the VIP itself: untranslated, the kernel refuses.
@@ -274,7 +256,7 @@ fn ipv6_vip_in_a_netns() -> TestResult {
     let mut dp = env.open()?;
     // Documentation prefix, inside a netns with no route: a missed rewrite
     // fails with ENETUNREACH instead of leaving the host.
-    let vip = tcp("[2001:db8::77]:443");
+    let vip = tcp_vip("[2001:db8::77]:443");
     dp.apply(&table(vip, &[(backend.addr(), 13)])?)?;
 
     let report = run_client(
@@ -294,7 +276,7 @@ fn ipv4_vip_from_a_dual_stack_socket() -> TestResult {
     let env = Env::new("mapped")?;
     let backend = TcpBackend::start(loopback(), 14)?;
     let mut dp = env.open()?;
-    let vip = tcp("127.77.5.1:80");
+    let vip = tcp_vip("127.77.5.1:80");
     dp.apply(&table(vip, &[(backend.addr(), 14)])?)?;
 
     let mut spec = ClientSpec::new(vip.addr, Mode::TcpReadId, 10);
@@ -314,7 +296,7 @@ fn vip_port_differs_from_backend_port() -> TestResult {
     let backend = TcpBackend::start(loopback(), 15)?;
     let udp_backend = UdpBackend::start(loopback(), 16)?;
     let mut dp = env.open()?;
-    let vip = tcp("127.77.6.1:5432");
+    let vip = tcp_vip("127.77.6.1:5432");
     let uvip = udp("127.77.6.1:5432");
     check(backend.addr().port() != 5432, || {
         "the backend must not sit on the VIP port".into()
@@ -342,7 +324,7 @@ fn vip_port_differs_from_backend_port() -> TestResult {
 
 fn empty_table_refuses_at_once_without_a_packet_to_the_vip() -> TestResult {
     let env = Env::new("refuse")?;
-    let vip = tcp("127.77.7.1:80");
+    let vip = tcp_vip("127.77.7.1:80");
     // A listener on the VIP address itself: if any connect slipped through
     // untranslated, it would be accepted here instead of refused.
     let on_vip = TcpBackend::start(vip.addr, 99)?;
@@ -379,7 +361,7 @@ fn weights_three_to_one() -> TestResult {
     let a = TcpBackend::start(loopback(), 21)?;
     let b = TcpBackend::start(loopback(), 22)?;
     let mut dp = env.open()?;
-    let vip = tcp("127.77.8.1:80");
+    let vip = tcp_vip("127.77.8.1:80");
     dp.apply(&weighted(vip, &[(a.addr(), 21), (b.addr(), 22)], &[3, 1])?)?;
 
     let report = env.client(&ClientSpec::new(vip.addr, Mode::TcpReadId, 4000))?;
@@ -408,7 +390,7 @@ fn table_swaps_are_atomic_under_load() -> TestResult {
         TcpBackend::start(loopback(), 34)?,
     ];
     let mut dp = env.open()?;
-    let vip = tcp("127.77.9.1:80");
+    let vip = tcp_vip("127.77.9.1:80");
     let ta = table(vip, &[(set_a[0].addr(), 31), (set_a[1].addr(), 32)])?;
     let tb = table(vip, &[(set_b[0].addr(), 33), (set_b[1].addr(), 34)])?;
     dp.apply(&ta)?;
@@ -460,7 +442,7 @@ fn translation_survives_the_loader_and_is_adopted() -> TestResult {
     let env = Env::new("adopt")?;
     let first = TcpBackend::start(loopback(), 0)?;
     let second = TcpBackend::start(loopback(), 0)?;
-    let vip = tcp("127.77.10.1:80");
+    let vip = tcp_vip("127.77.10.1:80");
 
     // Another process loads, attaches, writes and exits.
     let status = Command::new(env!("CARGO_BIN_EXE_failoverd"))
@@ -560,7 +542,7 @@ fn pinned_map_of_another_layout_is_refused() -> TestResult {
 fn changed_programs_are_swapped_in_place() -> TestResult {
     let env = Env::new("swap")?;
     let backend = TcpBackend::start(loopback(), 41)?;
-    let vip = tcp("127.77.11.1:80");
+    let vip = tcp_vip("127.77.11.1:80");
     drop(env.open()?);
     // The map pins vanish while the links stay: the pinned programs now use
     // maps nobody can reach. A new open makes new maps, sees that the linked
@@ -623,7 +605,7 @@ fn cgroup_outside_the_hierarchy_is_refused() -> TestResult {
 fn cleanup_detaches_and_unpins() -> TestResult {
     let env = Env::new("cleanup")?;
     let backend = TcpBackend::start(loopback(), 51)?;
-    let vip = tcp("127.77.12.1:80");
+    let vip = tcp_vip("127.77.12.1:80");
     {
         let mut dp = env.open()?;
         dp.apply(&table(vip, &[(backend.addr(), 51)])?)?;
@@ -686,7 +668,7 @@ fn object_and_rust_types_agree() -> TestResult {
     // layout check then compares the kernel's sizes with the Rust types.
     let mut dp = env.open()?;
     let maps = PinnedMaps::open(env.pins.path())?;
-    let vip = tcp("127.77.13.1:80");
+    let vip = tcp_vip("127.77.13.1:80");
     let t = weighted(
         vip,
         &[("127.0.0.1:1".parse()?, 61), ("127.0.0.2:2".parse()?, 62)],

@@ -16,12 +16,13 @@ use std::{
 
 use failoverd::{
     control::StatusReport,
-    datapath::{DatapathError, PinnedMaps, Protocol, Vip},
+    datapath::{PinnedMaps, Vip},
 };
 use libtest_mimic::{Arguments, Failed, Trial};
 use support::{
     client::{run_client, spawn_client, ClientSpec, Mode},
     env::Env,
+    kernel::{check, exactly, loopback, table, tcp_vip, until_table},
     server::{BackendProcess, ServerSpec},
 };
 
@@ -75,25 +76,6 @@ fn main() {
         .map(|(name, f)| Trial::test(name, f))
         .collect();
     libtest_mimic::run(&args, trials).exit();
-}
-
-fn check(cond: bool, what: impl FnOnce() -> String) -> TestResult {
-    if cond {
-        Ok(())
-    } else {
-        Err(what().into())
-    }
-}
-
-fn loopback() -> SocketAddr {
-    "127.0.0.1:0".parse().expect("loopback")
-}
-
-fn tcp_vip(addr: &str) -> Vip {
-    Vip {
-        addr: addr.parse().expect("test VIP"),
-        protocol: Protocol::Tcp,
-    }
 }
 
 /// One trial's daemon: its files (config, state dir, socket) and the process.
@@ -201,50 +183,48 @@ fn service_yaml(name: &str, vip: Vip, backends: &[(&str, SocketAddr, u8)]) -> St
     s
 }
 
-/// The kernel table's backends for `vip` (None: no table or no datapath yet).
-fn table(env: &Env, vip: Vip) -> Result<Option<Vec<SocketAddr>>, Failed> {
-    let maps = match PinnedMaps::open(env.pins.path()) {
-        Ok(maps) => maps,
-        Err(DatapathError::NotPinned { .. }) => return Ok(None),
-        Err(e) => return Err(e.into()),
-    };
-    Ok(maps
-        .tables()?
-        .get(&vip)
-        .map(|t| t.table.backends.iter().map(|b| b.addr).collect()))
+/// A running daemon with backends `a` (id 1) and `b` (id 2) behind one VIP,
+/// `b` at `b_priority`, once the kernel's table holds what selection wants.
+struct Pair {
+    env: Env,
+    a: BackendProcess,
+    b: BackendProcess,
+    vip: Vip,
+    d: Daemon,
 }
 
-fn until_table(env: &Env, vip: Vip, limit: Duration, want: &[SocketAddr]) -> TestResult {
-    let start = Instant::now();
-    let mut want = want.to_vec();
-    want.sort();
-    let mut last = None;
-    while start.elapsed() < limit {
-        let mut now = table(env, vip)?;
-        if let Some(v) = now.as_mut() {
-            v.sort();
-        }
-        if now.as_deref() == Some(&want[..]) {
-            return Ok(());
-        }
-        last = now;
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    Err(format!("table for {vip} never became {want:?} within {limit:?}; last {last:?}").into())
+fn pair(tag: &str, vip: &str, b_priority: u8) -> Result<Pair, Failed> {
+    let env = Env::new(tag)?;
+    let a = BackendProcess::spawn(ServerSpec::tcp(loopback(), 1))?;
+    let b = BackendProcess::spawn(ServerSpec::tcp(loopback(), 2))?;
+    let vip = tcp_vip(vip);
+    let mut d = Daemon::new(
+        &env,
+        tag,
+        &service_yaml(
+            "svc",
+            vip,
+            &[("a", a.addr(), 0), ("b", b.addr(), b_priority)],
+        ),
+    )?;
+    d.start()?;
+    let want: Vec<SocketAddr> = if b_priority == 0 {
+        vec![a.addr(), b.addr()]
+    } else {
+        vec![a.addr()]
+    };
+    until_table(&env, vip, Duration::from_secs(5), exactly(&want))?;
+    Ok(Pair { env, a, b, vip, d })
 }
 
 fn drain_under_load_fails_nothing_and_takes_effect_before_returning() -> TestResult {
-    let env = Env::new("odrain")?;
-    let a = BackendProcess::spawn(ServerSpec::tcp(loopback(), 1))?;
-    let b = BackendProcess::spawn(ServerSpec::tcp(loopback(), 2))?;
-    let vip = tcp_vip("127.79.1.1:80");
-    let mut d = Daemon::new(
-        &env,
-        "drain",
-        &service_yaml("svc", vip, &[("a", a.addr(), 0), ("b", b.addr(), 0)]),
-    )?;
-    d.start()?;
-    until_table(&env, vip, Duration::from_secs(5), &[a.addr(), b.addr()])?;
+    let Pair {
+        env,
+        a: _a,
+        b,
+        vip,
+        d,
+    } = pair("odrain", "127.79.1.1:80", 0)?;
 
     // About 1,000 connects per second while the drain happens.
     let mut spec = ClientSpec::new(vip.addr, Mode::TcpReadId, 2000);
@@ -292,17 +272,13 @@ fn drain_under_load_fails_nothing_and_takes_effect_before_returning() -> TestRes
 }
 
 fn drain_survives_restart_and_reload() -> TestResult {
-    let env = Env::new("opersist")?;
-    let a = BackendProcess::spawn(ServerSpec::tcp(loopback(), 1))?;
-    let b = BackendProcess::spawn(ServerSpec::tcp(loopback(), 2))?;
-    let vip = tcp_vip("127.79.2.1:80");
-    let mut d = Daemon::new(
-        &env,
-        "persist",
-        &service_yaml("svc", vip, &[("a", a.addr(), 0), ("b", b.addr(), 0)]),
-    )?;
-    d.start()?;
-    until_table(&env, vip, Duration::from_secs(5), &[a.addr(), b.addr()])?;
+    let Pair {
+        env,
+        a: _a,
+        b,
+        vip,
+        mut d,
+    } = pair("opersist", "127.79.2.1:80", 0)?;
     d.ok(&["drain", "svc", "a", "--reason", "disk swap"])?;
 
     d.sigkill();
@@ -352,7 +328,7 @@ fn draining_the_last_backend_needs_force() -> TestResult {
         &service_yaml("svc", vip, &[("a", a.addr(), 0)]),
     )?;
     d.start()?;
-    until_table(&env, vip, Duration::from_secs(5), &[a.addr()])?;
+    until_table(&env, vip, Duration::from_secs(5), exactly(&[a.addr()]))?;
     let out = d.cli(&["drain", "svc", "a"])?;
     let stderr = String::from_utf8_lossy(&out.stderr);
     check(!out.status.success() && stderr.contains("--force"), || {
@@ -379,7 +355,7 @@ fn reload_with_a_broken_config_keeps_the_old_one() -> TestResult {
     let services = service_yaml("svc", vip, &[("a", a.addr(), 0)]);
     let mut d = Daemon::new(&env, "badreload", &services)?;
     d.start()?;
-    until_table(&env, vip, Duration::from_secs(5), &[a.addr()])?;
+    until_table(&env, vip, Duration::from_secs(5), exactly(&[a.addr()]))?;
     let before = d.status()?;
 
     // Line 11 (after datapath, control and the service's first lines): an unknown key.
@@ -413,8 +389,8 @@ fn reload_that_removes_a_vip_stops_its_translation() -> TestResult {
         + &service_yaml("gone", gone, &[("b", b.addr(), 0)]);
     let mut d = Daemon::new(&env, "remove", &both)?;
     d.start()?;
-    until_table(&env, keep, Duration::from_secs(5), &[a.addr()])?;
-    until_table(&env, gone, Duration::from_secs(5), &[b.addr()])?;
+    until_table(&env, keep, Duration::from_secs(5), exactly(&[a.addr()]))?;
+    until_table(&env, gone, Duration::from_secs(5), exactly(&[b.addr()]))?;
     let kept_generation = PinnedMaps::open(env.pins.path())?.tables()?[&keep].generation;
 
     d.write_config(&env, &service_yaml("keep", keep, &[("a", a.addr(), 0)]))?;
@@ -451,14 +427,14 @@ fn sighup_reloads_like_the_command() -> TestResult {
         &service_yaml("keep", keep, &[("a", a.addr(), 0)]),
     )?;
     d.start()?;
-    until_table(&env, keep, Duration::from_secs(5), &[a.addr()])?;
+    until_table(&env, keep, Duration::from_secs(5), exactly(&[a.addr()]))?;
     let both = service_yaml("keep", keep, &[("a", a.addr(), 0)])
         + &service_yaml("added", added, &[("b", b.addr(), 0)]);
     d.write_config(&env, &both)?;
     let pid = d.child.as_ref().ok_or("daemon not running")?.id();
     // SAFETY: a signal to our own child.
     unsafe { libc::kill(pid as i32, libc::SIGHUP) };
-    until_table(&env, added, Duration::from_secs(5), &[b.addr()])?;
+    until_table(&env, added, Duration::from_secs(5), exactly(&[b.addr()]))?;
     check(d.status()?.services.len() == 2, || {
         "SIGHUP should have added the service".into()
     })
@@ -475,7 +451,7 @@ fn sigkill_under_load_loses_no_connect() -> TestResult {
         &service_yaml("svc", vip, &[("a", a.addr(), 0), ("b", b.addr(), 1)]),
     )?;
     d.start()?;
-    until_table(&env, vip, Duration::from_secs(5), &[a.addr()])?;
+    until_table(&env, vip, Duration::from_secs(5), exactly(&[a.addr()]))?;
     let generation = PinnedMaps::open(env.pins.path())?.tables()?[&vip].generation;
 
     let mut spec = ClientSpec::new(vip.addr, Mode::TcpReadId, 3000);
@@ -511,7 +487,12 @@ fn status_json_agrees_with_the_kernel_map() -> TestResult {
         ),
     )?;
     d.start()?;
-    until_table(&env, vip, Duration::from_secs(5), &[a.addr(), b.addr()])?;
+    until_table(
+        &env,
+        vip,
+        Duration::from_secs(5),
+        exactly(&[a.addr(), b.addr()]),
+    )?;
     c.kill();
     let report = run_client(
         &env.cgroup,

@@ -11,6 +11,7 @@ pub mod backends;
 pub mod cgroup;
 pub mod client;
 pub mod env;
+pub mod kernel;
 pub mod netns;
 pub mod pins;
 pub mod server;
