@@ -9,10 +9,13 @@ use tracing_subscriber::EnvFilter;
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&cli.log));
-    tracing_subscriber::fmt()
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+        .with_writer(std::io::stderr);
+    match cli.log_format {
+        cli::LogFormat::Text => logs.init(),
+        cli::LogFormat::Json => logs.json().flatten_event(true).init(),
+    }
     match run(cli.command) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -34,6 +37,7 @@ fn run(command: Command) -> anyhow::Result<()> {
         Command::Failback(args) => Ok(cli::failback::run(&args)?),
         Command::Reload(args) => Ok(cli::reload::run(&args)?),
         Command::Explain(args) => Ok(cli::explain::run(&args)?),
+        Command::Events(args) => Ok(cli::events::run(&args)?),
         Command::Vip(c) => Ok(cli::vip::run(&c)?),
         Command::Cleanup(args) => cli::cleanup::run(&args).map(drop).map_err(Into::into),
         Command::Demo(args) => cli::demo::run(&args),

@@ -106,6 +106,7 @@ impl<D: Datapath> Writer<D> {
                 WriterCommand::Apply(table) => self.datapath.apply(table),
                 WriterCommand::Remove(vip) => self.datapath.remove(vip),
             };
+            crate::metrics::datapath_write(result.is_ok());
             match result {
                 Ok(()) => {
                     self.writes += 1;

@@ -19,9 +19,9 @@ use std::{
 use failoverd::control::{
     client::{ClientError, ControlClient},
     server::{self, ServerError},
-    BackendReport, Caller, ControlError, ControlHandler, DrainRequest, ExplainReport,
-    FailbackRequest, OutBackend, ProbeReport, ReachableBackend, ReloadReport, ServiceReport,
-    StatusReport, UndrainRequest,
+    BackendReport, Caller, ControlError, ControlHandler, DrainRequest, EventRecord, EventsReport,
+    ExplainReport, FailbackRequest, OutBackend, ProbeReport, ReachableBackend, ReloadReport,
+    ServiceReport, StatusReport, UndrainRequest,
 };
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
@@ -72,6 +72,7 @@ enum Call {
     Failback(Caller, FailbackRequest),
     Reload(Caller),
     Explain(String, Option<String>),
+    Events(u64, bool),
 }
 
 /// Canned answers, every call recorded; `fail` makes every call fail with that error.
@@ -124,6 +125,23 @@ impl ControlHandler for FakeHandler {
             removed: vec![],
             changed: vec!["orders-db".into()],
             unchanged: vec!["cache".into()],
+        })
+    }
+
+    async fn events(&self, after: u64, wait: bool) -> Result<EventsReport, ControlError> {
+        self.record(Call::Events(after, wait))?;
+        Ok(EventsReport {
+            events: vec![EventRecord {
+                seq: after + 1,
+                at_unix_ms: 1_700_000_000_000,
+                kind: "failover".into(),
+                service: "orders-db".into(),
+                backend: None,
+                from: Some("0".into()),
+                to: Some("1".into()),
+                detail: "out: db-a unhealthy".into(),
+            }],
+            next: after + 1,
         })
     }
 
@@ -385,6 +403,15 @@ async fn undrain_failback_and_reload_reach_the_handler() {
             Call::Reload(me()),
         ]
     );
+}
+
+#[tokio::test]
+async fn events_pass_after_and_wait_through() {
+    let server = Server::start().await;
+    let report = server.client().events(41, true).await.unwrap();
+    assert_eq!((report.next, report.events[0].seq), (42, 42));
+    assert_eq!(report.events[0].kind, "failover");
+    assert_eq!(server.handler.calls(), [Call::Events(41, true)]);
 }
 
 #[tokio::test]

@@ -63,6 +63,10 @@ fn main() {
             sighup_reloads_like_the_command,
         ),
         (
+            "events_follow_shows_a_failover_as_it_happens",
+            events_follow_shows_a_failover_as_it_happens,
+        ),
+        (
             "status_json_agrees_with_the_kernel_map",
             status_json_agrees_with_the_kernel_map,
         ),
@@ -412,6 +416,58 @@ fn reload_that_removes_a_vip_stops_its_translation() -> TestResult {
     let tables = PinnedMaps::open(env.pins.path())?.tables()?;
     check(tables[&keep].generation == kept_generation, || {
         "an unchanged service's table was rewritten".into()
+    })
+}
+
+fn events_follow_shows_a_failover_as_it_happens() -> TestResult {
+    use std::io::{BufRead, BufReader};
+    let Pair {
+        env,
+        mut a,
+        b,
+        vip,
+        d,
+    } = pair("oevents", "127.79.10.1:80", 1)?;
+    let before = d.ok(&["events"])?;
+    check(before.contains("backend svc a -> healthy"), || {
+        format!("events should list a's first verdict: {before}")
+    })?;
+
+    let mut follow = Command::new(env!("CARGO_BIN_EXE_failoverd"))
+        .args(["events", "--follow", "--output", "json", "--socket"])
+        .arg(&d.socket)
+        .stdout(std::process::Stdio::piped())
+        .spawn()?;
+    let stdout = follow.stdout.take().ok_or("no stdout")?;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    a.kill();
+    until_table(&env, vip, Duration::from_secs(5), exactly(&[b.addr()]))?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut seen = Vec::new();
+    let found = loop {
+        let Some(left) = deadline.checked_duration_since(Instant::now()) else {
+            break false;
+        };
+        let Ok(line) = rx.recv_timeout(left) else {
+            break false;
+        };
+        let event: serde_json::Value = serde_json::from_str(&line)?;
+        if event["kind"] == "failover" && event["from"] == "0" && event["to"] == "1" {
+            break true;
+        }
+        seen.push(line);
+    };
+    follow.kill().ok();
+    follow.wait().ok();
+    check(found, || {
+        format!("no failover event 0 -> 1 arrived; saw {seen:?}")
     })
 }
 

@@ -4,6 +4,7 @@ pub mod check;
 pub mod cleanup;
 pub mod demo;
 pub mod drain;
+pub mod events;
 pub mod explain;
 pub mod failback;
 pub mod reload;
@@ -37,9 +38,21 @@ pub struct Cli {
     /// Log filter (tracing syntax, e.g. `info` or `failoverd=debug`); RUST_LOG overrides.
     #[arg(long, global = true, default_value = "info")]
     pub log: String,
+    /// Log lines as human text, or as one JSON object per line (for journald and log shippers).
+    #[arg(long, global = true, value_enum, default_value = "text")]
+    pub log_format: LogFormat,
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable text.
+    Text,
+    /// One JSON object per line.
+    Json,
 }
 
 /// The subcommands.
@@ -61,6 +74,8 @@ pub enum Command {
     Reload(reload::ReloadArgs),
     /// Where a connect to a VIP goes right now, and why not elsewhere.
     Explain(explain::ExplainArgs),
+    /// Transitions, failovers, drains and reloads; `--follow` streams new ones.
+    Events(events::EventsArgs),
     /// Install, list or remove VIP tables in the kernel datapath by hand.
     #[command(subcommand)]
     Vip(vip::VipCommand),

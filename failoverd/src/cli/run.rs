@@ -44,6 +44,9 @@ pub enum RunError {
     /// The drains in `state_dir` could not be read: refusing to guess which backends are drained.
     #[error(transparent)]
     Drains(#[from] DrainStoreError),
+    /// The metrics listener could not be set up.
+    #[error(transparent)]
+    Metrics(#[from] crate::metrics::MetricsError),
     /// The control socket could not be set up.
     #[error(transparent)]
     Control(#[from] control::server::ServerError),
@@ -78,18 +81,36 @@ pub fn run(args: &RunArgs) -> Result<(), RunError> {
         let counters = PinnedMaps::open(&config.datapath.pin_dir)?;
         let running = daemon::start(&config, datapath, drains).await?;
         let handle = running.handle();
+        let prometheus = crate::metrics::install()?;
+        let metrics_listener = crate::metrics::bind(config.metrics.listen).await?;
+        let exporter_maps = PinnedMaps::open(&config.datapath.pin_dir)?;
         let control = Arc::new(DaemonControl::new(handle.clone(), store, args.config.clone(), Some(counters)));
         let listener = control::server::bind(&config.control.socket)?;
         let (control_stop, control_stopped) = tokio::sync::watch::channel(false);
         let server = tokio::spawn(control::server::serve(listener, Arc::clone(&control), control_stopped));
         let hup = tokio::spawn(reload_on_sighup(Arc::clone(&control)));
-        let ready = tokio::spawn(notify_when_ready(handle));
+        let ready = tokio::spawn(notify_when_ready(handle.clone()));
+        let readiness = handle.clone();
+        let metrics = tokio::spawn(crate::metrics::serve(
+            metrics_listener,
+            prometheus,
+            move || {
+                let handle = readiness.clone();
+                async move { handle.ready().await }
+            },
+            control_stop.subscribe(),
+        ));
+        let kernel = tokio::spawn(export_kernel_counters(handle, exporter_maps));
 
         stop.await;
         notify(&[sd_notify::NotifyState::Stopping]);
         control_stop.send(true).ok();
         hup.abort();
         ready.abort();
+        kernel.abort();
+        if let Err(e) = metrics.await {
+            tracing::error!(error = %e, "metrics listener ended abnormally");
+        }
         if let Err(e) = server.await {
             tracing::error!(error = %e, "control server ended abnormally");
         }
@@ -104,6 +125,33 @@ pub fn run(args: &RunArgs) -> Result<(), RunError> {
         }
         Ok(())
     })
+}
+
+/// Exports the kernel's per-CPU counters (summed) as Prometheus counters, every second.
+async fn export_kernel_counters(handle: DaemonHandle, maps: PinnedMaps) {
+    // Bounded by the daemon's life: this task is aborted at shutdown.
+    loop {
+        for service in handle.status().await.unwrap_or_default() {
+            let rejected = maps
+                .counters(service.vip_id)
+                .map(|c| c.rejected)
+                .unwrap_or(0);
+            crate::metrics::kernel_counters(&service.name, None, rejected);
+            for backend in &service.backends {
+                match maps.counters(backend.id) {
+                    Ok(c) => crate::metrics::kernel_counters(
+                        &service.name,
+                        Some((&backend.name, c.connects)),
+                        rejected,
+                    ),
+                    Err(e) => {
+                        tracing::debug!(backend = %backend.name, error = %e, "kernel counters unreadable")
+                    }
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
 }
 
 /// Tells systemd (Type=notify) the daemon is ready once every service has its

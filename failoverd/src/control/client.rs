@@ -18,8 +18,8 @@ use serde::{de::DeserializeOwned, Serialize};
 use tokio::net::UnixStream;
 
 use super::{
-    query, DrainRequest, ErrorBody, ExplainReport, FailbackRequest, ReloadReport, StatusReport,
-    UndrainRequest,
+    query, DrainRequest, ErrorBody, EventsReport, ExplainReport, FailbackRequest, ReloadReport,
+    StatusReport, UndrainRequest,
 };
 
 /// How long one request may take, connecting included: 10 s.
@@ -163,6 +163,18 @@ impl ControlClient {
             uri.push_str(&query::encode(p));
         }
         let answer = self.call(Method::GET, uri, None).await?;
+        answer.json()
+    }
+
+    /// Events after `after`; with `wait`, the daemon holds the request until there is one (a few seconds at most).
+    pub async fn events(&self, after: u64, wait: bool) -> Result<EventsReport, ClientError> {
+        let answer = self
+            .call(
+                Method::GET,
+                format!("/v1/events?after={after}&wait={wait}"),
+                None,
+            )
+            .await?;
         answer.json()
     }
 

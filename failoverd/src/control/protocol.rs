@@ -171,6 +171,37 @@ pub struct OutBackend {
     pub reason: String,
 }
 
+/// One thing that happened: a backend changed state, a VIP failed over, an
+/// operator drained, a config was reloaded. Also logged as one line.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EventRecord {
+    /// Increasing number; ask for events after the last one you saw.
+    pub seq: u64,
+    /// When, in milliseconds since the Unix epoch.
+    pub at_unix_ms: u64,
+    /// `backend` (health or breaker), `failover`, `drain`, `reload`.
+    pub kind: String,
+    /// The service (empty for a reload).
+    pub service: String,
+    /// The backend, for backend and drain events.
+    pub backend: Option<String>,
+    /// The state or priority before, when it has one.
+    pub from: Option<String>,
+    /// The state or priority after.
+    pub to: Option<String>,
+    /// Evidence: the probe error, the status code, the reason, who asked.
+    pub detail: String,
+}
+
+/// `GET /v1/events?after=N[&wait=true]`: the events after `N`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EventsReport {
+    /// Events with `seq > after`, oldest first (the daemon keeps the last 1,024).
+    pub events: Vec<EventRecord>,
+    /// Pass this as `after` next time.
+    pub next: u64,
+}
+
 /// The body of every error response (4xx/5xx).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ErrorBody {
@@ -237,4 +268,10 @@ pub trait ControlHandler: Send + Sync + 'static {
         vip: String,
         protocol: Option<String>,
     ) -> impl Future<Output = Result<ExplainReport, ControlError>> + Send;
+    /// Events after `after`; with `wait`, holds the request (a few seconds at most) until there is one.
+    fn events(
+        &self,
+        after: u64,
+        wait: bool,
+    ) -> impl Future<Output = Result<EventsReport, ControlError>> + Send;
 }

@@ -42,6 +42,42 @@ pub(crate) fn parse_explain(query: Option<&str>) -> Result<ExplainQuery, String>
     Ok(ExplainQuery { vip, protocol })
 }
 
+/// `after` and `wait` of `/v1/events`.
+#[derive(Debug)]
+pub(crate) struct EventsQuery {
+    pub(crate) after: u64,
+    pub(crate) wait: bool,
+}
+
+/// Parses `/v1/events`' query: `after=N` (default 0), `wait=true|false` (default false).
+pub(crate) fn parse_events(query: Option<&str>) -> Result<EventsQuery, String> {
+    let mut q = EventsQuery {
+        after: 0,
+        wait: false,
+    };
+    for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        match (decode(key)?.as_str(), decode(value)?) {
+            ("after", v) => {
+                q.after = v
+                    .parse()
+                    .map_err(|_| format!("`after={v}` is not a whole number"))?
+            }
+            ("wait", v) => {
+                q.wait = v
+                    .parse()
+                    .map_err(|_| format!("`wait={v}` is not true or false"))?;
+            }
+            (other, _) => {
+                return Err(format!(
+                    "unknown query parameter `{other}`: expected `after` and `wait`"
+                ))
+            }
+        }
+    }
+    Ok(q)
+}
+
 /// Percent-decodes one query component; `+` is a space, as in HTML forms.
 fn decode(text: &str) -> Result<String, String> {
     let mut bytes = Vec::with_capacity(text.len());
@@ -84,6 +120,26 @@ pub(crate) fn encode(text: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn events_query_defaults_and_parses() {
+        let q = parse_events(None).unwrap();
+        assert_eq!((q.after, q.wait), (0, false));
+        let q = parse_events(Some("after=17&wait=true")).unwrap();
+        assert_eq!((q.after, q.wait), (17, true));
+    }
+
+    #[test]
+    fn events_query_names_what_is_wrong() {
+        assert!(parse_events(Some("after=x"))
+            .unwrap_err()
+            .contains("after=x"));
+        assert!(parse_events(Some("wait=yes"))
+            .unwrap_err()
+            .contains("wait=yes"));
+        assert!(parse_events(Some("since=1")).unwrap_err().contains("since"));
+    }
+
     use super::*;
 
     #[test]

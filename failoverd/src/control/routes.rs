@@ -34,16 +34,18 @@ enum Route {
     Failback,
     Reload,
     Explain,
+    Events,
 }
 
 impl Route {
-    const ALL: [Route; 6] = [
+    const ALL: [Route; 7] = [
         Route::Status,
         Route::Drain,
         Route::Undrain,
         Route::Failback,
         Route::Reload,
         Route::Explain,
+        Route::Events,
     ];
 
     fn path(self) -> &'static str {
@@ -54,13 +56,14 @@ impl Route {
             Route::Failback => "/v1/failback",
             Route::Reload => "/v1/reload",
             Route::Explain => "/v1/explain",
+            Route::Events => "/v1/events",
         }
     }
 
     /// `GET` or `POST`: also the `Allow` header of a 405.
     fn method(self) -> &'static str {
         match self {
-            Route::Status | Route::Explain => "GET",
+            Route::Status | Route::Explain | Route::Events => "GET",
             Route::Drain | Route::Undrain | Route::Failback | Route::Reload => "POST",
         }
     }
@@ -147,6 +150,14 @@ where
             let report = handler.explain(q.vip, q.protocol).await?;
             Ok(json(StatusCode::OK, &report))
         }
+        Route::Events => {
+            let q = query::parse_events(request.uri().query())
+                .map_err(|e| Refusal::new(StatusCode::BAD_REQUEST, e))?;
+            Ok(json(
+                StatusCode::OK,
+                &handler.events(q.after, q.wait).await?,
+            ))
+        }
         Route::Drain | Route::Undrain | Route::Failback | Route::Reload => {
             mutate(handler, peer, route, request).await
         }
@@ -194,7 +205,7 @@ where
                 .map_err(Refusal::from),
             Err(refusal) => Err(refusal),
         },
-        Route::Status | Route::Explain => Err(Refusal::new(
+        Route::Status | Route::Explain | Route::Events => Err(Refusal::new(
             StatusCode::INTERNAL_SERVER_ERROR,
             format!("{route} changes nothing"),
         )),

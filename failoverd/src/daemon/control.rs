@@ -8,6 +8,7 @@ use std::{
 };
 
 use super::{DaemonError, DaemonHandle, DrainStore, ServiceStatus};
+use crate::control::EventsReport;
 use crate::{
     config,
     control::{
@@ -152,11 +153,41 @@ impl ControlHandler for DaemonControl {
 
     async fn reload(&self, caller: Caller) -> Result<ReloadReport, ControlError> {
         tracing::info!(by = %caller.user, path = %self.config_path.display(), "reload requested");
-        let new = config::load(&self.config_path).map_err(|e| {
+        let result = match config::load(&self.config_path) {
+            Ok(new) => self.handle.reload(new).await.map_err(daemon_error),
+            Err(e) => Err(ControlError::BadConfig(e.to_string())),
+        };
+        if let Err(e) = &result {
             tracing::error!(error = %e, "reload refused: the running config is unchanged");
-            ControlError::BadConfig(e.to_string())
-        })?;
-        self.handle.reload(new).await.map_err(daemon_error)
+        }
+        crate::metrics::reload(result.is_ok());
+        let detail = match &result {
+            Ok(r) => format!(
+                "by {}: added {:?}, removed {:?}, changed {:?}",
+                caller.user, r.added, r.removed, r.changed
+            ),
+            Err(e) => format!("by {}: refused: {e}", caller.user),
+        };
+        let to = Some(if result.is_ok() { "ok" } else { "error" }.to_string());
+        self.handle.events().emit(super::events::Event {
+            kind: "reload",
+            service: "",
+            backend: None,
+            from: None,
+            to,
+            detail,
+        });
+        result
+    }
+
+    async fn events(&self, after: u64, wait: bool) -> Result<EventsReport, ControlError> {
+        // Under the client's 10 s request timeout, with room to spare.
+        const HOLD: std::time::Duration = std::time::Duration::from_secs(5);
+        Ok(if wait {
+            self.handle.events().wait_after(after, HOLD).await
+        } else {
+            self.handle.events().after(after)
+        })
     }
 
     async fn explain(

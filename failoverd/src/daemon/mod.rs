@@ -13,6 +13,7 @@
 mod backend;
 pub mod control;
 pub mod drains;
+pub mod events;
 mod prober;
 mod service;
 
@@ -134,6 +135,7 @@ pub async fn start<D: Datapath + 'static>(
         writer: writer_tx,
         permits: Arc::new(Semaphore::new(MAX_PROBES_IN_FLIGHT)),
         ids: Arc::new(Mutex::new(ids)),
+        events: Arc::new(events::Events::default()),
     });
     let inner = Arc::new(Inner {
         services: tokio::sync::Mutex::new(BTreeMap::new()),
@@ -292,6 +294,11 @@ impl DaemonHandle {
             .await
             .map_err(|_| DaemonError::Stopped)?;
         answer.await.map_err(|_| DaemonError::Stopped)
+    }
+
+    /// The event feed.
+    pub fn events(&self) -> &events::Events {
+        &self.inner.shared.events
     }
 
     /// Whether every service has its first verdicts in (what readiness means).

@@ -18,6 +18,7 @@ use tokio::{
 
 use super::{
     backend::{BackendKey, BackendState},
+    events::{Event, Events},
     prober::{self, ProberParams},
 };
 use crate::{
@@ -94,6 +95,8 @@ pub struct ServiceStatus {
     pub name: String,
     /// Its VIP.
     pub vip: Vip,
+    /// The VIP's counter id in the datapath.
+    pub vip_id: u32,
     /// The priority new connections go to; `None` when refused (or before the first write).
     pub active_priority: Option<u8>,
     /// Whether every backend had its first verdict (before that the pinned table is left alone).
@@ -152,6 +155,8 @@ pub struct Shared {
     pub permits: Arc<Semaphore>,
     /// Counter ids.
     pub ids: Arc<Mutex<IdAllocator>>,
+    /// The event feed.
+    pub events: Arc<super::events::Events>,
 }
 
 /// The state and the loop of one service.
@@ -381,10 +386,35 @@ impl ServiceTask {
             Some(i) => {
                 tracing::info!(service = %service, backend = %backend, by = %i.by, reason = ?i.reason, "backend drained");
                 self.drains.insert(backend.to_string(), i.clone());
+                crate::metrics::transition(&service, backend, "drained");
+                self.shared.events.emit(Event {
+                    kind: "drain",
+                    service: &service,
+                    backend: Some(backend),
+                    from: None,
+                    to: Some("drained".into()),
+                    detail: format!(
+                        "by {}{}",
+                        i.by,
+                        i.reason
+                            .as_ref()
+                            .map(|r| format!(": {r}"))
+                            .unwrap_or_default()
+                    ),
+                });
             }
             None => {
                 tracing::info!(service = %service, backend = %backend, "backend undrained");
                 self.drains.remove(backend);
+                crate::metrics::transition(&service, backend, "undrained");
+                self.shared.events.emit(Event {
+                    kind: "drain",
+                    service: &service,
+                    backend: Some(backend),
+                    from: Some("drained".into()),
+                    to: Some("undrained".into()),
+                    detail: String::new(),
+                });
             }
         }
         if let Some(t) = self.backends.get_mut(&key) {
@@ -512,6 +542,7 @@ impl ServiceTask {
         };
         let b = &mut tracked.state;
         b.record(started, &result);
+        crate::metrics::probe(&name, &b.name, &result, started.elapsed());
         let now = Instant::now();
         let evidence = match &result {
             Ok(ok) => ok.detail.clone(),
@@ -519,6 +550,15 @@ impl ServiceTask {
         };
         if let Some(to) = b.health.observe(result.is_ok()) {
             b.since = now;
+            crate::metrics::transition(&name, &b.name, crate::metrics::health_word(to));
+            self.shared.events.emit(Event {
+                kind: "backend",
+                service: &name,
+                backend: Some(&b.name),
+                from: None,
+                to: Some(crate::metrics::health_word(to).to_string()),
+                detail: evidence.clone(),
+            });
             match to {
                 HealthStatus::Unhealthy => {
                     tracing::warn!(service = %name, backend = %b.name, addr = %key.addr, to = "unhealthy", evidence = %evidence, "backend is down")
@@ -530,7 +570,7 @@ impl ServiceTask {
         }
         if let Some(event) = b.breaker.observe(result.is_ok(), now, may) {
             b.since = now;
-            log_breaker(&name, &b.name, &event, &evidence);
+            log_breaker(&self.shared.events, &name, &b.name, &event, &evidence);
         }
     }
 
@@ -539,7 +579,13 @@ impl ServiceTask {
         for t in self.backends.values_mut() {
             if let Some(event) = t.state.breaker.tick(now) {
                 t.state.since = now;
-                log_breaker(&self.config.name, &t.state.name, &event, "open period over");
+                log_breaker(
+                    &self.shared.events,
+                    &self.config.name,
+                    &t.state.name,
+                    &event,
+                    "open period over",
+                );
             }
         }
     }
@@ -610,6 +656,10 @@ impl ServiceTask {
                 }
             }
         };
+        self.publish(
+            &table,
+            candidates.iter().filter(|c| c.live && c.weight > 0).count(),
+        );
         if self.last_sent.as_ref() == Some(&table) {
             return;
         }
@@ -625,10 +675,49 @@ impl ServiceTask {
         }
     }
 
+    /// Exports this service's gauges for the table it wants.
+    fn publish(&self, table: &VipTable, live: usize) {
+        crate::metrics::service(&self.config.name, self.active, live);
+        for t in self.backends.values() {
+            let b = &t.state;
+            let up = table.backends.iter().any(|x| x.addr == b.key.addr);
+            crate::metrics::backend(
+                &self.config.name,
+                &b.name,
+                b.priority,
+                b.state_word(),
+                up,
+                b.breaker.is_open(),
+            );
+        }
+    }
+
     fn log_priority_change(&self, selection: &Selection, states: &[&BackendState]) {
         let to = selection.priority();
         if to == self.active {
             return;
+        }
+        // Start-up is not a failover: only a change away from a priority that had traffic counts.
+        if self.active.is_some() || self.last_sent.as_ref().is_some_and(|t| t.slots.is_empty()) {
+            crate::metrics::failover(&self.config.name, self.active, to);
+            let label = |p: Option<u8>| p.map_or_else(|| "none".to_string(), |p| p.to_string());
+            let out: Vec<String> = states
+                .iter()
+                .filter(|b| Some(b.priority) == self.active && !b.is_live())
+                .map(|b| format!("{} {}", b.name, b.state_word()))
+                .collect();
+            self.shared.events.emit(Event {
+                kind: "failover",
+                service: &self.config.name,
+                backend: None,
+                from: Some(label(self.active)),
+                to: Some(label(to)),
+                detail: if out.is_empty() {
+                    String::new()
+                } else {
+                    format!("out: {}", out.join(", "))
+                },
+            });
         }
         let out: Vec<String> = states
             .iter()
@@ -663,6 +752,7 @@ impl ServiceTask {
         ServiceStatus {
             name: self.config.name.clone(),
             vip: self.vip,
+            vip_id: self.vip_id,
             active_priority: if self.ready { self.active } else { None },
             ready: self.ready,
             backends: self
@@ -697,7 +787,39 @@ impl ServiceTask {
     }
 }
 
-fn log_breaker(service: &str, backend: &str, event: &BreakerEvent, evidence: &str) {
+fn log_breaker(
+    events: &Events,
+    service: &str,
+    backend: &str,
+    event: &BreakerEvent,
+    evidence: &str,
+) {
+    match event {
+        BreakerEvent::Opened { for_, .. } => {
+            crate::metrics::transition(service, backend, "ejected");
+            crate::metrics::ejection(service, backend);
+            events.emit(Event {
+                kind: "backend",
+                service,
+                backend: Some(backend),
+                from: None,
+                to: Some("ejected".into()),
+                detail: format!("breaker open for {for_:?}: {evidence}"),
+            });
+        }
+        BreakerEvent::Closed => {
+            crate::metrics::transition(service, backend, "readmitted");
+            events.emit(Event {
+                kind: "backend",
+                service,
+                backend: Some(backend),
+                from: Some("ejected".into()),
+                to: Some("readmitted".into()),
+                detail: "breaker closed".into(),
+            });
+        }
+        BreakerEvent::HalfOpened => {}
+    }
     match event {
         BreakerEvent::Opened { for_, ejections } => tracing::warn!(
             service = %service, backend = %backend, open_for = ?for_, ejections = ejections, evidence = %evidence,

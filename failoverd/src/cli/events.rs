@@ -1,0 +1,108 @@
+//! `failoverd events`: every transition, failover, drain and reload, optionally followed live.
+
+use crate::control::{
+    command::{block_on, print, CommandError, SocketArgs},
+    EventRecord,
+};
+
+/// Arguments of `failoverd events`.
+#[derive(Debug, Clone, clap::Args)]
+#[command(after_help = "Examples:\n  \
+    failoverd events                  # what the daemon kept (the last 1,024)\n  \
+    failoverd events --follow         # and then every new one as it happens\n  \
+    failoverd events --follow --output json | jq .")]
+pub struct EventsArgs {
+    /// Keep printing new events until interrupted.
+    #[arg(long)]
+    pub follow: bool,
+    /// One line of text per event, or one JSON object per line.
+    #[arg(long, value_enum, default_value = "text")]
+    pub output: EventsFormat,
+    /// Which daemon to ask.
+    #[command(flatten)]
+    pub socket: SocketArgs,
+}
+
+/// How events are printed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum EventsFormat {
+    /// `2026-11-25T22:57:00.626Z failover orders-db 0 -> 1 (out: a unhealthy)`.
+    Text,
+    /// The control API's event objects, one per line.
+    Json,
+}
+
+/// Runs `failoverd events`.
+pub fn run(args: &EventsArgs) -> Result<(), CommandError> {
+    let client = args.socket.client()?;
+    block_on(async {
+        let mut after = 0;
+        // With --follow this runs until interrupted; each request is held by
+        // the daemon for a few seconds when there is nothing new.
+        loop {
+            let report = client.events(after, after > 0 || args.follow).await?;
+            for event in &report.events {
+                print(&(line(event, args.output) + "\n"))?;
+            }
+            after = report.next;
+            if !args.follow {
+                return Ok(());
+            }
+        }
+    })
+}
+
+/// One event as printed.
+pub fn line(event: &EventRecord, format: EventsFormat) -> String {
+    match format {
+        EventsFormat::Json => serde_json::to_string(event).unwrap_or_default(),
+        EventsFormat::Text => {
+            let when = humantime::format_rfc3339_millis(
+                std::time::UNIX_EPOCH + std::time::Duration::from_millis(event.at_unix_ms),
+            );
+            let mut out = format!("{when} {}", event.kind);
+            for part in [Some(&event.service), event.backend.as_ref()]
+                .into_iter()
+                .flatten()
+            {
+                if !part.is_empty() {
+                    out.push(' ');
+                    out.push_str(part);
+                }
+            }
+            match (&event.from, &event.to) {
+                (Some(from), Some(to)) => out.push_str(&format!(" {from} -> {to}")),
+                (None, Some(to)) => out.push_str(&format!(" -> {to}")),
+                _ => {}
+            }
+            if !event.detail.is_empty() {
+                out.push_str(&format!(" ({})", event.detail));
+            }
+            out
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failover_reads_as_one_line() {
+        let event = EventRecord {
+            seq: 3,
+            at_unix_ms: 1_700_000_000_123,
+            kind: "failover".into(),
+            service: "orders-db".into(),
+            backend: None,
+            from: Some("0".into()),
+            to: Some("1".into()),
+            detail: "out: a unhealthy".into(),
+        };
+        assert_eq!(
+            line(&event, EventsFormat::Text),
+            "2023-11-14T22:13:20.123Z failover orders-db 0 -> 1 (out: a unhealthy)"
+        );
+        assert!(line(&event, EventsFormat::Json).contains("\"seq\":3"));
+    }
+}

@@ -1,0 +1,277 @@
+//! Prometheus metrics: the names (a public contract, see docs/metrics.md), the
+//! recorder, and the HTTP listener for `/metrics`, `/healthz` and `/readyz`.
+
+use std::{convert::Infallible, future::Future, net::SocketAddr, sync::OnceLock};
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::{body::Incoming, service::service_fn, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use metrics::{counter, gauge, histogram};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use tokio::{net::TcpListener, sync::watch};
+
+use crate::health::{HealthStatus, ProbeError, ProbeOk};
+
+/// Every metric name failoverd exports.
+pub mod names {
+    /// 1 when the backend takes new connections (it is in the VIP's table).
+    pub const BACKEND_UP: &str = "failoverd_backend_up";
+    /// 1 for the backend's current state, 0 for the others.
+    pub const BACKEND_STATE: &str = "failoverd_backend_state";
+    /// Backend state changes, by the state changed to.
+    pub const BACKEND_TRANSITIONS: &str = "failoverd_backend_transitions_total";
+    /// Priority taking new connections; -1 when connects are refused.
+    pub const SERVICE_ACTIVE_PRIORITY: &str = "failoverd_service_active_priority";
+    /// Live backends of the service.
+    pub const SERVICE_LIVE_BACKENDS: &str = "failoverd_service_live_backends";
+    /// Changes of the active priority (failovers and failbacks).
+    pub const FAILOVERS: &str = "failoverd_failovers_total";
+    /// Probe latency.
+    pub const PROBE_DURATION: &str = "failoverd_probe_duration_seconds";
+    /// Failed probes, by reason.
+    pub const PROBE_FAILURES: &str = "failoverd_probe_failures_total";
+    /// 1 while the breaker holds the backend out.
+    pub const BREAKER_OPEN: &str = "failoverd_breaker_open";
+    /// Times the breaker opened.
+    pub const BREAKER_EJECTIONS: &str = "failoverd_breaker_ejections_total";
+    /// Connects the kernel translated to the backend.
+    pub const CONNECTS: &str = "failoverd_connects_total";
+    /// Connects the kernel refused (no live backend).
+    pub const CONNECTS_REJECTED: &str = "failoverd_connects_rejected_total";
+    /// Datapath writes.
+    pub const DATAPATH_WRITES: &str = "failoverd_datapath_writes_total";
+    /// Failed datapath writes.
+    pub const DATAPATH_WRITE_ERRORS: &str = "failoverd_datapath_write_errors_total";
+    /// When the datapath was last written (Unix seconds).
+    pub const DATAPATH_LAST_WRITE: &str = "failoverd_datapath_last_write_timestamp_seconds";
+    /// Config reloads, by result (ok, error).
+    pub const CONFIG_RELOADS: &str = "failoverd_config_reloads_total";
+    /// 1, labelled with the version.
+    pub const BUILD_INFO: &str = "failoverd_build_info";
+}
+
+/// Probe latency buckets: 0.5 ms to 5 s (probes time out well before that).
+const PROBE_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+];
+
+/// Why metrics could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum MetricsError {
+    /// The recorder could not be built.
+    #[error("setting up the Prometheus recorder: {message}")]
+    Recorder {
+        /// What went wrong.
+        message: String,
+    },
+    /// The listener could not bind.
+    #[error("binding the metrics listener on {addr}: {source}")]
+    Bind {
+        /// `metrics.listen`.
+        addr: SocketAddr,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+
+/// Installs the global recorder once (later calls return the same handle), and sets build_info.
+pub fn install() -> Result<PrometheusHandle, MetricsError> {
+    if let Some(handle) = HANDLE.get() {
+        return Ok(handle.clone());
+    }
+    let recorder = PrometheusBuilder::new()
+        .set_buckets_for_metric(
+            metrics_exporter_prometheus::Matcher::Full(names::PROBE_DURATION.to_string()),
+            PROBE_BUCKETS,
+        )
+        .map_err(|e| MetricsError::Recorder {
+            message: e.to_string(),
+        })?
+        .build_recorder();
+    let handle = recorder.handle();
+    // Another thread may have won the race; then its recorder stays.
+    if metrics::set_global_recorder(recorder).is_ok() {
+        // Only the winner's handle sees the metrics; store it.
+        HANDLE.set(handle).ok();
+    }
+    gauge!(names::BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
+    HANDLE.get().cloned().ok_or_else(|| MetricsError::Recorder {
+        message: "another metrics recorder is already installed".into(),
+    })
+}
+
+/// Binds `metrics.listen`.
+pub async fn bind(addr: SocketAddr) -> Result<TcpListener, MetricsError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| MetricsError::Bind { addr, source })
+}
+
+/// Serves `/metrics`, `/healthz` (alive) and `/readyz` (`ready()` true: first
+/// verdicts in, datapath attached) until `shutdown` turns true.
+pub async fn serve<R, F>(
+    listener: TcpListener,
+    handle: PrometheusHandle,
+    ready: R,
+    mut shutdown: watch::Receiver<bool>,
+) where
+    R: Fn() -> F + Clone + Send + Sync + 'static,
+    F: Future<Output = bool> + Send,
+{
+    loop {
+        let (stream, _) = tokio::select! {
+            _ = shutdown.wait_for(|stop| *stop) => return,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::warn!(error = %e, "metrics listener accept failed");
+                    continue;
+                }
+            },
+        };
+        let (handle, ready) = (handle.clone(), ready.clone());
+        tokio::spawn(async move {
+            let service = service_fn(move |request: Request<Incoming>| {
+                let (handle, ready) = (handle.clone(), ready.clone());
+                async move { Ok::<_, Infallible>(respond(request.uri().path(), &handle, ready).await) }
+            });
+            let conn = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service);
+            // A scrape that hangs up early is not worth more than a debug line.
+            if let Err(e) = tokio::time::timeout(std::time::Duration::from_secs(30), conn)
+                .await
+                .unwrap_or(Ok(()))
+            {
+                tracing::debug!(error = %e, "metrics connection ended with an error");
+            }
+        });
+    }
+}
+
+async fn respond<R, F>(path: &str, handle: &PrometheusHandle, ready: R) -> Response<Full<Bytes>>
+where
+    R: Fn() -> F,
+    F: Future<Output = bool>,
+{
+    let (status, body, content_type) = match path {
+        "/metrics" => (StatusCode::OK, handle.render(), "text/plain; version=0.0.4"),
+        "/healthz" => (StatusCode::OK, "ok\n".to_string(), "text/plain"),
+        "/readyz" if ready().await => (StatusCode::OK, "ready\n".to_string(), "text/plain"),
+        "/readyz" => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not ready: waiting for first verdicts\n".to_string(),
+            "text/plain",
+        ),
+        _ => (
+            StatusCode::NOT_FOUND,
+            "not found: try /metrics, /healthz or /readyz\n".to_string(),
+            "text/plain",
+        ),
+    };
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static(content_type),
+    );
+    response
+}
+
+/// A finished probe.
+pub fn probe(
+    service: &str,
+    backend: &str,
+    result: &Result<ProbeOk, ProbeError>,
+    latency: std::time::Duration,
+) {
+    histogram!(names::PROBE_DURATION, "service" => service.to_string(), "backend" => backend.to_string())
+        .record(latency.as_secs_f64());
+    if let Err(e) = result {
+        counter!(names::PROBE_FAILURES, "service" => service.to_string(), "backend" => backend.to_string(), "reason" => e.reason())
+            .increment(1);
+    }
+}
+
+/// A backend changed state (`to`: healthy, unhealthy, ejected, readmitted, drained, undrained).
+pub fn transition(service: &str, backend: &str, to: &'static str) {
+    counter!(names::BACKEND_TRANSITIONS, "service" => service.to_string(), "backend" => backend.to_string(), "to" => to)
+        .increment(1);
+}
+
+/// The breaker opened.
+pub fn ejection(service: &str, backend: &str) {
+    counter!(names::BREAKER_EJECTIONS, "service" => service.to_string(), "backend" => backend.to_string()).increment(1);
+}
+
+/// The active priority changed (from `None` = refusing, to `None` = refusing).
+pub fn failover(service: &str, from: Option<u8>, to: Option<u8>) {
+    let label = |p: Option<u8>| p.map_or_else(|| "none".to_string(), |p| p.to_string());
+    counter!(names::FAILOVERS, "service" => service.to_string(), "from_priority" => label(from), "to_priority" => label(to))
+        .increment(1);
+}
+
+/// A backend's gauges.
+pub fn backend(
+    service: &str,
+    backend: &str,
+    priority: u8,
+    state: &'static str,
+    up: bool,
+    breaker_open: bool,
+) {
+    let (s, b) = (service.to_string(), backend.to_string());
+    gauge!(names::BACKEND_UP, "service" => s.clone(), "backend" => b.clone(), "priority" => priority.to_string())
+        .set(f64::from(u8::from(up)));
+    for candidate in ["unknown", "healthy", "unhealthy", "ejected", "drained"] {
+        gauge!(names::BACKEND_STATE, "service" => s.clone(), "backend" => b.clone(), "state" => candidate)
+            .set(f64::from(u8::from(candidate == state)));
+    }
+    gauge!(names::BREAKER_OPEN, "service" => s, "backend" => b)
+        .set(f64::from(u8::from(breaker_open)));
+}
+
+/// A service's gauges.
+pub fn service(service: &str, active: Option<u8>, live: usize) {
+    gauge!(names::SERVICE_ACTIVE_PRIORITY, "service" => service.to_string())
+        .set(active.map_or(-1.0, f64::from));
+    gauge!(names::SERVICE_LIVE_BACKENDS, "service" => service.to_string()).set(live as f64);
+}
+
+/// A datapath write, successful or not.
+pub fn datapath_write(ok: bool) {
+    if ok {
+        counter!(names::DATAPATH_WRITES).increment(1);
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs_f64());
+        gauge!(names::DATAPATH_LAST_WRITE).set(now.unwrap_or(0.0));
+    } else {
+        counter!(names::DATAPATH_WRITE_ERRORS).increment(1);
+    }
+}
+
+/// A config reload.
+pub fn reload(ok: bool) {
+    counter!(names::CONFIG_RELOADS, "result" => if ok { "ok" } else { "error" }).increment(1);
+}
+
+/// The kernel's counters for one backend and its service's rejections (absolute values).
+pub fn kernel_counters(service: &str, backend: Option<(&str, u64)>, rejected: u64) {
+    if let Some((backend, connects)) = backend {
+        counter!(names::CONNECTS, "service" => service.to_string(), "backend" => backend.to_string()).absolute(connects);
+    }
+    counter!(names::CONNECTS_REJECTED, "service" => service.to_string()).absolute(rejected);
+}
+
+/// The health word for the `to` label of a transition.
+pub fn health_word(status: HealthStatus) -> &'static str {
+    match status {
+        HealthStatus::Unknown => "unknown",
+        HealthStatus::Healthy => "healthy",
+        HealthStatus::Unhealthy => "unhealthy",
+    }
+}
