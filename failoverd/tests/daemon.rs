@@ -567,11 +567,16 @@ fn run_stops_on_sigterm_and_leaves_the_datapath_pinned() -> TestResult {
         let env = Env::new("drun")?;
         let a = BackendProcess::spawn(ServerSpec::tcp(loopback(), 1))?;
         let vip = tcp_vip("127.78.9.1:80");
+        // The control socket and state go next to the config, not in /run.
+        let state = std::env::temp_dir().join(support::unique_name("fo-run-state", "drun")?);
+        let _state = support::TempDir(state.clone());
         let file = ConfigFile::write(
             "run",
             &format!(
-                "{}services:\n{}",
+                "{}control:\n  socket: {}\n  state_dir: {}\nservices:\n{}",
                 env.yaml_datapath(),
+                state.join("control.sock").display(),
+                state.display(),
                 tcp_service("run", vip, "", &[("a", a.addr(), 0)])
             ),
         )?;
@@ -632,7 +637,7 @@ fn check_and_run_refuse_a_bad_config_with_its_location() -> TestResult {
             .arg(&file.0)
             .output()?;
         let stderr = String::from_utf8_lossy(&out.stderr);
-        let location = format!("{}:7:", file.0.display());
+        let location = format!("{}:8:", file.0.display());
         check(!out.status.success(), || {
             format!("{command} accepted a bad config")
         })?;

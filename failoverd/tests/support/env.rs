@@ -39,10 +39,11 @@ impl Env {
         }
     }
 
-    /// The `datapath:` section of a daemon config for this trial.
+    /// The `datapath:` section of a daemon config for this trial, and a
+    /// `metrics:` line on an ephemeral port so parallel daemons do not collide.
     pub fn yaml_datapath(&self) -> String {
         format!(
-            "datapath:\n  cgroup: {}\n  pin_dir: {}\n",
+            "metrics: {{ listen: '127.0.0.1:0' }}\ndatapath:\n  cgroup: {}\n  pin_dir: {}\n",
             self.cgroup.path().display(),
             self.pins.path().display()
         )

@@ -47,3 +47,13 @@ pub fn unique_name(prefix: &str, tag: &str) -> io::Result<String> {
 pub fn io_context(what: impl std::fmt::Display, e: io::Error) -> io::Error {
     io::Error::new(e.kind(), format!("{what}: {e}"))
 }
+
+/// A directory removed (with its contents) on drop.
+pub struct TempDir(pub std::path::PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        // Never created, or already gone: both fine.
+        std::fs::remove_dir_all(&self.0).ok();
+    }
+}
