@@ -7,6 +7,7 @@ packages=(
   clang llvm libbpf-dev linux-libc-dev  # compile bpf/*.c (build.rs)
   iproute2                               # tests: network namespaces
   bpftool                                # operators: inspect maps and links
+  prometheus                             # tests: promtool and a real Prometheus for the alert rules
 )
 
 missing=()

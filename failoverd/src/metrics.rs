@@ -99,6 +99,11 @@ pub fn install() -> Result<PrometheusHandle, MetricsError> {
         HANDLE.set(handle).ok();
     }
     gauge!(names::BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
+    // At 0 from the start, so an alert sees the first error as an increase.
+    counter!(names::DATAPATH_WRITES).increment(0);
+    counter!(names::DATAPATH_WRITE_ERRORS).increment(0);
+    counter!(names::CONFIG_RELOADS, "result" => "ok").increment(0);
+    counter!(names::CONFIG_RELOADS, "result" => "error").increment(0);
     HANDLE.get().cloned().ok_or_else(|| MetricsError::Recorder {
         message: "another metrics recorder is already installed".into(),
     })
@@ -179,6 +184,40 @@ where
         hyper::header::HeaderValue::from_static(content_type),
     );
     response
+}
+
+/// Registers the counters alerts are built on at 0, so the first real event
+/// is an increase Prometheus can see (`increase()` of a series that first
+/// appears at 1 is 0).
+pub fn zero_service(service: &str, priorities: &[u8]) {
+    let mut labels: Vec<Option<u8>> = priorities.iter().copied().map(Some).collect();
+    labels.push(None);
+    for &from in &labels {
+        for &to in &labels {
+            if from != to {
+                let label = |p: Option<u8>| p.map_or_else(|| "none".to_string(), |p| p.to_string());
+                counter!(names::FAILOVERS, "service" => service.to_string(), "from_priority" => label(from), "to_priority" => label(to))
+                    .increment(0);
+            }
+        }
+    }
+    counter!(names::CONNECTS_REJECTED, "service" => service.to_string()).increment(0);
+}
+
+/// Like [`zero_service`], for one backend's transition and ejection counters.
+pub fn zero_backend(service: &str, backend: &str) {
+    for to in [
+        "healthy",
+        "unhealthy",
+        "ejected",
+        "readmitted",
+        "drained",
+        "undrained",
+    ] {
+        counter!(names::BACKEND_TRANSITIONS, "service" => service.to_string(), "backend" => backend.to_string(), "to" => to)
+            .increment(0);
+    }
+    counter!(names::BREAKER_EJECTIONS, "service" => service.to_string(), "backend" => backend.to_string()).increment(0);
 }
 
 /// A finished probe.

@@ -77,12 +77,13 @@ pub fn run(args: &RunArgs) -> Result<(), RunError> {
     let drains = store.load()?;
     runtime.block_on(async {
         let stop = stop_signal().map_err(|source| RunError::Setup { what: "signal handlers", source })?;
+        // The recorder first: what the daemon records while starting must not be lost.
+        let prometheus = crate::metrics::install()?;
+        let metrics_listener = crate::metrics::bind(config.metrics.listen).await?;
         let datapath = BpfDatapath::open(&config.datapath.to_datapath_config())?;
         let counters = PinnedMaps::open(&config.datapath.pin_dir)?;
         let running = daemon::start(&config, datapath, drains).await?;
         let handle = running.handle();
-        let prometheus = crate::metrics::install()?;
-        let metrics_listener = crate::metrics::bind(config.metrics.listen).await?;
         let exporter_maps = PinnedMaps::open(&config.datapath.pin_dir)?;
         let control = Arc::new(DaemonControl::new(handle.clone(), store, args.config.clone(), Some(counters)));
         let listener = control::server::bind(&config.control.socket)?;

@@ -191,6 +191,10 @@ impl ServiceTask {
         stop: watch::Receiver<bool>,
     ) -> Self {
         let probe = Arc::new(super::probe_for(&config.health));
+        let mut priorities: Vec<u8> = config.backends.iter().map(|b| b.priority).collect();
+        priorities.sort_unstable();
+        priorities.dedup();
+        crate::metrics::zero_service(&config.name, &priorities);
         ServiceTask {
             vip: config.vip(),
             vip_id,
@@ -281,6 +285,7 @@ impl ServiceTask {
                 },
             };
             let mut state = BackendState::new(&self.config, backend_config, key, from_hostname, id);
+            crate::metrics::zero_backend(&self.config.name, &state.name);
             // Drains are keyed by backend name, which for a hostname's
             // addresses is only known here.
             state.drain = self.drains.get(&state.name).cloned();
