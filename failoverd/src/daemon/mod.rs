@@ -37,7 +37,7 @@ use crate::{
     control::{ControlError, DrainInfo, ExplainReport, ReloadReport},
     datapath::{Datapath, DatapathError, IdAllocator, IdsExhausted, Vip, VipTable},
     health::{HttpCheck, Probe},
-    reconcile::{run_writer, Writer, WriterCommand},
+    reconcile::{run_writer, Writer, WriterCommand, WriterMessage},
     resolve::{self, ResolveError, Resolver, ResolverSettings},
 };
 use service::{Persist, ServiceEvent, ServiceTask, Shared};
@@ -460,6 +460,18 @@ impl DaemonHandle {
             services.insert(service.name.clone(), started);
         }
         *self.inner.config.lock().expect("config lock") = new;
+        // Return only once the kernel holds the result: a removed VIP is no
+        // longer translated when `failoverd reload` returns.
+        let (reply, written) = oneshot::channel();
+        self.inner
+            .shared
+            .writer
+            .send(WriterMessage::Barrier(reply))
+            .await
+            .map_err(|_| DaemonError::Stopped)?;
+        if written.await != Ok(true) {
+            tracing::warn!("reload applied; some datapath writes failed and are being retried");
+        }
         tracing::info!(added = ?report.added, removed = ?report.removed, changed = ?report.changed, unchanged = report.unchanged.len(), "config reloaded");
         Ok(report)
     }
