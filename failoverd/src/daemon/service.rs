@@ -35,6 +35,14 @@ use crate::{
 /// change was checked and before it is applied, so a failure changes nothing.
 pub type Persist = Box<dyn FnOnce() -> Result<(), ControlError> + Send>;
 
+/// The gauge values a service last exported.
+#[derive(PartialEq)]
+struct Published {
+    active: Option<u8>,
+    live: usize,
+    backends: Vec<(BackendKey, &'static str, bool, bool)>,
+}
+
 /// What a service task reacts to.
 pub enum ServiceEvent {
     /// A probe finished.
@@ -172,6 +180,8 @@ pub struct ServiceTask {
     drains: BTreeMap<String, DrainInfo>,
     active: Option<u8>,
     panic: bool,
+    /// What `publish` last exported, so unchanged gauges are not re-set on every probe.
+    published: Option<Published>,
     last_sent: Option<VipTable>,
     ready: bool,
     events_tx: mpsc::Sender<ServiceEvent>,
@@ -206,6 +216,7 @@ impl ServiceTask {
             // Traffic was wherever the pinned table sends it; selection starts from scratch.
             active: None,
             panic: false,
+            published: None,
             drains,
             last_sent: adopted.cloned(),
             ready: false,
@@ -681,20 +692,39 @@ impl ServiceTask {
     }
 
     /// Exports this service's gauges for the table it wants.
-    fn publish(&self, table: &VipTable, live: usize) {
-        crate::metrics::service(&self.config.name, self.active, live);
-        for t in self.backends.values() {
-            let b = &t.state;
-            let up = table.backends.iter().any(|x| x.addr == b.key.addr);
-            crate::metrics::backend(
-                &self.config.name,
-                &b.name,
-                b.priority,
-                b.state_word(),
-                up,
-                b.breaker.is_open(),
-            );
+    fn publish(&mut self, table: &VipTable, live: usize) {
+        let backends: Vec<(BackendKey, &'static str, bool, bool)> = self
+            .backends
+            .values()
+            .map(|t| {
+                let b = &t.state;
+                let up = table.backends.iter().any(|x| x.addr == b.key.addr);
+                (b.key, b.state_word(), up, b.breaker.is_open())
+            })
+            .collect();
+        let now = Published {
+            active: self.active,
+            live,
+            backends,
+        };
+        // Most probe results change nothing: skip the label lookups then.
+        if self.published.as_ref() == Some(&now) {
+            return;
         }
+        crate::metrics::service(&self.config.name, now.active, now.live);
+        for &(key, state, up, open) in &now.backends {
+            if let Some(t) = self.backends.get(&key) {
+                crate::metrics::backend(
+                    &self.config.name,
+                    &t.state.name,
+                    t.state.priority,
+                    state,
+                    up,
+                    open,
+                );
+            }
+        }
+        self.published = Some(now);
     }
 
     fn log_priority_change(&self, selection: &Selection, states: &[&BackendState]) {
