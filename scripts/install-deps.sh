@@ -8,6 +8,8 @@ packages=(
   iproute2                               # tests: network namespaces
   bpftool                                # operators: inspect maps and links
   prometheus                             # tests: promtool and a real Prometheus for the alert rules
+  nftables iptables                      # chaos tests: black-hole a backend; benchmarks: DNAT baseline
+  haproxy                                # benchmarks: the proxy failoverd is compared with
 )
 
 missing=()

@@ -9,18 +9,15 @@ mod support;
 
 use std::{
     net::SocketAddr,
-    path::PathBuf,
-    process::{Child, Command, Output},
+    process::Command,
     time::{Duration, Instant},
 };
 
-use failoverd::{
-    control::StatusReport,
-    datapath::{PinnedMaps, Vip},
-};
+use failoverd::datapath::{PinnedMaps, Vip};
 use libtest_mimic::{Arguments, Failed, Trial};
 use support::{
     client::{run_client, spawn_client, ClientSpec, Mode},
+    daemon::DaemonProcess,
     env::Env,
     kernel::{check, exactly, loopback, table, tcp_vip, until_table},
     server::{BackendProcess, ServerSpec},
@@ -82,98 +79,6 @@ fn main() {
     libtest_mimic::run(&args, trials).exit();
 }
 
-/// One trial's daemon: its files (config, state dir, socket) and the process.
-struct Daemon {
-    dir: PathBuf,
-    config: PathBuf,
-    socket: PathBuf,
-    child: Option<Child>,
-}
-
-impl Daemon {
-    /// Writes the config (with this trial's cgroup, pins, socket and state dir) but starts nothing.
-    fn new(env: &Env, tag: &str, services: &str) -> Result<Daemon, Failed> {
-        let dir = std::env::temp_dir().join(support::unique_name("fo-ops", tag)?);
-        std::fs::create_dir_all(&dir)?;
-        let d = Daemon {
-            config: dir.join("failoverd.yaml"),
-            socket: dir.join("run/control.sock"),
-            dir,
-            child: None,
-        };
-        d.write_config(env, services)?;
-        Ok(d)
-    }
-
-    fn write_config(&self, env: &Env, services: &str) -> Result<(), Failed> {
-        let text = format!(
-            "{}control:\n  socket: {}\n  state_dir: {}\nservices:\n{services}",
-            env.yaml_datapath(),
-            self.socket.display(),
-            self.dir.join("state").display()
-        );
-        std::fs::write(&self.config, text)?;
-        Ok(())
-    }
-
-    fn start(&mut self) -> Result<(), Failed> {
-        let child = Command::new(env!("CARGO_BIN_EXE_failoverd"))
-            .args(["run", "--log", "warn", "--config"])
-            .arg(&self.config)
-            .spawn()?;
-        self.child = Some(child);
-        // The control socket answers once the daemon is up.
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if self.cli(&["status"])?.status.success() {
-                return Ok(());
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Err("the daemon's control socket never answered".into())
-    }
-
-    fn sigkill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            child.kill().ok();
-            child.wait().ok();
-        }
-    }
-
-    /// Runs a client subcommand against this daemon's socket.
-    fn cli(&self, args: &[&str]) -> Result<Output, Failed> {
-        Ok(Command::new(env!("CARGO_BIN_EXE_failoverd"))
-            .args(args)
-            .arg("--socket")
-            .arg(&self.socket)
-            .output()?)
-    }
-
-    fn ok(&self, args: &[&str]) -> Result<String, Failed> {
-        let out = self.cli(args)?;
-        check(out.status.success(), || {
-            format!(
-                "failoverd {args:?} failed: {}",
-                String::from_utf8_lossy(&out.stderr)
-            )
-        })?;
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-    }
-
-    fn status(&self) -> Result<StatusReport, Failed> {
-        Ok(serde_json::from_str(
-            &self.ok(&["status", "--output", "json"])?,
-        )?)
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        self.sigkill();
-        std::fs::remove_dir_all(&self.dir).ok();
-    }
-}
-
 fn service_yaml(name: &str, vip: Vip, backends: &[(&str, SocketAddr, u8)]) -> String {
     let mut s = format!(
         "  - name: {name}\n    vip: {}\n    health: {{ kind: tcp, interval: 100ms, timeout: 50ms, rise: 2, fall: 3 }}\n    backends:\n",
@@ -194,7 +99,7 @@ struct Pair {
     a: BackendProcess,
     b: BackendProcess,
     vip: Vip,
-    d: Daemon,
+    d: DaemonProcess,
 }
 
 fn pair(tag: &str, vip: &str, b_priority: u8) -> Result<Pair, Failed> {
@@ -202,7 +107,7 @@ fn pair(tag: &str, vip: &str, b_priority: u8) -> Result<Pair, Failed> {
     let a = BackendProcess::spawn(ServerSpec::tcp(loopback(), 1))?;
     let b = BackendProcess::spawn(ServerSpec::tcp(loopback(), 2))?;
     let vip = tcp_vip(vip);
-    let mut d = Daemon::new(
+    let mut d = DaemonProcess::new(
         &env,
         tag,
         &service_yaml(
@@ -326,7 +231,7 @@ fn draining_the_last_backend_needs_force() -> TestResult {
     let env = Env::new("oforce")?;
     let a = BackendProcess::spawn(ServerSpec::tcp(loopback(), 1))?;
     let vip = tcp_vip("127.79.3.1:80");
-    let mut d = Daemon::new(
+    let mut d = DaemonProcess::new(
         &env,
         "force",
         &service_yaml("svc", vip, &[("a", a.addr(), 0)]),
@@ -357,17 +262,17 @@ fn reload_with_a_broken_config_keeps_the_old_one() -> TestResult {
     let a = BackendProcess::spawn(ServerSpec::tcp(loopback(), 1))?;
     let vip = tcp_vip("127.79.4.1:80");
     let services = service_yaml("svc", vip, &[("a", a.addr(), 0)]);
-    let mut d = Daemon::new(&env, "badreload", &services)?;
+    let mut d = DaemonProcess::new(&env, "badreload", &services)?;
     d.start()?;
     until_table(&env, vip, Duration::from_secs(5), exactly(&[a.addr()]))?;
     let before = d.status()?;
 
     // Line 11 (after datapath, control and the service's first lines): an unknown key.
     let broken = services.replace("    backends:\n", "    bakends: []\n    backends:\n");
-    d.write_config(&env, &broken)?;
+    d.write_config(&env, "", &broken)?;
     let out = d.cli(&["reload"])?;
     let stderr = String::from_utf8_lossy(&out.stderr);
-    let location = format!("{}:", d.config.display());
+    let location = format!("{}:", d.config_path().display());
     check(
         !out.status.success() && stderr.contains(&location) && stderr.contains("bakends"),
         || format!("reload must refuse with file:line:column and the key: {stderr}"),
@@ -391,13 +296,13 @@ fn reload_that_removes_a_vip_stops_its_translation() -> TestResult {
     let gone = tcp_vip("127.79.5.2:80");
     let both = service_yaml("keep", keep, &[("a", a.addr(), 0)])
         + &service_yaml("gone", gone, &[("b", b.addr(), 0)]);
-    let mut d = Daemon::new(&env, "remove", &both)?;
+    let mut d = DaemonProcess::new(&env, "remove", &both)?;
     d.start()?;
     until_table(&env, keep, Duration::from_secs(5), exactly(&[a.addr()]))?;
     until_table(&env, gone, Duration::from_secs(5), exactly(&[b.addr()]))?;
     let kept_generation = PinnedMaps::open(env.pins.path())?.tables()?[&keep].generation;
 
-    d.write_config(&env, &service_yaml("keep", keep, &[("a", a.addr(), 0)]))?;
+    d.write_config(&env, "", &service_yaml("keep", keep, &[("a", a.addr(), 0)]))?;
     let out = d.ok(&["reload"])?;
     check(out.contains("gone"), || {
         format!("reload should report the removed service: {out}")
@@ -435,7 +340,7 @@ fn events_follow_shows_a_failover_as_it_happens() -> TestResult {
 
     let mut follow = Command::new(env!("CARGO_BIN_EXE_failoverd"))
         .args(["events", "--follow", "--output", "json", "--socket"])
-        .arg(&d.socket)
+        .arg(d.socket())
         .stdout(std::process::Stdio::piped())
         .spawn()?;
     let stdout = follow.stdout.take().ok_or("no stdout")?;
@@ -477,7 +382,7 @@ fn sighup_reloads_like_the_command() -> TestResult {
     let b = BackendProcess::spawn(ServerSpec::tcp(loopback(), 2))?;
     let keep = tcp_vip("127.79.9.1:80");
     let added = tcp_vip("127.79.9.2:80");
-    let mut d = Daemon::new(
+    let mut d = DaemonProcess::new(
         &env,
         "hup",
         &service_yaml("keep", keep, &[("a", a.addr(), 0)]),
@@ -486,8 +391,8 @@ fn sighup_reloads_like_the_command() -> TestResult {
     until_table(&env, keep, Duration::from_secs(5), exactly(&[a.addr()]))?;
     let both = service_yaml("keep", keep, &[("a", a.addr(), 0)])
         + &service_yaml("added", added, &[("b", b.addr(), 0)]);
-    d.write_config(&env, &both)?;
-    let pid = d.child.as_ref().ok_or("daemon not running")?.id();
+    d.write_config(&env, "", &both)?;
+    let pid = d.pid().ok_or("daemon not running")?;
     // SAFETY: a signal to our own child.
     unsafe { libc::kill(pid as i32, libc::SIGHUP) };
     until_table(&env, added, Duration::from_secs(5), exactly(&[b.addr()]))?;
@@ -501,7 +406,7 @@ fn sigkill_under_load_loses_no_connect() -> TestResult {
     let a = BackendProcess::spawn(ServerSpec::tcp(loopback(), 1))?;
     let b = BackendProcess::spawn(ServerSpec::tcp(loopback(), 2))?;
     let vip = tcp_vip("127.79.6.1:80");
-    let mut d = Daemon::new(
+    let mut d = DaemonProcess::new(
         &env,
         "kill",
         &service_yaml("svc", vip, &[("a", a.addr(), 0), ("b", b.addr(), 1)]),
@@ -533,7 +438,7 @@ fn status_json_agrees_with_the_kernel_map() -> TestResult {
     let b = BackendProcess::spawn(ServerSpec::tcp(loopback(), 2))?;
     let mut c = BackendProcess::spawn(ServerSpec::tcp(loopback(), 3))?;
     let vip = tcp_vip("127.79.7.1:80");
-    let mut d = Daemon::new(
+    let mut d = DaemonProcess::new(
         &env,
         "status",
         &service_yaml(
@@ -609,7 +514,7 @@ fn a_user_without_root_cannot_use_the_control_socket() -> TestResult {
     let env = Env::new("ononroot")?;
     let a = BackendProcess::spawn(ServerSpec::tcp(loopback(), 1))?;
     let vip = tcp_vip("127.79.8.1:80");
-    let mut d = Daemon::new(
+    let mut d = DaemonProcess::new(
         &env,
         "nonroot",
         &service_yaml("svc", vip, &[("a", a.addr(), 0)]),
@@ -619,14 +524,14 @@ fn a_user_without_root_cannot_use_the_control_socket() -> TestResult {
         .args(["--reuid", "65534", "--regid", "65534", "--clear-groups"])
         .arg(env!("CARGO_BIN_EXE_failoverd"))
         .args(["drain", "svc", "a", "--force", "--socket"])
-        .arg(&d.socket)
+        .arg(d.socket())
         .output()?;
     check(!out.status.success(), || "nobody drained a backend".into())?;
     check(d.status()?.services[0].backends[0].drain.is_none(), || {
         "the drain went through".into()
     })?;
     let mode =
-        std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&d.socket)?.permissions())
+        std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(d.socket())?.permissions())
             & 0o777;
     check(mode == 0o600, || {
         format!("the socket is {mode:o}, want 600")

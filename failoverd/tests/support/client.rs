@@ -30,15 +30,16 @@ pub const CLIENT_ENV: &str = "FO_TEST_CLIENT";
 /// runs no trial instead of recursing into the whole suite.
 const NEVER_MATCHES: [&str; 2] = ["--exact", "__fo_client_never_matches__"];
 
-/// How long the parent waits for a client before killing it; far above any sane spec
-/// (`count` × `timeout_ms`), it only keeps a wedged client from hanging the suite.
+/// How long the parent waits for a client beyond the spec's own `duration_ms`; far above any
+/// sane spec (`count` × `timeout_ms`), it only keeps a wedged client from hanging the suite.
 pub const CLIENT_DEADLINE: Duration = Duration::from_secs(60);
 
 /// Poll interval while waiting for a client to exit.
 const WAIT_POLL: Duration = Duration::from_millis(5);
 
-/// Cap on a client's stdout: the report is one short line.
-const MAX_REPORT_BYTES: u64 = 1 << 20;
+/// Cap on a client's stdout: the report is one line, long only with a timeline (about 30 bytes
+/// per attempt).
+const MAX_REPORT_BYTES: u64 = 64 << 20;
 
 /// Cap on a backend's reply read by `TcpReadId`: `B<id>\n` is at most 12 bytes.
 const MAX_REPLY_BYTES: u64 = 64;
@@ -79,9 +80,21 @@ pub struct ClientSpec {
     /// Timeout for each connect, read and recv, in milliseconds. Default 2000.
     #[serde(default = "default_timeout_ms")]
     pub timeout_ms: u64,
-    /// Pause between attempts, in milliseconds, so traffic can span a failover. Default 0.
+    /// Attempts start every this many milliseconds (a fixed rate; an attempt that overruns
+    /// delays the next one instead of causing a burst), so traffic can span a failover.
+    /// Default 0: back to back.
     #[serde(default)]
     pub interval_ms: u64,
+    /// Stop once this many milliseconds have passed, even before `count` attempts. Default 0:
+    /// no time limit.
+    #[serde(default)]
+    pub duration_ms: u64,
+    /// More targets: attempts cycle through `target`, then these, in order. Default none.
+    #[serde(default)]
+    pub more_targets: Vec<SocketAddr>,
+    /// Record every attempt in `ClientReport::timeline`. Default `false`.
+    #[serde(default)]
+    pub timeline: bool,
 }
 
 impl ClientSpec {
@@ -94,12 +107,38 @@ impl ClientSpec {
             v6_socket: false,
             timeout_ms: default_timeout_ms(),
             interval_ms: 0,
+            duration_ms: 0,
+            more_targets: Vec::new(),
+            timeline: false,
+        }
+    }
+
+    /// A client that makes one attempt every `interval_ms` for `duration_ms` and records each
+    /// in a timeline: the load of a chaos scenario.
+    pub fn load(target: SocketAddr, mode: Mode, interval_ms: u64, duration_ms: u64) -> ClientSpec {
+        ClientSpec {
+            interval_ms,
+            duration_ms,
+            timeline: true,
+            ..ClientSpec::new(target, mode, u32::MAX)
         }
     }
 
     /// The address actually used: the IPv4-mapped IPv6 form when `v6_socket` is set.
     pub fn effective_target(&self) -> SocketAddr {
-        match self.target {
+        self.effective(self.target)
+    }
+
+    /// Every target, in the order attempts cycle through them, as actually used.
+    fn effective_targets(&self) -> Vec<SocketAddr> {
+        std::iter::once(self.target)
+            .chain(self.more_targets.iter().copied())
+            .map(|t| self.effective(t))
+            .collect()
+    }
+
+    fn effective(&self, target: SocketAddr) -> SocketAddr {
+        match target {
             SocketAddr::V4(v4) if self.v6_socket => {
                 SocketAddr::V6(SocketAddrV6::new(v4.ip().to_ipv6_mapped(), v4.port(), 0, 0))
             }
@@ -135,6 +174,50 @@ pub struct ClientReport {
     /// where it ran; empty if unreadable.
     #[serde(default)]
     pub cgroup: String,
+    /// Every attempt in order, when the spec asked for a timeline.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub timeline: Vec<Attempt>,
+}
+
+/// One attempt of a client with a timeline. Short field names keep a minute of attempts at a
+/// millisecond apart to a few hundred kilobytes of report.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Attempt {
+    /// When the attempt started: `CLOCK_MONOTONIC` in nanoseconds, comparable with
+    /// [`monotonic_ns`] in the parent (the clock is system-wide).
+    #[serde(rename = "t")]
+    pub at_ns: u64,
+    /// Which target: 0 for `target`, `i` for `more_targets[i - 1]`.
+    #[serde(rename = "v", default)]
+    pub target: u32,
+    /// The backend id that answered (`TcpReadId`, `UdpSendRecv`); `None` if it failed or the
+    /// mode reads no answer.
+    #[serde(rename = "id", default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<u32>,
+    /// The errno it failed with; `None` if it succeeded.
+    #[serde(rename = "e", default, skip_serializing_if = "Option::is_none")]
+    pub errno: Option<i32>,
+    /// How long the attempt took, in microseconds.
+    #[serde(rename = "d")]
+    pub took_us: u32,
+}
+
+impl Attempt {
+    /// Whether the attempt succeeded.
+    pub fn ok(&self) -> bool {
+        self.errno.is_none()
+    }
+}
+
+/// `CLOCK_MONOTONIC` now, in nanoseconds: the clock of [`Attempt::at_ns`].
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes into the timespec we own; CLOCK_MONOTONIC always exists.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    u64::try_from(ts.tv_sec).unwrap_or(0) * 1_000_000_000 + u64::try_from(ts.tv_nsec).unwrap_or(0)
 }
 
 impl ClientReport {
@@ -158,8 +241,9 @@ impl ClientReport {
         self.ok + self.errors.values().sum::<u64>()
     }
 
-    fn record_error(&mut self, errno: i32) {
+    fn record_error(&mut self, errno: i32) -> Outcome {
         *self.errors.entry(errno).or_insert(0) += 1;
+        (None, Some(errno))
     }
 
     fn record_peer(&mut self, peer: SocketAddr) {
@@ -167,11 +251,12 @@ impl ClientReport {
     }
 
     /// Records a `B<id>` answer, or `EBADREPLY` if it is not one.
-    fn record_reply(&mut self, reply: &[u8]) {
+    fn record_reply(&mut self, reply: &[u8]) -> Outcome {
         match parse_id(reply) {
             Some(id) => {
                 *self.ids.entry(id).or_insert(0) += 1;
                 self.ok += 1;
+                (Some(id), None)
             }
             None => self.record_error(EBADREPLY),
         }
@@ -226,27 +311,58 @@ fn run_attempts(spec: &ClientSpec) -> io::Result<ClientReport> {
         cgroup: own_cgroup().unwrap_or_default(),
         ..ClientReport::default()
     };
-    let target = spec.effective_target();
+    let targets = spec.effective_targets();
     let timeout = spec.timeout();
     let udp = match spec.mode {
-        Mode::UdpSendRecv => Some(udp_socket(target, timeout)?),
+        Mode::UdpSendRecv => Some(udp_socket(targets[0], timeout)?),
         Mode::TcpReadId | Mode::TcpConnectOnly => None,
     };
+    let interval = Duration::from_millis(spec.interval_ms);
+    let start = Instant::now();
+    let stop = (spec.duration_ms > 0).then(|| start + Duration::from_millis(spec.duration_ms));
+    let mut next = start;
     for i in 0..spec.count {
-        if i > 0 && spec.interval_ms > 0 {
-            thread::sleep(Duration::from_millis(spec.interval_ms));
+        let now = Instant::now();
+        if stop.is_some_and(|stop| now >= stop) {
+            break;
         }
-        match (&udp, spec.mode) {
+        if next > now {
+            thread::sleep(next - now);
+        }
+        // A fixed rate, but an overrun (a timed-out attempt) only delays the schedule.
+        next = next.max(Instant::now()) + interval;
+        let index = i as usize % targets.len();
+        let target = targets[index];
+        let at_ns = monotonic_ns();
+        let began = Instant::now();
+        let (id, errno) = match (&udp, spec.mode) {
             (Some(socket), _) => udp_attempt(&mut report, socket, target),
             (None, Mode::TcpReadId) => tcp_attempt(&mut report, target, timeout, true),
             (None, _) => tcp_attempt(&mut report, target, timeout, false),
+        };
+        if spec.timeline {
+            report.timeline.push(Attempt {
+                at_ns,
+                target: index as u32,
+                id,
+                errno,
+                took_us: u32::try_from(began.elapsed().as_micros()).unwrap_or(u32::MAX),
+            });
         }
     }
     Ok(report)
 }
 
+/// What one attempt came to: the answering backend's id, or the errno it failed with.
+type Outcome = (Option<u32>, Option<i32>);
+
 /// One TCP attempt: timed connect, peer name, and for `read_id` the answer.
-fn tcp_attempt(report: &mut ClientReport, target: SocketAddr, timeout: Duration, read_id: bool) {
+fn tcp_attempt(
+    report: &mut ClientReport,
+    target: SocketAddr,
+    timeout: Duration,
+    read_id: bool,
+) -> Outcome {
     // std makes an AF_INET6 socket for a V6 address, which is what `v6_socket` needs. The
     // timeout variant (non-blocking connect + poll) keeps a black-holed target from hanging
     // the client for the kernel's two-minute SYN retry budget.
@@ -260,21 +376,17 @@ fn tcp_attempt(report: &mut ClientReport, target: SocketAddr, timeout: Duration,
         }
         Err(e) => {
             report.max_failed_connect_ns = report.max_failed_connect_ns.max(elapsed);
-            report.record_error(errno_of(&e));
-            return;
+            return report.record_error(errno_of(&e));
         }
     };
     // peer_addr() is getpeername(): with a socket hook it must show the VIP, not the backend.
     match stream.peer_addr() {
         Ok(peer) => report.record_peer(peer),
-        Err(e) => {
-            report.record_error(errno_of(&e));
-            return;
-        }
+        Err(e) => return report.record_error(errno_of(&e)),
     }
     if !read_id {
         report.ok += 1;
-        return;
+        return (None, None);
     }
     let mut reply = Vec::new();
     let read = stream
@@ -300,16 +412,15 @@ fn udp_socket(target: SocketAddr, timeout: Duration) -> io::Result<UdpSocket> {
 
 /// One UDP attempt. A reply that arrives after its attempt timed out is taken by the next
 /// attempt; tests that care keep timeouts well above loopback latency.
-fn udp_attempt(report: &mut ClientReport, socket: &UdpSocket, target: SocketAddr) {
+fn udp_attempt(report: &mut ClientReport, socket: &UdpSocket, target: SocketAddr) -> Outcome {
     if let Err(e) = socket.send_to(b"ping", target) {
-        report.record_error(errno_of(&e));
-        return;
+        return report.record_error(errno_of(&e));
     }
     let mut buf = [0u8; 512];
     match socket.recv_from(&mut buf) {
         Ok((n, from)) => {
             report.record_peer(from);
-            report.record_reply(&buf[..n]);
+            report.record_reply(&buf[..n])
         }
         Err(e) => report.record_error(timeout_errno_of(&e)),
     }
@@ -417,6 +528,8 @@ fn join_cgroup_raw(procs: &CStr) -> io::Result<()> {
 pub struct ClientChild {
     child: Option<Child>,
     stdout: Option<JoinHandle<io::Result<Vec<u8>>>>,
+    /// How long `wait_report` waits: `CLIENT_DEADLINE` plus the spec's `duration_ms`.
+    deadline: Duration,
 }
 
 impl ClientChild {
@@ -425,14 +538,14 @@ impl ClientChild {
         self.child.as_ref().map(Child::id)
     }
 
-    /// Waits (at most `CLIENT_DEADLINE`, then kills it) for the client to exit and parses its
+    /// Waits (at most `CLIENT_DEADLINE` beyond the spec's duration, then kills it) for the client to exit and parses its
     /// report.
     pub fn wait_report(mut self) -> io::Result<ClientReport> {
         let mut child = self
             .child
             .take()
             .ok_or_else(|| io::Error::other("client already reaped"))?;
-        let status = wait_bounded(&mut child, CLIENT_DEADLINE);
+        let status = wait_bounded(&mut child, self.deadline);
         // Read stdout only after exit (or kill): a killed child's pipe reaches EOF, so this join
         // cannot hang.
         let output = self
@@ -550,6 +663,7 @@ fn spawn_placed(
     let mut guard = ClientChild {
         child: Some(child),
         stdout: None,
+        deadline: CLIENT_DEADLINE + Duration::from_millis(spec.duration_ms),
     };
     let stdout = stdout.ok_or_else(|| io::Error::other("client stdout was not piped"))?;
     guard.stdout = Some(

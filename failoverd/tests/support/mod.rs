@@ -10,6 +10,7 @@
 pub mod backends;
 pub mod cgroup;
 pub mod client;
+pub mod daemon;
 pub mod env;
 pub mod kernel;
 pub mod netns;

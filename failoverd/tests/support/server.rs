@@ -3,7 +3,9 @@
 //!
 //! Every connection gets `B<id>\n` (for HTTP, as the body of a response with the spec's status).
 //! In `flap` mode the server listens for `flap_ms`, stops listening for `flap_ms`, and so on, so
-//! probes see it come and go.
+//! probes see it come and go (each phase lasting between `flap_ms` and `flap_max_ms`). With
+//! `health_bind` it also answers HTTP 200 on a second address, a health endpoint that freezes
+//! with the process (SIGSTOP) where a bare TCP connect would still be accepted by the kernel.
 
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -15,6 +17,7 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 
 use super::backends::reply_for;
+use super::io_context;
 
 /// Environment variable carrying the JSON `ServerSpec`.
 pub const SERVER_ENV: &str = "FO_TEST_SERVER";
@@ -35,6 +38,12 @@ pub struct ServerSpec {
     pub body: Option<String>,
     /// Alternate listening / not listening every this many milliseconds (0: always listen).
     pub flap_ms: u64,
+    /// When above `flap_ms`, each phase lasts a random time in `flap_ms..=flap_max_ms`.
+    #[serde(default)]
+    pub flap_max_ms: u64,
+    /// A second address answering every request with HTTP 200 `ok` (a health endpoint).
+    #[serde(default)]
+    pub health_bind: Option<SocketAddr>,
 }
 
 impl ServerSpec {
@@ -46,6 +55,8 @@ impl ServerSpec {
             http_status: None,
             body: None,
             flap_ms: 0,
+            flap_max_ms: 0,
+            health_bind: None,
         }
     }
 
@@ -57,6 +68,8 @@ impl ServerSpec {
             http_status: Some(status),
             body: None,
             flap_ms: 0,
+            flap_max_ms: 0,
+            health_bind: None,
         }
     }
 }
@@ -116,6 +129,27 @@ impl BackendProcess {
         self.addr
     }
 
+    /// The process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Sends `signal` (e.g. `libc::SIGSTOP` to freeze it, `libc::SIGCONT` to thaw it).
+    pub fn signal(&self, signal: i32) -> io::Result<()> {
+        let pid = self
+            .pid()
+            .ok_or_else(|| io::Error::other("backend process is not running"))?;
+        let pid = libc::pid_t::try_from(pid).map_err(io::Error::other)?;
+        // SAFETY: kill on our own child, which is not reaped while `child` is Some.
+        if unsafe { libc::kill(pid, signal) } != 0 {
+            return Err(io_context(
+                format!("signal {signal} to backend {pid}"),
+                io::Error::last_os_error(),
+            ));
+        }
+        Ok(())
+    }
+
     /// SIGKILLs it and reaps it: its port refuses connections from now on.
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
@@ -167,15 +201,32 @@ fn serve(spec: &ServerSpec) -> io::Result<()> {
     let addr = first.local_addr()?;
     first.set_nonblocking(true)?;
     let mut listener = Some(first);
+    let health = spec.health_bind.map(TcpListener::bind).transpose()?;
+    if let Some(h) = &health {
+        h.set_nonblocking(true)?;
+    }
     println!("listening {addr}");
     io::stdout().flush()?;
     // Bounded: a test kills its backends; an orphan still ends within the hour.
     let end = Instant::now() + Duration::from_secs(3600);
-    let flap = Duration::from_millis(spec.flap_ms);
-    let mut phase_end = Instant::now() + flap;
+    let phase = || {
+        let max = spec.flap_max_ms.max(spec.flap_ms);
+        Duration::from_millis(fastrand::u64(spec.flap_ms..=max))
+    };
+    let mut phase_end = Instant::now() + phase();
     while Instant::now() < end {
+        if let Some(h) = &health {
+            if let Ok((stream, _)) = h.accept() {
+                let health_spec = ServerSpec {
+                    http_status: Some(200),
+                    body: Some("ok\n".into()),
+                    ..spec.clone()
+                };
+                thread::spawn(move || answer(stream, &health_spec));
+            }
+        }
         if spec.flap_ms > 0 && Instant::now() >= phase_end {
-            phase_end += flap;
+            phase_end = Instant::now() + phase();
             listener = match listener.take() {
                 Some(l) => {
                     // SAFETY: shutdown on our own listening socket; it stops listening at once.

@@ -1,0 +1,207 @@
+//! The real `failoverd run` as a child process of a trial: its config, control socket and state
+//! directory in a temporary directory of its own, the CLI pointed at that socket, and a guard
+//! that SIGKILLs the daemon and removes the directory when the trial ends, however it ends.
+
+use std::fs::File;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use failoverd::control::StatusReport;
+
+use super::client::place_child;
+use super::env::Env;
+use super::netns::TestNetns;
+use super::{io_context, unique_name};
+
+/// How long `start` waits for the control socket to answer.
+const START_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often `start` and `wait_ready` ask.
+const POLL: Duration = Duration::from_millis(20);
+
+/// One trial's daemon: its files and, while it runs, its process.
+pub struct DaemonProcess {
+    dir: PathBuf,
+    config: PathBuf,
+    socket: PathBuf,
+    child: Option<Child>,
+    /// Where the daemon's stderr goes (its log), kept for a failing trial to show.
+    log: PathBuf,
+}
+
+impl DaemonProcess {
+    /// Writes a config with this trial's cgroup, pins, socket and state dir and the given
+    /// `services:` entries; starts nothing.
+    pub fn new(env: &Env, tag: &str, services: &str) -> io::Result<DaemonProcess> {
+        Self::with_sections(env, tag, "", services)
+    }
+
+    /// Like `new`, with more top-level sections (e.g. `resolver:`, `defaults:`) before
+    /// `services:`.
+    pub fn with_sections(
+        env: &Env,
+        tag: &str,
+        sections: &str,
+        services: &str,
+    ) -> io::Result<DaemonProcess> {
+        let dir = std::env::temp_dir().join(unique_name("fo-daemon", tag)?);
+        std::fs::create_dir_all(&dir).map_err(|e| io_context(dir.display(), e))?;
+        let d = DaemonProcess {
+            config: dir.join("failoverd.yaml"),
+            socket: dir.join("run/control.sock"),
+            log: dir.join("daemon.log"),
+            dir,
+            child: None,
+        };
+        d.write_config(env, sections, services)?;
+        Ok(d)
+    }
+
+    /// Rewrites the config file (a later `reload` or `start` reads it).
+    pub fn write_config(&self, env: &Env, sections: &str, services: &str) -> io::Result<()> {
+        let text = format!(
+            "{}{sections}control:\n  socket: {}\n  state_dir: {}\nservices:\n{services}",
+            env.yaml_datapath(),
+            self.socket.display(),
+            self.dir.join("state").display()
+        );
+        self.write_raw_config(&text)
+    }
+
+    /// Writes `text` as the config file verbatim (e.g. a broken one).
+    pub fn write_raw_config(&self, text: &str) -> io::Result<()> {
+        std::fs::write(&self.config, text).map_err(|e| io_context(self.config.display(), e))
+    }
+
+    /// The config file's path.
+    pub fn config_path(&self) -> &Path {
+        &self.config
+    }
+
+    /// The control socket's path.
+    pub fn socket(&self) -> &Path {
+        &self.socket
+    }
+
+    /// The process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Starts `failoverd run` and returns once its control socket answers.
+    pub fn start(&mut self) -> io::Result<()> {
+        self.start_in(None)
+    }
+
+    /// Like `start`, with the daemon inside `netns` (its probes then run there).
+    pub fn start_in(&mut self, netns: Option<&TestNetns>) -> io::Result<()> {
+        let log = File::options()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .map_err(|e| io_context(self.log.display(), e))?;
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_failoverd"));
+        cmd.args(["run", "--log", "warn", "--config"])
+            .arg(&self.config)
+            .stdin(Stdio::null())
+            .stderr(log);
+        place_child(&mut cmd, None, netns)?;
+        self.child = Some(
+            cmd.spawn()
+                .map_err(|e| io_context("spawning failoverd run", e))?,
+        );
+        let deadline = Instant::now() + START_TIMEOUT;
+        while Instant::now() < deadline {
+            if self.cli(&["status"])?.status.success() {
+                return Ok(());
+            }
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                self.child = None;
+                return Err(io::Error::other(format!(
+                    "failoverd run exited with {status}: {}",
+                    self.log_tail()
+                )));
+            }
+            std::thread::sleep(POLL);
+        }
+        Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            format!(
+                "the daemon's control socket never answered: {}",
+                self.log_tail()
+            ),
+        ))
+    }
+
+    /// Waits until every service has its first verdicts (`status` says ready).
+    pub fn wait_ready(&self, limit: Duration) -> io::Result<()> {
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            if self.status()?.services.iter().all(|s| s.ready) {
+                return Ok(());
+            }
+            std::thread::sleep(POLL);
+        }
+        Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            format!("the daemon was not ready within {limit:?}"),
+        ))
+    }
+
+    /// SIGKILLs the daemon (the datapath stays pinned and keeps serving).
+    pub fn sigkill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            // Already dead is fine: the point is that it is dead.
+            child.kill().ok();
+            child.wait().ok();
+        }
+    }
+
+    /// Runs a client subcommand against this daemon's socket.
+    pub fn cli(&self, args: &[&str]) -> io::Result<Output> {
+        Command::new(env!("CARGO_BIN_EXE_failoverd"))
+            .args(args)
+            .arg("--socket")
+            .arg(&self.socket)
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|e| io_context(format!("running failoverd {args:?}"), e))
+    }
+
+    /// Like `cli`, but a failing command is an error carrying its stderr; returns stdout.
+    pub fn ok(&self, args: &[&str]) -> io::Result<String> {
+        let out = self.cli(args)?;
+        if !out.status.success() {
+            return Err(io::Error::other(format!(
+                "failoverd {args:?} failed: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            )));
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// `status --output json`, parsed.
+    pub fn status(&self) -> io::Result<StatusReport> {
+        serde_json::from_str(&self.ok(&["status", "--output", "json"])?)
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+    }
+
+    /// The last lines of the daemon's log, for error messages.
+    pub fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(20)..].join("\n")
+    }
+}
+
+impl Drop for DaemonProcess {
+    fn drop(&mut self) {
+        self.sigkill();
+        std::fs::remove_dir_all(&self.dir).ok();
+    }
+}
