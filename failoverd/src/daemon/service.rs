@@ -385,17 +385,10 @@ impl ServiceTask {
                 names.join(", ")
             )));
         };
-        if info.is_some() && !force {
-            let in_table = self
-                .last_sent
-                .as_ref()
-                .map(|t| t.backends.iter().map(|b| b.addr).collect::<Vec<_>>())
-                .unwrap_or_default();
-            if in_table == [key.addr] {
-                return Err(ControlError::Invalid(format!(
-                    "{backend} is the last backend {service} sends connections to; draining it leaves the VIP without one: pass --force to drain it anyway"
-                )));
-            }
+        if info.is_some() && !force && self.drain_leaves_nothing_live(&key) {
+            return Err(ControlError::Invalid(format!(
+                "{backend} is the last live backend {service} can send connections to (no other backend, of any priority, could take over); draining it leaves the VIP without one: pass --force to drain it anyway"
+            )));
         }
         persist()?;
         match &info {
@@ -607,6 +600,43 @@ impl ServiceTask {
     }
 
     /// Computes the table the VIP should have and hands it to the writer if it changed.
+    /// The selection candidates, in `self.backends` order. `also_drained` counts as drained,
+    /// to ask what a drain would do before doing it.
+    fn candidates(&self, also_drained: Option<&BackendKey>) -> Vec<Candidate> {
+        self.backends
+            .iter()
+            .map(|(key, b)| Candidate {
+                priority: b.state.priority,
+                weight: b.state.weight,
+                live: b.state.is_live(),
+                drained: b.state.drain.is_some() || also_drained == Some(key),
+            })
+            .collect()
+    }
+
+    /// What traffic goes to, given `candidates`, this service's policies and the priority
+    /// traffic goes to now.
+    fn select(&self, candidates: &[Candidate]) -> Selection {
+        let all_down = match self.config.on_all_down {
+            OnAllDown::Reject => AllDown::Reject,
+            OnAllDown::Panic => AllDown::Panic,
+        };
+        let failback = match self.config.failback {
+            Failback::Auto => FailbackMode::Auto,
+            Failback::Manual => FailbackMode::Manual,
+        };
+        select(candidates, all_down, failback, self.active)
+    }
+
+    /// Whether draining `key` would leave the VIP with no live backend while it has one now
+    /// (the standby of another priority taking over counts as live: that is what a drain of a
+    /// primary is for).
+    fn drain_leaves_nothing_live(&self, key: &BackendKey) -> bool {
+        let serves_live = |s: &Selection| matches!(s, Selection::Group { .. });
+        serves_live(&self.select(&self.candidates(None)))
+            && !serves_live(&self.select(&self.candidates(Some(key))))
+    }
+
     async fn reconcile(&mut self) {
         let now = Instant::now();
         if self.backends.is_empty() || !self.backends.values().all(|b| b.state.has_verdict(now)) {
@@ -626,24 +656,8 @@ impl ServiceTask {
             );
         }
         let states: Vec<&BackendState> = self.backends.values().map(|b| &b.state).collect();
-        let candidates: Vec<Candidate> = states
-            .iter()
-            .map(|b| Candidate {
-                priority: b.priority,
-                weight: b.weight,
-                live: b.is_live(),
-                drained: b.drain.is_some(),
-            })
-            .collect();
-        let all_down = match self.config.on_all_down {
-            OnAllDown::Reject => AllDown::Reject,
-            OnAllDown::Panic => AllDown::Panic,
-        };
-        let failback = match self.config.failback {
-            Failback::Auto => FailbackMode::Auto,
-            Failback::Manual => FailbackMode::Manual,
-        };
-        let selection = select(&candidates, all_down, failback, self.active);
+        let candidates = self.candidates(None);
+        let selection = self.select(&candidates);
         self.log_priority_change(&selection, &states);
         self.active = selection.priority();
         self.panic = matches!(selection, Selection::Panic { .. });
