@@ -147,6 +147,9 @@ pub struct BackendStatus {
 struct Tracked {
     state: BackendState,
     prober: JoinHandle<()>,
+    /// Its hostname no longer resolves to it, but it keeps taking connections until the
+    /// addresses that replaced it have their first verdicts (make before break).
+    retiring: bool,
 }
 
 impl Drop for Tracked {
@@ -255,11 +258,13 @@ impl ServiceTask {
                 Some(event) => self.handle(event).await,
                 None => self.tick_breakers(),
             }
+            self.retire_replaced();
             self.reconcile().await;
         }
     }
 
-    /// Sets the addresses of one config entry: starts probing new ones, forgets gone ones.
+    /// Sets the addresses of one config entry: starts probing new ones, and forgets gone ones
+    /// (a live one only once its replacements have verdicts: see `retire_replaced`).
     pub fn set_addrs(&mut self, config_index: usize, addrs: &[SocketAddr]) {
         let gone: Vec<BackendKey> = self
             .backends
@@ -268,13 +273,25 @@ impl ServiceTask {
             .copied()
             .collect();
         for key in gone {
-            if let Some(t) = self.backends.remove(&key) {
-                tracing::info!(service = %self.config.name, backend = %t.state.name, "address no longer resolves; backend removed");
-                if !self.adopted_ids.values().any(|&id| id == t.state.id) {
-                    self.shared.ids.lock().expect("id lock").release(t.state.id);
+            let Some(t) = self.backends.get_mut(&key) else {
+                continue;
+            };
+            if t.state.is_live() && !addrs.is_empty() {
+                if !t.retiring {
+                    t.retiring = true;
+                    tracing::info!(service = %self.config.name, backend = %t.state.name, "address no longer resolves; it keeps its connections until the new address has a verdict");
                 }
+            } else {
+                self.remove_backend(&key, "address no longer resolves; backend removed");
             }
         }
+        for key in addrs.iter().map(|&addr| BackendKey { config_index, addr }) {
+            if let Some(t) = self.backends.get_mut(&key).filter(|t| t.retiring) {
+                // The name resolves to it again: it stays.
+                t.retiring = false;
+            }
+        }
+
         let backend_config = &self.config.backends[config_index];
         let from_hostname = matches!(
             backend_config.address,
@@ -315,7 +332,52 @@ impl ServiceTask {
             if from_hostname {
                 tracing::info!(service = %self.config.name, backend = %state.name, "new address; probing it");
             }
-            self.backends.insert(key, Tracked { state, prober });
+            self.backends.insert(
+                key,
+                Tracked {
+                    state,
+                    prober,
+                    retiring: false,
+                },
+            );
+        }
+    }
+
+    /// Removes retiring addresses whose replacements (the entry's other addresses) all have
+    /// verdicts, or that are no longer live themselves. Until then a retiring address takes
+    /// connections as before, so a DNS change never leaves a gap while the new address is
+    /// probed for the first time.
+    fn retire_replaced(&mut self) {
+        let now = Instant::now();
+        let done: Vec<BackendKey> = self
+            .backends
+            .iter()
+            .filter(|(key, t)| {
+                t.retiring
+                    && (!t.state.is_live()
+                        || self.backends.iter().all(|(k, o)| {
+                            k.config_index != key.config_index
+                                || o.retiring
+                                || o.state.has_verdict(now)
+                        }))
+            })
+            .map(|(k, _)| *k)
+            .collect();
+        for key in done {
+            self.remove_backend(
+                &key,
+                "address no longer resolves and is replaced; backend removed",
+            );
+        }
+    }
+
+    /// Stops probing a backend and frees its id.
+    fn remove_backend(&mut self, key: &BackendKey, why: &'static str) {
+        if let Some(t) = self.backends.remove(key) {
+            tracing::info!(service = %self.config.name, backend = %t.state.name, "{why}");
+            if !self.adopted_ids.values().any(|&id| id == t.state.id) {
+                self.shared.ids.lock().expect("id lock").release(t.state.id);
+            }
         }
     }
 
