@@ -20,6 +20,7 @@ const CONTRACT_METRICS: &[&str] = &[
     "failoverd_failovers_total",
     "failoverd_probe_duration_seconds",
     "failoverd_probe_failures_total",
+    "failoverd_probes_skipped_total",
     "failoverd_breaker_open",
     "failoverd_breaker_ejections_total",
     "failoverd_connects_total",

@@ -133,7 +133,7 @@ pub async fn start<D: Datapath + 'static>(
     }
     let shared = Arc::new(Shared {
         writer: writer_tx,
-        permits: Arc::new(Semaphore::new(MAX_PROBES_IN_FLIGHT)),
+        probes: prober::ProbeHub::new(Arc::new(Semaphore::new(MAX_PROBES_IN_FLIGHT))),
         ids: Arc::new(Mutex::new(ids)),
         events: Arc::new(events::Events::default()),
     });
@@ -273,16 +273,25 @@ impl DaemonHandle {
 
     /// A snapshot of every service, in name order.
     pub async fn status(&self) -> Result<Vec<ServiceStatus>, DaemonError> {
-        let mut out = Vec::new();
-        for name in self.services().await {
-            match self.service_status(&name).await {
-                Ok(s) => out.push(s),
+        // Asked of every service at once: one at a time, a busy daemon with thousands of
+        // services answered in seconds (each answer waits its turn in a service's queue).
+        let mut asks = tokio::task::JoinSet::new();
+        for (i, name) in self.services().await.into_iter().enumerate() {
+            let handle = self.clone();
+            asks.spawn(async move { (i, handle.service_status(&name).await) });
+        }
+        let mut out = Vec::with_capacity(asks.len());
+        while let Some(joined) = asks.join_next().await {
+            let (i, answer) = joined.map_err(|_| DaemonError::Stopped)?;
+            match answer {
+                Ok(s) => out.push((i, s)),
                 // Removed by a reload meanwhile.
                 Err(DaemonError::UnknownService { .. } | DaemonError::Stopped) => {}
                 Err(e) => return Err(e),
             }
         }
-        Ok(out)
+        out.sort_by_key(|(i, _)| *i);
+        Ok(out.into_iter().map(|(_, s)| s).collect())
     }
 
     /// A snapshot of one service.

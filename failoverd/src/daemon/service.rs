@@ -11,15 +11,14 @@ use std::{
 };
 
 use tokio::{
-    sync::{mpsc, oneshot, watch, Semaphore},
-    task::JoinHandle,
+    sync::{mpsc, oneshot, watch},
     time::Instant,
 };
 
 use super::{
     backend::{BackendKey, BackendState},
     events::{Event, Events},
-    prober::{self, ProberParams},
+    prober::{ProbeHub, ProbeTarget, Subscription},
 };
 use crate::{
     breaker::{may_eject, BreakerEvent},
@@ -51,8 +50,8 @@ pub enum ServiceEvent {
         key: BackendKey,
         /// When the probe started.
         started: Instant,
-        /// What it saw.
-        result: Result<ProbeOk, ProbeError>,
+        /// What it saw (shared by every service probing the same target).
+        result: Arc<Result<ProbeOk, ProbeError>>,
     },
     /// A hostname backend now resolves to these addresses.
     Addrs {
@@ -146,24 +145,22 @@ pub struct BackendStatus {
 
 struct Tracked {
     state: BackendState,
-    prober: JoinHandle<()>,
+    /// Its probe results keep coming while this lives (a loop shared with every backend of
+    /// any service that has the same target).
+    _probes: Subscription,
     /// Its hostname no longer resolves to it, but it keeps taking connections until the
     /// addresses that replaced it have their first verdicts (make before break).
     retiring: bool,
-}
-
-impl Drop for Tracked {
-    fn drop(&mut self) {
-        self.prober.abort();
-    }
+    /// Its probe-latency histogram, looked up once rather than on every probe.
+    latency: metrics::Histogram,
 }
 
 /// Shared by every service task.
 pub struct Shared {
     /// Where tables go.
     pub writer: mpsc::Sender<WriterMessage>,
-    /// Caps probes in flight.
-    pub permits: Arc<Semaphore>,
+    /// The probe loops, shared across services.
+    pub probes: ProbeHub,
     /// Counter ids.
     pub ids: Arc<Mutex<IdAllocator>>,
     /// The event feed.
@@ -255,6 +252,18 @@ impl ServiceTask {
                     reply.send(self.last_sent.take()).ok();
                     return;
                 }
+                Some(ServiceEvent::Probe {
+                    key,
+                    started,
+                    result,
+                }) => {
+                    let changed = self.on_probe(key, started, &result);
+                    // Until the first write, time alone (an overdue verdict) can change the
+                    // outcome; afterwards only a change can.
+                    if !changed && self.ready {
+                        continue;
+                    }
+                }
                 Some(event) => self.handle(event).await,
                 None => self.tick_breakers(),
             }
@@ -317,26 +326,25 @@ impl ServiceTask {
             // Drains are keyed by backend name, which for a hostname's
             // addresses is only known here.
             state.drain = self.drains.get(&state.name).cloned();
-            let prober = tokio::spawn(prober::run(
-                ProberParams {
-                    key,
+            let probes = self.shared.probes.subscribe(
+                ProbeTarget {
                     addr: state.probe_addr,
                     probe: Arc::clone(&self.probe),
                     interval: self.config.health.interval,
                     timeout: self.config.health.timeout,
-                    permits: Arc::clone(&self.shared.permits),
                 },
+                key,
                 self.events_tx.clone(),
-                self.stop.clone(),
-            ));
+            );
             if from_hostname {
                 tracing::info!(service = %self.config.name, backend = %state.name, "new address; probing it");
             }
             self.backends.insert(
                 key,
                 Tracked {
+                    latency: crate::metrics::probe_latency(&self.config.name, &state.name),
                     state,
-                    prober,
+                    _probes: probes,
                     retiring: false,
                 },
             );
@@ -387,7 +395,9 @@ impl ServiceTask {
                 key,
                 started,
                 result,
-            } => self.on_probe(key, started, result),
+            } => {
+                self.on_probe(key, started, &result);
+            }
             ServiceEvent::Addrs {
                 config_index,
                 addrs,
@@ -590,41 +600,52 @@ impl ServiceTask {
         }
     }
 
-    fn on_probe(&mut self, key: BackendKey, started: Instant, result: Result<ProbeOk, ProbeError>) {
+    /// Records a probe result; returns whether it changed anything selection looks at (a
+    /// health transition or a breaker event). Most results change nothing, and at thousands of
+    /// backends a second the work skipped for them is most of the daemon's CPU.
+    fn on_probe(
+        &mut self,
+        key: BackendKey,
+        started: Instant,
+        result: &Result<ProbeOk, ProbeError>,
+    ) -> bool {
         let Some(priority) = self.backends.get(&key).map(|b| b.state.priority) else {
-            return; // A prober of a backend removed meanwhile.
+            return false; // A prober of a backend removed meanwhile.
         };
-        let group: Vec<&BackendState> = self
+        let (mut group, mut ejected) = (0, 0);
+        for b in self
             .backends
             .values()
-            .map(|b| &b.state)
-            .filter(|b| b.priority == priority)
-            .collect();
-        let ejected = group.iter().filter(|b| b.breaker.is_open()).count();
-        let may = may_eject(
-            group.len(),
-            ejected,
-            self.config.breaker.max_ejected_percent,
-        );
-        let name = self.config.name.clone();
-
+            .filter(|b| b.state.priority == priority)
+        {
+            group += 1;
+            ejected += usize::from(b.state.breaker.is_open());
+        }
+        let may = may_eject(group, ejected, self.config.breaker.max_ejected_percent);
+        let name = &self.config.name;
         let Some(tracked) = self.backends.get_mut(&key) else {
-            return;
+            return false;
         };
+        tracked.latency.record(started.elapsed().as_secs_f64());
         let b = &mut tracked.state;
-        b.record(started, &result);
-        crate::metrics::probe(&name, &b.name, &result, started.elapsed());
+        b.record(started, result);
+        if let Err(e) = result {
+            crate::metrics::probe_failure(name, &b.name, e);
+        }
         let now = Instant::now();
-        let evidence = match &result {
+        let evidence = || match result {
             Ok(ok) => ok.detail.clone(),
             Err(e) => e.to_string(),
         };
+        let mut changed = false;
         if let Some(to) = b.health.observe(result.is_ok()) {
+            changed = true;
             b.since = now;
-            crate::metrics::transition(&name, &b.name, crate::metrics::health_word(to));
+            let evidence = evidence();
+            crate::metrics::transition(name, &b.name, crate::metrics::health_word(to));
             self.shared.events.emit(Event {
                 kind: "backend",
-                service: &name,
+                service: name,
                 backend: Some(&b.name),
                 from: None,
                 to: Some(crate::metrics::health_word(to).to_string()),
@@ -640,9 +661,11 @@ impl ServiceTask {
             }
         }
         if let Some(event) = b.breaker.observe(result.is_ok(), now, may) {
+            changed = true;
             b.since = now;
-            log_breaker(&self.shared.events, &name, &b.name, &event, &evidence);
+            log_breaker(&self.shared.events, name, &b.name, &event, &evidence());
         }
+        changed
     }
 
     fn tick_breakers(&mut self) {
@@ -661,7 +684,6 @@ impl ServiceTask {
         }
     }
 
-    /// Computes the table the VIP should have and hands it to the writer if it changed.
     /// The selection candidates, in `self.backends` order. `also_drained` counts as drained,
     /// to ask what a drain would do before doing it.
     fn candidates(&self, also_drained: Option<&BackendKey>) -> Vec<Candidate> {
@@ -699,6 +721,7 @@ impl ServiceTask {
             && !serves_live(&self.select(&self.candidates(Some(key))))
     }
 
+    /// Computes the table the VIP should have and hands it to the writer if it changed.
     async fn reconcile(&mut self) {
         let now = Instant::now();
         if self.backends.is_empty() || !self.backends.values().all(|b| b.state.has_verdict(now)) {
