@@ -1,0 +1,171 @@
+//! What most scenarios share: the probe settings and the detection bound they imply, a service
+//! entry for the config, a VIP with a primary and a standby backend process behind a real
+//! daemon, and the load client.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use failoverd::datapath::Vip;
+use libtest_mimic::Failed;
+
+use crate::record::Record;
+use crate::support::{
+    client::{spawn_client, ClientChild, ClientReport, ClientSpec, Mode},
+    daemon::DaemonProcess,
+    env::Env,
+    kernel::{exactly, loopback, tcp_vip, until_table},
+    server::{BackendProcess, ServerSpec},
+};
+use crate::timeline::Timeline;
+
+/// Probe interval of every scenario's services.
+pub const INTERVAL: Duration = Duration::from_millis(100);
+/// Probe timeout.
+pub const TIMEOUT: Duration = Duration::from_millis(50);
+/// Failures in a row that mark a backend down.
+pub const FALL: u32 = 3;
+/// The `health:` entry matching the constants above.
+pub const TCP_HEALTH: &str = "{ kind: tcp, interval: 100ms, timeout: 50ms, rise: 2, fall: 3 }";
+
+/// Slack on top of a computed bound for scheduling on a loaded 2-core machine.
+pub const MARGIN: Duration = Duration::from_millis(400);
+
+/// How long a load client waits on a connect or a reply before it counts the attempt failed.
+pub const CLIENT_TIMEOUT_MS: u64 = 300;
+
+/// The longest a dead backend can stay in the table: `fall` failed probes, the last one
+/// possibly a full timeout late.
+pub fn detection_bound() -> Duration {
+    INTERVAL * FALL + TIMEOUT
+}
+
+/// A `services:` entry: `backends` are (name, address as written, priority).
+pub fn service(
+    name: &str,
+    vip: SocketAddr,
+    health: &str,
+    backends: &[(&str, String, u8)],
+) -> String {
+    let mut s = format!("  - name: {name}\n    vip: {vip}\n    health: {health}\n    backends:\n");
+    for (n, addr, priority) in backends {
+        s.push_str(&format!(
+            "      - {{ name: {n}, address: '{addr}', priority: {priority} }}\n"
+        ));
+    }
+    s
+}
+
+/// A VIP served by a primary `a` (id 1, priority 0) and a standby `b` (id 2, priority 1), both
+/// real processes, behind a running daemon. Fields drop in order: daemon first, env last.
+pub struct Pair {
+    /// The daemon.
+    pub d: DaemonProcess,
+    /// The primary.
+    pub a: BackendProcess,
+    /// The standby.
+    pub b: BackendProcess,
+    /// The VIP.
+    pub vip: Vip,
+    /// The trial's cgroup and pins.
+    pub env: Env,
+}
+
+impl Pair {
+    /// Starts the backends and the daemon; returns once the kernel's table is `a` alone.
+    pub fn start(tag: &str, vip: &str) -> Result<Pair, Failed> {
+        Self::start_with(tag, vip, ServerSpec::tcp(loopback(), 1), TCP_HEALTH)
+    }
+
+    /// Like `start`, with `a` (and `b`, same kind with id 2) built from `a_spec`, and `health`.
+    pub fn start_with(
+        tag: &str,
+        vip: &str,
+        a_spec: ServerSpec,
+        health: &str,
+    ) -> Result<Pair, Failed> {
+        let env = Env::new(tag)?;
+        let a = BackendProcess::spawn(a_spec.clone())?;
+        let b = BackendProcess::spawn(ServerSpec {
+            id: 2,
+            // On the next loopback address, so that a per-service health port is free for both.
+            bind: SocketAddr::new(second_ip(a_spec.bind), 0),
+            flap_ms: 0,
+            flap_max_ms: 0,
+            health_bind: a_spec
+                .health_bind
+                .map(|h| SocketAddr::new(second_ip(h), h.port())),
+            ..a_spec
+        })?;
+        let vip = tcp_vip(vip);
+        let services = service(
+            "svc",
+            vip.addr,
+            health,
+            &[
+                ("a", a.addr().to_string(), 0),
+                ("b", b.addr().to_string(), 1),
+            ],
+        );
+        let mut d = DaemonProcess::new(&env, tag, &services)?;
+        d.start()?;
+        until_table(&env, vip, Duration::from_secs(5), exactly(&[a.addr()]))?;
+        Ok(Pair { d, a, b, vip, env })
+    }
+
+    /// Waits (at most 3 s) until the kernel's table is `addr` alone; returns how long it took.
+    pub fn until_only(&self, addr: SocketAddr) -> Result<Duration, Failed> {
+        Ok(until_table(
+            &self.env,
+            self.vip,
+            Duration::from_secs(3),
+            exactly(&[addr]),
+        )?)
+    }
+
+    /// Starts a load client in the trial's cgroup: one connect-and-read every millisecond for
+    /// `duration`.
+    pub fn load(&self, duration: Duration) -> Result<ClientChild, Failed> {
+        load(&self.env, self.vip.addr, duration)
+    }
+}
+
+/// `127.0.0.2` for `127.0.0.1` and so on: where the standby's health endpoint listens when the
+/// primary's is on the service's health port.
+fn second_ip(h: SocketAddr) -> std::net::IpAddr {
+    match h.ip() {
+        std::net::IpAddr::V4(v4) => {
+            let [a, b, c, d] = v4.octets();
+            std::net::Ipv4Addr::new(a, b, c, d.wrapping_add(1)).into()
+        }
+        other => other,
+    }
+}
+
+/// A load client in `env`'s cgroup: one `TcpReadId` attempt per millisecond for `duration`,
+/// each given `CLIENT_TIMEOUT_MS`, with a timeline.
+pub fn load(env: &Env, target: SocketAddr, duration: Duration) -> Result<ClientChild, Failed> {
+    let spec = ClientSpec {
+        timeout_ms: CLIENT_TIMEOUT_MS,
+        ..ClientSpec::load(target, Mode::TcpReadId, 1, duration.as_millis() as u64)
+    };
+    Ok(spawn_client(&env.cgroup, None, &spec)?)
+}
+
+/// Waits for a load client, adds its attempts to the record (its first failures timed from
+/// `origin_ns`, the fault) and returns its report and timeline.
+pub fn finish(
+    load: ClientChild,
+    r: &mut Record,
+    origin_ns: u64,
+) -> Result<(ClientReport, Timeline), Failed> {
+    let mut report = load.wait_report()?;
+    let timeline = Timeline(std::mem::take(&mut report.timeline));
+    r.add_load(&report);
+    r.keep_failures(&timeline, origin_ns);
+    Ok((report, timeline))
+}
+
+/// Sleeps; scenarios pace their faults against a load that runs in another process.
+pub fn pause(ms: u64) {
+    std::thread::sleep(Duration::from_millis(ms));
+}

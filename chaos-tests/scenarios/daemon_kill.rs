@@ -1,0 +1,45 @@
+//! Scenario 5: SIGKILL the daemon under load, leave it dead for a while, restart it. The pinned
+//! datapath keeps serving alone, and the restarted daemon adopts the table without rewriting it:
+//! not one connect fails.
+
+use std::time::{Duration, Instant};
+
+use failoverd::datapath::PinnedMaps;
+use libtest_mimic::Failed;
+
+use crate::common::{finish, pause, Pair};
+use crate::record::Record;
+use crate::support::{client::monotonic_ns, kernel::check};
+use crate::timeline::ms;
+
+/// Runs the scenario.
+pub fn run(r: &mut Record) -> Result<(), Failed> {
+    let mut p = Pair::start("cdkill", "127.81.5.1:80")?;
+    let generation = || -> Result<u64, Failed> {
+        let tables = PinnedMaps::open(p.env.pins.path())?.tables()?;
+        Ok(tables.get(&p.vip).ok_or("no table for the VIP")?.generation)
+    };
+    let before = generation()?;
+    let load = p.load(Duration::from_millis(4_000))?;
+    pause(800);
+
+    let killed = monotonic_ns();
+    p.d.sigkill();
+    pause(1_200);
+    let restarting = Instant::now();
+    p.d.start()?;
+    p.d.wait_ready(Duration::from_secs(5))?;
+    r.note("restart_to_ready_ms", ms(restarting.elapsed()));
+    r.note("daemon_down_ms", 1_200);
+
+    let (report, t) = finish(load, r, killed)?;
+    r.recovery_ms = Some(0.0);
+    let after = generation()?;
+    r.note("table_rewritten", after != before);
+    check(t.failures().count() == 0, || {
+        format!("connects failed while the daemon was down or restarting: {report:?}")
+    })?;
+    check(after == before, || {
+        format!("the restarted daemon rewrote the table (generation {before} -> {after})")
+    })
+}
