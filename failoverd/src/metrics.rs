@@ -1,7 +1,15 @@
 //! Prometheus metrics: the names (a public contract, see docs/metrics.md), the
 //! recorder, and the HTTP listener for `/metrics`, `/healthz` and `/readyz`.
 
-use std::{convert::Infallible, future::Future, net::SocketAddr, sync::OnceLock};
+use std::{
+    convert::Infallible,
+    future::Future,
+    net::SocketAddr,
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        OnceLock,
+    },
+};
 
 use bytes::Bytes;
 use http_body_util::Full;
@@ -79,6 +87,19 @@ pub enum MetricsError {
 }
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+
+/// `metrics.per_backend`: whether the per-backend series are exported.
+static PER_BACKEND: AtomicBool = AtomicBool::new(true);
+
+/// Sets `metrics.per_backend` (at start; a change needs a restart).
+pub fn set_per_backend(on: bool) {
+    PER_BACKEND.store(on, Ordering::Relaxed);
+}
+
+/// Whether the per-backend series are exported.
+pub fn per_backend() -> bool {
+    PER_BACKEND.load(Ordering::Relaxed)
+}
 
 /// How often `serve` drains recorded histogram samples into their buckets.
 const UPKEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
@@ -221,6 +242,9 @@ pub fn zero_service(service: &str, priorities: &[u8]) {
 
 /// Like [`zero_service`], for one backend's transition and ejection counters.
 pub fn zero_backend(service: &str, backend: &str) {
+    if !per_backend() {
+        return;
+    }
     for to in [
         "healthy",
         "unhealthy",
@@ -237,6 +261,9 @@ pub fn zero_backend(service: &str, backend: &str) {
 
 /// A backend's probe-latency histogram: looked up once, recorded into on every probe.
 pub fn probe_latency(service: &str, backend: &str) -> metrics::Histogram {
+    if !per_backend() {
+        return metrics::Histogram::noop();
+    }
     histogram!(names::PROBE_DURATION, "service" => service.to_string(), "backend" => backend.to_string())
 }
 
@@ -247,18 +274,27 @@ pub fn probes_skipped(n: u64) {
 
 /// A probe failed, for `reason`.
 pub fn probe_failure(service: &str, backend: &str, error: &ProbeError) {
+    if !per_backend() {
+        return;
+    }
     counter!(names::PROBE_FAILURES, "service" => service.to_string(), "backend" => backend.to_string(), "reason" => error.reason())
         .increment(1);
 }
 
 /// A backend changed state (`to`: healthy, unhealthy, ejected, readmitted, drained, undrained).
 pub fn transition(service: &str, backend: &str, to: &'static str) {
+    if !per_backend() {
+        return;
+    }
     counter!(names::BACKEND_TRANSITIONS, "service" => service.to_string(), "backend" => backend.to_string(), "to" => to)
         .increment(1);
 }
 
 /// The breaker opened.
 pub fn ejection(service: &str, backend: &str) {
+    if !per_backend() {
+        return;
+    }
     counter!(names::BREAKER_EJECTIONS, "service" => service.to_string(), "backend" => backend.to_string()).increment(1);
 }
 
@@ -278,6 +314,9 @@ pub fn backend(
     up: bool,
     breaker_open: bool,
 ) {
+    if !per_backend() {
+        return;
+    }
     let (s, b) = (service.to_string(), backend.to_string());
     gauge!(names::BACKEND_UP, "service" => s.clone(), "backend" => b.clone(), "priority" => priority.to_string())
         .set(f64::from(u8::from(up)));
@@ -316,7 +355,7 @@ pub fn reload(ok: bool) {
 
 /// The kernel's counters for one backend and its service's rejections (absolute values).
 pub fn kernel_counters(service: &str, backend: Option<(&str, u64)>, rejected: u64) {
-    if let Some((backend, connects)) = backend {
+    if let Some((backend, connects)) = backend.filter(|_| per_backend()) {
         counter!(names::CONNECTS, "service" => service.to_string(), "backend" => backend.to_string()).absolute(connects);
     }
     counter!(names::CONNECTS_REJECTED, "service" => service.to_string()).absolute(rejected);
@@ -328,5 +367,48 @@ pub fn health_word(status: HealthStatus) -> &'static str {
         HealthStatus::Unknown => "unknown",
         HealthStatus::Healthy => "healthy",
         HealthStatus::Unhealthy => "unhealthy",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What `record` leaves in a fresh recorder's exposition.
+    fn rendered(record: impl FnOnce()) -> String {
+        let recorder = PrometheusBuilder::new().build_recorder();
+        let handle = recorder.handle();
+        metrics::with_local_recorder(&recorder, record);
+        handle.render()
+    }
+
+    fn every_backend_series() {
+        zero_backend("orders", "db-a");
+        probe_latency("orders", "db-a").record(0.001);
+        transition("orders", "db-a", "healthy");
+        ejection("orders", "db-a");
+        backend("orders", "db-a", 0, "healthy", true, false);
+        kernel_counters("orders", Some(("db-a", 7)), 2);
+        service("orders", Some(0), 1);
+    }
+
+    #[test]
+    fn per_backend_off_leaves_only_service_series() {
+        // One test flips the global switch, so both halves live here, in order.
+        set_per_backend(true);
+        let on = rendered(every_backend_series);
+        assert!(on.contains(r#"backend="db-a""#), "{on}");
+        set_per_backend(false);
+        let off = rendered(every_backend_series);
+        set_per_backend(true);
+        assert!(
+            !off.contains("db-a"),
+            "no per-backend series when off:\n{off}"
+        );
+        assert!(
+            off.contains(r#"failoverd_service_live_backends{service="orders"} 1"#)
+                && off.contains(r#"failoverd_connects_rejected_total{service="orders"} 2"#),
+            "service series stay:\n{off}"
+        );
     }
 }

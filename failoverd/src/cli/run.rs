@@ -79,6 +79,7 @@ pub fn run(args: &RunArgs) -> Result<(), RunError> {
         let stop = stop_signal().map_err(|source| RunError::Setup { what: "signal handlers", source })?;
         // The recorder first: what the daemon records while starting must not be lost.
         let prometheus = crate::metrics::install()?;
+        crate::metrics::set_per_backend(config.metrics.per_backend);
         let metrics_listener = crate::metrics::bind(config.metrics.listen).await?;
         let datapath = BpfDatapath::open(&config.datapath.to_datapath_config())?;
         let counters = PinnedMaps::open(&config.datapath.pin_dir)?;
@@ -138,6 +139,9 @@ async fn export_kernel_counters(handle: DaemonHandle, maps: PinnedMaps) {
                 .map(|c| c.rejected)
                 .unwrap_or(0);
             crate::metrics::kernel_counters(&service.name, None, rejected);
+            if !crate::metrics::per_backend() {
+                continue;
+            }
             for backend in &service.backends {
                 match maps.counters(backend.id) {
                     Ok(c) => crate::metrics::kernel_counters(

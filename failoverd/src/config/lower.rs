@@ -27,8 +27,14 @@ pub(super) fn lower(raw: RawConfig, source: &Path, issues: &mut Issues) -> Confi
     let metrics = MetricsSection {
         listen: raw
             .metrics
-            .and_then(|m| m.listen)
+            .as_ref()
+            .and_then(|m| m.listen.as_ref())
             .map_or(MetricsSection::default().listen, |l| l.0),
+        per_backend: raw
+            .metrics
+            .as_ref()
+            .and_then(|m| m.per_backend)
+            .unwrap_or(MetricsSection::default().per_backend),
     };
     let resolver = resolver(raw.resolver.as_ref(), issues);
 

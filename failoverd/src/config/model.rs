@@ -96,12 +96,17 @@ impl Default for ControlSection {
 pub struct MetricsSection {
     /// `listen`: address and port. Default: `127.0.0.1:9477`.
     pub listen: SocketAddr,
+    /// `per_backend`: export the per-backend series (state, probes, transitions, connects).
+    /// About 35 lines of `/metrics` per backend: at tens of thousands of backends, turn it
+    /// off and keep the per-service and daemon-wide series. Default: `true`.
+    pub per_backend: bool,
 }
 
 impl Default for MetricsSection {
     fn default() -> Self {
         MetricsSection {
             listen: DEFAULT_METRICS_LISTEN,
+            per_backend: true,
         }
     }
 }

@@ -47,6 +47,7 @@ pub(super) struct RawControl {
 #[serde(deny_unknown_fields)]
 pub(super) struct RawMetrics {
     pub listen: Option<Parsed<SocketAddr>>,
+    pub per_backend: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -152,6 +152,16 @@ fn defaults_apply_per_key_to_every_service() {
 }
 
 #[test]
+fn per_backend_metrics_can_be_turned_off() {
+    let c = ok(&format!(
+        "metrics: {{ per_backend: false }}\n{}",
+        service_with("")
+    ));
+    assert!(!c.metrics.per_backend);
+    assert_eq!(c.metrics.listen, MetricsSection::default().listen);
+}
+
+#[test]
 fn sections_may_be_empty() {
     let c = ok(&format!("datapath:\nresolver:\ndefaults:\n{MINIMAL}"));
     assert_eq!(c.resolver, ResolverSection::default());
@@ -297,6 +307,10 @@ fn top_level_rules_have_their_own_messages() {
         (
             "metrics: { listen: localhost:9477 }\n",
             "1:20: metrics.listen: invalid address `localhost:9477`: expected ip:port, with IPv6 in brackets as [2001:db8::5]:80",
+        ),
+        (
+            "metrics: { per_backend: sometimes }\n",
+            "1:25: metrics.per_backend: invalid type: string \"sometimes\", expected a boolean",
         ),
         (
             "defaults: { breaker: { open_for: 10m } }\n",

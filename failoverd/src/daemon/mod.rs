@@ -417,6 +417,9 @@ impl DaemonHandle {
             if old.control != new.control {
                 return Err(DaemonError::NeedsRestart { section: "control" });
             }
+            if old.metrics != new.metrics {
+                return Err(DaemonError::NeedsRestart { section: "metrics" });
+            }
             if old.resolver != new.resolver {
                 return Err(DaemonError::NeedsRestart {
                     section: "resolver",
