@@ -161,10 +161,48 @@ pub struct Shared {
     pub writer: mpsc::Sender<WriterMessage>,
     /// The probe loops, shared across services.
     pub probes: ProbeHub,
+    /// Services running, and how many of them are ready: readiness without asking each.
+    pub readiness: Readiness,
     /// Counter ids.
     pub ids: Arc<Mutex<IdAllocator>>,
     /// The event feed.
     pub events: Arc<super::events::Events>,
+}
+
+/// Counts of services and of ready services, kept by the service tasks themselves, so that
+/// readiness (polled by `/readyz` and the systemd notifier) costs two loads, not a status
+/// round trip to every service.
+///
+/// Both counts live in one word (services in the high half, ready ones in the low half) so
+/// that one load sees them consistently while services come and go on a reload.
+#[derive(Default)]
+pub struct Readiness(std::sync::atomic::AtomicU64);
+
+impl Readiness {
+    /// One service, in the high half.
+    const SERVICE: u64 = 1 << 32;
+
+    /// Whether every running service has its first verdicts.
+    pub fn all_ready(&self) -> bool {
+        let both = self.0.load(std::sync::atomic::Ordering::SeqCst);
+        both & 0xffff_ffff == both >> 32
+    }
+
+    fn service_started(&self) {
+        self.0
+            .fetch_add(Self::SERVICE, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    fn service_ready(&self) {
+        self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    fn service_ended(&self, was_ready: bool) {
+        self.0.fetch_sub(
+            Self::SERVICE + u64::from(was_ready),
+            std::sync::atomic::Ordering::SeqCst,
+        );
+    }
 }
 
 /// The state and the loop of one service.
@@ -189,6 +227,12 @@ pub struct ServiceTask {
     stop: watch::Receiver<bool>,
 }
 
+impl Drop for ServiceTask {
+    fn drop(&mut self) {
+        self.shared.readiness.service_ended(self.ready);
+    }
+}
+
 impl ServiceTask {
     /// A task for `config`, reusing the VIP id and backend ids of an adopted table.
     pub fn new(
@@ -205,6 +249,7 @@ impl ServiceTask {
         priorities.sort_unstable();
         priorities.dedup();
         crate::metrics::zero_service(&config.name, &priorities);
+        shared.readiness.service_started();
         ServiceTask {
             vip: config.vip(),
             vip_id,
@@ -734,6 +779,7 @@ impl ServiceTask {
         }
         if !self.ready {
             self.ready = true;
+            self.shared.readiness.service_ready();
             tracing::info!(
                 service = %self.config.name,
                 vip = %self.vip,
@@ -972,5 +1018,32 @@ async fn sleep_until_opt(deadline: Option<Instant>) {
     match deadline {
         Some(d) => tokio::time::sleep_until(d).await,
         None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Readiness;
+
+    #[test]
+    fn readiness_counts_services_that_come_and_go() {
+        let r = Readiness::default();
+        assert!(r.all_ready(), "no service: nothing to wait for");
+        r.service_started();
+        r.service_started();
+        assert!(!r.all_ready());
+        r.service_ready();
+        assert!(!r.all_ready(), "one of two");
+        r.service_ready();
+        assert!(r.all_ready());
+        // A reload replaces a ready service with a new one that has no verdicts yet.
+        r.service_ended(true);
+        r.service_started();
+        assert!(!r.all_ready());
+        r.service_ready();
+        assert!(r.all_ready());
+        r.service_ended(true);
+        r.service_ended(true);
+        assert!(r.all_ready());
     }
 }
