@@ -133,15 +133,21 @@ pub fn run(args: &RunArgs) -> Result<(), RunError> {
 async fn export_kernel_counters(handle: DaemonHandle, maps: PinnedMaps) {
     // Bounded by the daemon's life: this task is aborted at shutdown.
     loop {
+        if !crate::metrics::per_backend() {
+            // Per-service rejections only: no need to ask every service for its backends.
+            for (name, vip_id) in handle.vip_ids().await {
+                let rejected = maps.counters(vip_id).map(|c| c.rejected).unwrap_or(0);
+                crate::metrics::kernel_counters(&name, None, rejected);
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            continue;
+        }
         for service in handle.status().await.unwrap_or_default() {
             let rejected = maps
                 .counters(service.vip_id)
                 .map(|c| c.rejected)
                 .unwrap_or(0);
             crate::metrics::kernel_counters(&service.name, None, rejected);
-            if !crate::metrics::per_backend() {
-                continue;
-            }
             for backend in &service.backends {
                 match maps.counters(backend.id) {
                     Ok(c) => crate::metrics::kernel_counters(

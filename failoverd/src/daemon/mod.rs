@@ -77,6 +77,8 @@ pub enum DaemonError {
 /// A running service: its task, its stop switch, and the config it runs.
 struct ServiceHandle {
     config: ServiceConfig,
+    /// The VIP's id in the kernel's counters.
+    vip_id: u32,
     events: mpsc::Sender<ServiceEvent>,
     stop: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
@@ -218,6 +220,7 @@ impl DaemonHandle {
         }
         tasks.push(tokio::spawn(task.run(rx)));
         Ok(ServiceHandle {
+            vip_id,
             config: service.clone(),
             events: tx,
             stop: stop_tx,
@@ -309,6 +312,15 @@ impl DaemonHandle {
     /// The event feed.
     pub fn events(&self) -> &events::Events {
         &self.inner.shared.events
+    }
+
+    /// Every service's name and its VIP's counter id, without asking the services.
+    pub async fn vip_ids(&self) -> Vec<(String, u32)> {
+        let services = self.inner.services.lock().await;
+        services
+            .iter()
+            .map(|(name, s)| (name.clone(), s.vip_id))
+            .collect()
     }
 
     /// Whether every service has its first verdicts in (what readiness means).
