@@ -1,50 +1,78 @@
-//! Connect rate through a failoverd VIP against direct connects to the backend, in one run.
+//! Connect rate through a failoverd VIP, HAProxy and an iptables DNAT rule, against direct
+//! connects to the backend, in one run.
 //!
-//! Run as root: `cargo bench -p failoverd --bench connect_rate`. Three clients
-//! take turns, round after round, so a noisy machine slows all of them alike:
-//! direct from outside the cgroup (no hook runs), direct from inside it (the
-//! hook runs and finds no VIP), and through the VIP (the hook rewrites). Each
+//! Run as root: `cargo bench -p failoverd --bench connect_rate`. Six clients take turns, round
+//! after round, so a noisy machine slows all of them alike: direct from outside the cgroup (no
+//! hook runs), direct from inside it (the hook runs and finds no VIP), through the VIP (the hook
+//! rewrites), through HAProxy in `mode tcp`, and, inside a network namespace the bench creates,
+//! direct and through a kube-proxy style `iptables -t nat -A OUTPUT ... -j DNAT` rule. Each
 //! round is `connect + close` and `connect + 1-byte echo + close`.
 //!
-//! To keep a 2-core machine's noise out of the ratios the client is pinned to
-//! CPU 0 and the backend to CPU 1, the order of paths rotates every round, and
-//! ratios are taken round by round (paired) before the median. The kernel's own
-//! BPF run-time statistics give the connect4 hook's cost per call directly.
+//! To keep a 2-core machine's noise out of the ratios the client is pinned to CPU 0 and the
+//! backends to CPU 1 (HAProxy runs one thread per CPU, unpinned, its fastest setting here),
+//! the order of paths rotates every round, and ratios are taken round by round (paired)
+//! before the median. The kernel's own BPF run-time statistics give the connect4 hook's cost
+//! per call directly. `FO_BENCH_QUICK=1` runs 3 short rounds.
 
 #[path = "../tests/support/mod.rs"]
 mod support;
 
+mod common;
+
 use std::{
+    fs::File,
     io::{Read, Write},
     net::{SocketAddr, TcpListener, TcpStream},
+    os::fd::AsRawFd,
     process::{Command, Stdio},
     sync::{
         atomic::{AtomicBool, Ordering},
-        Arc,
+        mpsc, Arc,
     },
     thread,
-    time::Instant,
+    time::{Duration, Instant},
 };
 
+use common::{
+    free_port, kernel, linger_zero, median, median_ratio, pct, pin_to_cpu, quick, Haproxy,
+};
 use failoverd::datapath::{
     BpfDatapath, CgroupSpec, Datapath, DatapathConfig, Protocol, TableBackend, Vip, VipTable,
 };
 use serde::{Deserialize, Serialize};
-use support::{cgroup::TestCgroup, client::place_child, pins::TestPinDir};
+use support::{
+    cgroup::TestCgroup,
+    client::place_child,
+    netns::{enter_netns_fd, TestNetns},
+    pins::TestPinDir,
+};
 
+/// Environment variable carrying a client's JSON `Spec`; its presence makes the bench binary a
+/// client.
 const CLIENT_ENV: &str = "FO_BENCH_CLIENT";
+/// The failoverd VIP.
 const VIP: &str = "127.77.250.1:80";
+/// The address the iptables DNAT rule rewrites (inside the bench's netns).
+const DNAT_VIP: &str = "127.77.251.1:80";
+/// Rounds per mode (3 in quick mode).
 const ROUNDS: usize = 15;
+/// Connects per path, round and mode (2,000 in quick mode).
 const CONNECTS_PER_ROUND: u32 = 10_000;
+/// The client's CPU.
 const CLIENT_CPU: usize = 0;
+/// The backends' CPU.
 const BACKEND_CPU: usize = 1;
 
+/// What each connect does.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
 enum Mode {
+    /// `connect + close`.
     ConnectClose,
+    /// `connect + write 1 byte + read the echo + close`.
     Echo,
 }
 
+/// A client run's instructions.
 #[derive(Serialize, Deserialize)]
 struct Spec {
     target: SocketAddr,
@@ -52,6 +80,7 @@ struct Spec {
     count: u32,
 }
 
+/// What a client run measured.
 #[derive(Serialize, Deserialize, Default, Clone)]
 struct Run {
     elapsed_ns: u64,
@@ -72,8 +101,8 @@ fn main() {
     }
 }
 
-/// One client run: `count` connects, each closed with a RST (SO_LINGER 0) so
-/// that no TIME_WAIT piles up and eats the ephemeral ports between rounds.
+/// One client run: `count` connects, each closed with a RST (SO_LINGER 0) so that no TIME_WAIT
+/// piles up and eats the ephemeral ports between rounds.
 fn client(spec: &Spec) -> Run {
     pin_to_cpu(CLIENT_CPU);
     let mut run = Run {
@@ -88,6 +117,8 @@ fn client(spec: &Spec) -> Run {
             continue;
         };
         if spec.mode == Mode::Echo {
+            // Bounded: a proxy that drops the connection must not hang the round.
+            s.set_read_timeout(Some(Duration::from_secs(5))).ok();
             let mut b = [0u8; 1];
             if s.write_all(b"x")
                 .and_then(|()| s.read_exact(&mut b))
@@ -106,58 +137,92 @@ fn client(spec: &Spec) -> Run {
     run
 }
 
-/// Pins the calling thread to one CPU (ignored on a 1-CPU machine).
-fn pin_to_cpu(cpu: usize) {
-    if thread::available_parallelism().map_or(1, |n| n.get()) <= cpu {
-        return;
-    }
-    // SAFETY: cpu_set_t is plain data; CPU_SET writes inside it.
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_SET(cpu, &mut set);
-        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
-    }
-}
-
-/// Calls and total run time of every loaded `fo_connect4` program (this
-/// benchmark's is the only one while it runs).
-fn connect4_stats() -> (u64, u64) {
+/// Calls and total run time of the connect4 programs `ids` (the bench's own; other test runs
+/// on the machine load programs of the same name into cgroups of their own).
+fn connect4_stats(ids: &[u32]) -> (u64, u64) {
     aya::programs::loaded_programs()
         .filter_map(Result::ok)
-        .filter(|p| p.name_as_str() == Some("fo_connect4"))
+        .filter(|p| ids.contains(&p.id()))
         .fold((0, 0), |(n, t), p| {
             (n + p.run_count(), t + p.run_time().as_nanos() as u64)
         })
 }
 
-fn linger_zero(s: &TcpStream) {
-    use std::os::fd::AsRawFd;
-    let l = libc::linger {
-        l_onoff: 1,
-        l_linger: 0,
-    };
-    // SAFETY: a valid socket fd and a properly sized linger struct.
-    unsafe {
-        libc::setsockopt(
-            s.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_LINGER,
-            (&l as *const libc::linger).cast(),
-            std::mem::size_of::<libc::linger>() as u32,
-        );
-    }
+/// `union bpf_attr` as `BPF_PROG_QUERY` reads it (the kernel accepts a shorter attr than its
+/// own, and zero in every field we leave out).
+#[repr(C)]
+#[derive(Default)]
+struct ProgQueryAttr {
+    target_fd: u32,
+    attach_type: u32,
+    query_flags: u32,
+    attach_flags: u32,
+    prog_ids: u64,
+    prog_cnt: u32,
+    pad: u32,
 }
 
-/// An echo backend: accept, echo what arrives until EOF, close.
+/// `BPF_PROG_QUERY` in `linux/bpf.h`.
+const BPF_PROG_QUERY: libc::c_long = 16;
+/// `BPF_CGROUP_INET4_CONNECT` in `linux/bpf.h`.
+const BPF_CGROUP_INET4_CONNECT: u32 = 10;
+
+/// Ids of the connect4 programs attached to `cgroup` (aya 0.14 has no public query for cgroup
+/// socket-address programs, hence the raw syscall).
+fn attached_connect4(cgroup: &TestCgroup) -> std::io::Result<Vec<u32>> {
+    let dir = File::open(cgroup.path())?;
+    let mut ids = [0u32; 8];
+    let mut attr = ProgQueryAttr {
+        target_fd: dir.as_raw_fd() as u32,
+        attach_type: BPF_CGROUP_INET4_CONNECT,
+        prog_ids: ids.as_mut_ptr() as u64,
+        prog_cnt: ids.len() as u32,
+        ..ProgQueryAttr::default()
+    };
+    // SAFETY: attr is a valid, writable bpf_attr prefix of the size passed; prog_ids points at
+    // `prog_cnt` writable u32s that outlive the call.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_PROG_QUERY,
+            &mut attr as *mut ProgQueryAttr,
+            std::mem::size_of::<ProgQueryAttr>(),
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(ids[..(attr.prog_cnt as usize).min(ids.len())].to_vec())
+}
+
+/// An echo backend: accept, echo what arrives until EOF, close. Two threads on `BACKEND_CPU`.
 struct Backend {
     addr: SocketAddr,
+    /// Kept to shut it down on drop.
+    listener: TcpListener,
     stop: Arc<AtomicBool>,
     threads: Vec<thread::JoinHandle<()>>,
 }
 
 impl Backend {
-    fn start() -> std::io::Result<Backend> {
-        let listener = TcpListener::bind("127.0.0.1:0")?;
+    /// Listens on 127.0.0.1 (any port) in the network namespace `netns` is a handle on, or in
+    /// the bench's own when `None`. A socket belongs to the namespace of the thread that creates
+    /// it, so a helper thread enters the netns, binds, and hands the listener back; the serving
+    /// threads then need no namespace of their own.
+    fn start(netns: Option<File>) -> std::io::Result<Backend> {
+        let listener = match netns {
+            None => TcpListener::bind("127.0.0.1:0")?,
+            Some(ns) => {
+                let (tx, rx) = mpsc::channel();
+                thread::spawn(move || {
+                    let bound = enter_netns_fd(&ns).and_then(|()| TcpListener::bind("127.0.0.1:0"));
+                    // The receiver waits for exactly this message.
+                    tx.send(bound).ok();
+                });
+                rx.recv()
+                    .map_err(|_| std::io::Error::other("netns bind thread died"))??
+            }
+        };
         let addr = listener.local_addr()?;
         let stop = Arc::new(AtomicBool::new(false));
         let threads = (0..2)
@@ -182,6 +247,7 @@ impl Backend {
             .collect();
         Ok(Backend {
             addr,
+            listener,
             stop,
             threads,
         })
@@ -191,20 +257,27 @@ impl Backend {
 impl Drop for Backend {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
-        for _ in &self.threads {
-            let _wake = TcpStream::connect(self.addr);
-        }
+        // Wake every blocked accept so the threads see the stop flag: shutdown on a listening
+        // socket makes accept fail at once, whichever netns the listener lives in (a wake-up
+        // connect from here would reach only the bench's own namespace).
+        // SAFETY: a plain syscall on a socket we keep open until the threads are joined.
+        unsafe { libc::shutdown(self.listener.as_raw_fd(), libc::SHUT_RDWR) };
         for t in self.threads.drain(..) {
             t.join().expect("backend thread");
         }
     }
 }
 
-fn run_client(cgroup: Option<&TestCgroup>, spec: &Spec) -> Result<Run, Box<dyn std::error::Error>> {
+/// Runs one client to completion, placed in `cgroup` and/or `netns`.
+fn run_client(
+    cgroup: Option<&TestCgroup>,
+    netns: Option<&TestNetns>,
+    spec: &Spec,
+) -> Result<Run, Box<dyn std::error::Error>> {
     let mut cmd = Command::new(std::env::current_exe()?);
     cmd.env(CLIENT_ENV, serde_json::to_string(spec)?)
         .stdout(Stdio::piped());
-    place_child(&mut cmd, cgroup, None)?;
+    place_child(&mut cmd, cgroup, netns)?;
     let out = cmd.output()?;
     if !out.status.success() {
         return Err(format!("client exited with {}", out.status).into());
@@ -212,85 +285,246 @@ fn run_client(cgroup: Option<&TestCgroup>, spec: &Spec) -> Result<Run, Box<dyn s
     Ok(serde_json::from_slice(&out.stdout)?)
 }
 
-struct Path3 {
-    name: &'static str,
-    inside: bool,
-    via_vip: bool,
+/// Where a path's client connects.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Target {
+    /// The echo backend in the bench's netns.
+    Backend,
+    /// The failoverd VIP.
+    Vip,
+    /// HAProxy's frontend.
+    Haproxy,
+    /// The echo backend inside the bench's netns.
+    NetnsBackend,
+    /// The DNAT'ed address inside the bench's netns.
+    Dnat,
 }
 
-const PATHS: [Path3; 3] = [
-    Path3 {
+/// One way to the backend.
+struct Path {
+    name: &'static str,
+    /// The client joins the bench cgroup (the connect4 hook runs).
+    inside: bool,
+    /// The client runs in the bench's netns.
+    in_netns: bool,
+    target: Target,
+}
+
+/// Index of each path in `PATHS`, for the ratio lines.
+const DIRECT: usize = 0;
+const DIRECT_HOOK: usize = 1;
+const THROUGH_VIP: usize = 2;
+const THROUGH_HAPROXY: usize = 3;
+const NETNS_DIRECT: usize = 4;
+const THROUGH_DNAT: usize = 5;
+
+const PATHS: [Path; 6] = [
+    Path {
         name: "direct, no hook (outside the cgroup)",
         inside: false,
-        via_vip: false,
+        in_netns: false,
+        target: Target::Backend,
     },
-    Path3 {
+    Path {
         name: "direct, hook runs (inside the cgroup)",
         inside: true,
-        via_vip: false,
+        in_netns: false,
+        target: Target::Backend,
     },
-    Path3 {
-        name: "through the VIP",
+    Path {
+        name: "through the failoverd VIP",
         inside: true,
-        via_vip: true,
+        in_netns: false,
+        target: Target::Vip,
+    },
+    Path {
+        name: "through HAProxy (mode tcp)",
+        inside: false,
+        in_netns: false,
+        target: Target::Haproxy,
+    },
+    Path {
+        name: "direct, in the netns (conntrack on)",
+        inside: false,
+        in_netns: true,
+        target: Target::NetnsBackend,
+    },
+    Path {
+        name: "through iptables DNAT (in the netns)",
+        inside: false,
+        in_netns: true,
+        target: Target::Dnat,
     },
 ];
 
+/// HAProxy as a fair opponent on this 2-core machine: `nbthread 2` unpinned (its own default
+/// here: one thread per CPU), which measured at least as fast as one thread pinned to the
+/// backend's CPU or to the client's; no logging; no health checks (the VIP path has no daemon
+/// probing either); a connection limit far above what one client opens, and within the 20,000
+/// open files allowed here; the timeouts of Debian's stock config.
+fn haproxy_config(port: u16, backend: SocketAddr) -> String {
+    format!(
+        "global\n\
+         \x20   nbthread 2\n\
+         \x20   maxconn 9000\n\
+         defaults\n\
+         \x20   mode tcp\n\
+         \x20   maxconn 9000\n\
+         \x20   timeout connect 5s\n\
+         \x20   timeout client 50s\n\
+         \x20   timeout server 50s\n\
+         listen bench\n\
+         \x20   bind 127.0.0.1:{port}\n\
+         \x20   server b {backend}\n"
+    )
+}
+
+/// Adds the kube-proxy style rule `OUTPUT -d DNAT_VIP -j DNAT --to-destination <to>` in `netns`;
+/// it goes away with the namespace.
+fn add_dnat(netns: &TestNetns, to: SocketAddr) -> Result<(), Box<dyn std::error::Error>> {
+    let vip: SocketAddr = DNAT_VIP.parse()?;
+    let out = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            netns.name(),
+            "iptables",
+            "-t",
+            "nat",
+            "-A",
+            "OUTPUT",
+        ])
+        .args(["-d", &format!("{}/32", vip.ip()), "-p", "tcp"])
+        .args(["--dport", &vip.port().to_string(), "-j", "DNAT"])
+        .args(["--to-destination", &to.to_string()])
+        .output()?;
+    if !out.status.success() {
+        return Err(format!(
+            "iptables DNAT rule in {}: {}",
+            netns.name(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        )
+        .into());
+    }
+    Ok(())
+}
+
+/// Everything the paths need, torn down in field order: HAProxy, backends, netns, pins (which
+/// detaches the hooks), cgroup.
+struct Setup {
+    haproxy: Haproxy,
+    backend: Backend,
+    netns_backend: Backend,
+    netns: TestNetns,
+    _datapath: BpfDatapath,
+    _pins: TestPinDir,
+    cgroup: TestCgroup,
+    vip: Vip,
+    haproxy_addr: SocketAddr,
+}
+
+impl Setup {
+    fn new() -> Result<Setup, Box<dyn std::error::Error>> {
+        let cgroup = TestCgroup::new("bench")?;
+        let pins = TestPinDir::new("bench")?;
+        let netns = TestNetns::new("bench")?;
+        let backend = Backend::start(None)?;
+        let netns_backend = Backend::start(Some(netns.open()?))?;
+        add_dnat(&netns, netns_backend.addr)?;
+        let mut datapath = BpfDatapath::open(&DatapathConfig {
+            cgroup: CgroupSpec::Path(cgroup.path().to_path_buf()),
+            pin_dir: pins.path().to_path_buf(),
+        })?;
+        let vip = Vip {
+            addr: VIP.parse()?,
+            protocol: Protocol::Tcp,
+        };
+        datapath.apply(&VipTable::weighted(
+            vip,
+            1,
+            vec![TableBackend {
+                addr: backend.addr,
+                id: 2,
+            }],
+            &[1],
+        )?)?;
+        let haproxy_addr = SocketAddr::from(([127, 0, 0, 1], free_port()?));
+        let haproxy = Haproxy::start(
+            "rate",
+            &haproxy_config(haproxy_addr.port(), backend.addr),
+            haproxy_addr,
+        )?;
+        Ok(Setup {
+            haproxy,
+            backend,
+            netns_backend,
+            netns,
+            _datapath: datapath,
+            _pins: pins,
+            cgroup,
+            vip,
+            haproxy_addr,
+        })
+    }
+
+    fn target(&self, t: Target) -> Result<SocketAddr, Box<dyn std::error::Error>> {
+        Ok(match t {
+            Target::Backend => self.backend.addr,
+            Target::Vip => self.vip.addr,
+            Target::Haproxy => self.haproxy_addr,
+            Target::NetnsBackend => self.netns_backend.addr,
+            Target::Dnat => DNAT_VIP.parse()?,
+        })
+    }
+}
+
 fn bench() -> Result<(), Box<dyn std::error::Error>> {
-    let cgroup = TestCgroup::new("bench")?;
-    let pins = TestPinDir::new("bench")?;
-    let backend = Backend::start()?;
-    let mut datapath = BpfDatapath::open(&DatapathConfig {
-        cgroup: CgroupSpec::Path(cgroup.path().to_path_buf()),
-        pin_dir: pins.path().to_path_buf(),
-    })?;
-    let vip = Vip {
-        addr: VIP.parse()?,
-        protocol: Protocol::Tcp,
+    let (rounds, per_round) = if quick() {
+        (3, 2_000)
+    } else {
+        (ROUNDS, CONNECTS_PER_ROUND)
     };
-    datapath.apply(&VipTable::weighted(
-        vip,
-        1,
-        vec![TableBackend {
-            addr: backend.addr,
-            id: 2,
-        }],
-        &[1],
-    )?)?;
+    let setup = Setup::new()?;
 
     // Run-time statistics cost a little on every BPF call; they are on only
     // while this process holds the fd.
     let _stats = aya::sys::enable_stats(aya::sys::Stats::RunTime)?;
+    let hook_ids = attached_connect4(&setup.cgroup)?;
+    if hook_ids.is_empty() {
+        return Err("no connect4 program is attached to the bench cgroup".into());
+    }
 
-    println!("connect rate: {ROUNDS} rounds × {CONNECTS_PER_ROUND} connects per path and mode, path order rotating");
+    println!("connect rate: {rounds} rounds × {per_round} connects per path and mode, path order rotating");
     println!(
-        "kernel {}, {} CPUs, client on CPU {CLIENT_CPU}, backend on CPU {BACKEND_CPU}\n",
+        "kernel {}, {} CPUs, client on CPU {CLIENT_CPU}, backends on CPU {BACKEND_CPU}, HAProxy unpinned\n",
         kernel(),
         thread::available_parallelism()?.get()
     );
     for mode in [Mode::ConnectClose, Mode::Echo] {
-        let mut rates: Vec<Vec<f64>> = vec![Vec::new(); PATHS.len()];
-        let mut latencies: Vec<Vec<u32>> = vec![Vec::new(); PATHS.len()];
-        let mut failed = [0u32; 3];
-        let mut hook = [(0u64, 0u64); 3];
-        for round in 0..ROUNDS {
-            for k in 0..PATHS.len() {
-                let i = (round + k) % PATHS.len();
+        let n = PATHS.len();
+        let mut rates: Vec<Vec<f64>> = vec![Vec::new(); n];
+        let mut latencies: Vec<Vec<u32>> = vec![Vec::new(); n];
+        let mut failed = vec![0u32; n];
+        let mut hook = vec![(0u64, 0u64); n];
+        for round in 0..rounds {
+            for k in 0..n {
+                let i = (round + k) % n;
                 let p = &PATHS[i];
-                let target = if p.via_vip { vip.addr } else { backend.addr };
                 let spec = Spec {
-                    target,
+                    target: setup.target(p.target)?,
                     mode,
-                    count: CONNECTS_PER_ROUND,
+                    count: per_round,
                 };
-                let before = connect4_stats();
-                let run = run_client(p.inside.then_some(&cgroup), &spec)?;
-                let after = connect4_stats();
+                let before = connect4_stats(&hook_ids);
+                let run = run_client(
+                    p.inside.then_some(&setup.cgroup),
+                    p.in_netns.then_some(&setup.netns),
+                    &spec,
+                )?;
+                let after = connect4_stats(&hook_ids);
                 hook[i].0 += after.0 - before.0;
                 hook[i].1 += after.1 - before.1;
-                rates[i].push(
-                    f64::from(CONNECTS_PER_ROUND - run.failed) / (run.elapsed_ns as f64 / 1e9),
-                );
+                rates[i].push(f64::from(per_round - run.failed) / (run.elapsed_ns as f64 / 1e9));
                 latencies[i].extend(run.latencies_ns);
                 failed[i] += run.failed;
             }
@@ -308,40 +542,32 @@ fn bench() -> Result<(), Box<dyn std::error::Error>> {
                 "| {} | {:.0} | {:.3} | {:.1} | {:.1} | {hook_ns} | {} |",
                 p.name,
                 median(rates[i].clone()),
-                median_ratio(&rates[i], &rates[0]),
+                median_ratio(&rates[i], &rates[DIRECT]),
                 pct(&latencies[i], 0.50) / 1e3,
                 pct(&latencies[i], 0.99) / 1e3,
                 failed[i]
             );
         }
         println!(
-            "VIP / direct with the hook running (median of rounds): {:.3}\n",
-            median_ratio(&rates[2], &rates[1])
+            "VIP / direct with the hook running (median of rounds): {:.3}",
+            median_ratio(&rates[THROUGH_VIP], &rates[DIRECT_HOOK])
+        );
+        println!(
+            "VIP / HAProxy (median of rounds): {:.2}",
+            median_ratio(&rates[THROUGH_VIP], &rates[THROUGH_HAPROXY])
+        );
+        println!(
+            "VIP / iptables DNAT (median of rounds): {:.2}",
+            median_ratio(&rates[THROUGH_VIP], &rates[THROUGH_DNAT])
+        );
+        println!(
+            "DNAT / direct in the same netns (median of rounds): {:.3}\n",
+            median_ratio(&rates[THROUGH_DNAT], &rates[NETNS_DIRECT])
         );
     }
-    Ok(())
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[v.len() / 2]
-}
-
-/// The median of round-by-round ratios: each pair ran back to back, so slow
-/// phases of the machine cancel out.
-fn median_ratio(a: &[f64], b: &[f64]) -> f64 {
-    median(a.iter().zip(b).map(|(x, y)| x / y).collect())
-}
-
-fn pct(sorted: &[u32], q: f64) -> f64 {
-    if sorted.is_empty() {
-        return 0.0;
+    let down = setup.haproxy.log();
+    if !down.trim().is_empty() {
+        println!("HAProxy said:\n{down}");
     }
-    f64::from(sorted[((sorted.len() - 1) as f64 * q) as usize])
-}
-
-fn kernel() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/osrelease")
-        .map(|s| s.trim().to_string())
-        .unwrap_or_default()
+    Ok(())
 }
