@@ -30,10 +30,11 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{free_port, kernel, median, monotonic_ns, quick, raise_nofile, Daemon, Haproxy};
+use common::{free_port, kernel, median, quick, raise_nofile, Haproxy};
 use serde::{Deserialize, Serialize};
 use support::{
-    client::{parse_id, place_child},
+    client::{monotonic_ns, parse_id, place_child},
+    daemon::DaemonProcess,
     env::Env,
     kernel::{exactly, loopback, tcp_vip, until_table},
     server::{BackendProcess, ServerSpec},
@@ -412,12 +413,12 @@ fn run_case(tool: Tool, settings: Settings) -> Result<Outcome, Box<dyn std::erro
         Tool::Failoverd => {
             env = Env::new("failover")?;
             let vip = tcp_vip(VIP);
-            let mut d = Daemon::start(
+            let mut d = DaemonProcess::new(
                 &env,
                 "failover",
                 &failoverd_service(a.addr(), b.addr(), settings),
-                "warn",
             )?;
+            d.spawn("warn", None)?;
             until_table(&env, vip, Duration::from_secs(15), exactly(&[a.addr()]))
                 .map_err(|e| format!("{e}\n{}", d.log_tail(10)))?;
             d.check_alive()?;

@@ -41,13 +41,13 @@ use std::{
 };
 
 use aya::maps::{HashMap as BpfHashMap, MapData};
-use common::{kernel, median, quick, Daemon};
+use common::{kernel, median, quick};
 use failoverd::{
     control::StatusReport,
     datapath::{PinnedMaps, Vip, VipTable},
 };
 use failoverd_shared::{map_names, Service, VipKey};
-use support::{env::Env, kernel::tcp_vip};
+use support::{daemon::DaemonProcess, env::Env, kernel::tcp_vip};
 
 /// VIPs (1,000 in quick mode).
 const VIPS: usize = 10_000;
@@ -445,7 +445,7 @@ type Change = (Duration, Duration, VipTable);
 /// on the pinned map sees the VIP's generation move. `None` when the kernel's table already
 /// is what the change would make (a flapping backend), so nothing can be timed.
 fn timed_change(
-    daemon: &Daemon,
+    daemon: &DaemonProcess,
     env: &Env,
     i: usize,
     b0: SocketAddr,
@@ -481,7 +481,7 @@ fn timed_change(
         "drain" => vec!["drain", &name, "b0", "--reason", "scale bench"],
         _ => vec!["undrain", &name, "b0"],
     };
-    let cli = daemon.cli_ok(&args).map(|_| start.elapsed());
+    let cli = daemon.ok(&args).map(|_| start.elapsed());
     // Joined also when the CLI failed: the poller ends by itself within CHANGE_LIMIT.
     let seen = poller.join().map_err(|_| "map poller panicked")?;
     let cli = cli?;
@@ -599,15 +599,12 @@ fn run_variant(
     // At 10,000 VIPs an operator turns the per-backend series off (docs/configuration.md):
     // with them, /metrics is ~200 MB per scrape and they hold most of the daemon's memory.
     let per_backend = std::env::var("FO_BENCH_PER_BACKEND").is_ok_and(|v| v == "1");
-    let mut daemon = Daemon::start_with(
-        &env,
-        &format!("scale-{}", variant.name()),
-        &yaml,
-        "warn",
-        per_backend,
-    )?;
+    let metrics = format!("metrics: {{ listen: '127.0.0.1:0', per_backend: {per_backend} }}\n");
+    let mut daemon =
+        DaemonProcess::with_sections(&env, &format!("scale-{}", variant.name()), &metrics, &yaml)?;
+    daemon.spawn("warn", None)?;
     drop(yaml);
-    let pid = daemon.pid();
+    let pid = daemon.pid().ok_or("the daemon did not start")?;
     let mut pinned = None;
     let mut looks: Vec<(Duration, usize)> = Vec::new();
     let mut map = None;
@@ -811,7 +808,7 @@ fn run_variant(
     // of CPU that would distort the measurements above if they came after it. Asked on the
     // control socket directly, so the answer is timed even past the CLI's 10 s; the CLI itself
     // runs too when the daemon answered within its limit.
-    let status = match raw_status(&daemon.socket) {
+    let status = match raw_status(daemon.socket()) {
         Ok((took, report)) => {
             let mut states: BTreeMap<String, usize> = BTreeMap::new();
             for b in report.services.iter().flat_map(|s| &s.backends) {
@@ -819,7 +816,7 @@ fn run_variant(
             }
             let cli = if took < CLI_LIMIT {
                 let start = Instant::now();
-                match daemon.cli_ok(&["status", "--output", "json"]) {
+                match daemon.ok(&["status", "--output", "json"]) {
                     Ok(_) => format!("the CLI took {:.2} s", start.elapsed().as_secs_f64()),
                     Err(e) => format!(
                         "the CLI failed after {:.2} s: {e}",

@@ -11,12 +11,12 @@ use std::{
     net::{SocketAddr, TcpListener, TcpStream},
     os::fd::AsRawFd,
     path::{Path, PathBuf},
-    process::{Child, Command, Output, Stdio},
+    process::{Child, Command, Stdio},
     thread,
     time::{Duration, Instant},
 };
 
-use crate::support::{env::Env, io_context, unique_name, TempDir};
+use crate::support::{io_context, unique_name, TempDir};
 
 /// Set to anything but `0` to shrink rounds, repetitions and durations for a fast iteration.
 pub const QUICK_ENV: &str = "FO_BENCH_QUICK";
@@ -30,18 +30,6 @@ const STOP_LIMIT: Duration = Duration::from_secs(5);
 /// Whether `FO_BENCH_QUICK` asks for the shrunk settings.
 pub fn quick() -> bool {
     std::env::var_os(QUICK_ENV).is_some_and(|v| v != "0")
-}
-
-/// `CLOCK_MONOTONIC` in nanoseconds: one clock for every process on the machine, so a client's
-/// per-attempt timestamps and the bench's kill timestamp can be subtracted.
-pub fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: ts is a valid, writable timespec; CLOCK_MONOTONIC always exists on Linux.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
 /// Pins the calling thread to one CPU (ignored when the machine has no such CPU).
@@ -226,144 +214,5 @@ impl Haproxy {
 impl Drop for Haproxy {
     fn drop(&mut self) {
         self.stop();
-    }
-}
-
-/// The real `failoverd run` on a config in a temp dir of its own (config, control socket,
-/// state dir, log), with the datapath in the bench's `Env` (its cgroup and pin dir) and
-/// metrics on an ephemeral port. Dropping it stops and reaps the daemon (SIGTERM, then SIGKILL)
-/// and removes the dir; the `Env` guard then unpins and removes the cgroup.
-pub struct Daemon {
-    child: Option<Child>,
-    /// The control socket, for `--socket`.
-    pub socket: PathBuf,
-    log: PathBuf,
-    // Last: the socket and log live in it.
-    dir: TempDir,
-}
-
-impl Daemon {
-    /// Writes the config (`services` is the YAML list under `services:`, indented by two) and
-    /// starts the daemon with `--log <log>`, returning at once: callers wait for what they
-    /// measure (the kernel's tables, the control socket).
-    pub fn start(env: &Env, tag: &str, services: &str, log: &str) -> io::Result<Daemon> {
-        Self::start_with(env, tag, services, log, true)
-    }
-
-    /// Like `start`, with `metrics.per_backend` set to `per_backend`.
-    pub fn start_with(
-        env: &Env,
-        tag: &str,
-        services: &str,
-        log: &str,
-        per_backend: bool,
-    ) -> io::Result<Daemon> {
-        let dir = TempDir(std::env::temp_dir().join(unique_name("fo-bench-daemon", tag)?));
-        std::fs::create_dir_all(&dir.0)
-            .map_err(|e| io_context(format!("creating {}", dir.0.display()), e))?;
-        let socket = dir.0.join("run/control.sock");
-        let config = dir.0.join("failoverd.yaml");
-        let text = format!(
-            "{}control:\n  socket: {}\n  state_dir: {}\nservices:\n{services}",
-            env.yaml_datapath().replace(
-                "listen: '127.0.0.1:0' }",
-                &format!("listen: '127.0.0.1:0', per_backend: {per_backend} }}"),
-            ),
-            socket.display(),
-            dir.0.join("state").display()
-        );
-        std::fs::write(&config, text)?;
-        let log_path = dir.0.join("failoverd.log");
-        let child = Command::new(env!("CARGO_BIN_EXE_failoverd"))
-            .args(["run", "--log", log, "--config"])
-            .arg(&config)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(File::create(&log_path)?)
-            .spawn()
-            .map_err(|e| io_context("starting failoverd run", e))?;
-        Ok(Daemon {
-            child: Some(child),
-            socket,
-            log: log_path,
-            dir,
-        })
-    }
-
-    /// The daemon's pid (for /proc).
-    pub fn pid(&self) -> u32 {
-        self.child.as_ref().map_or(0, Child::id)
-    }
-
-    /// An error if the daemon has exited, quoting the end of its log.
-    pub fn check_alive(&mut self) -> io::Result<()> {
-        let Some(child) = self.child.as_mut() else {
-            return Err(io::Error::other("failoverd was already stopped"));
-        };
-        match child.try_wait()? {
-            None => Ok(()),
-            Some(status) => Err(io::Error::other(format!(
-                "failoverd exited with {status}:\n{}",
-                tail(&self.log, 20)
-            ))),
-        }
-    }
-
-    /// Runs `failoverd <args> --socket <socket>` to completion.
-    pub fn cli(&self, args: &[&str]) -> io::Result<Output> {
-        Command::new(env!("CARGO_BIN_EXE_failoverd"))
-            .args(args)
-            .arg("--socket")
-            .arg(&self.socket)
-            .stdin(Stdio::null())
-            .output()
-            .map_err(|e| io_context(format!("running failoverd {args:?}"), e))
-    }
-
-    /// Like `cli`, but a non-zero exit is an error carrying the CLI's stderr.
-    pub fn cli_ok(&self, args: &[&str]) -> io::Result<Vec<u8>> {
-        let out = self.cli(args)?;
-        if !out.status.success() {
-            return Err(io::Error::other(format!(
-                "failoverd {args:?} failed ({}): {}",
-                out.status,
-                String::from_utf8_lossy(&out.stderr).trim()
-            )));
-        }
-        Ok(out.stdout)
-    }
-
-    /// Waits (at most `limit`) until the control socket answers a `status`.
-    pub fn wait_control(&mut self, limit: Duration) -> io::Result<()> {
-        let start = Instant::now();
-        while start.elapsed() < limit {
-            self.check_alive()?;
-            if self.socket.exists() && self.cli(&["status"])?.status.success() {
-                return Ok(());
-            }
-            thread::sleep(Duration::from_millis(20));
-        }
-        Err(io::Error::new(
-            io::ErrorKind::TimedOut,
-            format!("failoverd's control socket did not answer within {limit:?}"),
-        ))
-    }
-
-    /// Lines of the daemon's log so far.
-    pub fn log_lines(&self) -> usize {
-        std::fs::read_to_string(&self.log).map_or(0, |t| t.lines().count())
-    }
-
-    /// The end of the daemon's log, for a report.
-    pub fn log_tail(&self, n: usize) -> String {
-        tail(&self.log, n)
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            stop_child(&mut child);
-        }
     }
 }

@@ -58,11 +58,18 @@ impl DaemonProcess {
         Ok(d)
     }
 
-    /// Rewrites the config file (a later `reload` or `start` reads it).
+    /// Rewrites the config file (a later `reload` or `start` reads it). A `metrics:` line in
+    /// `sections` replaces the trial's default one.
     pub fn write_config(&self, env: &Env, sections: &str, services: &str) -> io::Result<()> {
+        let own_metrics = sections.lines().any(|l| l.starts_with("metrics:"));
+        let defaults: String = env
+            .yaml_datapath()
+            .lines()
+            .filter(|l| !(own_metrics && l.starts_with("metrics:")))
+            .map(|l| format!("{l}\n"))
+            .collect();
         let text = format!(
-            "{}{sections}control:\n  socket: {}\n  state_dir: {}\nservices:\n{services}",
-            env.yaml_datapath(),
+            "{defaults}{sections}control:\n  socket: {}\n  state_dir: {}\nservices:\n{services}",
             self.socket.display(),
             self.dir.join("state").display()
         );
@@ -96,46 +103,61 @@ impl DaemonProcess {
 
     /// Like `start`, with the daemon inside `netns` (its probes then run there).
     pub fn start_in(&mut self, netns: Option<&TestNetns>) -> io::Result<()> {
-        let log = File::options()
-            .create(true)
-            .append(true)
-            .open(&self.log)
-            .map_err(|e| io_context(self.log.display(), e))?;
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_failoverd"));
-        cmd.args(["run", "--log", "warn", "--config"])
-            .arg(&self.config)
-            .stdin(Stdio::null())
-            .stderr(log);
-        place_child(&mut cmd, None, netns)?;
-        self.child = Some(
-            cmd.spawn()
-                .map_err(|e| io_context("spawning failoverd run", e))?,
-        );
+        self.spawn("warn", netns)?;
         let deadline = Instant::now() + START_TIMEOUT;
         while Instant::now() < deadline {
             if self.cli(&["status"])?.status.success() {
                 return Ok(());
             }
-            if let Some(status) = self
-                .child
-                .as_mut()
-                .and_then(|c| c.try_wait().ok().flatten())
-            {
-                self.child = None;
-                return Err(io::Error::other(format!(
-                    "failoverd run exited with {status}: {}",
-                    self.log_tail()
-                )));
-            }
+            self.check_alive()?;
             std::thread::sleep(POLL);
         }
         Err(io::Error::new(
             io::ErrorKind::TimedOut,
             format!(
                 "the daemon's control socket never answered: {}",
-                self.log_tail()
+                self.log_tail(20)
             ),
         ))
+    }
+
+    /// Starts `failoverd run --log <log>` (in `netns` if given) and returns at once: for a
+    /// caller that times the start-up itself.
+    pub fn spawn(&mut self, log: &str, netns: Option<&TestNetns>) -> io::Result<()> {
+        let log_file = File::options()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .map_err(|e| io_context(self.log.display(), e))?;
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_failoverd"));
+        cmd.args(["run", "--log", log, "--config"])
+            .arg(&self.config)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log_file);
+        place_child(&mut cmd, None, netns)?;
+        self.child = Some(
+            cmd.spawn()
+                .map_err(|e| io_context("spawning failoverd run", e))?,
+        );
+        Ok(())
+    }
+
+    /// An error quoting the end of the log if the daemon has exited (or was never started).
+    pub fn check_alive(&mut self) -> io::Result<()> {
+        let Some(child) = self.child.as_mut() else {
+            return Err(io::Error::other("failoverd is not running"));
+        };
+        match child.try_wait()? {
+            None => Ok(()),
+            Some(status) => {
+                self.child = None;
+                Err(io::Error::other(format!(
+                    "failoverd run exited with {status}: {}",
+                    self.log_tail(20)
+                )))
+            }
+        }
     }
 
     /// Waits until every service has its first verdicts (`status` says ready).
@@ -191,11 +213,16 @@ impl DaemonProcess {
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
     }
 
-    /// The last lines of the daemon's log, for error messages.
-    pub fn log_tail(&self) -> String {
+    /// The last `n` lines of the daemon's log, for error messages and reports.
+    pub fn log_tail(&self, n: usize) -> String {
         let text = std::fs::read_to_string(&self.log).unwrap_or_default();
         let lines: Vec<&str> = text.lines().collect();
-        lines[lines.len().saturating_sub(20)..].join("\n")
+        lines[lines.len().saturating_sub(n)..].join("\n")
+    }
+
+    /// Lines the daemon has logged so far.
+    pub fn log_lines(&self) -> usize {
+        std::fs::read_to_string(&self.log).map_or(0, |t| t.lines().count())
     }
 }
 
