@@ -35,6 +35,7 @@ use std::{
 
 use common::{
     free_port, kernel, linger_zero, median, median_ratio, pct, pin_to_cpu, quick, Haproxy,
+    HAPROXY_BASE,
 };
 use failoverd::datapath::{
     BpfDatapath, CgroupSpec, Datapath, DatapathConfig, Protocol, TableBackend, Vip, VipTable,
@@ -366,13 +367,7 @@ fn haproxy_config(port: u16, backend: SocketAddr) -> String {
     format!(
         "global\n\
          \x20   nbthread 2\n\
-         \x20   maxconn 9000\n\
-         defaults\n\
-         \x20   mode tcp\n\
-         \x20   maxconn 9000\n\
-         \x20   timeout connect 5s\n\
-         \x20   timeout client 50s\n\
-         \x20   timeout server 50s\n\
+         {HAPROXY_BASE}\
          listen bench\n\
          \x20   bind 127.0.0.1:{port}\n\
          \x20   server b {backend}\n"

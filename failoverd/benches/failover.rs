@@ -30,7 +30,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{free_port, kernel, median, quick, raise_nofile, Haproxy};
+use common::{free_port, kernel, median, quick, raise_nofile, Haproxy, HAPROXY_BASE};
 use serde::{Deserialize, Serialize};
 use support::{
     client::{monotonic_ns, parse_id, place_child},
@@ -305,13 +305,7 @@ fn haproxy_config(port: u16, a: SocketAddr, b: SocketAddr, settings: Settings) -
     };
     format!(
         "global\n\
-         \x20   maxconn 9000\n\
-         defaults\n\
-         \x20   mode tcp\n\
-         \x20   maxconn 9000\n\
-         \x20   timeout connect 5s\n\
-         \x20   timeout client 50s\n\
-         \x20   timeout server 50s\n\
+         {HAPROXY_BASE}\
          {timeout_check}\
          listen failover\n\
          \x20   bind 127.0.0.1:{port}\n\

@@ -27,6 +27,17 @@ const STARTUP_LIMIT: Duration = Duration::from_secs(10);
 /// How long a stopped process gets to exit after SIGTERM before it is SIGKILLed.
 const STOP_LIMIT: Duration = Duration::from_secs(5);
 
+/// The end of HAProxy's `global` section and its `defaults`, shared by the benches: TCP mode,
+/// a connection limit far above what one client opens (and within the 20,000 open files
+/// allowed here), and the timeouts of Debian's stock config. Follows a `global` line.
+pub const HAPROXY_BASE: &str = "    maxconn 9000\n\
+     defaults\n\
+     \x20   mode tcp\n\
+     \x20   maxconn 9000\n\
+     \x20   timeout connect 5s\n\
+     \x20   timeout client 50s\n\
+     \x20   timeout server 50s\n";
+
 /// Whether `FO_BENCH_QUICK` asks for the shrunk settings.
 pub fn quick() -> bool {
     std::env::var_os(QUICK_ENV).is_some_and(|v| v != "0")
