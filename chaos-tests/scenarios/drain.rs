@@ -2,7 +2,7 @@
 //! the kernel's table has changed: no connect fails, and none made after it returned reaches the
 //! drained backend.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use libtest_mimic::Failed;
 
@@ -12,7 +12,7 @@ use crate::support::{
     client::monotonic_ns,
     kernel::{check, table},
 };
-use crate::timeline::ms;
+use crate::timeline::{ms, ms_between};
 
 /// Runs the scenario.
 pub fn run(r: &mut Record) -> Result<(), Failed> {
@@ -20,10 +20,10 @@ pub fn run(r: &mut Record) -> Result<(), Failed> {
     let load = p.load(Duration::from_millis(3_500))?;
     pause(800);
 
-    let asked = Instant::now();
+    let asked = monotonic_ns();
     p.d.ok(&["drain", "svc", "a", "--reason", "chaos"])?;
     let drained = monotonic_ns();
-    r.note("drain_command_ms", ms(asked.elapsed()));
+    r.note("drain_command_ms", ms_between(asked, drained));
     let after_drain = table(&p.env, p.vip)?;
     pause(1_200);
 
@@ -36,7 +36,7 @@ pub fn run(r: &mut Record) -> Result<(), Failed> {
         t.0.iter()
             .filter(|a| (drained..undrained).contains(&a.at_ns) && a.id == Some(1))
             .count() as u64;
-    r.recovery_ms = Some(0.0);
+    r.recovery_ms = t.recovery(asked, u64::MAX).map(ms);
     check(after_drain == Some(vec![p.b.addr()]), || {
         format!("drain returned before the kernel's table changed: {after_drain:?}")
     })?;

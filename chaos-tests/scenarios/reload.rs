@@ -91,7 +91,7 @@ pub fn run(r: &mut Record) -> Result<(), Failed> {
     )?;
 
     let (report, t) = finish(load, r, broken_at)?;
-    r.recovery_ms = Some(0.0);
+    r.recovery_ms = t.recovery(broken_at, u64::MAX).map(ms);
     let kept_generation = |g: &[(Vip, u64)]| g.iter().find(|(v, _)| *v == kept).map(|(_, n)| *n);
     let after = generations()?;
     check(t.failures().count() == 0, || {

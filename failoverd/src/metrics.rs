@@ -353,11 +353,18 @@ pub fn reload(ok: bool) {
     counter!(names::CONFIG_RELOADS, "result" => if ok { "ok" } else { "error" }).increment(1);
 }
 
-/// The kernel's counters for one backend and its service's rejections (absolute values).
-pub fn kernel_counters(service: &str, backend: Option<(&str, u64)>, rejected: u64) {
-    if let Some((backend, connects)) = backend.filter(|_| per_backend()) {
-        counter!(names::CONNECTS, "service" => service.to_string(), "backend" => backend.to_string()).absolute(connects);
+/// The kernel's count of connects translated to one backend (an absolute value).
+pub fn kernel_connects(service: &str, backend: &str, connects: u64) {
+    if !per_backend() {
+        return;
     }
+    counter!(names::CONNECTS, "service" => service.to_string(), "backend" => backend.to_string())
+        .absolute(connects);
+}
+
+/// The kernel's count of connects to a service's VIP refused for want of a live backend (an
+/// absolute value).
+pub fn kernel_rejections(service: &str, rejected: u64) {
     counter!(names::CONNECTS_REJECTED, "service" => service.to_string()).absolute(rejected);
 }
 
@@ -388,7 +395,8 @@ mod tests {
         transition("orders", "db-a", "healthy");
         ejection("orders", "db-a");
         backend("orders", "db-a", 0, "healthy", true, false);
-        kernel_counters("orders", Some(("db-a", 7)), 2);
+        kernel_connects("orders", "db-a", 7);
+        kernel_rejections("orders", 2);
         service("orders", Some(0), 1);
     }
 

@@ -133,30 +133,24 @@ pub fn run(args: &RunArgs) -> Result<(), RunError> {
 async fn export_kernel_counters(handle: DaemonHandle, maps: PinnedMaps) {
     // Bounded by the daemon's life: this task is aborted at shutdown.
     loop {
-        if !crate::metrics::per_backend() {
-            // Per-service rejections only: no need to ask every service for its backends.
-            for (name, vip_id) in handle.vip_ids().await {
-                let rejected = maps.counters(vip_id).map(|c| c.rejected).unwrap_or(0);
-                crate::metrics::kernel_counters(&name, None, rejected);
-            }
-            tokio::time::sleep(Duration::from_secs(1)).await;
-            continue;
+        // Rejections per VIP, from the daemon's service list: no service is asked anything.
+        for (name, vip_id) in handle.vip_ids().await {
+            let rejected = maps.counters(vip_id).map(|c| c.rejected).unwrap_or(0);
+            crate::metrics::kernel_rejections(&name, rejected);
         }
-        for service in handle.status().await.unwrap_or_default() {
-            let rejected = maps
-                .counters(service.vip_id)
-                .map(|c| c.rejected)
-                .unwrap_or(0);
-            crate::metrics::kernel_counters(&service.name, None, rejected);
-            for backend in &service.backends {
-                match maps.counters(backend.id) {
-                    Ok(c) => crate::metrics::kernel_counters(
-                        &service.name,
-                        Some((&backend.name, c.connects)),
-                        rejected,
-                    ),
-                    Err(e) => {
-                        tracing::debug!(backend = %backend.name, error = %e, "kernel counters unreadable")
+        // Connects per backend need each service's backend ids: only when they are exported.
+        if crate::metrics::per_backend() {
+            for service in handle.status().await.unwrap_or_default() {
+                for backend in &service.backends {
+                    match maps.counters(backend.id) {
+                        Ok(c) => crate::metrics::kernel_connects(
+                            &service.name,
+                            &backend.name,
+                            c.connects,
+                        ),
+                        Err(e) => {
+                            tracing::debug!(backend = %backend.name, error = %e, "kernel counters unreadable")
+                        }
                     }
                 }
             }

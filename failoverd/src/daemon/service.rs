@@ -170,7 +170,7 @@ pub struct Shared {
 }
 
 /// Counts of services and of ready services, kept by the service tasks themselves, so that
-/// readiness (polled by `/readyz` and the systemd notifier) costs two loads, not a status
+/// readiness (polled by `/readyz` and the systemd notifier) costs one load, not a status
 /// round trip to every service.
 ///
 /// Both counts live in one word (services in the high half, ready ones in the low half) so
