@@ -11,6 +11,7 @@ pub mod config;
 pub mod control;
 pub mod daemon;
 pub mod datapath;
+pub mod decision;
 pub mod dirs;
 pub mod health;
 pub mod metrics;

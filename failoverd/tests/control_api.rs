@@ -180,6 +180,7 @@ fn status_fixture() -> StatusReport {
             protocol: "tcp".into(),
             active_priority: Some(0),
             ready: true,
+            panic: false,
             on_all_down: "reject".into(),
             failback: "auto".into(),
             backends: vec![BackendReport {

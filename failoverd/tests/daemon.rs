@@ -17,8 +17,9 @@ use std::{
 
 use failoverd::{
     config,
-    daemon::{self, Running, ServiceStatus},
+    daemon::{self, Running},
     datapath::{BpfDatapath, Datapath, PinnedMaps, Vip},
+    decision::ServiceStatus,
 };
 use libtest_mimic::{Arguments, Failed, Trial};
 use support::{
@@ -274,7 +275,10 @@ fn http_503_or_a_wrong_body_takes_a_backend_out() -> TestResult {
             format!(
                 "{} {:?}",
                 b.state,
-                b.last_probe.as_ref().map(|p| p.0.clone())
+                b.last_probe.as_ref().map(|p| match &*p.result {
+                    Ok(ok) => ok.detail.clone(),
+                    Err(e) => format!("{}: {e}", e.reason()),
+                })
             )
         };
         check(

@@ -29,6 +29,10 @@ pub struct ServiceReport {
     pub active_priority: Option<u8>,
     /// Whether every backend had its first verdict (before that the pinned table is left alone).
     pub ready: bool,
+    /// Whether nothing is live and `on_all_down: panic` spreads connects over every backend
+    /// of the lowest priority, whatever their health.
+    #[serde(default)]
+    pub panic: bool,
     /// `reject` or `panic`.
     pub on_all_down: String,
     /// `auto` or `manual`.
@@ -44,7 +48,8 @@ pub struct BackendReport {
     pub name: String,
     /// Traffic address, `ip:port`.
     pub address: String,
-    /// `unknown`, `healthy`, `unhealthy`, `ejected` or `drained`.
+    /// `unknown`, `healthy`, `unhealthy`, `ejected`, `drained`, or `unresolved` (a hostname
+    /// that resolves to no address of the VIP's family).
     pub state: String,
     /// Weight within its priority group.
     pub weight: u32,

@@ -268,6 +268,7 @@ fn drain_note(d: &DrainInfo, now_unix: u64) -> String {
 /// `orders-db  10.96.0.10:5432/tcp  active priority 0  (ready)`, on two lines when that passes [`WIDTH`].
 fn service_header(s: &ServiceReport) -> Vec<String> {
     let active = match (s.active_priority, s.ready) {
+        (Some(p), _) if s.panic => format!("PANIC on priority {p} (nothing live)"),
         (Some(p), _) => format!("active priority {p}"),
         (None, true) => "refusing connects".to_owned(),
         (None, false) => "no active priority".to_owned(),
@@ -434,6 +435,7 @@ mod tests {
                     protocol: "tcp".to_owned(),
                     active_priority: Some(0),
                     ready: true,
+                    panic: false,
                     on_all_down: "reject".to_owned(),
                     failback: "auto".to_owned(),
                     backends: vec![
@@ -448,6 +450,7 @@ mod tests {
                     protocol: "udp".to_owned(),
                     active_priority: None,
                     ready: false,
+                    panic: false,
                     on_all_down: "panic".to_owned(),
                     failback: "manual".to_owned(),
                     backends: vec![v6],

@@ -11,13 +11,13 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use crate::control::DrainInfo;
+use crate::decision::Drain;
 
 /// The file name inside `state_dir`.
 pub const DRAINS_FILE: &str = "drains.json";
 
 /// Drained backends: service name → backend name → who, when, why.
-pub type Drains = BTreeMap<String, BTreeMap<String, DrainInfo>>;
+pub type Drains = BTreeMap<String, BTreeMap<String, Drain>>;
 
 /// Why drains could not be read or written.
 #[derive(Debug, thiserror::Error)]
@@ -127,7 +127,7 @@ mod tests {
         let mut drains = Drains::new();
         drains.entry("db".into()).or_default().insert(
             "a".into(),
-            DrainInfo {
+            Drain {
                 by: "alice".into(),
                 at_unix: 1_700_000_000,
                 reason: Some("kernel upgrade".into()),

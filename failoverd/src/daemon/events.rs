@@ -8,7 +8,35 @@ use std::{
 
 use tokio::sync::broadcast;
 
-use crate::control::{EventRecord, EventsReport};
+/// One recorded event: what happened, numbered and timed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EventRecord {
+    /// Increasing number; ask for events after the last one seen.
+    pub seq: u64,
+    /// When, in milliseconds since the Unix epoch.
+    pub at_unix_ms: u64,
+    /// `backend`, `failover`, `drain`, `reload`.
+    pub kind: &'static str,
+    /// The service (empty for a reload).
+    pub service: String,
+    /// The backend, if any.
+    pub backend: Option<String>,
+    /// Before.
+    pub from: Option<String>,
+    /// After.
+    pub to: Option<String>,
+    /// Evidence.
+    pub detail: String,
+}
+
+/// The kept events after a sequence number.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct EventsAfter {
+    /// Events with `seq > after`, oldest first.
+    pub events: Vec<EventRecord>,
+    /// Pass this as `after` next time.
+    pub next: u64,
+}
 
 /// Events kept for `failoverd events` without `--follow`.
 pub const KEPT: usize = 1024;
@@ -61,7 +89,7 @@ impl Events {
             ring.1.push_back(EventRecord {
                 seq,
                 at_unix_ms,
-                kind: event.kind.to_string(),
+                kind: event.kind,
                 service: event.service.to_string(),
                 backend: event.backend.map(str::to_string),
                 from: event.from,
@@ -75,16 +103,16 @@ impl Events {
     }
 
     /// The kept events after `after`.
-    pub fn after(&self, after: u64) -> EventsReport {
+    pub fn after(&self, after: u64) -> EventsAfter {
         let ring = self.ring.lock().expect("events lock");
-        EventsReport {
+        EventsAfter {
             events: ring.1.iter().filter(|e| e.seq > after).cloned().collect(),
             next: ring.0.max(after),
         }
     }
 
     /// Like [`Self::after`], but waits up to `limit` for a first new event.
-    pub async fn wait_after(&self, after: u64, limit: Duration) -> EventsReport {
+    pub async fn wait_after(&self, after: u64, limit: Duration) -> EventsAfter {
         // Subscribe before looking, so an event between the two is not missed.
         let mut woken = self.tx.subscribe();
         let now = self.after(after);

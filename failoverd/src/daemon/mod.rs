@@ -1,27 +1,33 @@
 //! The daemon: probes every backend, decides which are live and keeps each VIP's table current.
 //!
 //! ```text
-//! prober (per backend) ──► service task (per VIP) ──► writer (one) ──► datapath
-//!   probe results           hysteresis, breaker,        writes only
-//!                           priorities, weights,        changed tables
-//!                           drains
+//! prober (per target) ─┐
+//! DNS watcher ─────────┼─► service task (per VIP) ──► writer (one) ──► datapath
+//! operator (control) ──┘    shell around the pure     writes only
+//!                           decision core; one        changed tables
+//!                           observer records
 //! ```
-//! [`start`] returns a [`Running`] daemon; its [`DaemonHandle`] answers status,
-//! drain, failback, explain and reload (the control API calls it); [`run`] is
-//! the same until a shutdown future resolves.
+//! [`run`] owns every task — services, writer, control server, metrics server, SIGHUP
+//! reloads, readiness and kernel-counter export — until its shutdown future resolves.
+//! [`start`] starts the decision side alone (what tests drive with a fake datapath and a
+//! scripted health check); its [`DaemonHandle`] answers status, drain, failback, explain
+//! and reload.
 
-mod backend;
-pub mod control;
+pub mod api;
 pub mod drains;
 pub mod events;
-mod prober;
+pub mod lock;
+mod observer;
+pub mod prober;
+mod readiness;
+mod reload;
+pub mod run;
 mod service;
 
 use std::{
     collections::BTreeMap,
-    future::Future,
     net::SocketAddr,
-    sync::{Arc, Mutex},
+    sync::{Arc, Mutex, PoisonError},
 };
 
 use tokio::{
@@ -30,17 +36,19 @@ use tokio::{
 };
 
 pub use drains::{DrainStore, Drains};
-pub use service::{BackendStatus, ServiceStatus};
+pub use reload::ReloadReport;
+pub use run::run;
+pub use service::{DrainChange, DrainError};
 
 use crate::{
-    config::{BackendAddress, Config, HealthConfig, HealthKind, ServiceConfig, StatusMatch},
-    control::{ControlError, DrainInfo, ExplainReport, ReloadReport},
-    datapath::{Datapath, DatapathError, IdAllocator, IdsExhausted, Vip, VipTable},
-    health::{HttpCheck, Probe},
+    config::{BackendAddress, Config, ServiceConfig},
+    datapath::{Datapath, DatapathError, IdAllocator, IdsExhausted, Protocol, Vip, VipTable},
+    decision::{Explanation, ServiceState, ServiceStatus},
+    health::{HealthCheck, NetworkCheck},
     reconcile::{run_writer, Writer, WriterCommand, WriterMessage},
     resolve::{self, ResolveError, Resolver, ResolverSettings},
 };
-use service::{Persist, ServiceEvent, ServiceTask, Shared};
+use service::{Message, Persist, ServiceTask, Shared};
 
 /// Probes in flight at once, across all backends.
 pub const MAX_PROBES_IN_FLIGHT: usize = 256;
@@ -63,29 +71,47 @@ pub enum DaemonError {
         /// The name asked for.
         name: String,
     },
+    /// No service has that VIP.
+    #[error("no service has the VIP {addr}{}", protocol.map(|p| format!(" ({p})")).unwrap_or_default())]
+    UnknownVip {
+        /// The address asked for.
+        addr: SocketAddr,
+        /// The protocol asked for, if any.
+        protocol: Option<Protocol>,
+    },
+    /// Both a TCP and a UDP service have that address.
+    #[error("both a tcp and a udp service have the VIP {addr}: say which with --protocol tcp|udp")]
+    AmbiguousVip {
+        /// The address asked for.
+        addr: SocketAddr,
+    },
     /// A reload changed something only a restart can change.
     #[error("`{section}` changed: only a restart applies it (the running config is unchanged)")]
     NeedsRestart {
         /// The config section.
         section: &'static str,
     },
-    /// The daemon is shutting down.
+    /// The daemon is stopping.
     #[error("the daemon is stopping")]
     Stopped,
 }
 
-/// A running service: its task, its stop switch, and the config it runs.
+/// A running service: its channel, its stop switch, its tasks and the config it runs.
 struct ServiceHandle {
     config: ServiceConfig,
     /// The VIP's id in the kernel's counters.
     vip_id: u32,
-    events: mpsc::Sender<ServiceEvent>,
+    tx: mpsc::Sender<Message>,
     stop: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
 }
 
 struct Inner {
-    services: tokio::sync::Mutex<BTreeMap<String, ServiceHandle>>,
+    /// Held across a reload (which stops and starts services); only briefly otherwise.
+    services: tokio::sync::RwLock<BTreeMap<String, ServiceHandle>>,
+    /// One drain change or reload at a time, so the drains file always holds a consistent
+    /// set. Never taken by status.
+    changes: tokio::sync::Mutex<()>,
     config: Mutex<Config>,
     shared: Arc<Shared>,
     resolver: Mutex<Option<Resolver>>,
@@ -98,24 +124,34 @@ pub struct DaemonHandle {
     inner: Arc<Inner>,
 }
 
-/// A running daemon.
+/// A running daemon (the decision side: services and writer).
 pub struct Running<D> {
     handle: DaemonHandle,
     shutdown: watch::Sender<bool>,
     writer: JoinHandle<Writer<D>>,
 }
 
-/// Starts probing and managing every service of `config` on `datapath`.
-///
-/// Tables already in the datapath (pinned by an earlier run) are adopted: a
-/// VIP's table is left exactly as it is until every one of its backends has
-/// had a first verdict. VIPs in the datapath that the config does not name
-/// are removed. `drains` (from `state_dir`) are applied from the start. DNS
-/// never delays start-up: hostname backends join when their names resolve.
+/// Starts probing (with the real network probes) and managing every service of `config`.
 pub async fn start<D: Datapath + 'static>(
     config: &Config,
     datapath: D,
     drains: Drains,
+) -> Result<Running<D>, DaemonError> {
+    start_with(config, datapath, drains, Arc::new(NetworkCheck)).await
+}
+
+/// Like [`start`], probing with `checker` (tests script outcomes with it).
+///
+/// Tables already in the datapath (pinned by an earlier run) are adopted: a VIP's table is
+/// left exactly as it is until every one of its backends has had a first verdict. VIPs in
+/// the datapath that the config does not name are removed. `drains` (from `state_dir`) are
+/// applied from the start. DNS never delays start-up: hostname backends join when their
+/// names resolve.
+pub async fn start_with<D: Datapath + 'static>(
+    config: &Config,
+    datapath: D,
+    drains: Drains,
+    checker: Arc<dyn HealthCheck>,
 ) -> Result<Running<D>, DaemonError> {
     let writer = Writer::new(datapath)?;
     let adopted = writer.written().clone();
@@ -135,23 +171,25 @@ pub async fn start<D: Datapath + 'static>(
     }
     let shared = Arc::new(Shared {
         writer: writer_tx,
-        probes: prober::ProbeHub::new(Arc::new(Semaphore::new(MAX_PROBES_IN_FLIGHT))),
-        readiness: service::Readiness::default(),
-        ids: Arc::new(Mutex::new(ids)),
-        events: Arc::new(events::Events::default()),
+        probes: prober::ProbeHub::new(checker, Arc::new(Semaphore::new(MAX_PROBES_IN_FLIGHT))),
+        readiness: readiness::Readiness::default(),
+        ids: Mutex::new(ids),
+        observer: observer::Observer::new(Arc::new(events::Events::default())),
     });
-    let inner = Arc::new(Inner {
-        services: tokio::sync::Mutex::new(BTreeMap::new()),
-        config: Mutex::new(config.clone()),
-        shared,
-        resolver: Mutex::new(None),
-        drains: Mutex::new(drains),
-    });
-    let handle = DaemonHandle { inner };
+    let handle = DaemonHandle {
+        inner: Arc::new(Inner {
+            services: tokio::sync::RwLock::new(BTreeMap::new()),
+            changes: tokio::sync::Mutex::new(()),
+            config: Mutex::new(config.clone()),
+            shared,
+            resolver: Mutex::new(None),
+            drains: Mutex::new(drains),
+        }),
+    };
     {
-        let mut services = handle.inner.services.lock().await;
+        let mut services = handle.inner.services.write().await;
         for service in &config.services {
-            let started = handle.start_service(service, adopted.get(&service.vip()))?;
+            let started = handle.start_service(service, adopted.get(&service.vip()).cloned())?;
             services.insert(service.name.clone(), started);
         }
     }
@@ -163,66 +201,64 @@ pub async fn start<D: Datapath + 'static>(
     })
 }
 
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
 impl DaemonHandle {
     fn start_service(
         &self,
         service: &ServiceConfig,
-        adopted: Option<&VipTable>,
+        adopted: Option<VipTable>,
     ) -> Result<ServiceHandle, DaemonError> {
         let shared = &self.inner.shared;
-        let vip_id = match adopted {
+        let vip_id = match &adopted {
             Some(t) => t.vip_id,
-            None => shared.ids.lock().expect("id lock").allocate()?,
+            None => lock(&shared.ids).allocate()?,
         };
         tracing::info!(
             service = %service.name,
             vip = %service.vip(),
             backends = service.backends.len(),
-            detection_bound = ?service.detection_bound(),
+            detection_bound = %humantime::format_duration(service.detection_bound()),
             adopted = adopted.is_some(),
             "service loaded; worst-case detection time is fall × interval + timeout"
         );
         let (tx, rx) = mpsc::channel(1024);
         let (stop_tx, stop_rx) = watch::channel(false);
-        let drains = self
-            .inner
-            .drains
-            .lock()
-            .expect("drains lock")
+        let drains = lock(&self.inner.drains)
             .get(&service.name)
             .cloned()
             .unwrap_or_default();
-        let mut task = ServiceTask::new(
+        let state = ServiceState::new(
             service.clone(),
             vip_id,
             adopted,
             drains,
-            tx.clone(),
-            Arc::clone(shared),
-            stop_rx.clone(),
+            tokio::time::Instant::now(),
         );
+        let mut initial = Vec::new();
         let mut tasks = Vec::new();
         for (index, backend) in service.backends.iter().enumerate() {
             match &backend.address {
-                BackendAddress::Ip(addr) => task.set_addrs(index, &[*addr]),
-                BackendAddress::Host { host, port } => {
-                    let resolver = self.resolver()?;
-                    tasks.push(watch_hostname(
-                        resolver,
-                        host.clone(),
-                        *port,
-                        index,
-                        tx.clone(),
-                        stop_rx.clone(),
-                    ));
-                }
+                BackendAddress::Ip(addr) => initial.push((index, vec![*addr])),
+                BackendAddress::Host { host, port } => tasks.push(watch_hostname(
+                    self.resolver()?,
+                    host.clone(),
+                    *port,
+                    service.vip,
+                    index,
+                    tx.clone(),
+                    stop_rx.clone(),
+                )),
             }
         }
-        tasks.push(tokio::spawn(task.run(rx)));
+        let task = ServiceTask::new(state, initial, tx.clone(), Arc::clone(shared));
+        tasks.push(tokio::spawn(task.run(rx, stop_rx)));
         Ok(ServiceHandle {
             vip_id,
             config: service.clone(),
-            events: tx,
+            tx,
             stop: stop_tx,
             tasks,
         })
@@ -230,11 +266,11 @@ impl DaemonHandle {
 
     /// The resolver, made on first use (only configs with hostnames need one).
     fn resolver(&self) -> Result<Resolver, DaemonError> {
-        let mut resolver = self.inner.resolver.lock().expect("resolver lock");
+        let mut resolver = lock(&self.inner.resolver);
         if let Some(r) = resolver.as_ref() {
             return Ok(r.clone());
         }
-        let settings = &self.inner.config.lock().expect("config lock").resolver;
+        let settings = &lock(&self.inner.config).resolver;
         let made = Resolver::new(&ResolverSettings {
             nameservers: settings.nameservers.clone(),
             min_ttl: settings.min_ttl,
@@ -244,35 +280,46 @@ impl DaemonHandle {
         Ok(made)
     }
 
-    async fn sender(&self, service: &str) -> Result<mpsc::Sender<ServiceEvent>, DaemonError> {
-        let services = self.inner.services.lock().await;
-        services
+    async fn sender(&self, service: &str) -> Result<mpsc::Sender<Message>, DaemonError> {
+        self.inner
+            .services
+            .read()
+            .await
             .get(service)
-            .map(|s| s.events.clone())
+            .map(|s| s.tx.clone())
             .ok_or_else(|| DaemonError::UnknownService {
                 name: service.to_string(),
             })
     }
 
+    /// Sends `message` (made with a reply channel) to a service and awaits the answer.
+    async fn ask<T>(
+        &self,
+        service: &str,
+        message: impl FnOnce(oneshot::Sender<T>) -> Message,
+    ) -> Result<T, DaemonError> {
+        let (reply, answer) = oneshot::channel();
+        self.sender(service)
+            .await?
+            .send(message(reply))
+            .await
+            .map_err(|_| DaemonError::Stopped)?;
+        answer.await.map_err(|_| DaemonError::Stopped)
+    }
+
     /// Names of the services, in order.
     pub async fn services(&self) -> Vec<String> {
-        self.inner.services.lock().await.keys().cloned().collect()
+        self.inner.services.read().await.keys().cloned().collect()
     }
 
     /// The config the daemon runs now.
     pub fn config(&self) -> Config {
-        self.inner.config.lock().expect("config lock").clone()
+        lock(&self.inner.config).clone()
     }
 
     /// Sends a service back to its best live priority (for `failback: manual`).
     pub async fn failback(&self, service: &str) -> Result<(), DaemonError> {
-        let (reply, done) = oneshot::channel();
-        self.sender(service)
-            .await?
-            .send(ServiceEvent::Failback { reply })
-            .await
-            .map_err(|_| DaemonError::Stopped)?;
-        done.await.map_err(|_| DaemonError::Stopped)
+        self.ask(service, |reply| Message::Failback { reply }).await
     }
 
     /// A snapshot of every service, in name order.
@@ -300,85 +347,84 @@ impl DaemonHandle {
 
     /// A snapshot of one service.
     pub async fn service_status(&self, service: &str) -> Result<ServiceStatus, DaemonError> {
-        let (reply, answer) = oneshot::channel();
-        self.sender(service)
-            .await?
-            .send(ServiceEvent::Status { reply })
-            .await
-            .map_err(|_| DaemonError::Stopped)?;
-        answer.await.map_err(|_| DaemonError::Stopped)
+        self.ask(service, |reply| Message::Status { reply }).await
     }
 
     /// The event feed.
     pub fn events(&self) -> &events::Events {
-        &self.inner.shared.events
+        self.inner.shared.observer.events()
     }
 
     /// Every service's name and its VIP's counter id, without asking the services.
     pub async fn vip_ids(&self) -> Vec<(String, u32)> {
-        let services = self.inner.services.lock().await;
-        services
+        self.inner
+            .services
+            .read()
+            .await
             .iter()
             .map(|(name, s)| (name.clone(), s.vip_id))
             .collect()
     }
 
-    /// Whether every service has its first verdicts in (what readiness means).
-    pub async fn ready(&self) -> bool {
+    /// Whether every service serves what its verdicts allow (what readiness means).
+    pub fn ready(&self) -> bool {
         self.inner.shared.readiness.all_ready()
     }
 
-    /// Where a connect to one VIP goes now.
-    pub async fn explain(&self, vip: Vip) -> Result<ExplainReport, ControlError> {
-        let name = {
-            let services = self.inner.services.lock().await;
-            services
-                .values()
-                .find(|s| s.config.vip() == vip)
-                .map(|s| s.config.name.clone())
+    /// Where a connect to `addr` goes now. Without a protocol, the one service with that
+    /// address (an error names both when a TCP and a UDP service share it).
+    pub async fn explain(
+        &self,
+        addr: SocketAddr,
+        protocol: Option<Protocol>,
+    ) -> Result<Explanation, DaemonError> {
+        let wanted = Vip {
+            addr: canonical(addr),
+            protocol: protocol.unwrap_or(Protocol::Tcp),
         };
-        let Some(name) = name else {
-            return Err(ControlError::NotFound(format!(
-                "no service has the VIP {vip}"
-            )));
+        let names: Vec<(String, Vip)> = self
+            .inner
+            .services
+            .read()
+            .await
+            .values()
+            .map(|s| (s.config.name.clone(), s.config.vip()))
+            .filter(|(_, vip)| {
+                canonical(vip.addr) == wanted.addr && protocol.is_none_or(|p| vip.protocol == p)
+            })
+            .collect();
+        let name = match names.as_slice() {
+            [] => return Err(DaemonError::UnknownVip { addr, protocol }),
+            [(name, _)] => name.clone(),
+            _ => return Err(DaemonError::AmbiguousVip { addr }),
         };
-        let (reply, answer) = oneshot::channel();
-        let sender = self
-            .sender(&name)
-            .await
-            .map_err(|e| ControlError::NotFound(e.to_string()))?;
-        sender
-            .send(ServiceEvent::Explain { reply })
-            .await
-            .map_err(|_| stopping())?;
-        answer.await.map_err(|_| stopping())
+        self.ask(&name, |reply| Message::Explain { reply }).await
     }
 
-    /// Drains (`info: Some`) or undrains (`None`) a backend; the change is
-    /// persisted to `store` and in the kernel's table before this returns.
+    /// Drains or undrains a backend: checked, recorded in `store`, and in the kernel's table
+    /// before this returns.
     pub async fn set_drain(
         &self,
         store: &DrainStore,
         service: &str,
         backend: &str,
-        info: Option<DrainInfo>,
-        force: bool,
-    ) -> Result<(), ControlError> {
-        // One drain change at a time: the file always holds a consistent set.
-        let mut services = self.inner.services.lock().await;
-        let Some(handle) = services.get_mut(service) else {
-            return Err(ControlError::NotFound(format!(
-                "no service named `{service}`"
-            )));
-        };
-        let mut next = self.inner.drains.lock().expect("drains lock").clone();
-        match &info {
-            Some(i) => {
+        change: DrainChange,
+    ) -> Result<(), DrainError> {
+        let _one_at_a_time = self.inner.changes.lock().await;
+        let tx = self
+            .sender(service)
+            .await
+            .map_err(|_| DrainError::UnknownService {
+                name: service.to_string(),
+            })?;
+        let mut next = lock(&self.inner.drains).clone();
+        match &change {
+            DrainChange::Drain { drain, .. } => {
                 next.entry(service.to_string())
                     .or_default()
-                    .insert(backend.to_string(), i.clone());
+                    .insert(backend.to_string(), drain.clone());
             }
-            None => {
+            DrainChange::Undrain => {
                 if let Some(s) = next.get_mut(service) {
                     s.remove(backend);
                     if s.is_empty() {
@@ -388,102 +434,29 @@ impl DaemonHandle {
             }
         }
         let (store, to_save) = (store.clone(), next.clone());
-        let persist: Persist = Box::new(move || {
-            store.save(&to_save).map_err(|e| {
-                ControlError::Failed(format!("could not record the drain, nothing changed: {e}"))
-            })
-        });
+        let persist: Persist = Box::new(move || store.save(&to_save));
         let (reply, answer) = oneshot::channel();
-        let event = ServiceEvent::Drain {
+        tx.send(Message::Drain {
             backend: backend.to_string(),
-            info,
-            force,
+            change,
             persist,
             reply,
-        };
-        handle.events.send(event).await.map_err(|_| stopping())?;
-        let result = answer.await.map_err(|_| stopping())?;
-        if !matches!(
-            result,
-            Err(ControlError::NotFound(_) | ControlError::Invalid(_))
-        ) {
-            // Persisted (and applied, or being retried): the file is the truth now.
-            *self.inner.drains.lock().expect("drains lock") = next;
+        })
+        .await
+        .map_err(|_| DrainError::Stopped)?;
+        answer.await.map_err(|_| DrainError::Stopped)??;
+        // Recorded and handed to the writer: the file is the truth now.
+        *lock(&self.inner.drains) = next;
+        // Return only once the kernel holds it; no lock but the drain lock is held here.
+        if !self.barrier().await.map_err(|_| DrainError::Stopped)? {
+            return Err(DrainError::NotWritten);
         }
-        result
+        Ok(())
     }
 
-    /// Applies a new config: unchanged services keep their state and table,
-    /// removed VIPs leave the datapath, changed and new services start as on
-    /// a fresh start (a changed one adopts its current table, so no blip).
-    pub async fn reload(&self, new: Config) -> Result<ReloadReport, DaemonError> {
-        {
-            let old = self.inner.config.lock().expect("config lock");
-            if old.datapath != new.datapath {
-                return Err(DaemonError::NeedsRestart {
-                    section: "datapath",
-                });
-            }
-            if old.control != new.control {
-                return Err(DaemonError::NeedsRestart { section: "control" });
-            }
-            if old.metrics != new.metrics {
-                return Err(DaemonError::NeedsRestart { section: "metrics" });
-            }
-            if old.resolver != new.resolver {
-                return Err(DaemonError::NeedsRestart {
-                    section: "resolver",
-                });
-            }
-        }
-        let mut report = ReloadReport::default();
-        let mut services = self.inner.services.lock().await;
-        let names: Vec<String> = services.keys().cloned().collect();
-        let mut adopt: BTreeMap<String, Option<VipTable>> = BTreeMap::new();
-        for name in names {
-            let keep = new.services.iter().find(|s| s.name == name);
-            if keep == Some(&services[&name].config) {
-                report.unchanged.push(name);
-                continue;
-            }
-            let handle = services.remove(&name).expect("listed");
-            let last = stop_service(handle).await;
-            match keep {
-                Some(next) if last.as_ref().is_some_and(|t| t.vip == next.vip()) => {
-                    adopt.insert(name.clone(), last);
-                    report.changed.push(name);
-                }
-                _ => {
-                    if let Some(table) = last {
-                        self.inner
-                            .shared
-                            .writer
-                            .send(WriterCommand::Remove(table.vip).into())
-                            .await
-                            .map_err(|_| DaemonError::Stopped)?;
-                    }
-                    if keep.is_some() {
-                        report.changed.push(name);
-                    } else {
-                        report.removed.push(name);
-                    }
-                }
-            }
-        }
-        for service in &new.services {
-            if services.contains_key(&service.name) {
-                continue;
-            }
-            let adopted = adopt.remove(&service.name).flatten();
-            if adopted.is_none() && !report.changed.contains(&service.name) {
-                report.added.push(service.name.clone());
-            }
-            let started = self.start_service(service, adopted.as_ref())?;
-            services.insert(service.name.clone(), started);
-        }
-        *self.inner.config.lock().expect("config lock") = new;
-        // Return only once the kernel holds the result: a removed VIP is no
-        // longer translated when `failoverd reload` returns.
+    /// Waits until the writer has written everything sent before; `true` when nothing is
+    /// left to retry.
+    async fn barrier(&self) -> Result<bool, DaemonError> {
         let (reply, written) = oneshot::channel();
         self.inner
             .shared
@@ -491,26 +464,23 @@ impl DaemonHandle {
             .send(WriterMessage::Barrier(reply))
             .await
             .map_err(|_| DaemonError::Stopped)?;
-        if written.await != Ok(true) {
-            tracing::warn!("reload applied; some datapath writes failed and are being retried");
-        }
-        tracing::info!(added = ?report.added, removed = ?report.removed, changed = ?report.changed, unchanged = report.unchanged.len(), "config reloaded");
-        Ok(report)
+        written.await.map_err(|_| DaemonError::Stopped)
     }
 }
 
-fn stopping() -> ControlError {
-    ControlError::Failed("the daemon is stopping".into())
+/// An address as the kernel keys it: an IPv4-mapped IPv6 address is its IPv4 address.
+fn canonical(addr: SocketAddr) -> SocketAddr {
+    SocketAddr::new(addr.ip().to_canonical(), addr.port())
 }
 
-/// Stops a service's task and returns the table it last sent.
+/// Stops a service's task and returns the table it last decided or adopted.
 async fn stop_service(handle: ServiceHandle) -> Option<VipTable> {
     let (reply, answer) = oneshot::channel();
-    let last = match handle.events.send(ServiceEvent::Stop { reply }).await {
+    let last = match handle.tx.send(Message::Stop { reply }).await {
         Ok(()) => answer.await.ok().flatten(),
         Err(_) => None,
     };
-    // Stops its probers and DNS watchers too.
+    // Stops its DNS watchers too.
     handle.stop.send(true).ok();
     for task in handle.tasks {
         if let Err(e) = task.await {
@@ -520,31 +490,39 @@ async fn stop_service(handle: ServiceHandle) -> Option<VipTable> {
     last
 }
 
-/// Forwards a hostname's resolved addresses to its service.
+/// Forwards a hostname's resolved addresses of the VIP's family to its service.
 fn watch_hostname(
     resolver: Resolver,
     host: String,
     port: u16,
+    vip: SocketAddr,
     config_index: usize,
-    events: mpsc::Sender<ServiceEvent>,
+    tx: mpsc::Sender<Message>,
     stop: watch::Receiver<bool>,
 ) -> JoinHandle<()> {
     tokio::spawn(async move {
-        let (mut addrs, watcher) = resolve::watch(resolver, host, port, stop);
+        let (mut addrs, watcher) = resolve::watch(resolver, host.clone(), port, stop);
         loop {
             let set = addrs.borrow_and_update().clone();
-            // Before the first answer there is nothing to probe; after a
-            // failure the watcher keeps the last answer.
+            // Before the first answer there is nothing to probe; after a failure the watcher
+            // keeps the last answer.
             if set.resolved {
-                let addrs: Vec<SocketAddr> = set.addrs.clone();
-                if events
-                    .send(ServiceEvent::Addrs {
-                        config_index,
-                        addrs,
-                    })
-                    .await
-                    .is_err()
-                {
+                // A connect is translated within its own family only: an IPv4 VIP cannot
+                // send to an IPv6 address, nor the reverse.
+                let usable: Vec<SocketAddr> = set
+                    .addrs
+                    .iter()
+                    .copied()
+                    .filter(|a| a.is_ipv4() == vip.is_ipv4())
+                    .collect();
+                if usable.is_empty() && !set.addrs.is_empty() {
+                    tracing::warn!(host = %host, vip = %vip, resolved = ?set.addrs, "the name resolves only to addresses of the other family than its VIP's; none can be used");
+                }
+                let message = Message::Addrs {
+                    config_index,
+                    addrs: usable,
+                };
+                if tx.send(message).await.is_err() {
                     break;
                 }
             }
@@ -577,10 +555,10 @@ impl<D: Datapath + 'static> Running<D> {
         self.handle.service_status(service).await
     }
 
-    /// Stops every task and returns the datapath, untouched by the stop: its
-    /// tables stay pinned and keep translating.
+    /// Stops every task and returns the datapath, untouched by the stop: its tables stay
+    /// pinned and keep translating.
     pub async fn shutdown(self) -> D {
-        let services = std::mem::take(&mut *self.handle.inner.services.lock().await);
+        let services = std::mem::take(&mut *self.handle.inner.services.write().await);
         // Every service first, then the waiting: one by one, 10,000 services took seconds.
         for handle in services.values() {
             handle.stop.send(true).ok();
@@ -598,34 +576,5 @@ impl<D: Datapath + 'static> Running<D> {
             Ok(writer) => writer.into_datapath(),
             Err(e) => std::panic::resume_unwind(e.into_panic()),
         }
-    }
-}
-
-/// Runs the daemon until `shutdown` resolves; returns the datapath.
-pub async fn run<D: Datapath + 'static>(
-    config: &Config,
-    datapath: D,
-    drains: Drains,
-    shutdown: impl Future<Output = ()>,
-) -> Result<D, DaemonError> {
-    let running = start(config, datapath, drains).await?;
-    shutdown.await;
-    tracing::info!("shutting down; the datapath stays pinned and keeps translating");
-    Ok(running.shutdown().await)
-}
-
-/// The probe a service's health config describes.
-pub fn probe_for(health: &HealthConfig) -> Probe {
-    match health.kind {
-        HealthKind::Tcp => Probe::Tcp,
-        HealthKind::Http => Probe::Http(HttpCheck {
-            path: health.http.path.clone(),
-            host: health.http.host.clone(),
-            expect_status: match &health.http.expect_status {
-                StatusMatch::Range(lo, hi) => vec![(*lo, *hi)],
-                StatusMatch::List(codes) => codes.iter().map(|&c| (c, c)).collect(),
-            },
-            expect_body: health.http.expect_body.clone(),
-        }),
     }
 }

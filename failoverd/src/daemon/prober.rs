@@ -18,8 +18,21 @@ use tokio::{
     time::Instant,
 };
 
-use super::{backend::BackendKey, service::ServiceEvent};
-use crate::health::Probe;
+use crate::{
+    decision::BackendKey,
+    health::{HealthCheck, Probe, ProbeResult},
+};
+
+/// One probe's result, for one subscribed backend.
+#[derive(Clone, Debug)]
+pub struct ProbeReport {
+    /// The backend that subscribed.
+    pub key: BackendKey,
+    /// When the probe started.
+    pub started: Instant,
+    /// What it saw (one allocation shared by every subscriber).
+    pub result: Arc<ProbeResult>,
+}
 
 /// What to probe. Two backends with equal targets share one loop.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -34,57 +47,61 @@ pub struct ProbeTarget {
     pub timeout: Duration,
 }
 
-/// Who gets a loop's results: a service's backend.
-struct Subscriber {
+/// Who gets a loop's results: a service's backend, on the service's channel.
+struct Subscriber<E> {
     id: u64,
     key: BackendKey,
-    events: mpsc::Sender<ServiceEvent>,
+    events: mpsc::Sender<E>,
 }
 
 /// One running loop and its subscribers.
-struct Loop {
+struct Loop<E> {
     target: ProbeTarget,
-    subscribers: Arc<Mutex<Vec<Subscriber>>>,
+    subscribers: Arc<Mutex<Vec<Subscriber<E>>>>,
     task: JoinHandle<()>,
 }
 
 /// Loops by address, interval and timeout; the few with different checks on the same address
 /// are told apart by comparing the check.
-type Loops = HashMap<(SocketAddr, Duration, Duration), Vec<Loop>>;
+type Loops<E> = HashMap<(SocketAddr, Duration, Duration), Vec<Loop<E>>>;
 
-/// The daemon's probe loops. Subscribing returns a guard; when the last guard of a target is
-/// dropped its loop stops.
-pub struct ProbeHub {
+/// The daemon's probe loops, delivering [`ProbeReport`]s as messages of type `E` (the
+/// service task's own message type). Subscribing returns a guard; when the last guard of a
+/// target is dropped its loop stops.
+pub struct ProbeHub<E> {
+    checker: Arc<dyn HealthCheck>,
     permits: Arc<Semaphore>,
-    loops: Arc<Mutex<Loops>>,
+    loops: Arc<Mutex<Loops<E>>>,
     next_id: AtomicU64,
 }
 
 /// Keeps a backend subscribed to its target's loop; dropping it unsubscribes.
-pub struct Subscription {
-    loops: Weak<Mutex<Loops>>,
+pub struct Subscription<E> {
+    loops: Weak<Mutex<Loops<E>>>,
     target: ProbeTarget,
     id: u64,
 }
 
-impl ProbeHub {
-    /// A hub whose loops share `permits`: at most that many probes in flight.
-    pub fn new(permits: Arc<Semaphore>) -> ProbeHub {
+impl<E: From<ProbeReport> + Send + 'static> ProbeHub<E> {
+    /// A hub whose loops probe with `checker` and share `permits`: at most that many probes
+    /// in flight.
+    pub fn new(checker: Arc<dyn HealthCheck>, permits: Arc<Semaphore>) -> Self {
         ProbeHub {
+            checker,
             permits,
             loops: Arc::new(Mutex::new(HashMap::new())),
             next_id: AtomicU64::new(0),
         }
     }
 
-    /// Sends `target`'s probe results to `events` as `ServiceEvent::Probe` for `key`, starting
-    /// a loop unless one already probes that target.
+    /// Sends `target`'s probe results to `events` as reports for `key`, starting a loop
+    /// unless one already probes that target.
     pub fn subscribe(
         &self,
         target: ProbeTarget,
         key: BackendKey,
-        events: mpsc::Sender<ServiceEvent>,
-    ) -> Subscription {
+        events: mpsc::Sender<E>,
+    ) -> Subscription<E> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let subscriber = Subscriber { id, key, events };
         let mut loops = lock(&self.loops);
@@ -98,6 +115,7 @@ impl ProbeHub {
                 let task = tokio::spawn(run(
                     target.clone(),
                     Arc::clone(&subscribers),
+                    Arc::clone(&self.checker),
                     Arc::clone(&self.permits),
                 ));
                 same.push(Loop {
@@ -121,7 +139,7 @@ impl ProbeHub {
     }
 }
 
-impl Drop for Subscription {
+impl<E> Drop for Subscription<E> {
     fn drop(&mut self) {
         // The hub is gone: its loops went with it.
         let Some(loops) = self.loops.upgrade() else {
@@ -149,7 +167,7 @@ impl Drop for Subscription {
     }
 }
 
-impl Drop for ProbeHub {
+impl<E> Drop for ProbeHub<E> {
     fn drop(&mut self) {
         for l in lock(&self.loops).values().flatten() {
             l.task.abort();
@@ -168,9 +186,10 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 /// Starts are anchored (`start + interval`, not `end + interval`), so a slow probe does not
 /// stretch the detection time; the first start is jittered over one interval so a thousand
 /// backends do not probe in lockstep.
-async fn run(
+async fn run<E: From<ProbeReport>>(
     target: ProbeTarget,
-    subscribers: Arc<Mutex<Vec<Subscriber>>>,
+    subscribers: Arc<Mutex<Vec<Subscriber<E>>>>,
+    checker: Arc<dyn HealthCheck>,
     permits: Arc<Semaphore>,
 ) {
     let jitter = target.interval.mul_f64(fastrand::f64());
@@ -182,22 +201,24 @@ async fn run(
             let Ok(_permit) = permits.acquire().await else {
                 return;
             };
-            Arc::new(target.probe.check(target.addr, target.timeout).await)
+            Arc::new(
+                checker
+                    .check(&target.probe, target.addr, target.timeout)
+                    .await,
+            )
         };
-        let to: Vec<(BackendKey, mpsc::Sender<ServiceEvent>)> = lock(&subscribers)
+        let to: Vec<(BackendKey, mpsc::Sender<E>)> = lock(&subscribers)
             .iter()
             .map(|s| (s.key, s.events.clone()))
             .collect();
         for (key, events) in to {
             // A service that stopped drops its subscription soon; nothing to do meanwhile.
-            events
-                .send(ServiceEvent::Probe {
-                    key,
-                    started,
-                    result: Arc::clone(&result),
-                })
-                .await
-                .ok();
+            let report = ProbeReport {
+                key,
+                started,
+                result: Arc::clone(&result),
+            };
+            events.send(report.into()).await.ok();
         }
         next = started + target.interval;
         // Waiting for a permit or a busy service may have eaten slots: skip them rather than
@@ -250,18 +271,25 @@ mod tests {
     }
 
     /// The next probe result `rx` gets, for which backend, within a second.
-    async fn next_result(rx: &mut mpsc::Receiver<ServiceEvent>) -> (BackendKey, bool) {
+    async fn next_result(rx: &mut mpsc::Receiver<ProbeReport>) -> (BackendKey, bool) {
         match tokio::time::timeout(Duration::from_secs(1), rx.recv()).await {
-            Ok(Some(ServiceEvent::Probe { key, result, .. })) => (key, result.is_ok()),
+            Ok(Some(ProbeReport { key, result, .. })) => (key, result.is_ok()),
             other => panic!("expected a probe result, got {:?}", other.is_ok()),
         }
+    }
+
+    fn hub() -> ProbeHub<ProbeReport> {
+        ProbeHub::new(
+            Arc::new(crate::health::NetworkCheck),
+            Arc::new(Semaphore::new(8)),
+        )
     }
 
     #[tokio::test]
     async fn services_with_the_same_target_share_one_loop_until_the_last_leaves() {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("listener");
         let addr = listener.local_addr().expect("addr");
-        let hub = ProbeHub::new(Arc::new(Semaphore::new(8)));
+        let hub = hub();
         let (tx_a, mut rx_a) = mpsc::channel(16);
         let (tx_b, mut rx_b) = mpsc::channel(16);
         let a = hub.subscribe(target(addr, 10), key(0, addr), tx_a);
@@ -291,7 +319,7 @@ mod tests {
             let l = std::net::TcpListener::bind("127.0.0.1:0").expect("listener");
             l.local_addr().expect("addr")
         };
-        let hub = ProbeHub::new(Arc::new(Semaphore::new(8)));
+        let hub = hub();
         let (tx, mut rx) = mpsc::channel(16);
         let _s = hub.subscribe(target(addr, 10), key(0, addr), tx);
         assert_eq!(next_result(&mut rx).await, (key(0, addr), false));

@@ -4,7 +4,7 @@ mod http;
 pub mod state;
 mod tcp;
 
-use std::{net::SocketAddr, time::Duration};
+use std::{future::Future, net::SocketAddr, pin::Pin, time::Duration};
 
 pub use state::{HealthState, HealthStatus};
 
@@ -53,15 +53,6 @@ pub enum ProbeError {
         /// The text that was looked for.
         expected: String,
     },
-    /// A backend hostname did not resolve; made by the resolver, never by [`Probe::check`],
-    /// which is given an address.
-    #[error("cannot resolve {host}: {message}")]
-    Dns {
-        /// The name that was looked up.
-        host: String,
-        /// What the resolver said.
-        message: String,
-    },
     /// A socket error other than a refusal (unreachable, reset, ...).
     #[error("cannot probe {addr}")]
     Other {
@@ -92,14 +83,13 @@ pub enum ProbeError {
 }
 
 impl ProbeError {
-    /// A stable label for the failure: `refused`, `timeout`, `status`, `body`, `dns` or `other`.
+    /// A stable label for the failure: `refused`, `timeout`, `status`, `body` or `other`.
     pub fn reason(&self) -> &'static str {
         match self {
             ProbeError::Refused { .. } => "refused",
             ProbeError::Timeout { .. } => "timeout",
             ProbeError::Status { .. } => "status",
             ProbeError::Body { .. } => "body",
-            ProbeError::Dns { .. } => "dns",
             ProbeError::Other { .. } | ProbeError::Http { .. } | ProbeError::Request { .. } => {
                 "other"
             }
@@ -121,6 +111,36 @@ pub struct HttpCheck {
     pub expect_body: Option<String>,
 }
 
+/// What one probe saw: passed with a detail, or failed with a typed reason.
+pub type ProbeResult = Result<ProbeOk, ProbeError>;
+
+/// Runs probes (pingora's `HealthCheck` shape): [`NetworkCheck`] sends them over the
+/// network; tests script the outcomes instead.
+pub trait HealthCheck: Send + Sync + 'static {
+    /// Probes `addr` once as `probe` says; fails at `timeout` at the latest.
+    fn check<'a>(
+        &'a self,
+        probe: &'a Probe,
+        addr: SocketAddr,
+        timeout: Duration,
+    ) -> Pin<Box<dyn Future<Output = ProbeResult> + Send + 'a>>;
+}
+
+/// The real probes: a TCP connect, an HTTP exchange.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct NetworkCheck;
+
+impl HealthCheck for NetworkCheck {
+    fn check<'a>(
+        &'a self,
+        probe: &'a Probe,
+        addr: SocketAddr,
+        timeout: Duration,
+    ) -> Pin<Box<dyn Future<Output = ProbeResult> + Send + 'a>> {
+        Box::pin(probe.check(addr, timeout))
+    }
+}
+
 /// How a backend is probed.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Probe {
@@ -131,8 +151,25 @@ pub enum Probe {
 }
 
 impl Probe {
+    /// The probe a service's `health` section describes.
+    pub fn for_config(health: &crate::config::HealthConfig) -> Probe {
+        use crate::config::{HealthKind, StatusMatch};
+        match health.kind {
+            HealthKind::Tcp => Probe::Tcp,
+            HealthKind::Http => Probe::Http(HttpCheck {
+                path: health.http.path.clone(),
+                host: health.http.host.clone(),
+                expect_status: match &health.http.expect_status {
+                    StatusMatch::Range(lo, hi) => vec![(*lo, *hi)],
+                    StatusMatch::List(codes) => codes.iter().map(|&c| (c, c)).collect(),
+                },
+                expect_body: health.http.expect_body.clone(),
+            }),
+        }
+    }
+
     /// Probes `addr` once; fails with [`ProbeError::Timeout`] at `timeout` at the latest.
-    pub async fn check(&self, addr: SocketAddr, timeout: Duration) -> Result<ProbeOk, ProbeError> {
+    pub async fn check(&self, addr: SocketAddr, timeout: Duration) -> ProbeResult {
         match self {
             Probe::Tcp => tcp::check(addr, timeout).await,
             Probe::Http(check) => http::check(check, addr, timeout).await,
@@ -173,13 +210,6 @@ mod tests {
                     expected: "ok".into(),
                 },
                 "body",
-            ),
-            (
-                ProbeError::Dns {
-                    host: "db.internal".into(),
-                    message: "no records".into(),
-                },
-                "dns",
             ),
             (
                 ProbeError::Other {

@@ -13,6 +13,17 @@ pub enum HealthStatus {
     Unhealthy,
 }
 
+impl HealthStatus {
+    /// The word status, metrics and events use: `unknown`, `healthy` or `unhealthy`.
+    pub fn word(self) -> &'static str {
+        match self {
+            HealthStatus::Unknown => "unknown",
+            HealthStatus::Healthy => "healthy",
+            HealthStatus::Unhealthy => "unhealthy",
+        }
+    }
+}
+
 /// The verdict over a backend's probe results, with their current streak.
 ///
 /// From [`HealthStatus::Unknown`], whichever streak reaches its threshold

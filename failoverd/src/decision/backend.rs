@@ -1,14 +1,13 @@
-//! One backend address as the daemon tracks it: health, breaker, operator state and last probe.
+//! One backend address as the decision core tracks it: health, breaker, operator state and last probe.
 
-use std::{net::SocketAddr, time::Duration};
+use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use tokio::time::Instant;
 
 use crate::{
     breaker::{Breaker, BreakerParams},
     config::{BackendConfig, ServiceConfig},
-    control::DrainInfo,
-    health::{HealthState, HealthStatus, ProbeError, ProbeOk},
+    health::{HealthState, HealthStatus, ProbeResult},
 };
 
 /// Identifies a backend within its service: the config entry it came from and
@@ -21,21 +20,32 @@ pub struct BackendKey {
     pub addr: SocketAddr,
 }
 
-/// The last probe of a backend.
+/// An operator's drain: who, when and why. Kept in `state_dir` across restarts.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Drain {
+    /// The user who asked (from the control socket's peer credentials).
+    pub by: String,
+    /// When, in seconds since the Unix epoch.
+    pub at_unix: u64,
+    /// The operator's reason, if given.
+    pub reason: Option<String>,
+}
+
+/// The last probe of a backend, kept typed until something renders it.
 #[derive(Clone, Debug)]
 pub struct LastProbe {
     /// How long it took.
     pub latency: Duration,
-    /// `Ok(detail)` or `Err((reason, message))`.
-    pub outcome: Result<String, (&'static str, String)>,
+    /// What it saw (shared with every service probing the same target).
+    pub result: Arc<ProbeResult>,
 }
 
-/// Everything the daemon knows about one backend address.
+/// Everything the core knows about one backend address.
 #[derive(Debug)]
-pub struct BackendState {
+pub struct Backend {
     /// Where it came from and where traffic goes.
     pub key: BackendKey,
-    /// Name used by status, logs and (later) drain: the configured name, or
+    /// Name used by status, logs and drain: the configured name, or
     /// `name@ip:port` for each address of a hostname backend.
     pub name: String,
     /// Where probes go (the traffic address, or its `health.port`).
@@ -51,53 +61,52 @@ pub struct BackendState {
     /// Ejects it when it keeps failing.
     pub breaker: Breaker,
     /// Set while an operator holds it out of new connections (still probed).
-    pub drain: Option<DrainInfo>,
+    pub drain: Option<Drain>,
     /// The most recent probe.
     pub last_probe: Option<LastProbe>,
-    /// When its state (health or breaker) last changed.
+    /// When its state (health, breaker or drain) last changed.
     pub since: Instant,
     /// After this, no first verdict yet counts as a verdict of "not live" (see [`Self::has_verdict`]).
     pub verdict_due: Instant,
+    /// Its hostname no longer resolves to it, but it keeps taking connections until the
+    /// addresses that replaced it have their first verdicts (make before break).
+    pub retiring: bool,
 }
 
-impl BackendState {
-    /// A backend with no verdict yet: never silently healthy.
+impl Backend {
+    /// A backend with no verdict yet, seen first at `now`: never silently healthy.
     pub fn new(
         service: &ServiceConfig,
         config: &BackendConfig,
         key: BackendKey,
         from_hostname: bool,
         id: u32,
+        now: Instant,
     ) -> Self {
-        let probe_port = service.health.port.unwrap_or(key.addr.port());
         let h = &service.health;
-        // Enough probes for a first verdict either way, plus one interval of
-        // start jitter; a backend that alternates pass/fail never completes a
-        // streak, and must not hold its VIP's table hostage.
-        let verdict_wait = h.interval * (h.rise.max(h.fall) + 1) + h.timeout;
-        let now = Instant::now();
-        BackendState {
+        Backend {
             key,
             name: if from_hostname {
                 format!("{}@{}", config.name, key.addr)
             } else {
                 config.name.clone()
             },
-            probe_addr: SocketAddr::new(key.addr.ip(), probe_port),
+            probe_addr: SocketAddr::new(key.addr.ip(), h.probe_port(key.addr.port())),
             weight: config.weight,
             priority: config.priority,
             id,
-            health: HealthState::new(service.health.rise, service.health.fall),
+            health: HealthState::new(h.rise, h.fall),
             breaker: Breaker::new(BreakerParams {
                 failures: service.breaker.failures,
                 open_for: service.breaker.open_for,
                 max_open_for: service.breaker.max_open_for,
-                rise: service.health.rise,
+                rise: h.rise,
             }),
             drain: None,
             last_probe: None,
             since: now,
-            verdict_due: now + verdict_wait,
+            verdict_due: after(now, first_verdict_wait(service)),
+            retiring: false,
         }
     }
 
@@ -121,25 +130,26 @@ impl BackendState {
         } else if self.breaker.is_open() {
             "ejected"
         } else {
-            match self.health.status() {
-                HealthStatus::Unknown => "unknown",
-                HealthStatus::Healthy => "healthy",
-                HealthStatus::Unhealthy => "unhealthy",
-            }
+            self.health.status().word()
         }
     }
-
-    /// Records a probe result.
-    pub fn record(&mut self, started: Instant, result: &Result<ProbeOk, ProbeError>) {
-        self.last_probe = Some(match result {
-            Ok(ok) => LastProbe {
-                latency: ok.latency,
-                outcome: Ok(ok.detail.clone()),
-            },
-            Err(e) => LastProbe {
-                latency: started.elapsed(),
-                outcome: Err((e.reason(), e.to_string())),
-            },
-        });
-    }
 }
+
+/// How long a backend may go without a first verdict before it counts as not live: enough
+/// probes for a verdict either way, plus one interval of start jitter. A backend that
+/// alternates pass/fail never completes a streak and must not hold its VIP's table hostage.
+/// Saturating: a huge interval must not panic the daemon.
+pub(crate) fn first_verdict_wait(service: &ServiceConfig) -> Duration {
+    let h = &service.health;
+    h.interval
+        .saturating_mul(h.rise.max(h.fall).saturating_add(1))
+        .saturating_add(h.timeout)
+}
+
+/// `now + wait`, or [`FAR_FUTURE`] from now when that overflows.
+pub(crate) fn after(now: Instant, wait: Duration) -> Instant {
+    now.checked_add(wait).unwrap_or(now + FAR_FUTURE)
+}
+
+/// A stand-in for "never" that `Instant` arithmetic cannot overflow: thirty years.
+pub(crate) const FAR_FUTURE: Duration = Duration::from_secs(30 * 365 * 86_400);

@@ -1,0 +1,380 @@
+//! The daemon's side of the control API: the one place that turns daemon answers into the
+//! API's wire types and sentences (`status`, `explain`, `events`).
+//!
+//! It lives beside the daemon rather than in `control/` because the daemon serves the API
+//! (`daemon::run` owns the control server): `control/` knows the protocol, the server and
+//! the client, and nothing of the daemon.
+
+use std::{
+    collections::HashMap,
+    net::SocketAddr,
+    path::PathBuf,
+    sync::Mutex,
+    time::{SystemTime, UNIX_EPOCH},
+};
+
+use super::{
+    events::{Event, EventsAfter},
+    service::{DrainChange, DrainError},
+    DaemonError, DaemonHandle, DrainStore, ReloadReport,
+};
+use crate::{
+    config::{self, ServiceConfig},
+    control::{
+        BackendReport, Caller, ControlError, ControlHandler, DrainInfo, DrainRequest, EventRecord,
+        EventsReport, ExplainReport, FailbackRequest, OutBackend, ProbeReport, ReachableBackend,
+        ServiceReport, StatusReport, UndrainRequest,
+    },
+    datapath::{PinnedMaps, Protocol},
+    decision::{Drain, Explanation, OutReason, ServiceStatus},
+    health::HealthStatus,
+};
+
+/// Answers the control API from a running daemon.
+pub struct DaemonApi {
+    handle: DaemonHandle,
+    store: DrainStore,
+    config_path: PathBuf,
+    /// Kernel counters, read straight from the pinned maps (None with a fake datapath).
+    counters: Option<Mutex<PinnedMaps>>,
+}
+
+impl DaemonApi {
+    /// A handler for `handle`, persisting drains in `store`, reloading from `config_path`.
+    pub fn new(
+        handle: DaemonHandle,
+        store: DrainStore,
+        config_path: PathBuf,
+        counters: Option<PinnedMaps>,
+    ) -> Self {
+        DaemonApi {
+            handle,
+            store,
+            config_path,
+            counters: counters.map(Mutex::new),
+        }
+    }
+
+    fn kernel_connects(&self, id: u32) -> u64 {
+        let Some(maps) = &self.counters else { return 0 };
+        match super::lock(maps).counters(id) {
+            Ok(c) => c.connects,
+            Err(e) => {
+                tracing::warn!(id, error = %e, "could not read kernel counters");
+                0
+            }
+        }
+    }
+
+    /// One service's report; `configs` is the running config's services by name.
+    fn report(&self, s: ServiceStatus, configs: &HashMap<&str, &ServiceConfig>) -> ServiceReport {
+        let service = configs.get(s.name.as_str());
+        let mut backends: Vec<BackendReport> = s
+            .backends
+            .into_iter()
+            .map(|b| BackendReport {
+                kernel_connects: self.kernel_connects(b.id),
+                name: b.name,
+                address: b.addr.to_string(),
+                state: b.state.to_string(),
+                weight: b.weight,
+                priority: b.priority,
+                in_table: b.in_table,
+                last_probe: b.last_probe.map(|p| ProbeReport {
+                    ok: p.result.is_ok(),
+                    detail: match &*p.result {
+                        Ok(ok) => ok.detail.clone(),
+                        Err(e) => format!("{}: {e}", e.reason()),
+                    },
+                    latency_ms: p.latency.as_secs_f64() * 1000.0,
+                }),
+                in_state_seconds: b.in_state_for.as_secs_f64(),
+                ejections: b.ejections,
+                drain: b.drain.map(drain_info),
+            })
+            .collect();
+        // A backend whose name resolves to nothing shows as such, not as missing.
+        for (name, address) in s.unresolved {
+            let entry = service.and_then(|c| c.backends.iter().find(|b| b.name == name));
+            backends.push(BackendReport {
+                name,
+                address,
+                state: "unresolved".into(),
+                weight: entry.map_or(0, |b| b.weight),
+                priority: entry.map_or(0, |b| b.priority),
+                in_table: false,
+                last_probe: None,
+                in_state_seconds: 0.0,
+                ejections: 0,
+                kernel_connects: 0,
+                drain: None,
+            });
+        }
+        ServiceReport {
+            name: s.name,
+            vip: s.vip.addr.to_string(),
+            protocol: s.vip.protocol.to_string(),
+            active_priority: s.active_priority,
+            ready: s.ready,
+            panic: s.panic,
+            on_all_down: service
+                .map(|c| c.on_all_down.to_string())
+                .unwrap_or_default(),
+            failback: service.map(|c| c.failback.to_string()).unwrap_or_default(),
+            backends,
+        }
+    }
+}
+
+fn drain_info(d: Drain) -> DrainInfo {
+    DrainInfo {
+        by: d.by,
+        at_unix: d.at_unix,
+        reason: d.reason,
+    }
+}
+
+fn daemon_error(e: DaemonError) -> ControlError {
+    match e {
+        DaemonError::UnknownService { .. } | DaemonError::UnknownVip { .. } => {
+            ControlError::NotFound(e.to_string())
+        }
+        DaemonError::NeedsRestart { .. } | DaemonError::AmbiguousVip { .. } => {
+            ControlError::Invalid(e.to_string())
+        }
+        other => ControlError::Failed(other.to_string()),
+    }
+}
+
+fn drain_error(e: DrainError) -> ControlError {
+    match &e {
+        DrainError::Refused(r) if r.is_not_found() => ControlError::NotFound(e.to_string()),
+        DrainError::UnknownService { .. } => ControlError::NotFound(e.to_string()),
+        DrainError::Refused(_) => ControlError::Invalid(e.to_string()),
+        DrainError::Persist(source) => ControlError::Failed(format!("{e}: {source}")),
+        DrainError::NotWritten | DrainError::Stopped => ControlError::Failed(e.to_string()),
+    }
+}
+
+/// Why a backend is out, as `explain` says it.
+fn out_sentence(reason: &OutReason) -> String {
+    match reason {
+        OutReason::Drained(d) => format!(
+            "drained by {}{}",
+            d.by,
+            d.reason
+                .as_ref()
+                .map(|r| format!(": {r}"))
+                .unwrap_or_default()
+        ),
+        OutReason::Ejected { ejections: 1 } => {
+            "ejected by the breaker (first ejection)".to_string()
+        }
+        OutReason::Ejected { ejections } => {
+            format!("ejected by the breaker ({ejections} ejections)")
+        }
+        OutReason::Unknown => "unknown: no verdict yet".to_string(),
+        OutReason::Unhealthy(Some(evidence)) => format!("unhealthy: {evidence}"),
+        OutReason::Unhealthy(None) => HealthStatus::Unhealthy.word().to_string(),
+        OutReason::WeightZero => "weight 0".to_string(),
+        OutReason::Standby { priority, active } => {
+            format!("standby: priority {priority} while priority {active} takes connections")
+        }
+        OutReason::NotManagedYet => {
+            "not managed yet: waiting for every backend's first verdict".to_string()
+        }
+        OutReason::NotInTable => "not in the table".to_string(),
+    }
+}
+
+fn explain_report(e: Explanation) -> ExplainReport {
+    ExplainReport {
+        vip: e.vip.addr.to_string(),
+        service: e.service,
+        active_priority: e.active_priority,
+        refused: e.refused,
+        panic: e.panic,
+        reachable: e
+            .reachable
+            .into_iter()
+            .map(|(name, addr, share_percent)| ReachableBackend {
+                name,
+                address: addr.to_string(),
+                share_percent,
+            })
+            .collect(),
+        out: e
+            .out
+            .into_iter()
+            .map(|(name, addr, reason)| OutBackend {
+                name,
+                address: addr.to_string(),
+                reason: out_sentence(&reason),
+            })
+            .collect(),
+    }
+}
+
+fn events_report(after: EventsAfter) -> EventsReport {
+    EventsReport {
+        events: after
+            .events
+            .into_iter()
+            .map(|e| EventRecord {
+                seq: e.seq,
+                at_unix_ms: e.at_unix_ms,
+                kind: e.kind.to_string(),
+                service: e.service,
+                backend: e.backend,
+                from: e.from,
+                to: e.to,
+                detail: e.detail,
+            })
+            .collect(),
+        next: after.next,
+    }
+}
+
+fn reload_report(r: ReloadReport) -> crate::control::ReloadReport {
+    crate::control::ReloadReport {
+        added: r.added,
+        removed: r.removed,
+        changed: r.changed,
+        unchanged: r.unchanged,
+    }
+}
+
+fn now_unix() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+impl ControlHandler for DaemonApi {
+    async fn status(&self) -> Result<StatusReport, ControlError> {
+        let services = self.handle.status().await.map_err(daemon_error)?;
+        // One copy of the config and one index for the whole report: per service, they made
+        // `status` quadratic (minutes at 10,000 services).
+        let config = self.handle.config();
+        let configs: HashMap<&str, &ServiceConfig> = config
+            .services
+            .iter()
+            .map(|c| (c.name.as_str(), c))
+            .collect();
+        Ok(StatusReport {
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            services: services
+                .into_iter()
+                .map(|s| self.report(s, &configs))
+                .collect(),
+        })
+    }
+
+    async fn drain(&self, caller: Caller, request: DrainRequest) -> Result<(), ControlError> {
+        let change = DrainChange::Drain {
+            drain: Drain {
+                by: caller.user,
+                at_unix: now_unix(),
+                reason: request.reason,
+            },
+            force: request.force,
+        };
+        self.handle
+            .set_drain(&self.store, &request.service, &request.backend, change)
+            .await
+            .map_err(drain_error)
+    }
+
+    async fn undrain(&self, _caller: Caller, request: UndrainRequest) -> Result<(), ControlError> {
+        self.handle
+            .set_drain(
+                &self.store,
+                &request.service,
+                &request.backend,
+                DrainChange::Undrain,
+            )
+            .await
+            .map_err(drain_error)
+    }
+
+    async fn failback(
+        &self,
+        _caller: Caller,
+        request: FailbackRequest,
+    ) -> Result<(), ControlError> {
+        self.handle
+            .failback(&request.service)
+            .await
+            .map_err(daemon_error)
+    }
+
+    async fn reload(&self, caller: Caller) -> Result<crate::control::ReloadReport, ControlError> {
+        tracing::info!(by = %caller.user, path = %self.config_path.display(), "reload requested");
+        // Parsing is CPU work on untrusted-size input: never on an async worker.
+        let path = self.config_path.clone();
+        let loaded = tokio::task::spawn_blocking(move || config::load(&path))
+            .await
+            .map_err(|e| ControlError::Failed(format!("config parser task failed: {e}")))?;
+        let result = match loaded {
+            Ok(new) => self
+                .handle
+                .reload(new)
+                .await
+                .map(reload_report)
+                .map_err(daemon_error),
+            Err(e) => Err(ControlError::BadConfig(e.to_string())),
+        };
+        if let Err(e) = &result {
+            tracing::error!(error = %e, "reload refused: the running config is unchanged");
+        }
+        crate::metrics::reload(result.is_ok());
+        let detail = match &result {
+            Ok(r) => format!(
+                "by {}: added {:?}, removed {:?}, changed {:?}",
+                caller.user, r.added, r.removed, r.changed
+            ),
+            Err(e) => format!("by {}: refused: {e}", caller.user),
+        };
+        self.handle.events().emit(Event {
+            kind: "reload",
+            service: "",
+            backend: None,
+            from: None,
+            to: Some(if result.is_ok() { "ok" } else { "error" }.to_string()),
+            detail,
+        });
+        result
+    }
+
+    async fn events(&self, after: u64, wait: bool) -> Result<EventsReport, ControlError> {
+        // Under the client's 10 s request timeout, with room to spare.
+        const HOLD: std::time::Duration = std::time::Duration::from_secs(5);
+        Ok(events_report(if wait {
+            self.handle.events().wait_after(after, HOLD).await
+        } else {
+            self.handle.events().after(after)
+        }))
+    }
+
+    async fn explain(
+        &self,
+        vip: String,
+        protocol: Option<String>,
+    ) -> Result<ExplainReport, ControlError> {
+        let addr: SocketAddr = vip.parse().map_err(|_| {
+            ControlError::Invalid(format!(
+                "`{vip}` is not a VIP: expected ip:port ([ipv6]:port)"
+            ))
+        })?;
+        let protocol: Option<Protocol> = match protocol.as_deref() {
+            None => None,
+            Some(p) => Some(p.parse().map_err(ControlError::Invalid)?),
+        };
+        self.handle
+            .explain(addr, protocol)
+            .await
+            .map(explain_report)
+            .map_err(daemon_error)
+    }
+}

@@ -1,0 +1,131 @@
+//! A backend entry's addresses: joining, make-before-break retirement, and removal.
+//!
+//! An IP backend has one address for life. A hostname backend has whatever its name
+//! resolves to; when the answer changes, a live address that is no longer in it keeps its
+//! connections until every address that replaced it has a first verdict, so a DNS change
+//! never leaves a gap while the new address is probed for the first time.
+
+use std::net::SocketAddr;
+
+use tokio::time::Instant;
+
+use super::{
+    backend::{Backend, BackendKey},
+    input::CounterIds,
+    service::ServiceState,
+    transition::Transition,
+};
+use crate::config::BackendAddress;
+
+impl ServiceState {
+    /// Sets the addresses of one config entry: new ones join (unknown until probed), gone
+    /// ones leave (a live one only once its replacements have verdicts).
+    pub(super) fn set_addrs(
+        &mut self,
+        config_index: usize,
+        addrs: &[SocketAddr],
+        now: Instant,
+        ids: &mut dyn CounterIds,
+        out: &mut Vec<Transition>,
+    ) {
+        let Some(entry) = self.config.backends.get(config_index).cloned() else {
+            return; // Not an entry of this service's config: nothing to set.
+        };
+        let gone: Vec<BackendKey> = self
+            .backends
+            .keys()
+            .filter(|k| k.config_index == config_index && !addrs.contains(&k.addr))
+            .copied()
+            .collect();
+        for key in gone {
+            let b = &mut self.backends.get_mut(&key).expect("listed above");
+            if b.is_live() && !addrs.is_empty() {
+                if !b.retiring {
+                    b.retiring = true;
+                    out.push(Transition::AddressRetiring {
+                        backend: b.name.clone(),
+                    });
+                }
+            } else {
+                self.remove_backend(&key, "address no longer resolves", ids, out);
+            }
+        }
+        for &addr in addrs {
+            let key = BackendKey { config_index, addr };
+            if let Some(b) = self.backends.get_mut(&key) {
+                // The name resolves to it again: it stays.
+                b.retiring = false;
+                continue;
+            }
+            let id = match self.adopted_ids.get(&addr) {
+                Some(&id) => id,
+                None => match ids.allocate() {
+                    Ok(id) => id,
+                    Err(e) => {
+                        out.push(Transition::AddressRefused {
+                            addr,
+                            why: e.to_string(),
+                        });
+                        continue;
+                    }
+                },
+            };
+            let from_hostname = matches!(entry.address, BackendAddress::Host { .. });
+            let mut backend = Backend::new(&self.config, &entry, key, from_hostname, id, now);
+            // Drains are keyed by backend name, which for a hostname's addresses is only
+            // known here.
+            backend.drain = self.drains.get(&backend.name).cloned();
+            if from_hostname {
+                out.push(Transition::AddressAdded {
+                    backend: backend.name.clone(),
+                });
+            }
+            self.backends.insert(key, backend);
+        }
+    }
+
+    /// Removes retiring addresses whose replacements (the entry's other addresses) all have
+    /// verdicts, or that are no longer live themselves.
+    pub(super) fn retire_replaced(
+        &mut self,
+        now: Instant,
+        ids: &mut dyn CounterIds,
+        out: &mut Vec<Transition>,
+    ) {
+        let done: Vec<BackendKey> = self
+            .backends
+            .iter()
+            .filter(|(key, b)| {
+                b.retiring
+                    && (!b.is_live()
+                        || self.backends.iter().all(|(k, o)| {
+                            k.config_index != key.config_index || o.retiring || o.has_verdict(now)
+                        }))
+            })
+            .map(|(k, _)| *k)
+            .collect();
+        for key in done {
+            self.remove_backend(&key, "address replaced", ids, out);
+        }
+    }
+
+    /// Forgets a backend and frees its id (unless an adopted table gave it: the address may
+    /// come back and continue its counters).
+    fn remove_backend(
+        &mut self,
+        key: &BackendKey,
+        why: &'static str,
+        ids: &mut dyn CounterIds,
+        out: &mut Vec<Transition>,
+    ) {
+        if let Some(b) = self.backends.remove(key) {
+            if !self.adopted_ids.values().any(|&id| id == b.id) {
+                ids.release(b.id);
+            }
+            out.push(Transition::AddressRemoved {
+                backend: b.name,
+                why,
+            });
+        }
+    }
+}

@@ -1,0 +1,108 @@
+//! What the decision core reacts to: typed inputs, and why an operator's input can be refused.
+
+use std::{net::SocketAddr, sync::Arc};
+
+use tokio::time::Instant;
+
+use super::backend::{BackendKey, Drain};
+use crate::{datapath::IdsExhausted, health::ProbeResult};
+
+/// One input to a service's decision core.
+///
+/// Every source of evidence about a backend is a variant here, so that one place decides
+/// which backends of a VIP take new connections. Kernel-observed connect outcomes (passive
+/// health), role answers of database checks and fleet-wide drains are the next inputs to
+/// land here.
+#[derive(Clone, Debug)]
+pub enum Input {
+    /// A probe finished.
+    Probe {
+        /// Which backend.
+        key: BackendKey,
+        /// When the probe started.
+        started: Instant,
+        /// What it saw (shared by every service probing the same target).
+        result: Arc<ProbeResult>,
+    },
+    /// A backend entry now resolves to these addresses (an IP backend: its one address).
+    Addrs {
+        /// Index of the backend in the service's config.
+        config_index: usize,
+        /// Its addresses, with the configured port, already filtered to the VIP's family.
+        addrs: Vec<SocketAddr>,
+    },
+    /// An operator holds a backend out of new connections (`failoverd drain`).
+    Drain {
+        /// Backend name.
+        backend: String,
+        /// Who, when, why.
+        drain: Drain,
+        /// Allow draining the last live backend.
+        force: bool,
+    },
+    /// An operator puts a drained backend back (`failoverd undrain`).
+    Undrain {
+        /// Backend name.
+        backend: String,
+    },
+    /// An operator sends traffic back to the best live priority (`failback: manual`).
+    Failback,
+    /// Time passed: breaker periods may have ended, first verdicts may be overdue.
+    Tick,
+}
+
+/// Why the core refused an operator's input; nothing changed.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Refused {
+    /// No backend has that name.
+    #[error("service {service} has no backend `{backend}` (it has: {})", known.join(", "))]
+    UnknownBackend {
+        /// The service.
+        service: String,
+        /// The name asked for.
+        backend: String,
+        /// The names it has.
+        known: Vec<String>,
+    },
+    /// Draining it would leave the VIP with nothing live while it has something live now.
+    #[error("{backend} is the last live backend {service} can send connections to (no other backend, of any priority, could take over); draining it leaves the VIP without one: pass --force to drain it anyway")]
+    LastLive {
+        /// The service.
+        service: String,
+        /// The backend.
+        backend: String,
+    },
+    /// Undrain of a backend that is not drained.
+    #[error("{backend} of {service} is not drained: nothing to undrain")]
+    NotDrained {
+        /// The service.
+        service: String,
+        /// The backend.
+        backend: String,
+    },
+}
+
+impl Refused {
+    /// Whether the input named something that does not exist (as opposed to a refused action).
+    pub fn is_not_found(&self) -> bool {
+        matches!(self, Refused::UnknownBackend { .. })
+    }
+}
+
+/// Where the core gets counter ids for addresses that join, and returns those that leave.
+pub trait CounterIds {
+    /// A fresh id.
+    fn allocate(&mut self) -> Result<u32, IdsExhausted>;
+    /// Makes `id` available again.
+    fn release(&mut self, id: u32);
+}
+
+impl CounterIds for crate::datapath::IdAllocator {
+    fn allocate(&mut self) -> Result<u32, IdsExhausted> {
+        crate::datapath::IdAllocator::allocate(self)
+    }
+
+    fn release(&mut self, id: u32) {
+        crate::datapath::IdAllocator::release(self, id);
+    }
+}

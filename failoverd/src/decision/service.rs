@@ -1,0 +1,524 @@
+//! One service's decision core: inputs in, the VIP's table and typed transitions out.
+//!
+//! Synchronous and deterministic: no channels, no clock reads (every input comes with
+//! `now`), no metrics, no logging. The daemon's shell feeds it and acts on what it returns;
+//! tests feed it a script.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    net::SocketAddr,
+    sync::Arc,
+};
+
+use tokio::time::Instant;
+
+use super::{
+    backend::{after, first_verdict_wait, Backend, BackendKey, Drain, LastProbe},
+    input::{CounterIds, Input, Refused},
+    transition::{Decision, Evidence, Transition},
+};
+use crate::{
+    breaker::may_eject,
+    config::{Failback, OnAllDown, ServiceConfig},
+    datapath::{TableBackend, Vip, VipTable},
+    health::ProbeResult,
+    select::{select, AllDown, Candidate, FailbackMode, Selection},
+};
+
+/// The state of one service and the rules that turn inputs into its VIP's table.
+#[derive(Debug)]
+pub struct ServiceState {
+    pub(super) config: ServiceConfig,
+    pub(super) vip: Vip,
+    pub(super) vip_id: u32,
+    pub(super) backends: BTreeMap<BackendKey, Backend>,
+    /// Ids an adopted table gave to addresses, reused so kernel counters continue.
+    pub(super) adopted_ids: HashMap<SocketAddr, u32>,
+    /// Drains by backend name, applied as backends appear (a hostname's addresses come late).
+    pub(super) drains: BTreeMap<String, Drain>,
+    /// The priority traffic goes to, as last decided (or as the adopted table shows).
+    pub(super) active: Option<u8>,
+    /// Whether the last decision was panic mode.
+    pub(super) panic: bool,
+    /// The table last decided, or the one adopted from the kernel before that.
+    pub(super) table: Option<VipTable>,
+    /// Every backend had its first verdict: the core manages the table.
+    pub(super) managed: bool,
+    /// An operator asked for a failback: the next decision ignores `failback: manual` once.
+    failback_requested: bool,
+    /// After this, a service none of whose backends has an address yet (unresolved
+    /// hostnames) stops holding up readiness.
+    resolve_due: Instant,
+}
+
+impl ServiceState {
+    /// A service with no backends yet (feed [`Input::Addrs`] for each config entry).
+    ///
+    /// `adopted` is the table the kernel holds for the VIP (pinned by an earlier run, or the
+    /// last table of the service a reload replaced): it is left exactly as it is until every
+    /// backend has a first verdict, and it tells where traffic goes now — so a restart or a
+    /// reload neither counts a failover that did not happen nor undoes a manual failover.
+    pub fn new(
+        config: ServiceConfig,
+        vip_id: u32,
+        adopted: Option<VipTable>,
+        drains: BTreeMap<String, Drain>,
+        now: Instant,
+    ) -> Self {
+        ServiceState {
+            resolve_due: after(now, first_verdict_wait(&config)),
+            vip: config.vip(),
+            vip_id,
+            backends: BTreeMap::new(),
+            adopted_ids: adopted
+                .iter()
+                .flat_map(|t| t.backends.iter().map(|b| (b.addr, b.id)))
+                .collect(),
+            drains,
+            active: None,
+            panic: false,
+            table: adopted,
+            managed: false,
+            failback_requested: false,
+            config,
+        }
+    }
+
+    /// The service's config.
+    pub fn config(&self) -> &ServiceConfig {
+        &self.config
+    }
+
+    /// The VIP's counter id.
+    pub fn vip_id(&self) -> u32 {
+        self.vip_id
+    }
+
+    /// Whether every backend had its first verdict and the core manages the table.
+    pub fn is_managed(&self) -> bool {
+        self.managed
+    }
+
+    /// Whether the VIP serves what its verdicts allow (what readiness means): the table is
+    /// managed, or no backend has an address yet and it is past the time a first verdict
+    /// was due — then an adopted table is left serving as it was, and the unresolved
+    /// backends are reported as such rather than holding the whole daemon unready.
+    pub fn is_settled(&self, now: Instant) -> bool {
+        self.managed || (self.backends.is_empty() && now >= self.resolve_due)
+    }
+
+    /// Names and `host:port` of the config entries with no address yet.
+    pub fn unresolved(&self) -> Vec<(String, String)> {
+        self.config
+            .backends
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| !self.backends.keys().any(|k| k.config_index == *i))
+            .map(|(_, b)| (b.name.clone(), b.address.to_string()))
+            .collect()
+    }
+
+    /// The priority new connections go to, once the table is managed.
+    pub fn active_priority(&self) -> Option<u8> {
+        self.active.filter(|_| self.managed)
+    }
+
+    /// Whether panic mode is in force.
+    pub fn is_panicking(&self) -> bool {
+        self.managed && self.panic
+    }
+
+    /// The table last decided or adopted.
+    pub fn table(&self) -> Option<&VipTable> {
+        self.table.as_ref()
+    }
+
+    /// The backends, in key order.
+    pub fn backends(&self) -> impl Iterator<Item = &Backend> {
+        self.backends.values()
+    }
+
+    /// When the core next needs a [`Input::Tick`]: a breaker's open period ends, or (before
+    /// the table is managed) a first verdict becomes overdue.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        let breakers = self
+            .backends
+            .values()
+            .filter_map(|b| b.breaker.next_deadline());
+        let verdicts = self
+            .backends
+            .values()
+            .filter(|_| !self.managed)
+            .map(|b| b.verdict_due);
+        let resolve = (!self.managed).then_some(self.resolve_due);
+        breakers.chain(verdicts).chain(resolve).min()
+    }
+
+    /// Feeds one input observed at `now`. Operator inputs can be refused, and then change
+    /// nothing; every other input is always taken.
+    pub fn handle(
+        &mut self,
+        input: Input,
+        now: Instant,
+        ids: &mut dyn CounterIds,
+    ) -> Result<Decision, Refused> {
+        let mut out = Vec::new();
+        let changed = match input {
+            Input::Probe {
+                key,
+                started,
+                result,
+            } => self.probe(key, started, result, now, &mut out),
+            Input::Addrs {
+                config_index,
+                addrs,
+            } => {
+                self.set_addrs(config_index, &addrs, now, ids, &mut out);
+                true
+            }
+            Input::Drain {
+                backend,
+                drain,
+                force,
+            } => {
+                self.drain(&backend, drain, force, now, &mut out)?;
+                true
+            }
+            Input::Undrain { backend } => {
+                self.undrain(&backend, now, &mut out)?;
+                true
+            }
+            Input::Failback => {
+                out.push(Transition::FailbackRequested { from: self.active });
+                self.failback_requested = true;
+                true
+            }
+            Input::Tick => {
+                self.tick(now, &mut out);
+                true
+            }
+        };
+        self.retire_replaced(now, ids, &mut out);
+        // Most probe results change nothing; until the table is managed, time alone (an
+        // overdue first verdict) can change the outcome.
+        let table = if changed || !self.managed {
+            self.decide(now, &mut out)
+        } else {
+            None
+        };
+        Ok(Decision {
+            table,
+            transitions: out,
+        })
+    }
+
+    /// Whether draining `backend` would be refused, without draining it (the shell asks
+    /// before it persists the drain).
+    pub fn check_drain(&self, backend: &str, force: bool) -> Result<(), Refused> {
+        let key = self.key_of(backend)?;
+        if !force && self.drain_leaves_nothing_live(&key) {
+            return Err(Refused::LastLive {
+                service: self.config.name.clone(),
+                backend: backend.to_string(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Whether undraining `backend` would be refused.
+    pub fn check_undrain(&self, backend: &str) -> Result<(), Refused> {
+        let key = self.key_of(backend)?;
+        if self.backends[&key].drain.is_none() {
+            return Err(Refused::NotDrained {
+                service: self.config.name.clone(),
+                backend: backend.to_string(),
+            });
+        }
+        Ok(())
+    }
+
+    fn key_of(&self, backend: &str) -> Result<BackendKey, Refused> {
+        self.backends
+            .iter()
+            .find(|(_, b)| b.name == backend)
+            .map(|(k, _)| *k)
+            .ok_or_else(|| Refused::UnknownBackend {
+                service: self.config.name.clone(),
+                backend: backend.to_string(),
+                known: self.backends.values().map(|b| b.name.clone()).collect(),
+            })
+    }
+
+    /// Records a probe result; returns whether it changed anything selection looks at.
+    fn probe(
+        &mut self,
+        key: BackendKey,
+        started: Instant,
+        result: Arc<ProbeResult>,
+        now: Instant,
+        out: &mut Vec<Transition>,
+    ) -> bool {
+        let Some(priority) = self.backends.get(&key).map(|b| b.priority) else {
+            return false; // A result for an address removed meanwhile.
+        };
+        let (group, ejected) = self
+            .backends
+            .values()
+            .filter(|b| b.priority == priority)
+            .fold((0, 0), |(n, e), b| {
+                (n + 1, e + usize::from(b.breaker.is_open()))
+            });
+        let may = may_eject(group, ejected, self.config.breaker.max_ejected_percent);
+        let b = self.backends.get_mut(&key).expect("checked above");
+        let passed = result.is_ok();
+        b.last_probe = Some(LastProbe {
+            latency: match &*result {
+                Ok(ok) => ok.latency,
+                Err(_) => now.saturating_duration_since(started),
+            },
+            result: Arc::clone(&result),
+        });
+        let mut changed = false;
+        if let Some(to) = b.health.observe(passed) {
+            changed = true;
+            b.since = now;
+            out.push(Transition::Health {
+                backend: b.name.clone(),
+                addr: key.addr,
+                to,
+                evidence: Evidence(Arc::clone(&result)),
+            });
+        }
+        if let Some(event) = b.breaker.observe(passed, now, may) {
+            changed = true;
+            b.since = now;
+            out.extend(breaker_transition(&b.name, event, Some(Evidence(result))));
+        }
+        changed
+    }
+
+    fn tick(&mut self, now: Instant, out: &mut Vec<Transition>) {
+        for b in self.backends.values_mut() {
+            if let Some(event) = b.breaker.tick(now) {
+                b.since = now;
+                out.extend(breaker_transition(&b.name, event, None));
+            }
+        }
+    }
+
+    fn drain(
+        &mut self,
+        backend: &str,
+        drain: Drain,
+        force: bool,
+        now: Instant,
+        out: &mut Vec<Transition>,
+    ) -> Result<(), Refused> {
+        self.check_drain(backend, force)?;
+        let key = self.key_of(backend)?;
+        self.drains.insert(backend.to_string(), drain.clone());
+        let b = self.backends.get_mut(&key).expect("found by key_of");
+        b.drain = Some(drain.clone());
+        b.since = now;
+        out.push(Transition::Drained {
+            backend: backend.to_string(),
+            drain,
+        });
+        Ok(())
+    }
+
+    fn undrain(
+        &mut self,
+        backend: &str,
+        now: Instant,
+        out: &mut Vec<Transition>,
+    ) -> Result<(), Refused> {
+        self.check_undrain(backend)?;
+        let key = self.key_of(backend)?;
+        self.drains.remove(backend);
+        let b = self.backends.get_mut(&key).expect("found by key_of");
+        b.drain = None;
+        b.since = now;
+        out.push(Transition::Undrained {
+            backend: backend.to_string(),
+        });
+        Ok(())
+    }
+
+    /// The selection candidates, in `self.backends` order. `also_drained` counts as drained,
+    /// to ask what a drain would do before doing it.
+    fn candidates(&self, also_drained: Option<&BackendKey>) -> Vec<Candidate> {
+        self.backends
+            .iter()
+            .map(|(key, b)| Candidate {
+                priority: b.priority,
+                weight: b.weight,
+                live: b.is_live(),
+                drained: b.drain.is_some() || also_drained == Some(key),
+            })
+            .collect()
+    }
+
+    /// What traffic goes to, given `candidates`, the service's policies and where traffic
+    /// goes now.
+    fn select(&self, candidates: &[Candidate]) -> Selection {
+        let all_down = match self.config.on_all_down {
+            OnAllDown::Reject => AllDown::Reject,
+            OnAllDown::Panic => AllDown::Panic,
+        };
+        let failback = match self.config.failback {
+            Failback::Auto => FailbackMode::Auto,
+            Failback::Manual => FailbackMode::Manual,
+        };
+        let current = if self.failback_requested {
+            None
+        } else {
+            self.active
+        };
+        select(candidates, all_down, failback, current)
+    }
+
+    /// Whether draining `key` would leave the VIP with no live backend while it has one now
+    /// (the standby of another priority taking over counts as live: that is what a drain of a
+    /// primary is for).
+    fn drain_leaves_nothing_live(&self, key: &BackendKey) -> bool {
+        let serves_live = |s: &Selection| matches!(s, Selection::Group { .. });
+        serves_live(&self.select(&self.candidates(None)))
+            && !serves_live(&self.select(&self.candidates(Some(key))))
+    }
+
+    /// The priority of the backends the adopted table sends to (`None` when it refuses or
+    /// names none of this service's addresses).
+    fn adopted_priority(&self) -> Option<u8> {
+        let table = self.table.as_ref()?;
+        self.backends
+            .values()
+            .filter(|b| table.backends.iter().any(|t| t.addr == b.key.addr))
+            .map(|b| b.priority)
+            .min()
+    }
+
+    /// Decides the table the VIP should have; returns it when it differs from the last.
+    fn decide(&mut self, now: Instant, out: &mut Vec<Transition>) -> Option<VipTable> {
+        if !self.managed {
+            // A pinned table stays as it is until every backend has a verdict. Afterwards a
+            // backend that joins (a new DNS address) is simply not live until it has one. A
+            // new VIP none of whose names resolves gets a refusing table once that is overdue.
+            let nothing_resolves =
+                self.backends.is_empty() && self.table.is_none() && now >= self.resolve_due;
+            if !nothing_resolves
+                && (self.backends.is_empty() || !self.backends.values().all(|b| b.has_verdict(now)))
+            {
+                return None;
+            }
+            self.managed = true;
+            self.active = self.adopted_priority();
+            out.push(Transition::Managed);
+        }
+        let candidates = self.candidates(None);
+        let selection = self.select(&candidates);
+        self.report_traffic_move(&selection, out);
+
+        let mut members = selection.members().to_vec();
+        if members.len() > failoverd_shared::MAX_BACKENDS {
+            out.push(Transition::TableTruncated {
+                live: members.len(),
+                kept: failoverd_shared::MAX_BACKENDS,
+            });
+            members.truncate(failoverd_shared::MAX_BACKENDS);
+        }
+        let backends: Vec<&Backend> = self.backends.values().collect();
+        let table = if members.is_empty() {
+            VipTable::refusing(self.vip, self.vip_id)
+        } else {
+            let entries = members
+                .iter()
+                .map(|&(i, _)| TableBackend {
+                    addr: backends[i].key.addr,
+                    id: backends[i].id,
+                })
+                .collect();
+            let weights: Vec<u32> = members.iter().map(|&(_, w)| w).collect();
+            match VipTable::weighted(self.vip, self.vip_id, entries, &weights) {
+                Ok(t) => t,
+                Err(e) => {
+                    out.push(Transition::TableUnbuildable { why: e.to_string() });
+                    return None;
+                }
+            }
+        };
+        self.active = selection.priority();
+        self.panic = matches!(selection, Selection::Panic { .. });
+        self.failback_requested = false;
+        if self.table.as_ref() == Some(&table) {
+            return None;
+        }
+        self.table = Some(table.clone());
+        Some(table)
+    }
+
+    /// Reports where traffic moves, only when it moves.
+    fn report_traffic_move(&self, selection: &Selection, out: &mut Vec<Transition>) {
+        let from = self.active;
+        let was_refusing = self.table.as_ref().is_some_and(|t| t.slots.is_empty());
+        let out_of = |priority: Option<u8>| -> Vec<String> {
+            self.backends
+                .values()
+                .filter(|b| Some(b.priority) == priority && !b.is_live())
+                .map(|b| format!("{} {}", b.name, b.state_word()))
+                .collect()
+        };
+        match selection {
+            Selection::Refuse if !was_refusing || self.table.is_none() => {
+                out.push(Transition::AllDown {
+                    from,
+                    out: out_of(from),
+                })
+            }
+            Selection::Refuse => {}
+            Selection::Panic { priority, .. } if !self.panic || from != Some(*priority) => out
+                .push(Transition::Panic {
+                    from,
+                    priority: *priority,
+                }),
+            Selection::Panic { .. } => {}
+            Selection::Group { priority, .. } => {
+                let to = *priority;
+                match from {
+                    _ if self.table.is_none() => {
+                        out.push(Transition::TrafficStarts { priority: to })
+                    }
+                    Some(f) if f == to && !was_refusing => {}
+                    Some(f) if to < f && !was_refusing => {
+                        out.push(Transition::FailedBack { from: f, to })
+                    }
+                    _ => out.push(Transition::FailedOver {
+                        from: if was_refusing { None } else { from },
+                        to,
+                        out: out_of(from),
+                    }),
+                }
+            }
+        }
+    }
+}
+
+/// The transition a breaker event is, if it is one worth reporting.
+fn breaker_transition(
+    backend: &str,
+    event: crate::breaker::BreakerEvent,
+    evidence: Option<Evidence>,
+) -> Option<Transition> {
+    use crate::breaker::BreakerEvent;
+    let backend = backend.to_string();
+    Some(match event {
+        BreakerEvent::Opened { for_, ejections } => Transition::Ejected {
+            backend,
+            open_for: for_,
+            ejections,
+            evidence: evidence?,
+        },
+        BreakerEvent::HalfOpened => Transition::HalfOpened { backend },
+        BreakerEvent::Closed => Transition::Readmitted { backend },
+    })
+}

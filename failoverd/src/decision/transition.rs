@@ -1,0 +1,174 @@
+//! What the decision core reports: the typed transitions one input caused, and the decision it returns.
+
+use std::{net::SocketAddr, sync::Arc, time::Duration};
+
+use super::backend::Drain;
+use crate::{
+    datapath::VipTable,
+    health::{HealthStatus, ProbeResult},
+};
+
+/// What changed for one service after one input. The daemon's observer turns each
+/// transition into its metric, its event and its log line, from this one value.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Transition {
+    /// A backend's health verdict flipped (rise or fall probes in a row).
+    Health {
+        /// Backend name.
+        backend: String,
+        /// Its traffic address.
+        addr: SocketAddr,
+        /// The new verdict.
+        to: HealthStatus,
+        /// The probe that decided it.
+        evidence: Evidence,
+    },
+    /// The breaker opened: the backend is out for `open_for`.
+    Ejected {
+        /// Backend name.
+        backend: String,
+        /// How long it stays out before a trial.
+        open_for: Duration,
+        /// Ejections not yet forgiven, this one included.
+        ejections: u32,
+        /// The probe that tripped it.
+        evidence: Evidence,
+    },
+    /// The open period ended: probing before readmitting.
+    HalfOpened {
+        /// Backend name.
+        backend: String,
+    },
+    /// The breaker closed: the backend is readmitted.
+    Readmitted {
+        /// Backend name.
+        backend: String,
+    },
+    /// An operator drained a backend.
+    Drained {
+        /// Backend name.
+        backend: String,
+        /// Who, when, why.
+        drain: Drain,
+    },
+    /// An operator put a drained backend back.
+    Undrained {
+        /// Backend name.
+        backend: String,
+    },
+    /// A hostname resolved to a new address: it is probed and joins once live.
+    AddressAdded {
+        /// Backend name (`name@ip:port`).
+        backend: String,
+    },
+    /// A hostname no longer resolves to a live address: it keeps its traffic until the
+    /// addresses that replace it have verdicts (make before break).
+    AddressRetiring {
+        /// Backend name.
+        backend: String,
+    },
+    /// An address left the service (no longer resolved, or replaced).
+    AddressRemoved {
+        /// Backend name.
+        backend: String,
+        /// Why, for the log.
+        why: &'static str,
+    },
+    /// An address could not join: no counter id was left.
+    AddressRefused {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        why: String,
+    },
+    /// Every backend had its first verdict: from now on the core manages the VIP's table
+    /// (before, an adopted table is left exactly as it was).
+    Managed,
+    /// The first table of a service with no earlier one (nothing adopted): traffic starts.
+    TrafficStarts {
+        /// The priority that takes it.
+        priority: u8,
+    },
+    /// Traffic moved to a worse priority (or came back from refusing).
+    FailedOver {
+        /// The priority that had traffic; `None` when connects were refused.
+        from: Option<u8>,
+        /// The priority that has it now.
+        to: u8,
+        /// The backends of `from` that are out, with their state word.
+        out: Vec<String>,
+    },
+    /// Traffic moved back to a better priority.
+    FailedBack {
+        /// The priority that had traffic.
+        from: u8,
+        /// The better one that has it now.
+        to: u8,
+    },
+    /// Nothing is live and `on_all_down: reject`: connects are refused.
+    AllDown {
+        /// The priority that had traffic, if any.
+        from: Option<u8>,
+        /// The backends of `from` that are out, with their state word.
+        out: Vec<String>,
+    },
+    /// Nothing is live and `on_all_down: panic`: every backend of the lowest priority is used.
+    Panic {
+        /// The priority that had traffic, if any.
+        from: Option<u8>,
+        /// The lowest priority, now used whatever its health.
+        priority: u8,
+    },
+    /// An operator asked for a manual failback.
+    FailbackRequested {
+        /// The priority traffic was held on.
+        from: Option<u8>,
+    },
+    /// More live backends than a table holds: the first ones are used.
+    TableTruncated {
+        /// Live backends.
+        live: usize,
+        /// Those kept.
+        kept: usize,
+    },
+    /// The table could not be built (a bug, or weights the slot table cannot express).
+    TableUnbuildable {
+        /// Why.
+        why: String,
+    },
+}
+
+/// The probe result behind a transition, kept typed until it is rendered.
+#[derive(Clone, Debug)]
+pub struct Evidence(pub Arc<ProbeResult>);
+
+impl PartialEq for Evidence {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0) || self.to_string() == other.to_string()
+    }
+}
+
+impl std::fmt::Display for Evidence {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &*self.0 {
+            Ok(ok) => f.write_str(&ok.detail),
+            Err(e) => write!(f, "{}: {e}", e.reason()),
+        }
+    }
+}
+
+/// What the core decided after one input.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Decision {
+    /// The VIP's new table, when it differs from the last one decided (or adopted).
+    pub table: Option<VipTable>,
+    /// What happened, in order.
+    pub transitions: Vec<Transition>,
+}
+
+impl Decision {
+    /// Whether nothing changed.
+    pub fn is_empty(&self) -> bool {
+        self.table.is_none() && self.transitions.is_empty()
+    }
+}
