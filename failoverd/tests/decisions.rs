@@ -2,7 +2,6 @@
 //! control handler over an in-memory datapath, probes answered by a script, and tokio's
 //! paused clock — no kernel, no sleeps, no real time.
 
-#[allow(dead_code)]
 mod dns;
 
 use std::{
