@@ -71,6 +71,10 @@ fn main() {
             "a_user_without_root_cannot_use_the_control_socket",
             a_user_without_root_cannot_use_the_control_socket,
         ),
+        (
+            "a_second_daemon_on_the_same_pin_dir_stops_naming_the_first",
+            a_second_daemon_on_the_same_pin_dir_stops_naming_the_first,
+        ),
     ];
     let trials = trials
         .into_iter()
@@ -285,6 +289,83 @@ fn reload_with_a_broken_config_keeps_the_old_one() -> TestResult {
     )?;
     check(table(&env, vip)? == Some(vec![a.addr()]), || {
         "a refused reload changed the table".into()
+    })?;
+
+    // `reload --config FILE` with the same broken file asks the daemon too (it used to
+    // print the client's own parse error and never reach the daemon, whose reload metric,
+    // alert and event then never saw the refusal).
+    let refusals = || -> Result<usize, Failed> {
+        let events = d.ok(&["events", "--output", "json"])?;
+        Ok(events.matches("\"to\":\"error\"").count())
+    };
+    let before = refusals()?;
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_failoverd"))
+        .args(["reload", "--config"])
+        .arg(d.config_path())
+        .stdin(std::process::Stdio::null())
+        .output()?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    check(
+        !out.status.success() && stderr.contains(&location) && stderr.contains("bakends"),
+        || format!("reload --config must show the daemon's located error: {stderr}"),
+    )?;
+    check(refusals()? == before + 1, || {
+        "the daemon must record the refusal of reload --config".into()
+    })
+}
+
+/// Two daemons on one datapath overwrote each other's tables, and the VIP stayed empty after
+/// the second exited. The second must stop before touching anything, naming the first.
+fn a_second_daemon_on_the_same_pin_dir_stops_naming_the_first() -> TestResult {
+    let env = Env::new("otwo")?;
+    let a = BackendProcess::spawn(ServerSpec::tcp(loopback(), 1))?;
+    let vip = tcp_vip("127.79.9.1:80");
+    let services = service_yaml("svc", vip, &[("a", a.addr(), 0)]);
+    let mut first = DaemonProcess::new(&env, "first", &services)?;
+    first.start()?;
+    until_table(&env, vip, Duration::from_secs(5), exactly(&[a.addr()]))?;
+    let generation = PinnedMaps::open(env.pins.path())?.tables()?[&vip].generation;
+
+    // Its own socket, state dir and metrics port; the same pin_dir. Its one backend is dead:
+    // had it run, it would have emptied the VIP.
+    let dead = tcp_vip("127.79.9.2:81").addr;
+    let second = DaemonProcess::new(&env, "second", &service_yaml("svc", vip, &[("x", dead, 0)]))?;
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_failoverd"))
+        .args(["run", "--config"])
+        .arg(second.config_path())
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(status) = child.try_wait()? {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            child.kill().ok();
+            child.wait().ok();
+            return Err("the second daemon kept running on a locked pin_dir".into());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().expect("piped"), &mut stderr)?;
+    let pid = first.pid().expect("first runs");
+    check(
+        !status.success()
+            && stderr.contains(&format!("pid {pid}"))
+            && stderr.contains(&env.pins.path().display().to_string()),
+        || {
+            format!("the second daemon must exit naming the first's pid {pid} and the pin dir: {stderr}")
+        },
+    )?;
+    check(
+        PinnedMaps::open(env.pins.path())?.tables()?[&vip].generation == generation,
+        || "the second daemon wrote the table".into(),
+    )?;
+    check(first.status()?.services.len() == 1, || {
+        "the first daemon stopped answering".into()
     })
 }
 

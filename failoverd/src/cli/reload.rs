@@ -11,7 +11,7 @@ use crate::control::{
     failoverd check --config /etc/failoverd/failoverd.yaml && failoverd reload\n  \
     failoverd reload --config /etc/failoverd/failoverd.yaml   # its control.socket\n\n\
     The daemon re-reads the file it was started with (--config here only finds the\n\
-    socket). Added services start, removed ones leave the datapath, changed ones\n\
+    socket, even in a file that does not validate: the daemon checks it). Added services start, removed ones leave the datapath, changed ones\n\
     restart with fresh health state and keep their drains. An invalid file changes\n\
     nothing: its error (FILE:LINE:COLUMN: KEY: MESSAGE) is printed and the exit\n\
     code is non-zero.")]
@@ -23,7 +23,9 @@ pub struct ReloadArgs {
 
 /// Runs `failoverd reload`; an invalid config is a [`CommandError::Client`] whose message is the daemon's, verbatim.
 pub fn run(args: &ReloadArgs) -> Result<(), CommandError> {
-    let client = args.socket.client()?;
+    // Never validated here: the daemon validates, answers with the located error, and
+    // counts the refusal where its alerts see it.
+    let client = crate::control::client::ControlClient::new(args.socket.path_even_if_invalid());
     let report = block_on(async { Ok(client.reload().await?) })?;
     print(&render::reload_text(&report))
 }

@@ -34,6 +34,35 @@ impl SocketArgs {
     pub fn client(&self) -> Result<ControlClient, ConfigError> {
         self.path().map(ControlClient::new)
     }
+
+    /// Like [`Self::path`], but a `--config` that does not validate still names its socket:
+    /// `control.socket` is read from the file as plain YAML, else the default is used. For
+    /// `reload`, whose whole point is that the daemon validates the file and answers with
+    /// the located error (and counts it in its metrics and alerts).
+    pub fn path_even_if_invalid(&self) -> PathBuf {
+        match (&self.socket, &self.config) {
+            (Some(socket), _) => socket.clone(),
+            (None, Some(file)) => config::load(file)
+                .map(|c| c.control.socket)
+                .unwrap_or_else(|_| socket_of_unvalidated(file)),
+            (None, None) => PathBuf::from(DEFAULT_CONTROL_SOCKET),
+        }
+    }
+}
+
+/// `control.socket` of a config file that does not validate, read as plain YAML; the
+/// default when the file has none or does not even parse.
+fn socket_of_unvalidated(file: &std::path::Path) -> PathBuf {
+    std::fs::read_to_string(file)
+        .ok()
+        .and_then(|text| serde_yaml_ng::from_str::<serde_yaml_ng::Value>(&text).ok())
+        .and_then(|doc| {
+            doc.get("control")?
+                .get("socket")?
+                .as_str()
+                .map(PathBuf::from)
+        })
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_CONTROL_SOCKET))
 }
 
 /// Why a control subcommand failed.
