@@ -418,3 +418,38 @@ async fn a_dual_family_hostname_feeds_the_vip_its_own_family_only() {
     assert_eq!(status.backends.len(), 1, "{:?}", status.backends);
     drop(running.shutdown().await);
 }
+
+/// One backend whose name never resolves must not keep the daemon unready (a `Type=notify`
+/// start would time out on it): its service is reported with the backend unresolved.
+#[tokio::test]
+async fn an_nxdomain_backend_beside_healthy_services_leaves_the_daemon_ready() {
+    let dns = dns::TestDns::start().await.expect("test DNS");
+    let rig = Rig::new("nxdomain");
+    let yaml = format!(
+        "control: {{ state_dir: {} }}\nresolver: {{ nameservers: ['{}'] }}\nservices:\n{}  - name: lost\n    vip: 127.66.1.9:80\n    health: {{ kind: tcp, interval: 100ms, timeout: 50ms }}\n    backends:\n      - {{ name: gone, address: 'nxdomain.test:7104' }}\n",
+        rig.dir.0.display(),
+        dns.addr(),
+        primary_and_backup("web", "127.66.1.8:80", ""),
+    );
+    let config = config::parse(&yaml, Path::new("<test>")).unwrap();
+    let running = rig.start(&config).await;
+    let handle = running.handle();
+    until(Duration::from_secs(10), || handle.ready())
+        .await
+        .expect("ready once the unresolvable name is overdue");
+    assert_eq!(
+        rig.datapath.backends(tcp_vip("127.66.1.8:80")),
+        Some(vec![addr(A)])
+    );
+    let api = DaemonApi::new(
+        handle,
+        DrainStore::new(&rig.dir.0),
+        rig.dir.0.join("x"),
+        None,
+    );
+    let status = api.status().await.unwrap();
+    let lost = status.services.iter().find(|s| s.name == "lost").unwrap();
+    assert_eq!(lost.backends[0].state, "unresolved");
+    assert_eq!(lost.backends[0].address, "nxdomain.test:7104");
+    drop(running.shutdown().await);
+}

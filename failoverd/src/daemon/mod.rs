@@ -16,8 +16,10 @@
 pub mod api;
 pub mod drains;
 pub mod events;
+mod hostname;
 pub mod lock;
 mod observer;
+mod operator;
 pub mod prober;
 mod readiness;
 mod reload;
@@ -42,13 +44,13 @@ pub use service::{DrainChange, DrainError};
 
 use crate::{
     config::{BackendAddress, Config, ServiceConfig},
-    datapath::{Datapath, DatapathError, IdAllocator, IdsExhausted, Protocol, Vip, VipTable},
-    decision::{Explanation, ServiceState, ServiceStatus},
+    datapath::{Datapath, DatapathError, IdAllocator, IdsExhausted, Protocol, VipTable},
+    decision::{ServiceState, ServiceStatus},
     health::{HealthCheck, NetworkCheck},
-    reconcile::{run_writer, Writer, WriterCommand, WriterMessage},
-    resolve::{self, ResolveError, Resolver, ResolverSettings},
+    reconcile::{run_writer, Writer, WriterCommand},
+    resolve::{ResolveError, Resolver, ResolverSettings},
 };
-use service::{Message, Persist, ServiceTask, Shared};
+use service::{Message, ServiceTask, Shared};
 
 /// Probes in flight at once, across all backends.
 pub const MAX_PROBES_IN_FLIGHT: usize = 256;
@@ -242,7 +244,7 @@ impl DaemonHandle {
         for (index, backend) in service.backends.iter().enumerate() {
             match &backend.address {
                 BackendAddress::Ip(addr) => initial.push((index, vec![*addr])),
-                BackendAddress::Host { host, port } => tasks.push(watch_hostname(
+                BackendAddress::Host { host, port } => tasks.push(hostname::watch(
                     self.resolver()?,
                     host.clone(),
                     *port,
@@ -370,107 +372,6 @@ impl DaemonHandle {
     pub fn ready(&self) -> bool {
         self.inner.shared.readiness.all_ready()
     }
-
-    /// Where a connect to `addr` goes now. Without a protocol, the one service with that
-    /// address (an error names both when a TCP and a UDP service share it).
-    pub async fn explain(
-        &self,
-        addr: SocketAddr,
-        protocol: Option<Protocol>,
-    ) -> Result<Explanation, DaemonError> {
-        let wanted = Vip {
-            addr: canonical(addr),
-            protocol: protocol.unwrap_or(Protocol::Tcp),
-        };
-        let names: Vec<(String, Vip)> = self
-            .inner
-            .services
-            .read()
-            .await
-            .values()
-            .map(|s| (s.config.name.clone(), s.config.vip()))
-            .filter(|(_, vip)| {
-                canonical(vip.addr) == wanted.addr && protocol.is_none_or(|p| vip.protocol == p)
-            })
-            .collect();
-        let name = match names.as_slice() {
-            [] => return Err(DaemonError::UnknownVip { addr, protocol }),
-            [(name, _)] => name.clone(),
-            _ => return Err(DaemonError::AmbiguousVip { addr }),
-        };
-        self.ask(&name, |reply| Message::Explain { reply }).await
-    }
-
-    /// Drains or undrains a backend: checked, recorded in `store`, and in the kernel's table
-    /// before this returns.
-    pub async fn set_drain(
-        &self,
-        store: &DrainStore,
-        service: &str,
-        backend: &str,
-        change: DrainChange,
-    ) -> Result<(), DrainError> {
-        let _one_at_a_time = self.inner.changes.lock().await;
-        let tx = self
-            .sender(service)
-            .await
-            .map_err(|_| DrainError::UnknownService {
-                name: service.to_string(),
-            })?;
-        let mut next = lock(&self.inner.drains).clone();
-        match &change {
-            DrainChange::Drain { drain, .. } => {
-                next.entry(service.to_string())
-                    .or_default()
-                    .insert(backend.to_string(), drain.clone());
-            }
-            DrainChange::Undrain => {
-                if let Some(s) = next.get_mut(service) {
-                    s.remove(backend);
-                    if s.is_empty() {
-                        next.remove(service);
-                    }
-                }
-            }
-        }
-        let (store, to_save) = (store.clone(), next.clone());
-        let persist: Persist = Box::new(move || store.save(&to_save));
-        let (reply, answer) = oneshot::channel();
-        tx.send(Message::Drain {
-            backend: backend.to_string(),
-            change,
-            persist,
-            reply,
-        })
-        .await
-        .map_err(|_| DrainError::Stopped)?;
-        answer.await.map_err(|_| DrainError::Stopped)??;
-        // Recorded and handed to the writer: the file is the truth now.
-        *lock(&self.inner.drains) = next;
-        // Return only once the kernel holds it; no lock but the drain lock is held here.
-        if !self.barrier().await.map_err(|_| DrainError::Stopped)? {
-            return Err(DrainError::NotWritten);
-        }
-        Ok(())
-    }
-
-    /// Waits until the writer has written everything sent before; `true` when nothing is
-    /// left to retry.
-    async fn barrier(&self) -> Result<bool, DaemonError> {
-        let (reply, written) = oneshot::channel();
-        self.inner
-            .shared
-            .writer
-            .send(WriterMessage::Barrier(reply))
-            .await
-            .map_err(|_| DaemonError::Stopped)?;
-        written.await.map_err(|_| DaemonError::Stopped)
-    }
-}
-
-/// An address as the kernel keys it: an IPv4-mapped IPv6 address is its IPv4 address.
-fn canonical(addr: SocketAddr) -> SocketAddr {
-    SocketAddr::new(addr.ip().to_canonical(), addr.port())
 }
 
 /// Stops a service's task and returns the table it last decided or adopted.
@@ -488,50 +389,6 @@ async fn stop_service(handle: ServiceHandle) -> Option<VipTable> {
         }
     }
     last
-}
-
-/// Forwards a hostname's resolved addresses of the VIP's family to its service.
-fn watch_hostname(
-    resolver: Resolver,
-    host: String,
-    port: u16,
-    vip: SocketAddr,
-    config_index: usize,
-    tx: mpsc::Sender<Message>,
-    stop: watch::Receiver<bool>,
-) -> JoinHandle<()> {
-    tokio::spawn(async move {
-        let (mut addrs, watcher) = resolve::watch(resolver, host.clone(), port, stop);
-        loop {
-            let set = addrs.borrow_and_update().clone();
-            // Before the first answer there is nothing to probe; after a failure the watcher
-            // keeps the last answer.
-            if set.resolved {
-                // A connect is translated within its own family only: an IPv4 VIP cannot
-                // send to an IPv6 address, nor the reverse.
-                let usable: Vec<SocketAddr> = set
-                    .addrs
-                    .iter()
-                    .copied()
-                    .filter(|a| a.is_ipv4() == vip.is_ipv4())
-                    .collect();
-                if usable.is_empty() && !set.addrs.is_empty() {
-                    tracing::warn!(host = %host, vip = %vip, resolved = ?set.addrs, "the name resolves only to addresses of the other family than its VIP's; none can be used");
-                }
-                let message = Message::Addrs {
-                    config_index,
-                    addrs: usable,
-                };
-                if tx.send(message).await.is_err() {
-                    break;
-                }
-            }
-            if addrs.changed().await.is_err() {
-                break;
-            }
-        }
-        watcher.abort();
-    })
 }
 
 impl<D: Datapath + 'static> Running<D> {
