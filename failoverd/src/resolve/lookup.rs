@@ -1,6 +1,7 @@
 //! The resolver: hickory configured for failoverd, and one A + AAAA lookup of a name.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use hickory_resolver::config::{
@@ -9,7 +10,7 @@ use hickory_resolver::config::{
 use hickory_resolver::net::runtime::TokioRuntimeProvider;
 use hickory_resolver::net::NetError;
 use hickory_resolver::proto::rr::{IntoName, Name, RecordType};
-use hickory_resolver::TokioResolver;
+use hickory_resolver::{Hosts, TokioResolver};
 use tracing::warn;
 
 use super::answer::{Answer, Families, Family, TtlBounds};
@@ -44,6 +45,23 @@ impl Resolver {
     /// glibc does. Either way hickory's cache is off: re-resolution follows the TTL here, and
     /// a cache would only serve stale answers to it.
     pub fn new(settings: &ResolverSettings) -> Result<Resolver, ResolveError> {
+        Self::build(settings, None)
+    }
+
+    /// Like [`Resolver::new`], but names in `hosts_file` are answered from it before any
+    /// nameserver is asked, whatever `nameservers` says; with `nameservers: None` it replaces
+    /// `/etc/hosts`. The file is read once, here.
+    pub fn with_hosts_file(
+        settings: &ResolverSettings,
+        hosts_file: impl Into<PathBuf>,
+    ) -> Result<Resolver, ResolveError> {
+        Self::build(settings, Some(hosts_file.into()))
+    }
+
+    fn build(
+        settings: &ResolverSettings,
+        hosts_file: Option<PathBuf>,
+    ) -> Result<Resolver, ResolveError> {
         if settings.min_ttl > settings.max_ttl {
             return Err(ResolveError::TtlRange {
                 min_ttl: settings.min_ttl,
@@ -55,10 +73,23 @@ impl Resolver {
             None => system_config(),
         };
         options.cache_size = 0;
-        let hickory = TokioResolver::builder_with_config(config, TokioRuntimeProvider::default())
-            .with_options(options)
-            .build()
-            .map_err(|source| ResolveError::Setup { source })?;
+        if hosts_file.is_some() {
+            options.use_hosts_file = ResolveHosts::Never;
+        }
+        let mut hickory =
+            TokioResolver::builder_with_config(config, TokioRuntimeProvider::default())
+                .with_options(options)
+                .build()
+                .map_err(|source| ResolveError::Setup { source })?;
+        if let Some(path) = hosts_file {
+            let mut hosts = Hosts::default();
+            if let Ok(file) = std::fs::File::open(&path) {
+                if let Err(error) = hosts.read_hosts_conf(file) {
+                    warn!(path = %path.display(), error = %error, "cannot read the hosts file");
+                }
+            }
+            hickory.set_hosts(Arc::new(hosts));
+        }
         Ok(Resolver {
             inner: Arc::new(Inner {
                 hickory,
