@@ -8,7 +8,9 @@ use std::time::Duration;
 
 use libtest_mimic::Failed;
 
-use crate::common::{finish, pause, Pair, CLIENT_TIMEOUT_MS, FALL, INTERVAL, MARGIN, TIMEOUT};
+use crate::common::{
+    finish, Pair, CLIENT_TIMEOUT_MS, FALL, HOLD, INTERVAL, MARGIN, TIMEOUT, WARM_UP,
+};
 use crate::record::Record;
 use crate::support::{client::monotonic_ns, kernel::check, server::ServerSpec};
 use crate::timeline::ms;
@@ -28,13 +30,15 @@ pub fn run(r: &mut Record) -> Result<(), Failed> {
     let bound = INTERVAL * FALL + TIMEOUT + MARGIN;
     r.bound_ms = Some(ms(bound));
     let load = p.load(Duration::from_millis(4_500))?;
-    pause(800);
+    p.let_load_run(WARM_UP)?;
 
     let frozen = monotonic_ns();
     p.a.signal(libc::SIGSTOP)?;
     let switched = p.until_only(p.b.addr())?;
     r.note("table_switch_ms", ms(switched));
-    pause(1_500);
+    // Longer than the others' hold (about 1.5 s): attempts that reached the frozen primary
+    // before the switch may still be waiting out their timeout.
+    r.note("held_ms", ms(p.let_load_run(HOLD + HOLD / 4)?));
 
     let thawed = monotonic_ns();
     p.a.signal(libc::SIGCONT)?;
