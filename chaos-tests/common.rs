@@ -10,7 +10,7 @@ use libtest_mimic::Failed;
 
 use crate::record::Record;
 use crate::support::{
-    client::{spawn_client, ClientChild, ClientReport, ClientSpec, Mode},
+    client::{monotonic_ns, spawn_client, ClientChild, ClientReport, ClientSpec, Mode},
     daemon::DaemonProcess,
     env::Env,
     kernel::{exactly, loopback, tcp_vip, until_table},
@@ -197,6 +197,18 @@ pub struct Attempts {
 }
 
 impl Attempts {
+    /// Starts counting `vip`'s attempts at `at_ns` (`CLOCK_MONOTONIC`, as `monotonic_ns`),
+    /// first waiting for it if it is ahead: for checks over a window that opens at a computed
+    /// moment, such as "no failure later than the bound after the fault".
+    pub fn from_instant(env: &Env, vip: Vip, at_ns: u64) -> Result<Attempts, Failed> {
+        let ahead = Duration::from_nanos(at_ns.saturating_sub(monotonic_ns()));
+        if ahead > BARRIER_LIMIT {
+            return Err(format!("{ahead:?} is too far ahead to count from").into());
+        }
+        std::thread::sleep(ahead);
+        Attempts::from_now(env, vip)
+    }
+
     /// Starts counting `vip`'s attempts from now.
     pub fn from_now(env: &Env, vip: Vip) -> Result<Attempts, Failed> {
         let maps = PinnedMaps::open(env.pins.path())?;

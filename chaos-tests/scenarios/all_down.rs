@@ -12,7 +12,7 @@ use crate::support::{
     client::monotonic_ns,
     kernel::{check, exactly, until_table},
 };
-use crate::timeline::{ms, Timeline};
+use crate::timeline::{ms, ms_between, Timeline};
 
 /// Rise of the service: the returning backend needs this many good probes.
 const RISE: u32 = 2;
@@ -36,9 +36,10 @@ pub fn run(r: &mut Record) -> Result<(), Failed> {
     let dead = monotonic_ns();
     let emptied = until_table(&p.env, p.vip, Duration::from_secs(3), exactly(&[]))?;
     r.note("table_empty_after_ms", ms(emptied));
-    r.note("held_ms", ms(p.let_load_run(REFUSALS)?));
+    p.let_load_run(REFUSALS)?;
 
     let returned = monotonic_ns();
+    r.note("held_ms", ms_between(killed, returned));
     p.b.restart()?;
     let resumed_table = p.until_only(p.b.addr())?;
     r.note("table_resumed_ms", ms(resumed_table));

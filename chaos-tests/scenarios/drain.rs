@@ -26,9 +26,10 @@ pub fn run(r: &mut Record) -> Result<(), Failed> {
     r.note("drain_command_ms", ms_between(asked, drained));
     let after_drain = table(&p.env, p.vip)?;
     // The "none reaches the drained backend" check covers these attempts.
-    r.note("held_ms", ms(p.let_load_run(HOLD)?));
+    p.let_load_run(HOLD)?;
 
     let undrained = monotonic_ns();
+    r.note("held_ms", ms_between(drained, undrained));
     p.d.ok(&["undrain", "svc", "a"])?;
     let after_undrain = table(&p.env, p.vip)?;
 

@@ -24,9 +24,10 @@ pub fn run(r: &mut Record) -> Result<(), Failed> {
     let switched = p.until_only(p.b.addr())?;
     r.note("table_switch_ms", ms(switched));
     // The standby serves alone for a while: the "no late failure" check covers these attempts.
-    r.note("held_ms", ms(p.let_load_run(HOLD)?));
+    p.let_load_run(HOLD)?;
 
     let restarted = monotonic_ns();
+    r.note("held_ms", ms_between(killed, restarted));
     p.a.restart()?;
     let failback = p.until_only(p.a.addr())?;
     r.note("failback_ms", ms(failback));
