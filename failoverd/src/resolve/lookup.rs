@@ -39,11 +39,12 @@ struct Inner {
 }
 
 impl Resolver {
-    /// Builds a resolver from `settings`. Sends nothing on the network and reads no file.
+    /// Builds a resolver from `settings`. Sends nothing on the network.
     ///
     /// With `nameservers`, queries go over UDP (TCP after a truncated answer) to exactly those
     /// servers, with no search domains and no hosts file. Without, `/etc/resolv.conf` (search
-    /// domains, timeouts) applies, read once, here; if it cannot be read or names no
+    /// domains, timeouts) applies, read once, here (the hosts file is not read until the
+    /// first lookup); if it cannot be read or names no
     /// nameserver, a warning is logged and 127.0.0.1 is used, as glibc does. `/etc/hosts` is
     /// then asked first, as glibc's `files` source: a name it lists is answered from it alone,
     /// with the TTL `min_ttl`, and the file is read again whenever it has changed (see
