@@ -1,16 +1,16 @@
 //! What most scenarios share: the probe settings and the detection bound they imply, a service
 //! entry for the config, a VIP with a primary and a standby backend process behind a real
-//! daemon, and the load client.
+//! daemon, the load client, and the barrier that paces a scenario by the load's attempts.
 
 use std::net::SocketAddr;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use failoverd::datapath::Vip;
+use failoverd::datapath::{PinnedMaps, Vip};
 use libtest_mimic::Failed;
 
 use crate::record::Record;
 use crate::support::{
-    client::{spawn_client, ClientChild, ClientReport, ClientSpec, Mode},
+    client::{monotonic_ns, spawn_client, ClientChild, ClientReport, ClientSpec, Mode},
     daemon::DaemonProcess,
     env::Env,
     kernel::{exactly, loopback, tcp_vip, until_table},
@@ -122,6 +122,11 @@ impl Pair {
         )?)
     }
 
+    /// Lets the load make `n` attempts on the VIP from now; returns how long that took.
+    pub fn let_load_run(&self, n: u64) -> Result<Duration, Failed> {
+        let_load_run(&self.env, self.vip, n)
+    }
+
     /// Starts a load client in the trial's cgroup: one connect-and-read every millisecond for
     /// `duration`.
     pub fn load(&self, duration: Duration) -> Result<ClientChild, Failed> {
@@ -165,7 +170,90 @@ pub fn finish(
     Ok((report, timeline))
 }
 
-/// Sleeps; scenarios pace their faults against a load that runs in another process.
-pub fn pause(ms: u64) {
-    std::thread::sleep(Duration::from_millis(ms));
+/// Attempts the load makes before a fault: the "nothing failed before the fault" checks cover
+/// at least these. About 800 ms of load at the 0.4 attempts per ms a load client manages on 2
+/// shared cores (its nominal rate is 1 per ms).
+pub const WARM_UP: u64 = 300;
+
+/// Attempts the load makes while a fault holds, counted from the moment the table switched:
+/// the "no failure after the detection bound" checks cover at least these. About 1.2 s of load.
+pub const HOLD: u64 = 500;
+
+/// The longest a barrier waits for its attempts: ten times what they take at the slow rate
+/// above. A barrier that runs out means the load stopped (ended early, or its client died).
+pub const BARRIER_LIMIT: Duration = Duration::from_secs(10);
+
+/// How often a barrier reads the counters.
+const BARRIER_POLL: Duration = Duration::from_millis(5);
+
+/// A point in a scenario counted in the load's attempts on one VIP, as the kernel counts them
+/// (connects it translated plus connects it refused for want of a live backend). The counters
+/// live in the BPF program, so they move while the daemon is dead too.
+pub struct Attempts {
+    maps: PinnedMaps,
+    vip: Vip,
+    vip_id: u32,
+    from: u64,
+}
+
+impl Attempts {
+    /// Starts counting `vip`'s attempts at `at_ns` (`CLOCK_MONOTONIC`, as `monotonic_ns`),
+    /// first waiting for it if it is ahead: for checks over a window that opens at a computed
+    /// moment, such as "no failure later than the bound after the fault".
+    pub fn from_instant(env: &Env, vip: Vip, at_ns: u64) -> Result<Attempts, Failed> {
+        let ahead = Duration::from_nanos(at_ns.saturating_sub(monotonic_ns()));
+        if ahead > BARRIER_LIMIT {
+            return Err(format!("{ahead:?} is too far ahead to count from").into());
+        }
+        std::thread::sleep(ahead);
+        Attempts::from_now(env, vip)
+    }
+
+    /// Starts counting `vip`'s attempts from now.
+    pub fn from_now(env: &Env, vip: Vip) -> Result<Attempts, Failed> {
+        let maps = PinnedMaps::open(env.pins.path())?;
+        let vip_id = maps
+            .tables()?
+            .get(&vip)
+            .ok_or_else(|| format!("no table for {vip} in the kernel"))?
+            .table
+            .vip_id;
+        let mut attempts = Attempts {
+            maps,
+            vip,
+            vip_id,
+            from: 0,
+        };
+        attempts.from = attempts.total()?;
+        Ok(attempts)
+    }
+
+    fn total(&self) -> Result<u64, Failed> {
+        let c = self.maps.counters(self.vip_id)?;
+        Ok(c.connects + c.rejected)
+    }
+
+    /// Waits (at most `BARRIER_LIMIT`, polling every 5 ms) until the kernel has seen `n`
+    /// attempts on the VIP since this count began; returns how long the wait took.
+    pub fn until(&self, n: u64) -> Result<Duration, Failed> {
+        let start = Instant::now();
+        let mut seen = 0;
+        while start.elapsed() < BARRIER_LIMIT {
+            seen = self.total()?.saturating_sub(self.from);
+            if seen >= n {
+                return Ok(start.elapsed());
+            }
+            std::thread::sleep(BARRIER_POLL);
+        }
+        Err(format!(
+            "only {seen} of {n} attempts on {} within {BARRIER_LIMIT:?}: the load stopped",
+            self.vip
+        )
+        .into())
+    }
+}
+
+/// Lets the load on `vip` make `n` attempts from now; returns how long that took.
+pub fn let_load_run(env: &Env, vip: Vip, n: u64) -> Result<Duration, Failed> {
+    Attempts::from_now(env, vip)?.until(n)
 }

@@ -1,7 +1,8 @@
 //! Chaos scenarios: the real `failoverd` and real backend processes under load, with backends
 //! killed, frozen, cut off the network, flapping, drained, renamed in DNS, and the daemon itself
 //! killed and fed broken configs. Each scenario asserts its bounds and records what the clients
-//! saw in `chaos-tests/results/` (JSON per scenario plus `summary.md`).
+//! saw (JSON per scenario plus `summary.md`) in `target/tmp/chaos-results/`, or where
+//! `FAILOVERD_CHAOS_RESULTS` says (see `record::results_dir`).
 //!
 //! Built as a test target of the `failoverd` package (see its `Cargo.toml`) so it can run the
 //! daemon binary it was built with and share the integration tests' kit; `cargo test --workspace`

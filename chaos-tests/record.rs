@@ -1,9 +1,11 @@
-//! What a scenario measured, written as `chaos-tests/results/<scenario>.json`, and the summary
-//! table (`summary.md`) rebuilt from every result file present.
+//! What a scenario measured, written as `<scenario>.json` in the results directory, and the
+//! summary table (`summary.md`) rebuilt from every result file present there. The directory is
+//! outside the source tree (cargo's target directory) unless `FAILOVERD_CHAOS_RESULTS` says
+//! otherwise: running the tests never rewrites files in the tree.
 
 use std::collections::BTreeMap;
 use std::io;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use libtest_mimic::Failed;
@@ -106,9 +108,22 @@ pub fn errno_name(errno: i32) -> String {
     }
 }
 
-/// `chaos-tests/results/`.
+/// The environment variable that names the results directory, overriding the default.
+pub const RESULTS_ENV: &str = "FAILOVERD_CHAOS_RESULTS";
+
+/// Where records go: `$FAILOVERD_CHAOS_RESULTS` when set and not empty (a relative path is
+/// taken from the workspace root, not from `failoverd/`, where cargo runs the test), else
+/// `chaos-results/` in cargo's temporary directory for integration tests, `target/tmp/` (under
+/// `$CARGO_TARGET_DIR` when that is set).
 pub fn results_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../chaos-tests/results")
+    match std::env::var_os(RESULTS_ENV) {
+        Some(dir) if !dir.is_empty() => {
+            // `failoverd/`'s parent; the package always has one.
+            let package = Path::new(env!("CARGO_MANIFEST_DIR"));
+            package.parent().unwrap_or(package).join(dir)
+        }
+        _ => Path::new(env!("CARGO_TARGET_TMPDIR")).join("chaos-results"),
+    }
 }
 
 /// Runs a scenario, writes its record (pass or fail) and returns its verdict.
@@ -155,7 +170,10 @@ pub fn write_summary() -> io::Result<()> {
     records.sort_by(|a, b| a.scenario.cmp(&b.scenario));
     let table = summary_table(&records);
     std::fs::write(dir.join("summary.md"), &table)?;
-    println!("\n{table}");
+    println!(
+        "\n{table}\nchaos: records and summary.md in {}",
+        dir.display()
+    );
     Ok(())
 }
 

@@ -6,25 +6,28 @@ use std::time::Duration;
 
 use libtest_mimic::Failed;
 
-use crate::common::{detection_bound, finish, pause, Pair, INTERVAL, MARGIN};
+use crate::common::{detection_bound, finish, Pair, INTERVAL, MARGIN, WARM_UP};
 use crate::record::Record;
 use crate::support::{
     client::monotonic_ns,
     kernel::{check, exactly, until_table},
 };
-use crate::timeline::{ms, Timeline};
+use crate::timeline::{ms, ms_between, Timeline};
 
 /// Rise of the service: the returning backend needs this many good probes.
 const RISE: u32 = 2;
 /// The slowest refusal we accept: a refusal is a return from the connect hook, far below this
 /// even on a loaded machine.
 const FAST_REFUSAL: Duration = Duration::from_millis(50);
+/// Refused attempts the load makes while every backend is down: the "refused, and fast" checks
+/// cover at least these. Refusals are quick, so this is about as long as the others' hold.
+const REFUSALS: u64 = 1_000;
 
 /// Runs the scenario.
 pub fn run(r: &mut Record) -> Result<(), Failed> {
     let mut p = Pair::start("cdown", "127.81.7.1:80")?;
     let load = p.load(Duration::from_millis(4_000))?;
-    pause(800);
+    p.let_load_run(WARM_UP)?;
 
     let killed = monotonic_ns();
     p.a.kill();
@@ -33,9 +36,10 @@ pub fn run(r: &mut Record) -> Result<(), Failed> {
     let dead = monotonic_ns();
     let emptied = until_table(&p.env, p.vip, Duration::from_secs(3), exactly(&[]))?;
     r.note("table_empty_after_ms", ms(emptied));
-    pause(1_200);
+    p.let_load_run(REFUSALS)?;
 
     let returned = monotonic_ns();
+    r.note("held_ms", ms_between(killed, returned));
     p.b.restart()?;
     let resumed_table = p.until_only(p.b.addr())?;
     r.note("table_resumed_ms", ms(resumed_table));

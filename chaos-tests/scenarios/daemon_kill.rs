@@ -7,7 +7,7 @@ use std::time::Duration;
 use failoverd::datapath::PinnedMaps;
 use libtest_mimic::Failed;
 
-use crate::common::{finish, pause, Pair};
+use crate::common::{finish, Pair, HOLD, WARM_UP};
 use crate::record::Record;
 use crate::support::{client::monotonic_ns, kernel::check};
 use crate::timeline::{ms, ms_between};
@@ -21,11 +21,12 @@ pub fn run(r: &mut Record) -> Result<(), Failed> {
     };
     let before = generation()?;
     let load = p.load(Duration::from_millis(4_000))?;
-    pause(800);
+    p.let_load_run(WARM_UP)?;
 
     let killed = monotonic_ns();
     p.d.sigkill();
-    pause(1_200);
+    // The pinned datapath serves alone: the "no connect fails" check covers these attempts.
+    p.let_load_run(HOLD)?;
     let restarting = monotonic_ns();
     p.d.start()?;
     p.d.wait_ready(Duration::from_secs(5))?;

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use libtest_mimic::Failed;
 
-use crate::common::{finish, pause, Pair};
+use crate::common::{finish, Pair, HOLD, WARM_UP};
 use crate::record::Record;
 use crate::support::{
     client::monotonic_ns,
@@ -18,16 +18,18 @@ use crate::timeline::{ms, ms_between};
 pub fn run(r: &mut Record) -> Result<(), Failed> {
     let p = Pair::start("cdrain", "127.81.9.1:80")?;
     let load = p.load(Duration::from_millis(3_500))?;
-    pause(800);
+    p.let_load_run(WARM_UP)?;
 
     let asked = monotonic_ns();
     p.d.ok(&["drain", "svc", "a", "--reason", "chaos"])?;
     let drained = monotonic_ns();
     r.note("drain_command_ms", ms_between(asked, drained));
     let after_drain = table(&p.env, p.vip)?;
-    pause(1_200);
+    // The "none reaches the drained backend" check covers these attempts.
+    p.let_load_run(HOLD)?;
 
     let undrained = monotonic_ns();
+    r.note("held_ms", ms_between(drained, undrained));
     p.d.ok(&["undrain", "svc", "a"])?;
     let after_undrain = table(&p.env, p.vip)?;
 

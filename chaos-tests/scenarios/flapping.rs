@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use libtest_mimic::Failed;
 
-use crate::common::{finish, pause, service, TCP_HEALTH};
+use crate::common::{finish, let_load_run, service, TCP_HEALTH};
 use crate::record::Record;
 use crate::support::{
     client::monotonic_ns,
@@ -24,6 +24,9 @@ const FLAPPING: Duration = Duration::from_secs(20);
 /// failovers; the rest is room for the breaker's decay after a long up phase. Without the
 /// breaker it would be up to two per cycle.
 const MAX_FAILOVERS: usize = 16;
+/// Attempts before the flapping starts: about 300 ms of load, so that nearly all of the load's
+/// time is spent on the flapping.
+const WARM_UP: u64 = 120;
 
 /// Runs the scenario.
 pub fn run(r: &mut Record) -> Result<(), Failed> {
@@ -42,7 +45,7 @@ pub fn run(r: &mut Record) -> Result<(), Failed> {
     until_table(&env, vip, Duration::from_secs(5), exactly(&[a.addr()]))?;
 
     let load = crate::common::load(&env, vip.addr, FLAPPING + Duration::from_millis(500))?;
-    pause(300);
+    let_load_run(&env, vip, WARM_UP)?;
     let flap_start = monotonic_ns();
     a.kill();
     a = BackendProcess::spawn(ServerSpec {

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use libtest_mimic::Failed;
 
-use crate::common::{finish, pause, service, INTERVAL, MARGIN, TCP_HEALTH};
+use crate::common::{finish, let_load_run, service, INTERVAL, MARGIN, TCP_HEALTH, WARM_UP};
 use crate::dns::TestDns;
 use crate::record::Record;
 use crate::support::{
@@ -62,7 +62,7 @@ pub fn run(r: &mut Record) -> Result<(), Failed> {
     until_table(&env, vip, Duration::from_secs(5), exactly(&[old.addr()]))?;
 
     let load = crate::common::load(&env, vip.addr, Duration::from_millis(4_500))?;
-    pause(800);
+    let_load_run(&env, vip, WARM_UP)?;
     let changed = monotonic_ns();
     dns.set(
         NAME,

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use failoverd::datapath::{PinnedMaps, Vip};
 use libtest_mimic::Failed;
 
-use crate::common::{finish, pause, service, TCP_HEALTH};
+use crate::common::{finish, let_load_run, service, TCP_HEALTH};
 use crate::record::Record;
 use crate::support::{
     client::{monotonic_ns, run_client, ClientSpec, Mode},
@@ -18,6 +18,12 @@ use crate::support::{
     server::{BackendProcess, ServerSpec},
 };
 use crate::timeline::ms;
+
+/// Attempts on the untouched VIP before the broken reload (about 500 ms of load).
+const BEFORE_BROKEN: u64 = 200;
+/// Attempts on it between the broken and the good reload (about 300 ms): the "untouched VIP
+/// never fails" check covers them.
+const BETWEEN: u64 = 120;
 
 /// Runs the scenario.
 pub fn run(r: &mut Record) -> Result<(), Failed> {
@@ -50,7 +56,7 @@ pub fn run(r: &mut Record) -> Result<(), Failed> {
     };
     let before = generations()?;
     let load = crate::common::load(&env, kept.addr, Duration::from_millis(3_000))?;
-    pause(500);
+    let_load_run(&env, kept, BEFORE_BROKEN)?;
 
     // Broken: a weight out of range, and a key that does not exist.
     let broken = entry("kept", kept, &a).replace("priority: 0", "priority: 0, weight: 5000")
@@ -70,7 +76,7 @@ pub fn run(r: &mut Record) -> Result<(), Failed> {
     check(generations()? == before, || {
         "the broken reload changed a table in the kernel".into()
     })?;
-    pause(300);
+    let_load_run(&env, kept, BETWEEN)?;
 
     let good = entry("kept", kept, &a) + &entry("added", added, &c);
     d.write_config(&env, "", &good)?;

@@ -201,13 +201,12 @@ pub fn run(r: &mut Record) -> Result<(), Failed> {
         r.keep_failures(&t, chaos_origin);
         timelines.push((c, t));
     }
-    // Give the last kills their bound before the poller stops.
-    std::thread::sleep(DETECTION + SLACK);
+    let bound = DETECTION + SLACK;
+    until_all_removed(&kills, bound)?;
     stop.store(true, Ordering::Relaxed);
     poller.join().map_err(|_| "the table poller panicked")??;
     let kills = kills.lock().map_err(|e| e.to_string())?.clone();
 
-    let bound = DETECTION + SLACK;
     r.bound_ms = Some(ms(bound));
     let mut removal_ms: Vec<f64> = kills
         .iter()
@@ -263,6 +262,26 @@ pub fn run(r: &mut Record) -> Result<(), Failed> {
     })?;
     drop(d);
     Ok(())
+}
+
+/// Waits until the poller has timed every kill's removal, or until the latest kill is twice
+/// `bound` old: a removal later than `bound` fails the scenario either way, and up to twice it
+/// is still timed for the record. Polls every `POLL`.
+fn until_all_removed(kills: &Mutex<Vec<Kill>>, bound: Duration) -> Result<(), Failed> {
+    let latest = |kills: &[Kill]| kills.iter().map(|k| k.at).max().unwrap_or(0);
+    let give_up = latest(&kills.lock().map_err(|e| e.to_string())?) + 2 * bound.as_nanos() as u64;
+    loop {
+        let pending = kills
+            .lock()
+            .map_err(|e| e.to_string())?
+            .iter()
+            .filter(|k| k.removed.is_none())
+            .count();
+        if pending == 0 || monotonic_ns() >= give_up {
+            return Ok(());
+        }
+        std::thread::sleep(POLL);
+    }
 }
 
 /// Waits until every VIP's table holds all its backends.

@@ -6,10 +6,12 @@
 //! good answer instead of emptying the backend set.
 //!
 //! Files: `lookup` holds the [`Resolver`] (hickory underneath, its cache off: TTLs are handled
-//! here); `answer` the I/O-free part — sorting, TTL clamping, judging a partial answer; `watch`
-//! the re-resolution task and the [`AddrSet`] it publishes.
+//! here); `hosts` the hosts file, asked first and read again whenever it changes (hickory's own
+//! would be read once); `answer` the I/O-free part — sorting, TTL clamping, judging a partial
+//! answer; `watch` the re-resolution task and the [`AddrSet`] it publishes.
 
 mod answer;
+mod hosts;
 mod lookup;
 mod watch;
 
@@ -34,7 +36,8 @@ pub const DEFAULT_MAX_TTL: Duration = Duration::from_secs(300);
 pub struct ResolverSettings {
     /// Nameservers to ask (UDP; TCP after a truncated answer), with no search domains and no
     /// hosts file.
-    /// Default `None`: the system's `/etc/resolv.conf` and `/etc/hosts`.
+    /// Default `None`: the system's `/etc/resolv.conf` (read once) and `/etc/hosts` (read
+    /// again whenever it changes; its names are re-resolved every `min_ttl`).
     pub nameservers: Option<Vec<SocketAddr>>,
     /// Shortest re-resolution interval: smaller TTLs are raised to this. Default 5 s.
     pub min_ttl: Duration,
