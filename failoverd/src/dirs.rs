@@ -15,3 +15,5 @@ pub const PROC_MOUNTS: &str = "/proc/mounts";
 pub fn default_pin_dir() -> PathBuf {
     PathBuf::from(DEFAULT_PIN_DIR)
 }
+/// The system's hosts file, read before DNS for hostname backends (re-read when it changes).
+pub const SYSTEM_HOSTS: &str = "/etc/hosts";

@@ -24,8 +24,6 @@ use tracing::{debug, info, warn};
 
 use super::answer::sorted_unique;
 
-/// The system's hosts file, used when no nameservers are configured.
-pub(crate) const SYSTEM_HOSTS: &str = "/etc/hosts";
 
 /// A read that started less than this after the file's last change is not trusted to have
 /// seen every change: timestamps are only as fine as the filesystem's granularity (a kernel

@@ -14,7 +14,8 @@ use hickory_resolver::TokioResolver;
 use tracing::warn;
 
 use super::answer::{Answer, Families, Family, TtlBounds};
-use super::hosts::{HostsFile, SYSTEM_HOSTS};
+use super::hosts::HostsFile;
+use crate::dirs::SYSTEM_HOSTS;
 use super::{ResolveError, ResolverSettings};
 
 /// Where glibc sends queries when `/etc/resolv.conf` is missing or names no nameserver; we do
