@@ -75,6 +75,10 @@ fn main() {
             "a_second_daemon_on_the_same_pin_dir_stops_naming_the_first",
             a_second_daemon_on_the_same_pin_dir_stops_naming_the_first,
         ),
+        (
+            "systemd_hears_ready_then_watchdog_pets",
+            systemd_hears_ready_then_watchdog_pets,
+        ),
     ];
     let trials = trials
         .into_iter()
@@ -366,6 +370,52 @@ fn a_second_daemon_on_the_same_pin_dir_stops_naming_the_first() -> TestResult {
     )?;
     check(first.status()?.services.len() == 1, || {
         "the first daemon stopped answering".into()
+    })
+}
+
+/// Under systemd (`Type=notify`, `WatchdogSec=`) the daemon says READY=1 once its first
+/// verdicts are in, then WATCHDOG=1 at half the period while it makes progress.
+fn systemd_hears_ready_then_watchdog_pets() -> TestResult {
+    let env = Env::new("onotify")?;
+    let a = BackendProcess::spawn(ServerSpec::tcp(loopback(), 1))?;
+    let vip = tcp_vip("127.79.10.1:80");
+    let d = DaemonProcess::new(
+        &env,
+        "notify",
+        &service_yaml("svc", vip, &[("a", a.addr(), 0)]),
+    )?;
+    let socket_path = d.config_path().with_file_name("notify.sock");
+    let socket = std::os::unix::net::UnixDatagram::bind(&socket_path)?;
+    socket.set_read_timeout(Some(Duration::from_secs(5)))?;
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_failoverd"))
+        .args(["run", "--config"])
+        .arg(d.config_path())
+        .env("NOTIFY_SOCKET", &socket_path)
+        .env("WATCHDOG_USEC", "400000")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()?;
+    let mut heard = Vec::new();
+    let mut buf = [0u8; 512];
+    // READY=1 and two pets: a few seconds at most; bounded by count and the read timeout.
+    for _ in 0..50 {
+        let Ok(n) = socket.recv(&mut buf) else { break };
+        heard.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+        let pets = heard.iter().filter(|m| m.contains("WATCHDOG=1")).count();
+        if heard.iter().any(|m| m.contains("READY=1")) && pets >= 2 {
+            break;
+        }
+    }
+    child.kill().ok();
+    child.wait().ok();
+    let ready_at = heard.iter().position(|m| m.contains("READY=1"));
+    let pets = heard.iter().filter(|m| m.contains("WATCHDOG=1")).count();
+    check(ready_at.is_some() && pets >= 2, || {
+        format!("expected READY=1 and two WATCHDOG=1, heard {heard:?}")
+    })?;
+    check(table(&env, vip)? == Some(vec![a.addr()]), || {
+        "ready was announced with the VIP's table in the kernel".into()
     })
 }
 

@@ -99,9 +99,15 @@ impl DaemonHandle {
         Ok(())
     }
 
+    /// Probes finished so far and the probe targets running now: whether probing moves.
+    pub fn probe_progress(&self) -> (u64, usize) {
+        let probes = &self.inner.shared.probes;
+        (probes.completed(), probes.targets())
+    }
+
     /// Waits until the writer has written everything sent before; `true` when nothing is
     /// left to retry.
-    pub(super) async fn barrier(&self) -> Result<bool, DaemonError> {
+    pub async fn barrier(&self) -> Result<bool, DaemonError> {
         let (reply, written) = oneshot::channel();
         self.inner
             .shared

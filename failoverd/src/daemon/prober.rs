@@ -73,6 +73,8 @@ pub struct ProbeHub<E> {
     permits: Arc<Semaphore>,
     loops: Arc<Mutex<Loops<E>>>,
     next_id: AtomicU64,
+    /// Probes finished since the hub started: the watchdog's evidence that probing moves.
+    completed: Arc<AtomicU64>,
 }
 
 /// Keeps a backend subscribed to its target's loop; dropping it unsubscribes.
@@ -91,7 +93,18 @@ impl<E: From<ProbeReport> + Send + 'static> ProbeHub<E> {
             permits,
             loops: Arc::new(Mutex::new(HashMap::new())),
             next_id: AtomicU64::new(0),
+            completed: Arc::new(AtomicU64::new(0)),
         }
+    }
+
+    /// Probes finished so far, by every loop.
+    pub fn completed(&self) -> u64 {
+        self.completed.load(Ordering::Relaxed)
+    }
+
+    /// Loops running now (distinct targets).
+    pub fn targets(&self) -> usize {
+        lock(&self.loops).values().map(Vec::len).sum()
     }
 
     /// Sends `target`'s probe results to `events` as reports for `key`, starting a loop
@@ -117,6 +130,7 @@ impl<E: From<ProbeReport> + Send + 'static> ProbeHub<E> {
                     Arc::clone(&subscribers),
                     Arc::clone(&self.checker),
                     Arc::clone(&self.permits),
+                    Arc::clone(&self.completed),
                 ));
                 same.push(Loop {
                     target: target.clone(),
@@ -130,12 +144,6 @@ impl<E: From<ProbeReport> + Send + 'static> ProbeHub<E> {
             target,
             id,
         }
-    }
-
-    /// Loops running now (distinct targets).
-    #[cfg(test)]
-    fn loops(&self) -> usize {
-        lock(&self.loops).values().map(Vec::len).sum()
     }
 }
 
@@ -191,6 +199,7 @@ async fn run<E: From<ProbeReport>>(
     subscribers: Arc<Mutex<Vec<Subscriber<E>>>>,
     checker: Arc<dyn HealthCheck>,
     permits: Arc<Semaphore>,
+    completed: Arc<AtomicU64>,
 ) {
     let jitter = target.interval.mul_f64(fastrand::f64());
     let mut next = Instant::now() + jitter;
@@ -207,6 +216,7 @@ async fn run<E: From<ProbeReport>>(
                     .await,
             )
         };
+        completed.fetch_add(1, Ordering::Relaxed);
         let to: Vec<(BackendKey, mpsc::Sender<E>)> = lock(&subscribers)
             .iter()
             .map(|s| (s.key, s.events.clone()))
@@ -294,7 +304,7 @@ mod tests {
         let (tx_b, mut rx_b) = mpsc::channel(16);
         let a = hub.subscribe(target(addr, 10), key(0, addr), tx_a);
         let b = hub.subscribe(target(addr, 10), key(3, addr), tx_b);
-        assert_eq!(hub.loops(), 1, "one target, one loop");
+        assert_eq!(hub.targets(), 1, "one target, one loop");
         // Both services get every result, each under its own key.
         assert_eq!(next_result(&mut rx_a).await, (key(0, addr), true));
         assert_eq!(next_result(&mut rx_b).await, (key(3, addr), true));
@@ -302,15 +312,15 @@ mod tests {
         // Another interval is another target.
         let (tx_c, _rx_c) = mpsc::channel(16);
         let c = hub.subscribe(target(addr, 20), key(0, addr), tx_c);
-        assert_eq!(hub.loops(), 2);
+        assert_eq!(hub.targets(), 2);
 
         drop(a);
-        assert_eq!(hub.loops(), 2, "b still listens to the first loop");
+        assert_eq!(hub.targets(), 2, "b still listens to the first loop");
         while rx_b.try_recv().is_ok() {}
         assert_eq!(next_result(&mut rx_b).await, (key(3, addr), true));
         drop(b);
         drop(c);
-        assert_eq!(hub.loops(), 0, "no subscriber, no loop");
+        assert_eq!(hub.targets(), 0, "no subscriber, no loop");
     }
 
     #[tokio::test]

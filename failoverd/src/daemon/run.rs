@@ -122,6 +122,11 @@ where
         },
         stop_rx.clone(),
     ));
+    let watchdog = tokio::spawn(pet_watchdog(
+        handle.clone(),
+        longest_probe_cycle(&config),
+        stop_rx.clone(),
+    ));
     let kernel = tokio::spawn(export_kernel_counters(handle, exporter_counters, stop_rx));
 
     shutdown.await;
@@ -132,6 +137,7 @@ where
         ("control server", server),
         ("SIGHUP handler", hup),
         ("readiness notifier", ready),
+        ("watchdog", watchdog),
         ("kernel counter export", kernel),
     ] {
         if let Err(e) = task.await {
@@ -196,6 +202,56 @@ async fn notify_when_ready(handle: DaemonHandle, mut stop: tokio::sync::watch::R
         tokio::select! {
             _ = stop.wait_for(|s| *s) => return,
             _ = tokio::time::sleep(Duration::from_millis(50)) => {}
+        }
+    }
+}
+
+/// The longest `interval + timeout` of any service: a probe loop that has not finished a
+/// probe in twice that is stuck.
+fn longest_probe_cycle(config: &Config) -> Duration {
+    config
+        .services
+        .iter()
+        .map(|s| s.health.interval.saturating_add(s.health.timeout))
+        .max()
+        .unwrap_or_default()
+}
+
+/// Sends `WATCHDOG=1` to systemd (`WatchdogSec=`) at half its period, but only while the
+/// daemon really makes progress: the writer answers a barrier in time, and the probe loops
+/// keep finishing probes. A wedged daemon stops petting and systemd restarts it; the pinned
+/// datapath keeps serving meanwhile.
+async fn pet_watchdog(
+    handle: DaemonHandle,
+    probe_cycle: Duration,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let Some(period) = sd_notify::watchdog_enabled() else {
+        return;
+    };
+    let every = period / 2;
+    tracing::info!(period = %humantime::format_duration(period), "systemd watchdog enabled");
+    let stuck_after = probe_cycle.saturating_mul(2).max(period);
+    let (mut probes, _) = handle.probe_progress();
+    let mut last_probe = tokio::time::Instant::now();
+    loop {
+        tokio::select! {
+            _ = stop.wait_for(|s| *s) => return,
+            _ = tokio::time::sleep(every) => {}
+        }
+        let writer = tokio::time::timeout(every, handle.barrier()).await;
+        let (done, targets) = handle.probe_progress();
+        if done > probes {
+            last_probe = tokio::time::Instant::now();
+        }
+        probes = done;
+        let probing = targets == 0 || last_probe.elapsed() <= stuck_after;
+        match writer {
+            Ok(Ok(_)) if probing => notify(&[sd_notify::NotifyState::Watchdog]),
+            Ok(Ok(_)) => {
+                tracing::error!(since = ?last_probe.elapsed(), "watchdog not petted: no probe has finished")
+            }
+            _ => tracing::error!("watchdog not petted: the datapath writer does not answer"),
         }
     }
 }
