@@ -6,7 +6,7 @@ use tokio::sync::oneshot;
 
 use super::{
     lock,
-    service::{DrainChange, DrainError, Message, Persist},
+    service::{DrainChange, DrainError, DrainMessage, Message, Persist},
     DaemonError, DaemonHandle, DrainStore,
 };
 use crate::{
@@ -81,12 +81,12 @@ impl DaemonHandle {
         let (store, to_save) = (store.clone(), next.clone());
         let persist: Persist = Box::new(move || store.save(&to_save));
         let (reply, answer) = oneshot::channel();
-        tx.send(Message::Drain {
+        tx.send(Message::Drain(Box::new(DrainMessage {
             backend: backend.to_string(),
             change,
             persist,
             reply,
-        })
+        })))
         .await
         .map_err(|_| DrainError::Stopped)?;
         answer.await.map_err(|_| DrainError::Stopped)??;

@@ -84,16 +84,9 @@ pub enum Message {
         addrs: Vec<SocketAddr>,
     },
     /// Operator: drain or undrain; answered once the table was handed to the writer.
-    Drain {
-        /// Backend name.
-        backend: String,
-        /// What to do.
-        change: DrainChange,
-        /// Records it before it is applied.
-        persist: Persist,
-        /// The outcome.
-        reply: oneshot::Sender<Result<(), DrainError>>,
-    },
+    /// Boxed: it is rare and large, and every slot of every service's channel is as large
+    /// as the largest message.
+    Drain(Box<DrainMessage>),
     /// Operator: go back to the best live priority now (`failback: manual`).
     Failback {
         /// Answered once decided.
@@ -115,6 +108,18 @@ pub enum Message {
         /// Answered with the table.
         reply: oneshot::Sender<Option<VipTable>>,
     },
+}
+
+/// A drain change on its way to a service task.
+pub struct DrainMessage {
+    /// Backend name.
+    pub backend: String,
+    /// What to do.
+    pub change: DrainChange,
+    /// Records it before it is applied.
+    pub persist: Persist,
+    /// The outcome.
+    pub reply: oneshot::Sender<Result<(), DrainError>>,
 }
 
 impl From<ProbeReport> for Message {
@@ -262,12 +267,13 @@ impl ServiceTask {
                 Message::Explain { reply } => {
                     reply.send(self.state.explain()).ok();
                 }
-                Message::Drain {
-                    backend,
-                    change,
-                    persist,
-                    reply,
-                } => {
+                Message::Drain(drain) => {
+                    let DrainMessage {
+                        backend,
+                        change,
+                        persist,
+                        reply,
+                    } = *drain;
                     let result = self.drain(backend, change, persist).await;
                     reply.send(result).ok();
                 }
@@ -408,5 +414,15 @@ async fn sleep_until_opt(deadline: Option<Instant>) {
     match deadline {
         Some(d) => tokio::time::sleep_until(d).await,
         None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// Every slot of every service's channel is as large as the largest message: at 10,000
+    /// services a few dozen bytes more per message are megabytes.
+    #[test]
+    fn messages_stay_small() {
+        assert!(std::mem::size_of::<super::Message>() <= 72);
     }
 }
