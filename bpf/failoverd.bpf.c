@@ -244,7 +244,13 @@ static __always_inline int translate(struct bpf_sock_addr *ctx, const struct fo_
 	return 0;
 }
 
-/* A UDP socket re-connected to a non-VIP must not keep answering with a VIP. */
+/*
+ * A UDP socket re-connected to a non-VIP must not keep answering with a VIP.
+ * Only connect() forgets: an unconnected socket that sends to a VIP and then
+ * elsewhere still gets the VIP backend's late replies, and they must still
+ * read as coming from the VIP. (A reply from an address that is also one of
+ * the socket's VIP backends reads as the VIP; the entry cannot tell them apart.)
+ */
 static __always_inline void forget_translations(struct bpf_sock_addr *ctx)
 {
 	struct fo_sock_state *st;
@@ -269,7 +275,9 @@ static __always_inline int xlate4(struct bpf_sock_addr *ctx, int sticky)
 
 	ret = translate(ctx, &key, sticky, &b);
 	if (ret == NOT_A_VIP) {
-		forget_translations(ctx);
+		/* sendmsg (sticky) never forgets: see forget_translations. */
+		if (!sticky)
+			forget_translations(ctx);
 		return 0;
 	}
 	if (ret < 0)
@@ -300,7 +308,9 @@ static __always_inline int xlate6(struct bpf_sock_addr *ctx, int sticky)
 
 	ret = translate(ctx, &key, sticky, &b);
 	if (ret == NOT_A_VIP) {
-		forget_translations(ctx);
+		/* sendmsg (sticky) never forgets: see forget_translations. */
+		if (!sticky)
+			forget_translations(ctx);
 		return 0;
 	}
 	if (ret < 0)

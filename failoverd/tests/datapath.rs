@@ -38,6 +38,7 @@ type TestResult = Result<(), Failed>;
 type TrialFn = fn() -> TestResult;
 
 fn main() {
+    maybe_run_late_reply_client();
     support::client::maybe_run_client();
     let args = Arguments::from_args();
     let trials: Vec<(&'static str, TrialFn)> = vec![
@@ -56,6 +57,10 @@ fn main() {
         (
             "unconnected_udp_stays_on_one_backend_until_the_table_changes",
             unconnected_udp_stays_on_one_backend_until_the_table_changes,
+        ),
+        (
+            "udp_late_reply_shows_the_vip_after_a_send_elsewhere",
+            udp_late_reply_shows_the_vip_after_a_send_elsewhere,
         ),
         ("ipv6_vip_in_a_netns", ipv6_vip_in_a_netns),
         (
@@ -247,6 +252,82 @@ fn unconnected_udp_stays_on_one_backend_until_the_table_changes() -> TestResult 
     check(report.id_count(12) == 10, || {
         format!("after the change all goes to 12: {report:?}")
     })
+}
+
+/// Set in a child of [`udp_late_reply_shows_the_vip_after_a_send_elsewhere`]: `VIP;OTHER`.
+const LATE_REPLY_ENV: &str = "FO_TEST_UDP_LATE_REPLY";
+
+/// The child's side: one unconnected UDP socket sends to the VIP, then to
+/// another address, and only then reads both replies, printing each as
+/// `<reply> <source>`. Bounded: every recv times out after 2 s.
+fn maybe_run_late_reply_client() {
+    let Some(spec) = std::env::var_os(LATE_REPLY_ENV) else {
+        return;
+    };
+    let run = || -> std::io::Result<()> {
+        let spec = spec.to_string_lossy().into_owned();
+        let (vip, other) = spec
+            .split_once(';')
+            .ok_or_else(|| std::io::Error::other("spec is not VIP;OTHER"))?;
+        let parse = |s: &str| s.parse::<SocketAddr>().map_err(std::io::Error::other);
+        let (vip, other) = (parse(vip)?, parse(other)?);
+        let socket = std::net::UdpSocket::bind("0.0.0.0:0")?;
+        socket.set_read_timeout(Some(Duration::from_secs(2)))?;
+        socket.send_to(b"ping", vip)?;
+        socket.send_to(b"ping", other)?;
+        let mut buf = [0u8; 64];
+        for _ in 0..2 {
+            let (n, from) = socket.recv_from(&mut buf)?;
+            println!("{} {from}", String::from_utf8_lossy(&buf[..n]).trim());
+        }
+        Ok(())
+    };
+    let code = match run() {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("late-reply client: {e}");
+            2
+        }
+    };
+    std::process::exit(code);
+}
+
+/// An unconnected UDP socket that sends to a VIP and then to a non-VIP keeps
+/// its reverse translation: the VIP backend's reply, read after the second
+/// send, still comes from the VIP (recvmsg runs at read time, so reading both
+/// replies after both sends is the "late reply").
+fn udp_late_reply_shows_the_vip_after_a_send_elsewhere() -> TestResult {
+    let env = Env::new("udplate")?;
+    let behind_vip = UdpBackend::start(loopback(), 71)?;
+    let elsewhere = UdpBackend::start(loopback(), 72)?;
+    let mut dp = env.open()?;
+    let vip = udp("127.77.15.1:53");
+    dp.apply(&table(vip, &[(behind_vip.addr(), 71)])?)?;
+
+    let exe = std::env::current_exe()?;
+    let mut cmd = Command::new(exe);
+    cmd.env(
+        LATE_REPLY_ENV,
+        format!("{};{}", vip.addr, elsewhere.addr()),
+    )
+    .stdin(std::process::Stdio::null())
+    .stdout(std::process::Stdio::piped());
+    support::client::place_child(&mut cmd, Some(&env.cgroup), None)?;
+    let out = cmd.spawn()?.wait_with_output()?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    check(out.status.success(), || {
+        format!("the client failed ({}): {stdout}", out.status)
+    })?;
+    let replies: BTreeSet<&str> = stdout.lines().collect();
+    let want: BTreeSet<String> = [
+        format!("B71 {}", vip.addr),
+        format!("B72 {}", elsewhere.addr()),
+    ]
+    .into();
+    check(
+        replies == want.iter().map(String::as_str).collect(),
+        || format!("replies {replies:?}, want {want:?}"),
+    )
 }
 
 fn ipv6_vip_in_a_netns() -> TestResult {
