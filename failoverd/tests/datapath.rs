@@ -75,6 +75,10 @@ fn main() {
             "empty_table_refuses_at_once_without_a_packet_to_the_vip",
             empty_table_refuses_at_once_without_a_packet_to_the_vip,
         ),
+        (
+            "refusals_are_counted_each_under_its_own_name",
+            refusals_are_counted_each_under_its_own_name,
+        ),
         ("weights_three_to_one", weights_three_to_one),
         (
             "table_swaps_are_atomic_under_load",
@@ -434,6 +438,58 @@ fn empty_table_refuses_at_once_without_a_packet_to_the_vip() -> TestResult {
     let report = env.client(&ClientSpec::new(udp_vip.addr, Mode::UdpSendRecv, 3))?;
     check(report.errno_count(libc::ECONNREFUSED) == 3, || {
         format!("sendto an empty UDP VIP: {report:?}")
+    })
+}
+
+/// Tables no failoverd writer would install (the writer refuses them), put in
+/// the map directly: each refusal is counted under its own name, and none as
+/// a translated connect.
+fn refusals_are_counted_each_under_its_own_name() -> TestResult {
+    let env = Env::new("refusals")?;
+    let dp = env.open()?;
+    let mut maps = PinnedMaps::open(env.pins.path())?;
+    let mismatch = tcp_vip("127.77.16.1:80");
+    let bad_slot = tcp_vip("127.77.16.2:80");
+    let v6 = std::net::Ipv6Addr::LOCALHOST.octets();
+    let mut value = failoverd_shared::Service {
+        generation: 1,
+        vip_id: 1100,
+        backend_count: 1,
+        slot_count: 1,
+        ..Default::default()
+    };
+    value.backends[0] = failoverd_shared::Backend {
+        addr_be: failoverd_shared::addr_words(v6),
+        port_be: 9u16.to_be(),
+        pad: 0,
+        id: 1101,
+    };
+    maps.write(&mismatch, &value)?;
+    // A slot naming backend #5 of a one-backend table.
+    let mut value = value;
+    value.vip_id = 1200;
+    value.slots[0] = 5;
+    maps.write(&bad_slot, &value)?;
+
+    let report = env.client(&ClientSpec::new(mismatch.addr, Mode::TcpConnectOnly, 3))?;
+    check(report.errno_count(libc::EAFNOSUPPORT) == 3, || {
+        format!("an IPv6 backend for an AF_INET socket: {report:?}")
+    })?;
+    let report = env.client(&ClientSpec::new(bad_slot.addr, Mode::TcpConnectOnly, 2))?;
+    check(report.errno_count(libc::EHOSTUNREACH) == 2, || {
+        format!("a slot naming no backend: {report:?}")
+    })?;
+    let (m, b) = (dp.counters(1100)?, dp.counters(1200)?);
+    check(
+        m.family_mismatch == 3 && m.connects == 0 && m.bad_table == 0 && m.no_sock_storage == 0,
+        || format!("family mismatch counted as {m:?}"),
+    )?;
+    check(
+        b.bad_table == 2 && b.connects == 0 && b.family_mismatch == 0,
+        || format!("bad table counted as {b:?}"),
+    )?;
+    check(dp.counters(1101)?.connects == 0, || {
+        "the mismatched backend was counted as connected to".into()
     })
 }
 
