@@ -2,17 +2,59 @@
 //!
 //! Service tasks send the table they want for their VIP; the writer compares
 //! it with what the datapath holds (read back at start, so a restarted daemon
-//! adopts the pinned tables) and writes only differences. A failed write is
-//! kept and retried, never dropped.
+//! adopts the pinned tables) and writes only differences.
+//!
+//! The kernel is the truth:
+//! - A failed write is kept and retried per VIP with backoff (1 s doubling to
+//!   30 s), logged when the VIP starts failing, when its error changes and
+//!   when it recovers, never once per attempt. A newer, different table for a
+//!   failing VIP is tried at once.
+//! - Every [`CHECK_EVERY`] (and [`CHECK_AFTER_ERROR`] after a failed write)
+//!   the writer reads back each VIP it manages and rewrites any table deleted
+//!   or altered behind its back (`bpftool map delete`, a second writer), so
+//!   drift lasts at most about [`CHECK_EVERY`] plus one write. It also checks
+//!   that the datapath itself is still in place: after `failoverd cleanup`
+//!   the writer's map fds keep the maps alive and writes still "succeed",
+//!   but no hook reads them; every VIP is then reported failing with
+//!   [`DatapathError::Detached`] until failoverd is restarted.
+//! - [`KernelView`], a cheap cloneable view, tells status and readiness which
+//!   VIPs the kernel does not hold as wanted, with the error and its errno.
+//! - Counter ids: the writer resets an id's kernel counters before it
+//!   installs the id for another owner (VIP, or backend address of a VIP)
+//!   than the one it last saw with it, and at start resets the counters of
+//!   every id no pinned table names (no program can count under those, and
+//!   the ids are free for the allocator to hand out), so a new backend never
+//!   shows counts of the backend that had its id before.
 
-use std::{collections::BTreeMap, time::Duration};
+use std::{
+    collections::{BTreeMap, HashMap},
+    fmt,
+    net::SocketAddr,
+    sync::{Arc, RwLock},
+    time::{Duration, SystemTime},
+};
 
-use tokio::sync::{mpsc, watch};
+use tokio::{
+    sync::{mpsc, watch},
+    time::Instant,
+};
 
 use crate::datapath::{Datapath, DatapathError, InstalledTable, Vip, VipTable};
 
-/// How long after a failed write the writer tries again.
+/// How long after its first failed write a VIP is tried again; doubles on each failure.
 pub const RETRY_AFTER: Duration = Duration::from_secs(1);
+
+/// The longest wait between two attempts at writing a failing VIP.
+pub const RETRY_MAX: Duration = Duration::from_secs(30);
+
+/// How often the writer reads back what the kernel holds for its VIPs.
+pub const CHECK_EVERY: Duration = Duration::from_secs(2);
+
+/// How soon after a failed write the writer reads back what the kernel holds.
+pub const CHECK_AFTER_ERROR: Duration = Duration::from_millis(250);
+
+/// New failures logged one by one per flush; the rest are summed up in one line.
+const FAILURES_LOGGED_PER_FLUSH: usize = 5;
 
 /// What a service asks of the writer.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -49,35 +91,244 @@ impl WriterCommand {
     }
 }
 
+/// Why the kernel does not hold what the writer wants for a VIP.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WriteFailure {
+    /// The error, as displayed (a failed map syscall ends with its errno).
+    pub error: String,
+    /// The kernel's errno, when a syscall failed.
+    pub errno: Option<i32>,
+    /// When the VIP started failing.
+    pub since: SystemTime,
+    /// Attempts that failed in a row.
+    pub attempts: u32,
+}
+
+impl WriteFailure {
+    fn new(error: &DatapathError) -> Self {
+        WriteFailure {
+            error: error.to_string(),
+            errno: error.errno(),
+            since: SystemTime::now(),
+            attempts: 1,
+        }
+    }
+}
+
+impl fmt::Display for WriteFailure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} (failing since {}, {} attempt{})",
+            self.error,
+            humantime::format_rfc3339_seconds(self.since),
+            self.attempts,
+            if self.attempts == 1 { "" } else { "s" }
+        )
+    }
+}
+
+/// A cheap, cloneable view of what the writer knows about the kernel: which
+/// VIPs it cannot make the kernel hold as wanted, and why. Obtained from
+/// [`Writer::view`] before [`run_writer`] takes the writer; for status and readiness.
+#[derive(Clone, Debug, Default)]
+pub struct KernelView {
+    state: Arc<RwLock<ViewState>>,
+}
+
+#[derive(Debug, Default)]
+struct ViewState {
+    /// VIPs whose last write failed.
+    failing: BTreeMap<Vip, WriteFailure>,
+    /// Set while the datapath itself is gone: every VIP fails with it.
+    datapath: Option<WriteFailure>,
+    /// VIPs the writer manages (written or waiting to be).
+    managed: usize,
+    /// Tables rewritten because the kernel did not hold them as written.
+    repairs: u64,
+    /// Read-backs completed.
+    checks: u64,
+}
+
+impl KernelView {
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, ViewState> {
+        // The writer never panics while holding the lock; if it did, the
+        // state is still the last one it published.
+        self.state.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, ViewState> {
+        self.state.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Why the kernel does not hold the wanted table for `vip`, or `None`
+    /// when it does (as of the last write or read-back). While the datapath
+    /// itself is gone every VIP fails with that.
+    pub fn failing(&self, vip: &Vip) -> Option<WriteFailure> {
+        let state = self.read();
+        state.failing.get(vip).or(state.datapath.as_ref()).cloned()
+    }
+
+    /// How many VIPs the kernel does not hold as wanted.
+    pub fn failing_count(&self) -> usize {
+        let state = self.read();
+        if state.datapath.is_some() {
+            state.managed.max(state.failing.len())
+        } else {
+            state.failing.len()
+        }
+    }
+
+    /// Every VIP whose last write failed, with why.
+    pub fn failing_vips(&self) -> Vec<(Vip, WriteFailure)> {
+        self.read()
+            .failing
+            .iter()
+            .map(|(v, f)| (*v, f.clone()))
+            .collect()
+    }
+
+    /// Why the datapath itself is not in place (maps unpinned, hooks detached), if so.
+    pub fn datapath_failure(&self) -> Option<WriteFailure> {
+        self.read().datapath.clone()
+    }
+
+    /// Tables rewritten so far because the kernel did not hold them as written.
+    pub fn repairs(&self) -> u64 {
+        self.read().repairs
+    }
+
+    /// Read-backs of the kernel completed so far.
+    pub fn checks(&self) -> u64 {
+        self.read().checks
+    }
+}
+
+/// Whom a counter id counts for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Owner {
+    /// The VIP's own counters.
+    Vip(Vip),
+    /// A backend address of a VIP.
+    Backend(Vip, SocketAddr),
+}
+
+/// Every counter id a table installs, with its owner.
+fn owners_of(table: &VipTable) -> impl Iterator<Item = (u32, Owner)> + '_ {
+    std::iter::once((table.vip_id, Owner::Vip(table.vip))).chain(
+        table
+            .backends
+            .iter()
+            .map(|b| (b.id, Owner::Backend(table.vip, b.addr))),
+    )
+}
+
+/// A failing VIP's retry schedule.
+#[derive(Debug)]
+struct Backoff {
+    failure: WriteFailure,
+    delay: Duration,
+    next_try: Instant,
+}
+
+/// What a read-back found for one VIP.
+enum Drift {
+    /// No table at all.
+    Missing,
+    /// Another table than the one written.
+    Altered { found: Box<InstalledTable> },
+}
+
+impl Drift {
+    fn kind(&self) -> &'static str {
+        match self {
+            Drift::Missing => "missing",
+            Drift::Altered { .. } => "altered",
+        }
+    }
+}
+
 /// The writer's state: what the datapath holds and what is still to be written.
 pub struct Writer<D> {
     datapath: D,
     written: BTreeMap<Vip, VipTable>,
     pending: BTreeMap<Vip, WriterCommand>,
+    backoff: BTreeMap<Vip, Backoff>,
+    /// The owner each counter id was last installed (or adopted) for.
+    owners: HashMap<u32, Owner>,
+    /// Set while the datapath itself is not in place.
+    detached: Option<WriteFailure>,
+    view: KernelView,
+    view_dirty: bool,
     writes: u64,
     errors: u64,
+    repairs: u64,
 }
 
 impl<D: Datapath> Writer<D> {
     /// A writer over `datapath`, starting from the tables it already holds.
+    ///
+    /// Counters of ids that no pinned table names are reset here, before any
+    /// id is handed out again (see the module docs); a failure to do so is
+    /// logged, not fatal.
     pub fn new(datapath: D) -> Result<Self, DatapathError> {
-        let written = datapath
+        let written: BTreeMap<Vip, VipTable> = datapath
             .tables()?
             .into_iter()
             .map(|(vip, InstalledTable { table, .. })| (vip, table))
             .collect();
-        Ok(Writer {
+        let owners = written.values().flat_map(owners_of).collect();
+        let mut writer = Writer {
             datapath,
             written,
             pending: BTreeMap::new(),
+            backoff: BTreeMap::new(),
+            owners,
+            detached: None,
+            view: KernelView::default(),
+            view_dirty: true,
             writes: 0,
             errors: 0,
-        })
+            repairs: 0,
+        };
+        writer.reset_unowned_counters();
+        writer.publish();
+        Ok(writer)
+    }
+
+    fn reset_unowned_counters(&mut self) {
+        let ids = match self.datapath.counter_ids() {
+            Ok(ids) => ids,
+            Err(e) => {
+                tracing::warn!(error = %e, "could not list the kernel's counters; ids of removed backends may show old counts");
+                return;
+            }
+        };
+        let mut reset = 0usize;
+        for id in ids.into_iter().filter(|id| !self.owners.contains_key(id)) {
+            match self.datapath.reset_counters(id) {
+                Ok(()) => reset += 1,
+                Err(e) => {
+                    tracing::warn!(id, error = %e, "could not reset the counters of an id no table names");
+                }
+            }
+        }
+        if reset > 0 {
+            tracing::info!(
+                ids = reset,
+                "reset the kernel counters of ids no pinned table names, so new backends start from zero"
+            );
+        }
     }
 
     /// The tables the datapath held when the writer started, or holds after its writes.
     pub fn written(&self) -> &BTreeMap<Vip, VipTable> {
         &self.written
+    }
+
+    /// A view of what the kernel holds, for status and readiness.
+    pub fn view(&self) -> KernelView {
+        self.view.clone()
     }
 
     /// Successful writes so far.
@@ -90,46 +341,262 @@ impl<D: Datapath> Writer<D> {
         self.errors
     }
 
-    /// Queues a command; a later command for the same VIP replaces an earlier one.
-    pub fn queue(&mut self, command: WriterCommand) {
-        self.pending.insert(command.vip(), command);
+    /// Tables rewritten so far because the kernel did not hold them as written.
+    pub fn repairs(&self) -> u64 {
+        self.repairs
     }
 
-    /// Writes every queued change that differs from what the datapath holds.
-    /// Returns whether something is left to retry.
+    /// Queues a command; a later command for the same VIP replaces an earlier
+    /// one. A failing VIP given a different command is tried at the next flush.
+    pub fn queue(&mut self, command: WriterCommand) {
+        let vip = command.vip();
+        if let Some(backoff) = self.backoff.get_mut(&vip) {
+            if self.pending.get(&vip) != Some(&command) {
+                backoff.next_try = Instant::now();
+            }
+        }
+        self.pending.insert(vip, command);
+    }
+
+    /// Writes every queued change that differs from what the datapath holds
+    /// and is due (a failing VIP waits for its backoff). Returns whether
+    /// something is left to retry.
     pub fn flush(&mut self) -> bool {
-        let pending = std::mem::take(&mut self.pending);
-        for (vip, command) in pending {
-            let result = match &command {
-                WriterCommand::Apply(table) if self.written.get(&vip) == Some(table) => continue,
-                WriterCommand::Remove(vip) if !self.written.contains_key(vip) => continue,
-                WriterCommand::Apply(table) => self.datapath.apply(table),
-                WriterCommand::Remove(vip) => self.datapath.remove(vip),
-            };
-            crate::metrics::datapath_write(result.is_ok());
-            match result {
-                Ok(()) => {
-                    self.writes += 1;
-                    match command {
-                        WriterCommand::Apply(table) => {
-                            tracing::debug!(vip = %vip, backends = table.backends.len(), slots = table.slots.len(), "table written");
-                            self.written.insert(vip, table);
-                        }
-                        WriterCommand::Remove(vip) => {
-                            tracing::info!(vip = %vip, "VIP removed from the datapath");
-                            self.written.remove(&vip);
-                        }
+        let now = Instant::now();
+        let due: Vec<Vip> = self
+            .pending
+            .keys()
+            .filter(|vip| self.backoff.get(vip).is_none_or(|b| b.next_try <= now))
+            .copied()
+            .collect();
+        let mut new_failures = 0usize;
+        for vip in due {
+            if let Some(command) = self.pending.remove(&vip) {
+                self.write(vip, command, now, &mut new_failures);
+            }
+        }
+        if new_failures > FAILURES_LOGGED_PER_FLUSH {
+            tracing::error!(
+                more = new_failures - FAILURES_LOGGED_PER_FLUSH,
+                failing = self.backoff.len(),
+                "more VIPs failed to be written; each is retried with backoff (see `failoverd status`)"
+            );
+        }
+        self.publish();
+        !self.pending.is_empty()
+    }
+
+    /// When the next failing VIP is due, if any is waiting.
+    pub fn next_retry(&self) -> Option<Instant> {
+        self.pending
+            .keys()
+            .map(|vip| {
+                self.backoff
+                    .get(vip)
+                    .map_or_else(Instant::now, |b| b.next_try)
+            })
+            .min()
+    }
+
+    fn write(&mut self, vip: Vip, command: WriterCommand, now: Instant, new_failures: &mut usize) {
+        let result = match &command {
+            WriterCommand::Apply(table) if self.written.get(&vip) == Some(table) => {
+                self.recovered(vip);
+                return;
+            }
+            WriterCommand::Remove(vip) if !self.written.contains_key(vip) => {
+                self.recovered(*vip);
+                return;
+            }
+            WriterCommand::Apply(table) => self
+                .reset_new_owners(table)
+                .and_then(|()| self.datapath.apply(table)),
+            WriterCommand::Remove(vip) => self.datapath.remove(vip),
+        };
+        crate::metrics::datapath_write(result.is_ok());
+        match result {
+            Ok(()) => {
+                self.writes += 1;
+                match command {
+                    WriterCommand::Apply(table) => {
+                        tracing::debug!(vip = %vip, backends = table.backends.len(), slots = table.slots.len(), "table written");
+                        self.owners.extend(owners_of(&table));
+                        self.written.insert(vip, table);
+                    }
+                    WriterCommand::Remove(vip) => {
+                        tracing::info!(vip = %vip, "VIP removed from the datapath");
+                        self.written.remove(&vip);
                     }
                 }
-                Err(e) => {
-                    self.errors += 1;
-                    tracing::error!(vip = %vip, error = %e, "datapath write failed; will retry");
-                    // Keep it unless a newer command arrived meanwhile (none can: we own the queue).
-                    self.pending.insert(vip, command);
+                self.recovered(vip);
+            }
+            Err(e) => {
+                self.errors += 1;
+                self.failed(vip, &e, now, new_failures);
+                self.pending.insert(vip, command);
+            }
+        }
+    }
+
+    /// Resets the counters of every id `table` installs for another owner
+    /// than the one this writer last saw with it (or for the first time).
+    fn reset_new_owners(&mut self, table: &VipTable) -> Result<(), DatapathError> {
+        for (id, owner) in owners_of(table) {
+            if self.owners.get(&id) != Some(&owner) {
+                self.datapath.reset_counters(id)?;
+                // Recorded at once: a retry after a failed apply must not reset
+                // counts the id gathers once installed.
+                self.owners.insert(id, owner);
+            }
+        }
+        Ok(())
+    }
+
+    fn failed(&mut self, vip: Vip, e: &DatapathError, now: Instant, new_failures: &mut usize) {
+        self.view_dirty = true;
+        let Some(backoff) = self.backoff.get_mut(&vip) else {
+            *new_failures += 1;
+            if *new_failures <= FAILURES_LOGGED_PER_FLUSH {
+                tracing::error!(vip = %vip, error = %e, retry_in = ?RETRY_AFTER, "datapath write failed; retrying with backoff up to {RETRY_MAX:?}");
+            }
+            self.backoff.insert(
+                vip,
+                Backoff {
+                    failure: WriteFailure::new(e),
+                    delay: RETRY_AFTER,
+                    next_try: now + RETRY_AFTER,
+                },
+            );
+            return;
+        };
+        backoff.failure.attempts += 1;
+        backoff.delay = (backoff.delay * 2).min(RETRY_MAX);
+        backoff.next_try = now + backoff.delay;
+        let error = e.to_string();
+        if backoff.failure.error != error {
+            tracing::warn!(vip = %vip, error = %e, previous = %backoff.failure.error, attempts = backoff.failure.attempts, "datapath write still failing, now with another error");
+            backoff.failure.error = error;
+            backoff.failure.errno = e.errno();
+        } else {
+            tracing::debug!(vip = %vip, attempts = backoff.failure.attempts, retry_in = ?backoff.delay, "datapath write failed again");
+        }
+    }
+
+    fn recovered(&mut self, vip: Vip) {
+        if let Some(backoff) = self.backoff.remove(&vip) {
+            self.view_dirty = true;
+            tracing::info!(
+                vip = %vip,
+                attempts = backoff.failure.attempts,
+                "the kernel holds the VIP's table again after failed writes"
+            );
+        }
+    }
+
+    /// Reads back what the kernel holds for every VIP this writer manages
+    /// and queues a rewrite of each that drifted; also checks that the
+    /// datapath itself is in place. Returns how many tables were queued.
+    pub fn check(&mut self) -> usize {
+        let repaired = self.check_inner();
+        self.view_dirty = true;
+        self.view.write().checks += 1;
+        self.publish();
+        repaired
+    }
+
+    fn check_inner(&mut self) -> usize {
+        match self.datapath.check_intact() {
+            Err(e) => {
+                match &mut self.detached {
+                    Some(failure) => failure.attempts += 1,
+                    None => {
+                        tracing::error!(error = %e, "the datapath is no longer in place: every VIP is reported failing");
+                        self.detached = Some(WriteFailure::new(&e));
+                    }
+                }
+                // The maps this process writes are no longer read by any hook:
+                // comparing them with what was written would prove nothing.
+                return 0;
+            }
+            Ok(()) => {
+                if self.detached.take().is_some() {
+                    tracing::info!("the datapath is in place again");
                 }
             }
         }
-        !self.pending.is_empty()
+        let mut drifted = Vec::new();
+        for (vip, want) in &self.written {
+            if self.pending.contains_key(vip) {
+                continue;
+            }
+            match self.datapath.table(vip) {
+                Ok(Some(found)) if found.table == *want => {}
+                Ok(Some(found)) => drifted.push((
+                    *vip,
+                    Drift::Altered {
+                        found: Box::new(found),
+                    },
+                )),
+                Ok(None) => drifted.push((*vip, Drift::Missing)),
+                Err(e) => {
+                    tracing::warn!(vip = %vip, error = %e, "could not read back the VIP's table");
+                }
+            }
+        }
+        let count = drifted.len();
+        for (vip, drift) in drifted {
+            let Some(table) = self.written.remove(&vip) else {
+                continue;
+            };
+            match &drift {
+                Drift::Missing => tracing::warn!(
+                    vip = %vip,
+                    "the kernel holds no table for this VIP (deleted behind the daemon's back); writing it again"
+                ),
+                Drift::Altered { found } => tracing::warn!(
+                    vip = %vip,
+                    found_backends = found.table.backends.len(),
+                    found_slots = found.table.slots.len(),
+                    found_vip_id = found.table.vip_id,
+                    want_backends = table.backends.len(),
+                    want_slots = table.slots.len(),
+                    "the kernel holds another table for this VIP than the one written; writing it again"
+                ),
+            }
+            crate::metrics::datapath_repair(drift.kind());
+            self.repairs += 1;
+            self.view.write().repairs += 1;
+            self.pending.insert(vip, WriterCommand::Apply(table));
+        }
+        count
+    }
+
+    /// Publishes the failing VIPs to the view when they changed.
+    fn publish(&mut self) {
+        let managed = self.written.len()
+            + self
+                .pending
+                .keys()
+                .filter(|vip| !self.written.contains_key(vip))
+                .count();
+        let mut state = self.view.write();
+        state.managed = managed;
+        if self.view_dirty {
+            state.failing = self
+                .backoff
+                .iter()
+                .map(|(vip, b)| (*vip, b.failure.clone()))
+                .collect();
+            state.datapath = self.detached.clone();
+            self.view_dirty = false;
+        }
+        let failing = if state.datapath.is_some() {
+            state.managed.max(state.failing.len())
+        } else {
+            state.failing.len()
+        };
+        drop(state);
+        crate::metrics::datapath_failing_vips(failing);
     }
 
     /// Gives the datapath back (on shutdown).
@@ -140,13 +607,21 @@ impl<D: Datapath> Writer<D> {
 
 /// Runs the writer until `shutdown` turns true or every sender is gone;
 /// returns it (and so the datapath) so the caller decides what to do with the pins.
+///
+/// Besides writing what it is sent, it retries failing VIPs when their
+/// backoff is due and reads back the kernel every [`CHECK_EVERY`] (sooner
+/// after a failed write), also while messages keep arriving.
 pub async fn run_writer<D: Datapath>(
     mut writer: Writer<D>,
     mut messages: mpsc::Receiver<WriterMessage>,
     mut shutdown: watch::Receiver<bool>,
 ) -> Writer<D> {
-    let mut retry = false;
+    let mut next_check = Instant::now() + CHECK_EVERY;
     loop {
+        let errors_before = writer.errors();
+        let wake = writer
+            .next_retry()
+            .map_or(next_check, |retry| retry.min(next_check));
         tokio::select! {
             biased;
             _ = shutdown.wait_for(|stop| *stop) => break,
@@ -164,13 +639,25 @@ pub async fn run_writer<D: Datapath>(
                     }
                     next = messages.try_recv().ok();
                 }
-                retry = writer.flush();
+                let left = writer.flush();
                 for reply in barriers {
                     // The asker may have given up; the writes stand anyway.
-                    reply.send(!retry).ok();
+                    reply.send(!left).ok();
                 }
             }
-            _ = tokio::time::sleep(RETRY_AFTER), if retry => retry = writer.flush(),
+            _ = tokio::time::sleep_until(wake) => {}
+        }
+        let now = Instant::now();
+        let mut due = writer.next_retry().is_some_and(|retry| retry <= now);
+        if now >= next_check {
+            due |= writer.check() > 0;
+            next_check = now + CHECK_EVERY;
+        }
+        if due {
+            writer.flush();
+        }
+        if writer.errors() > errors_before {
+            next_check = next_check.min(now + CHECK_AFTER_ERROR);
         }
     }
     writer
@@ -179,7 +666,9 @@ pub async fn run_writer<D: Datapath>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::datapath::{FakeDatapath, FakeWrite, Protocol, TableBackend};
+    use crate::datapath::{
+        CounterTotals, FakeDatapath, FakeHandle, FakeWrite, Protocol, TableBackend,
+    };
 
     fn vip(n: u8) -> Vip {
         Vip {
@@ -198,6 +687,56 @@ mod tests {
 
     fn writes(w: &Writer<FakeDatapath>) -> Vec<FakeWrite> {
         w.datapath.writes.clone()
+    }
+
+    fn counted(connects: u64) -> CounterTotals {
+        CounterTotals {
+            connects,
+            ..Default::default()
+        }
+    }
+
+    /// A running writer task over a fake, with the handles a test needs.
+    struct Running {
+        tx: mpsc::Sender<WriterMessage>,
+        stop: watch::Sender<bool>,
+        task: tokio::task::JoinHandle<Writer<FakeDatapath>>,
+        kernel: FakeHandle,
+        view: KernelView,
+    }
+
+    impl Running {
+        fn start(dp: FakeDatapath) -> Running {
+            let kernel = dp.handle();
+            let writer = Writer::new(dp).unwrap();
+            let view = writer.view();
+            let (tx, rx) = mpsc::channel(8);
+            let (stop, stop_rx) = watch::channel(false);
+            let task = tokio::spawn(run_writer(writer, rx, stop_rx));
+            Running {
+                tx,
+                stop,
+                task,
+                kernel,
+                view,
+            }
+        }
+
+        async fn send(&self, command: WriterCommand) {
+            self.tx.send(command.into()).await.unwrap();
+        }
+
+        /// Whether nothing is left to retry once everything sent is written.
+        async fn barrier(&self) -> bool {
+            let (reply, answer) = tokio::sync::oneshot::channel();
+            self.tx.send(WriterMessage::Barrier(reply)).await.unwrap();
+            answer.await.unwrap()
+        }
+
+        async fn stop(self) -> Writer<FakeDatapath> {
+            self.stop.send(true).unwrap();
+            self.task.await.unwrap()
+        }
     }
 
     #[test]
@@ -225,14 +764,17 @@ mod tests {
         assert!(writes(&w).is_empty());
     }
 
-    #[test]
-    fn a_failed_write_is_kept_and_retried() {
+    #[tokio::test(start_paused = true)]
+    async fn a_failed_write_is_kept_and_retried_after_its_backoff() {
         let mut dp = FakeDatapath::new();
         dp.fail_next_write = Some("map full".into());
         let mut w = Writer::new(dp).unwrap();
         w.queue(WriterCommand::Apply(table(vip(1), 1)));
         assert!(w.flush(), "the failed write must stay queued");
         assert_eq!(w.errors(), 1);
+        assert!(w.flush(), "not retried before its backoff");
+        assert_eq!(w.errors(), 1);
+        tokio::time::advance(RETRY_AFTER).await;
         assert!(!w.flush());
         assert_eq!(w.written().get(&vip(1)), Some(&table(vip(1), 1)));
     }
@@ -269,5 +811,207 @@ mod tests {
         stop_tx.send(true).unwrap();
         let writer = task.await.unwrap();
         assert_eq!((writer.errors(), writer.writes()), (1, 1));
+    }
+
+    #[test]
+    fn a_new_table_for_a_failing_vip_is_tried_at_once() {
+        let dp = FakeDatapath::new();
+        dp.handle().fail_writes(libc::ENOMEM, 1);
+        let mut w = Writer::new(dp).unwrap();
+        w.queue(WriterCommand::Apply(table(vip(1), 1)));
+        assert!(w.flush());
+        w.queue(WriterCommand::Apply(table(vip(1), 2)));
+        assert!(
+            !w.flush(),
+            "a different table does not wait for the backoff"
+        );
+        assert_eq!(w.written()[&vip(1)], table(vip(1), 2));
+    }
+
+    /// Issue 16 item 8: more VIPs than the services map holds.
+    #[tokio::test(start_paused = true)]
+    async fn a_full_map_is_retried_with_backoff_and_reported_with_its_errno() {
+        let dp = FakeDatapath::new();
+        dp.handle().set_max_entries(Some(1));
+        let running = Running::start(dp);
+        running.send(WriterCommand::Apply(table(vip(1), 1))).await;
+        running.send(WriterCommand::Apply(table(vip(2), 2))).await;
+        assert!(!running.barrier().await, "vip 2 cannot be written");
+
+        let failure = running.view.failing(&vip(2)).expect("vip 2 is failing");
+        assert_eq!(failure.errno, Some(libc::E2BIG));
+        assert!(failure.to_string().contains("E2BIG"), "{failure}");
+        assert_eq!(running.view.failing(&vip(1)), None);
+        assert_eq!(running.view.failing_count(), 1);
+
+        // Two minutes: attempts at 0, 1, 3, 7, 15, 31, 61, 91 s (1 s doubling
+        // to 30 s) instead of one a second.
+        tokio::time::sleep(Duration::from_secs(120)).await;
+        let attempts = running.view.failing(&vip(2)).unwrap().attempts;
+        assert_eq!(attempts, 8, "attempts in two minutes");
+
+        // Room again: the next attempt (at most 30 s away) succeeds and the
+        // view clears.
+        running.send(WriterCommand::Remove(vip(1))).await;
+        assert!(!running.barrier().await);
+        tokio::time::sleep(RETRY_MAX + Duration::from_secs(1)).await;
+        assert_eq!(running.view.failing(&vip(2)), None);
+        assert_eq!(running.view.failing_count(), 0);
+        let writer = running.stop().await;
+        assert_eq!(writer.written().get(&vip(2)), Some(&table(vip(2), 2)));
+        assert_eq!(writer.errors(), 8);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failing_write_shows_in_the_view_until_it_recovers() {
+        let dp = FakeDatapath::new();
+        dp.handle().fail_writes(libc::ENOMEM, 2);
+        let running = Running::start(dp);
+        running.send(WriterCommand::Apply(table(vip(1), 1))).await;
+        assert!(!running.barrier().await);
+        let failure = running.view.failing(&vip(1)).expect("failing");
+        assert_eq!((failure.errno, failure.attempts), (Some(libc::ENOMEM), 1));
+        assert!(failure.to_string().contains("ENOMEM"), "{failure}");
+
+        tokio::time::sleep(RETRY_AFTER + Duration::from_millis(10)).await;
+        assert_eq!(running.view.failing(&vip(1)).unwrap().attempts, 2);
+        tokio::time::sleep(2 * RETRY_AFTER).await;
+        assert_eq!(running.view.failing(&vip(1)), None);
+        assert_eq!(running.kernel.tables()[&vip(1)].table, table(vip(1), 1));
+        running.stop().await;
+    }
+
+    /// Issue 16 item 10: an entry deleted behind the daemon's back.
+    #[tokio::test(start_paused = true)]
+    async fn an_entry_deleted_behind_the_writers_back_is_restored() {
+        let running = Running::start(FakeDatapath::new());
+        running.send(WriterCommand::Apply(table(vip(1), 1))).await;
+        running.send(WriterCommand::Apply(table(vip(2), 2))).await;
+        assert!(running.barrier().await);
+
+        running.kernel.delete_entry(&vip(1));
+        let deleted_at = Instant::now();
+        let limit = Duration::from_secs(5);
+        while !running.kernel.tables().contains_key(&vip(1)) && deleted_at.elapsed() < limit {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert_eq!(
+            running.kernel.tables().get(&vip(1)).map(|t| &t.table),
+            Some(&table(vip(1), 1)),
+            "not restored within {limit:?}"
+        );
+        assert!(deleted_at.elapsed() <= CHECK_EVERY + Duration::from_millis(100));
+        assert_eq!(running.view.repairs(), 1);
+        let writer = running.stop().await;
+        assert_eq!(writer.repairs(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_entry_altered_behind_the_writers_back_is_rewritten() {
+        let running = Running::start(FakeDatapath::new());
+        running.send(WriterCommand::Apply(table(vip(1), 1))).await;
+        assert!(running.barrier().await);
+        running.kernel.alter_entry(table(vip(1), 9));
+        tokio::time::sleep(CHECK_EVERY + Duration::from_millis(10)).await;
+        assert_eq!(running.kernel.tables()[&vip(1)].table, table(vip(1), 1));
+        assert_eq!(running.view.repairs(), 1);
+        // Nothing else drifts: later checks repair nothing.
+        tokio::time::sleep(3 * CHECK_EVERY).await;
+        assert_eq!(running.view.repairs(), 1);
+        assert!(running.view.checks() >= 4);
+        running.stop().await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_datapath_taken_apart_makes_every_vip_fail_until_it_is_back() {
+        let running = Running::start(FakeDatapath::new());
+        running.send(WriterCommand::Apply(table(vip(1), 1))).await;
+        running.send(WriterCommand::Apply(table(vip(2), 2))).await;
+        assert!(running.barrier().await);
+        running.kernel.take_apart("link pin /x was removed");
+        tokio::time::sleep(CHECK_EVERY + Duration::from_millis(10)).await;
+        let failure = running.view.failing(&vip(1)).expect("failing");
+        assert!(
+            failure.error.contains("link pin /x was removed"),
+            "{failure}"
+        );
+        assert!(failure.error.contains("restart failoverd"), "{failure}");
+        assert_eq!(running.view.failing_count(), 2);
+        assert!(running.view.datapath_failure().is_some());
+
+        running.kernel.restore();
+        tokio::time::sleep(CHECK_EVERY).await;
+        assert_eq!(running.view.failing(&vip(1)), None);
+        assert_eq!(running.view.failing_count(), 0);
+        running.stop().await;
+    }
+
+    /// Issue 10 defect 1: an id gets a new owner while the kernel still holds
+    /// the old owner's counts.
+    #[test]
+    fn an_id_installed_for_another_owner_counts_from_zero() {
+        let mut dp = FakeDatapath::new();
+        dp.apply(&table(vip(1), 7)).unwrap();
+        dp.set_counters(7, counted(100));
+        dp.set_counters(1, counted(100));
+        let kernel = dp.handle();
+        let mut w = Writer::new(dp).unwrap();
+        // Same VIP, same id 7, another backend address.
+        let mut moved = table(vip(1), 8);
+        moved.backends[0].id = 7;
+        w.queue(WriterCommand::Apply(moved));
+        w.flush();
+        assert_eq!(kernel.counters(7), CounterTotals::default());
+        assert_eq!(
+            kernel.counters(1),
+            counted(100),
+            "the VIP kept its id and owner"
+        );
+    }
+
+    #[test]
+    fn the_same_owner_keeps_its_counts_across_a_restart_and_removal() {
+        let mut dp = FakeDatapath::new();
+        dp.apply(&table(vip(1), 7)).unwrap();
+        dp.set_counters(7, counted(100));
+        let kernel = dp.handle();
+        let mut w = Writer::new(dp).unwrap();
+        w.queue(WriterCommand::Remove(vip(1)));
+        w.flush();
+        w.queue(WriterCommand::Apply(table(vip(1), 7)));
+        w.flush();
+        assert_eq!(kernel.counters(7), counted(100));
+        assert!(kernel.resets().is_empty());
+    }
+
+    /// The reported sequence: a reload drops backend 3 from the table, the
+    /// daemon restarts, and the allocator hands id 3 to a new backend that
+    /// has never been live (so is never installed).
+    #[test]
+    fn a_restart_resets_counters_no_pinned_table_names() {
+        let mut dp = FakeDatapath::new();
+        let backend = |port: u16, id| TableBackend {
+            addr: format!("127.0.0.1:{port}").parse().unwrap(),
+            id,
+        };
+        let both = VipTable::weighted(vip(1), 1, vec![backend(2, 2), backend(3, 3)], &[1, 1]);
+        dp.apply(&both.unwrap()).unwrap();
+        dp.set_counters(2, counted(40));
+        dp.set_counters(3, counted(60));
+        // The reload: backend 3 is gone from the table, its counts stay.
+        dp.apply(&VipTable::weighted(vip(1), 1, vec![backend(2, 2)], &[1]).unwrap())
+            .unwrap();
+        let kernel = dp.handle();
+
+        // The restart.
+        let w = Writer::new(dp).unwrap();
+        let mut ids = crate::datapath::IdAllocator::from_tables(w.written().values());
+        assert_eq!(ids.allocate(), Ok(3), "the freed id is handed out again");
+        assert_eq!(kernel.counters(3), CounterTotals::default());
+        assert_eq!(
+            kernel.counters(2),
+            counted(40),
+            "a pinned backend keeps its counts"
+        );
     }
 }
