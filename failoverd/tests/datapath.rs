@@ -310,12 +310,9 @@ fn udp_late_reply_shows_the_vip_after_a_send_elsewhere() -> TestResult {
 
     let exe = std::env::current_exe()?;
     let mut cmd = Command::new(exe);
-    cmd.env(
-        LATE_REPLY_ENV,
-        format!("{};{}", vip.addr, elsewhere.addr()),
-    )
-    .stdin(std::process::Stdio::null())
-    .stdout(std::process::Stdio::piped());
+    cmd.env(LATE_REPLY_ENV, format!("{};{}", vip.addr, elsewhere.addr()))
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped());
     support::client::place_child(&mut cmd, Some(&env.cgroup), None)?;
     let out = cmd.spawn()?.wait_with_output()?;
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -328,10 +325,9 @@ fn udp_late_reply_shows_the_vip_after_a_send_elsewhere() -> TestResult {
         format!("B72 {}", elsewhere.addr()),
     ]
     .into();
-    check(
-        replies == want.iter().map(String::as_str).collect(),
-        || format!("replies {replies:?}, want {want:?}"),
-    )
+    check(replies == want.iter().map(String::as_str).collect(), || {
+        format!("replies {replies:?}, want {want:?}")
+    })
 }
 
 fn ipv6_vip_in_a_netns() -> TestResult {

@@ -122,10 +122,7 @@ pub fn run(command: &VipCommand) -> Result<(), DatapathError> {
                 println!("no VIPs under {}", args.pin_dir.display());
             }
             for installed in tables.values() {
-                println!(
-                    "{}",
-                    describe(installed, |id| maps.counters(id).ok(), true)
-                );
+                println!("{}", describe(installed, |id| maps.counters(id).ok(), true));
             }
         }
         VipCommand::Delete(args) => {

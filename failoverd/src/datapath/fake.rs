@@ -111,7 +111,9 @@ impl FakeDatapath {
 fn lock(kernel: &Mutex<FakeKernel>) -> MutexGuard<'_, FakeKernel> {
     // A test that panicked while holding the lock has failed already; its
     // state is still the best description of what the fake holds.
-    kernel.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    kernel
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 impl FakeHandle {
@@ -194,11 +196,7 @@ impl Datapath for FakeDatapath {
             .max_entries
             .is_some_and(|max| kernel.tables.len() >= max);
         if full && !kernel.tables.contains_key(&table.vip) {
-            return Err(syscall_error(
-                "writing",
-                "bpf_map_update_elem",
-                libc::E2BIG,
-            ));
+            return Err(syscall_error("writing", "bpf_map_update_elem", libc::E2BIG));
         }
         kernel.generation += 1;
         let generation = kernel.generation;

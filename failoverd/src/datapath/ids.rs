@@ -29,7 +29,10 @@ pub struct IdAllocator {
 
 /// Every id from 1 to `MAX_COUNTERS - 1` is taken.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
-#[error("all {} counter ids are in use (one per VIP and per backend address)", IdAllocator::CAPACITY)]
+#[error(
+    "all {} counter ids are in use (one per VIP and per backend address)",
+    IdAllocator::CAPACITY
+)]
 pub struct IdsExhausted;
 
 impl Default for IdAllocator {
@@ -162,7 +165,11 @@ mod tests {
         ids.release(first);
         assert_eq!(ids.allocate(), Ok(2), "a released id is not reused at once");
         ids.last = LAST;
-        assert_eq!(ids.allocate(), Ok(first), "after the last id the search wraps");
+        assert_eq!(
+            ids.allocate(),
+            Ok(first),
+            "after the last id the search wraps"
+        );
     }
 
     #[test]
