@@ -19,9 +19,12 @@ use std::{
     time::{Duration, Instant},
 };
 
-use failoverd::datapath::{
-    BpfDatapath, CgroupSpec, Datapath, DatapathConfig, DatapathError, PinnedMaps, Protocol,
-    TableBackend, Vip, VipTable,
+use failoverd::{
+    datapath::{
+        BpfDatapath, CgroupSpec, Datapath, DatapathConfig, DatapathError, PinnedMaps, Protocol,
+        TableBackend, Vip, VipTable,
+    },
+    reconcile::{run_writer, KernelView, Writer, WriterCommand, WriterMessage},
 };
 use failoverd_shared::map_names;
 use libtest_mimic::{Arguments, Failed, Trial};
@@ -30,7 +33,7 @@ use support::{
     cgroup::TestCgroup,
     client::{run_client, run_client_outside_cgroup, spawn_client, ClientReport, ClientSpec, Mode},
     env::Env,
-    kernel::{check, loopback, tcp_vip},
+    kernel::{check, exactly, loopback, tcp_vip, until_table},
     netns::TestNetns,
 };
 
@@ -110,6 +113,18 @@ fn main() {
             unprivileged_user_is_told_which_capabilities_are_missing,
         ),
         ("object_and_rust_types_agree", object_and_rust_types_agree),
+        (
+            "writer_restores_an_entry_deleted_from_the_pinned_map",
+            writer_restores_an_entry_deleted_from_the_pinned_map,
+        ),
+        (
+            "writer_reports_a_datapath_cleaned_up_under_it",
+            writer_reports_a_datapath_cleaned_up_under_it,
+        ),
+        (
+            "a_restarted_writer_zeroes_counts_of_ids_no_table_names",
+            a_restarted_writer_zeroes_counts_of_ids_no_table_names,
+        ),
     ];
     let trials = trials
         .into_iter()
@@ -811,6 +826,147 @@ fn object_and_rust_types_agree() -> TestResult {
     let read_back = maps.tables()?;
     check(read_back[&vip].table == t, || {
         format!("read back {:?}", read_back[&vip])
+    })
+}
+
+/// A writer task over a real datapath, on its own runtime; stops on drop.
+struct WriterTask {
+    runtime: tokio::runtime::Runtime,
+    tx: tokio::sync::mpsc::Sender<WriterMessage>,
+    stop: tokio::sync::watch::Sender<bool>,
+    view: KernelView,
+}
+
+impl WriterTask {
+    fn start(dp: BpfDatapath) -> Result<WriterTask, Failed> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()?;
+        let writer = Writer::new(dp)?;
+        let view = writer.view();
+        let (tx, rx) = tokio::sync::mpsc::channel(8);
+        let (stop, stop_rx) = tokio::sync::watch::channel(false);
+        runtime.spawn(run_writer(writer, rx, stop_rx));
+        Ok(WriterTask {
+            runtime,
+            tx,
+            stop,
+            view,
+        })
+    }
+
+    /// Sends `command` and waits until it is written; `true` when nothing is left to retry.
+    fn write(&self, command: WriterCommand) -> Result<bool, Failed> {
+        self.runtime.block_on(async {
+            self.tx.send(command.into()).await?;
+            let (reply, answer) = tokio::sync::oneshot::channel();
+            self.tx.send(WriterMessage::Barrier(reply)).await?;
+            Ok(answer.await?)
+        })
+    }
+}
+
+impl Drop for WriterTask {
+    fn drop(&mut self) {
+        // The task may have ended already; nothing is left to stop then.
+        self.stop.send(true).ok();
+    }
+}
+
+/// Polls `cond` every 20 ms until it holds or `limit` passes; how long it took.
+fn until(limit: Duration, mut cond: impl FnMut() -> bool) -> Option<Duration> {
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if cond() {
+            return Some(start.elapsed());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    None
+}
+
+fn writer_restores_an_entry_deleted_from_the_pinned_map() -> TestResult {
+    let env = Env::new("repair")?;
+    let backend = TcpBackend::start(loopback(), 81)?;
+    let vip = tcp_vip("127.77.17.1:80");
+    let writer = WriterTask::start(env.open()?)?;
+    check(
+        writer.write(WriterCommand::Apply(table(vip, &[(backend.addr(), 81)])?))?,
+        || "the first write failed".into(),
+    )?;
+
+    // Behind the writer's back, through the pins, as `bpftool map delete` would.
+    PinnedMaps::open(env.pins.path())?.remove(&vip)?;
+    check(support::kernel::table(&env, vip)?.is_none(), || {
+        "the entry is still there".into()
+    })?;
+    let took = until_table(
+        &env,
+        vip,
+        Duration::from_secs(5),
+        exactly(&[backend.addr()]),
+    )?;
+    check(writer.view.repairs() == 1, || {
+        format!("repairs counted: {}", writer.view.repairs())
+    })?;
+    let report = env.client(&ClientSpec::new(vip.addr, Mode::TcpReadId, 3))?;
+    check(report.id_count(81) == 3, || {
+        format!("restored after {took:?}, but connects do not reach the backend: {report:?}")
+    })
+}
+
+fn writer_reports_a_datapath_cleaned_up_under_it() -> TestResult {
+    let env = Env::new("cleanedup")?;
+    let backend = TcpBackend::start(loopback(), 82)?;
+    let vip = tcp_vip("127.77.17.2:80");
+    let writer = WriterTask::start(env.open()?)?;
+    writer.write(WriterCommand::Apply(table(vip, &[(backend.addr(), 82)])?))?;
+    check(writer.view.failing(&vip).is_none(), || {
+        "failing before anything happened".into()
+    })?;
+
+    failoverd::datapath::cleanup(env.pins.path())?;
+    let failure = until(Duration::from_secs(5), || {
+        writer.view.failing(&vip).is_some()
+    });
+    check(failure.is_some(), || {
+        "the view still says the VIP is served after cleanup".into()
+    })?;
+    let failure = writer.view.failing(&vip).ok_or("no failure")?;
+    check(
+        failure.error.contains("taken apart") && writer.view.failing_count() == 1,
+        || format!("unclear failure: {failure}"),
+    )
+}
+
+fn a_restarted_writer_zeroes_counts_of_ids_no_table_names() -> TestResult {
+    let env = Env::new("idreuse")?;
+    let a = TcpBackend::start(loopback(), 83)?;
+    let b = TcpBackend::start(loopback(), 84)?;
+    let vip = tcp_vip("127.77.17.3:80");
+    {
+        let mut dp = env.open()?;
+        dp.apply(&table(vip, &[(a.addr(), 83), (b.addr(), 84)])?)?;
+        let report = env.client(&ClientSpec::new(vip.addr, Mode::TcpReadId, 20))?;
+        check(report.ok == 20 && dp.counters(84)?.connects > 0, || {
+            format!("backend 84 got no connects: {report:?}")
+        })?;
+        // A reload drops backend 84: its counts stay in the kernel.
+        dp.apply(&table(vip, &[(a.addr(), 83)])?)?;
+    }
+    let kept = BpfDatapath::open(&env.config())?.counters(83)?.connects;
+    // The restart: the writer adopts the table and resets what no table names.
+    let writer = Writer::new(env.open()?)?;
+    let dp = writer.into_datapath();
+    check(dp.counters(84)? == Default::default(), || {
+        format!("id 84 still counts {:?}", dp.counters(84))
+    })?;
+    check(!dp.counter_ids()?.contains(&84), || {
+        "id 84 is listed".into()
+    })?;
+    check(dp.counters(83)?.connects == kept && kept > 0, || {
+        format!("the adopted backend lost its counts: {kept}")
     })
 }
 
