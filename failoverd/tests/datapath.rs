@@ -125,6 +125,10 @@ fn main() {
             "a_restarted_writer_zeroes_counts_of_ids_no_table_names",
             a_restarted_writer_zeroes_counts_of_ids_no_table_names,
         ),
+        (
+            "ip_netns_exec_is_told_to_use_nsenter",
+            ip_netns_exec_is_told_to_use_nsenter,
+        ),
     ];
     let trials = trials
         .into_iter()
@@ -967,6 +971,45 @@ fn a_restarted_writer_zeroes_counts_of_ids_no_table_names() -> TestResult {
     })?;
     check(dp.counters(83)?.connects == kept && kept > 0, || {
         format!("the adopted backend lost its counts: {kept}")
+    })
+}
+
+/// `ip netns exec` remounts /sys, hiding cgroup2 and bpffs: the datapath
+/// refuses with the command that works, and that command does work.
+fn ip_netns_exec_is_told_to_use_nsenter() -> TestResult {
+    let env = Env::new("netnsexec")?;
+    let netns = TestNetns::new("netnsexec")?;
+    let vip_set = |wrapper: &[&str]| -> Result<std::process::Output, Failed> {
+        Ok(Command::new(wrapper[0])
+            .args(&wrapper[1..])
+            .arg(env!("CARGO_BIN_EXE_failoverd"))
+            .args(["vip", "set", "127.77.18.1:80", "127.0.0.1:1"])
+            .arg("--cgroup")
+            .arg(env.cgroup.path())
+            .arg("--pin-dir")
+            .arg(env.pins.path())
+            .output()?)
+    };
+    let out = vip_set(&["ip", "netns", "exec", netns.name()])?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let advice = format!("nsenter --net=/run/netns/{}", netns.name());
+    check(!out.status.success() && stderr.contains(&advice), || {
+        format!("under ip netns exec: {} {stderr}", out.status)
+    })?;
+    check(!env.pins.path().exists(), || {
+        "the refused run created pins".into()
+    })?;
+
+    let net = format!("--net={}", netns.path().display());
+    let out = vip_set(&["nsenter", &net])?;
+    check(out.status.success(), || {
+        format!(
+            "the advised command failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })?;
+    check(hooks_attached(env.cgroup.path())? == 8, || {
+        "nsenter run did not attach the hooks".into()
     })
 }
 

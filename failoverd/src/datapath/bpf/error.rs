@@ -22,6 +22,21 @@ pub enum DatapathError {
          (mount -t cgroup2 none /sys/fs/cgroup, or boot with systemd.unified_cgroup_hierarchy=1)"
     )]
     NoCgroup2Mount,
+    /// cgroup v2 is mounted for PID 1 but not in this process's mount
+    /// namespace: typically `ip netns exec`, which remounts /sys.
+    #[error(
+        "no cgroup2 mount in this process's mount namespace, though PID 1 has one at \
+         {pid1_mount}: `ip netns exec` remounts /sys and hides it (and bpffs, so pins made \
+         here would vanish with the process); start failoverd with \
+         `nsenter --net=/run/netns/{}` instead, which keeps the mounts",
+        netns.as_deref().unwrap_or("NAME")
+    )]
+    Cgroup2Hidden {
+        /// Where PID 1 has cgroup v2 mounted.
+        pid1_mount: PathBuf,
+        /// The `ip netns` name of this process's network namespace, if found.
+        netns: Option<String>,
+    },
     /// The configured cgroup is not a directory of the cgroup v2 hierarchy.
     #[error("cgroup {path}: not a directory under the cgroup2 mount {mount}")]
     CgroupNotUnderMount {
@@ -29,6 +44,19 @@ pub enum DatapathError {
         path: PathBuf,
         /// Where cgroup v2 is mounted.
         mount: PathBuf,
+    },
+    /// bpffs is mounted for PID 1 but not in this process's mount namespace.
+    #[error(
+        "bpffs is mounted at {mount} for PID 1 but not in this process's mount namespace \
+         (`ip netns exec` remounts /sys): pins made here would be private to this process \
+         and vanish with it; start failoverd with `nsenter --net=/run/netns/{}` instead",
+        netns.as_deref().unwrap_or("NAME")
+    )]
+    BpffsHidden {
+        /// Where PID 1 has bpffs.
+        mount: PathBuf,
+        /// The `ip netns` name of this process's network namespace, if found.
+        netns: Option<String>,
     },
     /// The pin directory is not on a BPF filesystem.
     #[error("pin directory {path} is not on bpffs: choose a directory under a bpf mount (e.g. /sys/fs/bpf/failoverd)")]
