@@ -96,6 +96,10 @@ fn main() {
             pinned_map_of_another_layout_is_refused,
         ),
         (
+            "maps_of_an_older_layout_version_are_refused",
+            maps_of_an_older_layout_version_are_refused,
+        ),
+        (
             "changed_programs_are_swapped_in_place",
             changed_programs_are_swapped_in_place,
         ),
@@ -686,6 +690,42 @@ fn pinned_map_of_another_layout_is_refused() -> TestResult {
         dump.contains("Found 0 elements") || dump.trim().is_empty() || dump.trim() == "[]",
         || format!("the foreign map was written: {dump}"),
     )?;
+    check(hooks_attached(env.cgroup.path())? == 0, || {
+        "hooks were attached despite the refusal".into()
+    })
+}
+
+/// A pin directory left by a failoverd of layout v1 (other map names): the
+/// hooks would be swapped onto new, empty maps, so it is refused instead.
+fn maps_of_an_older_layout_version_are_refused() -> TestResult {
+    let env = Env::new("oldver")?;
+    std::fs::create_dir_all(env.pins.path())?;
+    let old = env.pins.path().join("failoverd_services_v1");
+    let out = Command::new("bpftool")
+        .args(["map", "create"])
+        .arg(&old)
+        .args([
+            "type", "hash", "key", "20", "value", "1048", "entries", "16", "name", "fo_v1",
+            "flags", "1",
+        ])
+        .output()?;
+    check(out.status.success(), || {
+        format!(
+            "bpftool map create: {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })?;
+    match BpfDatapath::open(&env.config()) {
+        Err(e @ DatapathError::LayoutMismatch { .. }) => {
+            let text = e.to_string();
+            check(
+                text.contains("v1") && text.contains("failoverd cleanup"),
+                || format!("unclear refusal: {text}"),
+            )?
+        }
+        Err(other) => return Err(format!("expected a layout mismatch, got: {other}").into()),
+        Ok(_) => return Err("a pin directory of layout v1 was adopted".into()),
+    }
     check(hooks_attached(env.cgroup.path())? == 0, || {
         "hooks were attached despite the refusal".into()
     })
