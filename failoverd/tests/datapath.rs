@@ -485,7 +485,6 @@ fn refusals_are_counted_each_under_its_own_name() -> TestResult {
     };
     maps.write(&mismatch, &value)?;
     // A slot naming backend #5 of a one-backend table.
-    let mut value = value;
     value.vip_id = 1200;
     value.slots[0] = 5;
     maps.write(&bad_slot, &value)?;
