@@ -2,6 +2,9 @@
 //!
 //! The daemon normally owns the tables; these commands are for bring-up,
 //! debugging and emergencies, and write through the same [`Datapath`] calls.
+//! A running daemon reads back the VIPs it manages every 2 s and rewrites any
+//! table changed behind its back, so a change made here to one of its VIPs
+//! lasts about that long: stop the daemon first (the pinned tables stay).
 
 use std::{fmt::Write as _, net::SocketAddr, str::FromStr};
 
