@@ -73,8 +73,9 @@ pub enum WriterMessage {
     /// A change to make.
     Command(WriterCommand),
     /// Answered once everything sent before it is written: `true` when nothing
-    /// is left to retry. Lets an operator command return only after the
-    /// kernel holds its effect.
+    /// is left to retry and the datapath is in place (see [`KernelView`] for
+    /// why not). Lets an operator command return only after the kernel holds
+    /// its effect.
     Barrier(tokio::sync::oneshot::Sender<bool>),
 }
 
@@ -395,6 +396,13 @@ impl<D: Datapath> Writer<D> {
 
     fn check_inner(&mut self) -> usize {
         match self.datapath.check_intact() {
+            Err(e) if !matches!(e, DatapathError::Detached { .. }) => {
+                // Could not look (e.g. EMFILE while something exhausts the
+                // daemon's descriptors): that says nothing about the kernel,
+                // so the VIPs' state stays as it was.
+                tracing::warn!(error = %e, "could not check that the datapath is in place; will look again");
+                return 0;
+            }
             Err(e) => {
                 match &mut self.detached {
                     Some(failure) => failure.attempts += 1,
@@ -528,10 +536,11 @@ pub async fn run_writer<D: Datapath>(
                     }
                     next = messages.try_recv().ok();
                 }
-                let left = writer.flush();
+                // Written means read by the hooks: not while the datapath is gone.
+                let done = !writer.flush() && writer.detached.is_none();
                 for reply in barriers {
                     // The asker may have given up; the writes stand anyway.
-                    reply.send(!left).ok();
+                    reply.send(done).ok();
                 }
             }
             _ = tokio::time::sleep_until(wake) => {}

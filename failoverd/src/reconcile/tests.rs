@@ -272,6 +272,11 @@ async fn a_datapath_taken_apart_makes_every_vip_fail_until_it_is_back() {
     assert_eq!(running.view.failing_count(), 2);
     assert!(running.view.datapath_failure().is_some());
 
+    assert!(
+        !running.barrier().await,
+        "a barrier does not report written while nothing reads the maps"
+    );
+
     running.kernel.restore();
     tokio::time::sleep(CHECK_EVERY).await;
     assert_eq!(running.view.failing(&vip(1)), None);
