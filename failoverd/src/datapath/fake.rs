@@ -47,6 +47,8 @@ struct FakeKernel {
     max_entries: Option<usize>,
     /// Set when the datapath was "taken apart": what `check_intact` reports.
     broken: Option<String>,
+    /// Set when `check_intact` cannot look (e.g. EMFILE): its errno.
+    check_errno: Option<i32>,
     /// Every successful write, as [`FakeDatapath::writes`] but reachable from a handle.
     writes: Vec<FakeWrite>,
     /// Ids whose counters were reset, in order.
@@ -179,6 +181,12 @@ impl FakeHandle {
         lock(&self.kernel).broken = Some(detail.to_string());
     }
 
+    /// Makes [`Datapath::check_intact`] fail to look with `errno` (as opening
+    /// a pin does with EMFILE when descriptors run out); `None` undoes it.
+    pub fn fail_checks(&self, errno: Option<i32>) {
+        lock(&self.kernel).check_errno = errno;
+    }
+
     /// Undoes [`FakeHandle::take_apart`].
     pub fn restore(&self) {
         lock(&self.kernel).broken = None;
@@ -249,10 +257,18 @@ impl Datapath for FakeDatapath {
     }
 
     fn check_intact(&self) -> Result<(), DatapathError> {
-        match &self.kernel().broken {
-            Some(detail) => Err(DatapathError::Detached {
+        let kernel = self.kernel();
+        if let Some(detail) = &kernel.broken {
+            return Err(DatapathError::Detached {
                 pin_dir: "/fake".into(),
                 detail: detail.clone(),
+            });
+        }
+        match kernel.check_errno {
+            Some(errno) => Err(DatapathError::Io {
+                op: "opening",
+                path: "/fake/links/fo_connect4".into(),
+                source: io::Error::from_raw_os_error(errno),
             }),
             None => Ok(()),
         }

@@ -148,6 +148,8 @@ pub struct Writer<D> {
     owners: HashMap<u32, Owner>,
     /// Set while the datapath itself is not in place.
     detached: Option<WriteFailure>,
+    /// Set while checking that it is in place fails (logged once).
+    check_failing: bool,
     view: KernelView,
     view_dirty: bool,
     writes: u64,
@@ -175,6 +177,7 @@ impl<D: Datapath> Writer<D> {
             backoff: BTreeMap::new(),
             owners,
             detached: None,
+            check_failing: false,
             view: KernelView::default(),
             view_dirty: true,
             writes: 0,
@@ -400,10 +403,14 @@ impl<D: Datapath> Writer<D> {
                 // Could not look (e.g. EMFILE while something exhausts the
                 // daemon's descriptors): that says nothing about the kernel,
                 // so the VIPs' state stays as it was.
-                tracing::warn!(error = %e, "could not check that the datapath is in place; will look again");
+                if !self.check_failing {
+                    tracing::warn!(error = %e, "could not check that the datapath is in place; will look again");
+                    self.check_failing = true;
+                }
                 return 0;
             }
             Err(e) => {
+                self.check_failing = false;
                 match &mut self.detached {
                     Some(failure) => failure.attempts += 1,
                     None => {
@@ -416,6 +423,7 @@ impl<D: Datapath> Writer<D> {
                 return 0;
             }
             Ok(()) => {
+                self.check_failing = false;
                 if self.detached.take().is_some() {
                     tracing::info!("the datapath is in place again");
                 }

@@ -284,6 +284,23 @@ async fn a_datapath_taken_apart_makes_every_vip_fail_until_it_is_back() {
     running.stop().await;
 }
 
+#[tokio::test(start_paused = true)]
+async fn a_check_that_cannot_look_changes_nothing() {
+    let running = Running::start(FakeDatapath::new());
+    running.send(WriterCommand::Apply(table(vip(1), 1))).await;
+    assert!(running.barrier().await);
+    running.kernel.fail_checks(Some(libc::EMFILE));
+    tokio::time::sleep(2 * CHECK_EVERY + Duration::from_millis(10)).await;
+    assert_eq!(running.view.failing(&vip(1)), None);
+    assert_eq!(running.view.failing_count(), 0);
+    // A deletion meanwhile is still repaired once checks work again.
+    running.kernel.delete_entry(&vip(1));
+    running.kernel.fail_checks(None);
+    tokio::time::sleep(CHECK_EVERY).await;
+    assert_eq!(running.kernel.tables()[&vip(1)].table, table(vip(1), 1));
+    running.stop().await;
+}
+
 /// Issue 10 defect 1: an id gets a new owner while the kernel still holds
 /// the old owner's counts.
 #[test]
