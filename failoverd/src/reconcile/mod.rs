@@ -77,6 +77,12 @@ pub enum WriterMessage {
     /// why not). Lets an operator command return only after the kernel holds
     /// its effect.
     Barrier(tokio::sync::oneshot::Sender<bool>),
+    /// An id was just handed to a new owner (fresh from the allocator):
+    /// forget whatever the kernel counted under it, so the new owner starts
+    /// from zero even if it is never installed (a backend that is never live
+    /// is never in a table, so the reset on install does not reach it). Ids
+    /// a written table still holds are left alone.
+    ResetCounters(u32),
 }
 
 impl From<WriterCommand> for WriterMessage {
@@ -345,6 +351,31 @@ impl<D: Datapath> Writer<D> {
         Ok(())
     }
 
+    /// Zeroes the kernel counters of `id`, just handed to a new owner,
+    /// unless a written table still holds it (then the sender is wrong, and
+    /// the live owner's counts are kept). The id's next install counts as a
+    /// new owner anyway, so a failure here is logged and left to that.
+    pub fn reset_counters(&mut self, id: u32) {
+        // Every installed id is in `owners` (recorded on install and on
+        // adoption), so looking at its last owner's table is enough.
+        let installed = self.owners.get(&id).filter(|owner| {
+            let vip = match owner {
+                Owner::Vip(vip) | Owner::Backend(vip, _) => vip,
+            };
+            self.written
+                .get(vip)
+                .is_some_and(|t| owners_of(t).any(|(held, o)| held == id && o == **owner))
+        });
+        if let Some(owner) = installed {
+            tracing::warn!(id, owner = ?owner, "asked to reset the counters of an id a written table holds; left alone");
+            return;
+        }
+        self.owners.remove(&id);
+        if let Err(e) = self.datapath.reset_counters(id) {
+            tracing::warn!(id, error = %e, "could not reset the counters of a new id; they are reset when it is installed");
+        }
+    }
+
     fn failed(&mut self, vip: Vip, e: &DatapathError, now: Instant, new_failures: &mut usize) {
         self.view_dirty = true;
         let Some(backoff) = self.backoff.get_mut(&vip) else {
@@ -541,6 +572,7 @@ pub async fn run_writer<D: Datapath>(
                     match message {
                         WriterMessage::Command(command) => writer.queue(command),
                         WriterMessage::Barrier(reply) => barriers.push(reply),
+                        WriterMessage::ResetCounters(id) => writer.reset_counters(id),
                     }
                     next = messages.try_recv().ok();
                 }

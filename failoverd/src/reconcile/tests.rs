@@ -301,6 +301,36 @@ async fn a_check_that_cannot_look_changes_nothing() {
     running.stop().await;
 }
 
+/// An id reused within one run for a backend that is never live: the
+/// daemon tells the writer when it hands the id out.
+#[tokio::test(start_paused = true)]
+async fn a_reset_message_zeroes_an_id_no_table_holds_and_spares_live_ones() {
+    let dp = FakeDatapath::new();
+    let running = Running::start(dp);
+    running.send(WriterCommand::Apply(table(vip(1), 7))).await;
+    assert!(running.barrier().await);
+    running.kernel.set_counters(7, counted(5));
+    running.kernel.set_counters(9, counted(60));
+    running
+        .tx
+        .send(WriterMessage::ResetCounters(9))
+        .await
+        .unwrap();
+    running
+        .tx
+        .send(WriterMessage::ResetCounters(7))
+        .await
+        .unwrap();
+    running.barrier().await;
+    assert_eq!(running.kernel.counters(9), CounterTotals::default());
+    assert_eq!(
+        running.kernel.counters(7),
+        counted(5),
+        "a live id is spared"
+    );
+    running.stop().await;
+}
+
 /// Issue 10 defect 1: an id gets a new owner while the kernel still holds
 /// the old owner's counts.
 #[test]
