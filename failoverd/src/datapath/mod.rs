@@ -104,14 +104,23 @@ pub trait Datapath: Send {
     /// Counters of a VIP id or backend id; zero when nothing was counted yet.
     fn counters(&self, id: u32) -> Result<CounterTotals, DatapathError>;
 
-    /// Every id the kernel holds counters for.
-    fn counter_ids(&self) -> Result<Vec<u32>, DatapathError>;
+    /// Every id the kernel holds counters for. Default: none (a datapath
+    /// that keeps no counters, such as a test wrapper).
+    fn counter_ids(&self) -> Result<Vec<u32>, DatapathError> {
+        Ok(Vec::new())
+    }
 
     /// Forgets the counters of `id`, so they count from zero for whoever gets
-    /// the id next. Not an error when nothing was counted under it.
-    fn reset_counters(&mut self, id: u32) -> Result<(), DatapathError>;
+    /// the id next. Not an error when nothing was counted under it. Default:
+    /// nothing to forget.
+    fn reset_counters(&mut self, _id: u32) -> Result<(), DatapathError> {
+        Ok(())
+    }
 
     /// Whether the datapath itself is still in place (maps pinned, hooks
     /// attached), not only its tables: `Err` says what is gone and what to do.
-    fn check_intact(&self) -> Result<(), DatapathError>;
+    /// Default: always in place (nothing outside the process to lose).
+    fn check_intact(&self) -> Result<(), DatapathError> {
+        Ok(())
+    }
 }
