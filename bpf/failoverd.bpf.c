@@ -36,7 +36,7 @@ struct {
 	__type(key, struct fo_vip_key);
 	__type(value, struct fo_service);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
-} failoverd_services_v1 SEC(".maps");
+} failoverd_services_v2 SEC(".maps");
 
 /* Per-socket reverse translations; the kernel frees them with the socket. */
 struct {
@@ -45,7 +45,7 @@ struct {
 	__type(key, int);
 	__type(value, struct fo_sock_state);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
-} failoverd_sockets_v1 SEC(".maps");
+} failoverd_sockets_v2 SEC(".maps");
 
 /* Counter id (VIP id or backend id) -> per-CPU counters. */
 struct {
@@ -55,7 +55,7 @@ struct {
 	__type(key, __u32);
 	__type(value, struct fo_counters);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
-} failoverd_counters_v1 SEC(".maps");
+} failoverd_counters_v2 SEC(".maps");
 
 /* What layout the pinned maps hold; written by user space, never read here. */
 struct {
@@ -64,24 +64,26 @@ struct {
 	__type(key, __u32);
 	__type(value, struct fo_meta);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
-} failoverd_meta_v1 SEC(".maps");
+} failoverd_meta_v2 SEC(".maps");
 
 enum fo_counter {
 	FO_CONNECTS,
 	FO_REJECTED,
-	FO_XLATE_ERRORS,
+	FO_NO_SOCK_STORAGE,
+	FO_BAD_TABLE,
+	FO_FAMILY_MISMATCH,
 };
 
 static __always_inline void count(__u32 id, enum fo_counter which)
 {
-	struct fo_counters *c = bpf_map_lookup_elem(&failoverd_counters_v1, &id);
+	struct fo_counters *c = bpf_map_lookup_elem(&failoverd_counters_v2, &id);
 
 	if (!c) {
 		struct fo_counters zero = {};
 
 		/* Two CPUs may race to create it: NOEXIST lets one win. */
-		bpf_map_update_elem(&failoverd_counters_v1, &id, &zero, BPF_NOEXIST);
-		c = bpf_map_lookup_elem(&failoverd_counters_v1, &id);
+		bpf_map_update_elem(&failoverd_counters_v2, &id, &zero, BPF_NOEXIST);
+		c = bpf_map_lookup_elem(&failoverd_counters_v2, &id);
 		if (!c)
 			return;
 	}
@@ -93,8 +95,14 @@ static __always_inline void count(__u32 id, enum fo_counter which)
 	case FO_REJECTED:
 		c->rejected++;
 		break;
-	case FO_XLATE_ERRORS:
-		c->xlate_errors++;
+	case FO_NO_SOCK_STORAGE:
+		c->no_sock_storage++;
+		break;
+	case FO_BAD_TABLE:
+		c->bad_table++;
+		break;
+	case FO_FAMILY_MISMATCH:
+		c->family_mismatch++;
 		break;
 	}
 }
@@ -180,9 +188,10 @@ find_backend_entry(struct fo_sock_state *st, const __u32 peer[4], __u16 port_be)
  * translated, NOT_A_VIP when the address is not a VIP, -errno to refuse.
  * sticky: reuse the backend this socket already has for the VIP while the
  * table is unchanged (unconnected UDP: one flow stays on one backend).
+ * v4_only: the socket is AF_INET and cannot reach an IPv6 backend.
  */
 static __always_inline int translate(struct bpf_sock_addr *ctx, const struct fo_vip_key *key,
-				     int sticky, struct fo_backend *out)
+				     int sticky, int v4_only, struct fo_backend *out)
 {
 	struct fo_service *svc;
 	struct fo_sock_state *st;
@@ -190,7 +199,7 @@ static __always_inline int translate(struct bpf_sock_addr *ctx, const struct fo_
 	const struct fo_backend *b;
 	struct bpf_sock *sk;
 
-	svc = bpf_map_lookup_elem(&failoverd_services_v1, key);
+	svc = bpf_map_lookup_elem(&failoverd_services_v2, key);
 	if (!svc)
 		return NOT_A_VIP;
 	if (svc->slot_count == 0) {
@@ -201,7 +210,7 @@ static __always_inline int translate(struct bpf_sock_addr *ctx, const struct fo_
 	}
 
 	sk = ctx->sk;
-	st = sk ? bpf_sk_storage_get(&failoverd_sockets_v1, sk, 0,
+	st = sk ? bpf_sk_storage_get(&failoverd_sockets_v2, sk, 0,
 				     BPF_SK_STORAGE_GET_F_CREATE) : NULL;
 	if (st)
 		e = find_vip_entry(st, key);
@@ -214,13 +223,19 @@ static __always_inline int translate(struct bpf_sock_addr *ctx, const struct fo_
 	} else {
 		b = pick_backend(svc, bpf_get_prandom_u32());
 		if (!b) {
-			count(svc->vip_id, FO_XLATE_ERRORS);
+			count(svc->vip_id, FO_BAD_TABLE);
 			return -EHOSTUNREACH;
 		}
 		addr_copy(out->addr_be, b->addr_be);
 		out->port_be = b->port_be;
 		out->pad = 0;
 		out->id = b->id;
+	}
+	/* Checked before anything is recorded or counted as translated: the
+	 * writer never installs such a table, but a table it did not write may. */
+	if (v4_only && !addr_is_v4_mapped(out->addr_be)) {
+		count(svc->vip_id, FO_FAMILY_MISMATCH);
+		return -EAFNOSUPPORT;
 	}
 
 	if (st) {
@@ -236,7 +251,8 @@ static __always_inline int translate(struct bpf_sock_addr *ctx, const struct fo_
 		e->generation = svc->generation;
 	} else {
 		/* Translated, but getpeername/recvmsg will show the backend. */
-		count(svc->vip_id, FO_XLATE_ERRORS);
+		count(svc->vip_id, FO_NO_SOCK_STORAGE);
+		count(out->id, FO_NO_SOCK_STORAGE);
 	}
 
 	count(svc->vip_id, FO_CONNECTS);
@@ -244,7 +260,13 @@ static __always_inline int translate(struct bpf_sock_addr *ctx, const struct fo_
 	return 0;
 }
 
-/* A UDP socket re-connected to a non-VIP must not keep answering with a VIP. */
+/*
+ * A UDP socket re-connected to a non-VIP must not keep answering with a VIP.
+ * Only connect() forgets: an unconnected socket that sends to a VIP and then
+ * elsewhere still gets the VIP backend's late replies, and they must still
+ * read as coming from the VIP. (A reply from an address that is also one of
+ * the socket's VIP backends reads as the VIP; the entry cannot tell them apart.)
+ */
 static __always_inline void forget_translations(struct bpf_sock_addr *ctx)
 {
 	struct fo_sock_state *st;
@@ -252,9 +274,9 @@ static __always_inline void forget_translations(struct bpf_sock_addr *ctx)
 
 	if (!sk || ctx->protocol != IPPROTO_UDP)
 		return;
-	st = bpf_sk_storage_get(&failoverd_sockets_v1, sk, 0, 0);
+	st = bpf_sk_storage_get(&failoverd_sockets_v2, sk, 0, 0);
 	if (st)
-		bpf_sk_storage_delete(&failoverd_sockets_v1, sk);
+		bpf_sk_storage_delete(&failoverd_sockets_v2, sk);
 }
 
 static __always_inline int xlate4(struct bpf_sock_addr *ctx, int sticky)
@@ -267,17 +289,15 @@ static __always_inline int xlate4(struct bpf_sock_addr *ctx, int sticky)
 	key.port_be = (__u16)ctx->user_port;
 	key.proto = (__u8)ctx->protocol;
 
-	ret = translate(ctx, &key, sticky, &b);
+	ret = translate(ctx, &key, sticky, 1, &b);
 	if (ret == NOT_A_VIP) {
-		forget_translations(ctx);
+		/* sendmsg (sticky) never forgets: see forget_translations. */
+		if (!sticky)
+			forget_translations(ctx);
 		return 0;
 	}
 	if (ret < 0)
 		return ret;
-	if (!addr_is_v4_mapped(b.addr_be)) {
-		/* An IPv6 backend cannot serve an AF_INET socket. */
-		return -EAFNOSUPPORT;
-	}
 	ctx->user_ip4 = b.addr_be[3];
 	ctx->user_port = (__u32)b.port_be;
 	return 0;
@@ -298,9 +318,10 @@ static __always_inline int xlate6(struct bpf_sock_addr *ctx, int sticky)
 	key.port_be = (__u16)ctx->user_port;
 	key.proto = (__u8)ctx->protocol;
 
-	ret = translate(ctx, &key, sticky, &b);
+	ret = translate(ctx, &key, sticky, 0, &b);
 	if (ret == NOT_A_VIP) {
-		forget_translations(ctx);
+		if (!sticky)
+			forget_translations(ctx);
 		return 0;
 	}
 	if (ret < 0)
@@ -322,7 +343,7 @@ static __always_inline void reverse(struct bpf_sock_addr *ctx, __u32 peer[4])
 
 	if (!sk)
 		return;
-	st = bpf_sk_storage_get(&failoverd_sockets_v1, sk, 0, 0);
+	st = bpf_sk_storage_get(&failoverd_sockets_v2, sk, 0, 0);
 	if (!st)
 		return;
 	/* The entry names the backend: a peer that is not that backend means

@@ -12,7 +12,7 @@
 
 #include <linux/types.h>
 
-#define FO_LAYOUT_VERSION 1
+#define FO_LAYOUT_VERSION 2
 
 /* Backends one VIP can name at once. */
 #define FO_MAX_BACKENDS 32
@@ -60,14 +60,19 @@ struct fo_service {
 };
 _Static_assert(sizeof(struct fo_service) == 1048, "fo_service layout");
 
-/* Per-CPU counters of one VIP id or backend id. */
+/*
+ * Per-CPU counters of one VIP id or backend id. Each counts one thing; only
+ * connects, no_sock_storage and connect_failures are counted under backend ids.
+ */
 struct fo_counters {
 	__u64 connects;          /* connect()/sendmsg() translated */
 	__u64 rejected;          /* refused with ECONNREFUSED: no live backend */
-	__u64 xlate_errors;      /* could not translate: bad slot, family mismatch */
+	__u64 no_sock_storage;   /* translated, but no socket storage: the peer shows as the backend */
+	__u64 bad_table;         /* refused with EHOSTUNREACH: a slot names no backend */
+	__u64 family_mismatch;   /* refused with EAFNOSUPPORT: an IPv6 backend for an AF_INET socket */
 	__u64 connect_failures;  /* reserved: kernel-observed failed connects */
 };
-_Static_assert(sizeof(struct fo_counters) == 32, "fo_counters layout");
+_Static_assert(sizeof(struct fo_counters) == 48, "fo_counters layout");
 
 /* One translation made on a socket: what getpeername/recvmsg undo. */
 struct fo_sock_entry {

@@ -53,6 +53,10 @@ pub mod names {
     pub const DATAPATH_WRITES: &str = "failoverd_datapath_writes_total";
     /// Failed datapath writes.
     pub const DATAPATH_WRITE_ERRORS: &str = "failoverd_datapath_write_errors_total";
+    /// Tables rewritten because the kernel did not hold what was written, by kind (missing, altered).
+    pub const DATAPATH_REPAIRS: &str = "failoverd_datapath_repairs_total";
+    /// VIPs whose table the kernel does not hold as wanted (failing writes, or the datapath gone).
+    pub const DATAPATH_FAILING_VIPS: &str = "failoverd_datapath_failing_vips";
     /// When the datapath was last written (Unix seconds).
     pub const DATAPATH_LAST_WRITE: &str = "failoverd_datapath_last_write_timestamp_seconds";
     /// Config reloads, by result (ok, error).
@@ -346,6 +350,16 @@ pub fn datapath_write(ok: bool) {
     } else {
         counter!(names::DATAPATH_WRITE_ERRORS).increment(1);
     }
+}
+
+/// A table rewritten because the kernel did not hold what was written (`kind`: missing, altered).
+pub fn datapath_repair(kind: &'static str) {
+    counter!(names::DATAPATH_REPAIRS, "kind" => kind).increment(1);
+}
+
+/// How many VIPs the kernel does not hold as wanted.
+pub fn datapath_failing_vips(count: usize) {
+    gauge!(names::DATAPATH_FAILING_VIPS).set(count as f64);
 }
 
 /// A config reload.

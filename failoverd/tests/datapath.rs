@@ -19,9 +19,12 @@ use std::{
     time::{Duration, Instant},
 };
 
-use failoverd::datapath::{
-    BpfDatapath, CgroupSpec, Datapath, DatapathConfig, DatapathError, PinnedMaps, Protocol,
-    TableBackend, Vip, VipTable,
+use failoverd::{
+    datapath::{
+        BpfDatapath, CgroupSpec, Datapath, DatapathConfig, DatapathError, PinnedMaps, Protocol,
+        TableBackend, Vip, VipTable,
+    },
+    reconcile::{run_writer, KernelView, Writer, WriterCommand, WriterMessage},
 };
 use failoverd_shared::map_names;
 use libtest_mimic::{Arguments, Failed, Trial};
@@ -30,7 +33,7 @@ use support::{
     cgroup::TestCgroup,
     client::{run_client, run_client_outside_cgroup, spawn_client, ClientReport, ClientSpec, Mode},
     env::Env,
-    kernel::{check, loopback, tcp_vip},
+    kernel::{check, exactly, loopback, tcp_vip, until_table},
     netns::TestNetns,
 };
 
@@ -38,6 +41,7 @@ type TestResult = Result<(), Failed>;
 type TrialFn = fn() -> TestResult;
 
 fn main() {
+    maybe_run_late_reply_client();
     support::client::maybe_run_client();
     let args = Arguments::from_args();
     let trials: Vec<(&'static str, TrialFn)> = vec![
@@ -57,6 +61,10 @@ fn main() {
             "unconnected_udp_stays_on_one_backend_until_the_table_changes",
             unconnected_udp_stays_on_one_backend_until_the_table_changes,
         ),
+        (
+            "udp_late_reply_shows_the_vip_after_a_send_elsewhere",
+            udp_late_reply_shows_the_vip_after_a_send_elsewhere,
+        ),
         ("ipv6_vip_in_a_netns", ipv6_vip_in_a_netns),
         (
             "ipv4_vip_from_a_dual_stack_socket",
@@ -70,6 +78,10 @@ fn main() {
             "empty_table_refuses_at_once_without_a_packet_to_the_vip",
             empty_table_refuses_at_once_without_a_packet_to_the_vip,
         ),
+        (
+            "refusals_are_counted_each_under_its_own_name",
+            refusals_are_counted_each_under_its_own_name,
+        ),
         ("weights_three_to_one", weights_three_to_one),
         (
             "table_swaps_are_atomic_under_load",
@@ -82,6 +94,10 @@ fn main() {
         (
             "pinned_map_of_another_layout_is_refused",
             pinned_map_of_another_layout_is_refused,
+        ),
+        (
+            "maps_of_an_older_layout_version_are_refused",
+            maps_of_an_older_layout_version_are_refused,
         ),
         (
             "changed_programs_are_swapped_in_place",
@@ -101,6 +117,22 @@ fn main() {
             unprivileged_user_is_told_which_capabilities_are_missing,
         ),
         ("object_and_rust_types_agree", object_and_rust_types_agree),
+        (
+            "writer_restores_an_entry_deleted_from_the_pinned_map",
+            writer_restores_an_entry_deleted_from_the_pinned_map,
+        ),
+        (
+            "writer_reports_a_datapath_cleaned_up_under_it",
+            writer_reports_a_datapath_cleaned_up_under_it,
+        ),
+        (
+            "a_restarted_writer_zeroes_counts_of_ids_no_table_names",
+            a_restarted_writer_zeroes_counts_of_ids_no_table_names,
+        ),
+        (
+            "ip_netns_exec_is_told_to_use_nsenter",
+            ip_netns_exec_is_told_to_use_nsenter,
+        ),
     ];
     let trials = trials
         .into_iter()
@@ -249,6 +281,78 @@ fn unconnected_udp_stays_on_one_backend_until_the_table_changes() -> TestResult 
     })
 }
 
+/// Set in a child of [`udp_late_reply_shows_the_vip_after_a_send_elsewhere`]: `VIP;OTHER`.
+const LATE_REPLY_ENV: &str = "FO_TEST_UDP_LATE_REPLY";
+
+/// The child's side: one unconnected UDP socket sends to the VIP, then to
+/// another address, and only then reads both replies, printing each as
+/// `<reply> <source>`. Bounded: every recv times out after 2 s.
+fn maybe_run_late_reply_client() {
+    let Some(spec) = std::env::var_os(LATE_REPLY_ENV) else {
+        return;
+    };
+    let run = || -> std::io::Result<()> {
+        let spec = spec.to_string_lossy().into_owned();
+        let (vip, other) = spec
+            .split_once(';')
+            .ok_or_else(|| std::io::Error::other("spec is not VIP;OTHER"))?;
+        let parse = |s: &str| s.parse::<SocketAddr>().map_err(std::io::Error::other);
+        let (vip, other) = (parse(vip)?, parse(other)?);
+        let socket = std::net::UdpSocket::bind("0.0.0.0:0")?;
+        socket.set_read_timeout(Some(Duration::from_secs(2)))?;
+        socket.send_to(b"ping", vip)?;
+        socket.send_to(b"ping", other)?;
+        let mut buf = [0u8; 64];
+        for _ in 0..2 {
+            let (n, from) = socket.recv_from(&mut buf)?;
+            println!("{} {from}", String::from_utf8_lossy(&buf[..n]).trim());
+        }
+        Ok(())
+    };
+    let code = match run() {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("late-reply client: {e}");
+            2
+        }
+    };
+    std::process::exit(code);
+}
+
+/// An unconnected UDP socket that sends to a VIP and then to a non-VIP keeps
+/// its reverse translation: the VIP backend's reply, read after the second
+/// send, still comes from the VIP (recvmsg runs at read time, so reading both
+/// replies after both sends is the "late reply").
+fn udp_late_reply_shows_the_vip_after_a_send_elsewhere() -> TestResult {
+    let env = Env::new("udplate")?;
+    let behind_vip = UdpBackend::start(loopback(), 71)?;
+    let elsewhere = UdpBackend::start(loopback(), 72)?;
+    let mut dp = env.open()?;
+    let vip = udp("127.77.15.1:53");
+    dp.apply(&table(vip, &[(behind_vip.addr(), 71)])?)?;
+
+    let exe = std::env::current_exe()?;
+    let mut cmd = Command::new(exe);
+    cmd.env(LATE_REPLY_ENV, format!("{};{}", vip.addr, elsewhere.addr()))
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped());
+    support::client::place_child(&mut cmd, Some(&env.cgroup), None)?;
+    let out = cmd.spawn()?.wait_with_output()?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    check(out.status.success(), || {
+        format!("the client failed ({}): {stdout}", out.status)
+    })?;
+    let replies: BTreeSet<&str> = stdout.lines().collect();
+    let want: BTreeSet<String> = [
+        format!("B71 {}", vip.addr),
+        format!("B72 {}", elsewhere.addr()),
+    ]
+    .into();
+    check(replies == want.iter().map(String::as_str).collect(), || {
+        format!("replies {replies:?}, want {want:?}")
+    })
+}
+
 fn ipv6_vip_in_a_netns() -> TestResult {
     let env = Env::new("v6")?;
     let netns = TestNetns::new("v6")?;
@@ -353,6 +457,57 @@ fn empty_table_refuses_at_once_without_a_packet_to_the_vip() -> TestResult {
     let report = env.client(&ClientSpec::new(udp_vip.addr, Mode::UdpSendRecv, 3))?;
     check(report.errno_count(libc::ECONNREFUSED) == 3, || {
         format!("sendto an empty UDP VIP: {report:?}")
+    })
+}
+
+/// Tables no failoverd writer would install (the writer refuses them), put in
+/// the map directly: each refusal is counted under its own name, and none as
+/// a translated connect.
+fn refusals_are_counted_each_under_its_own_name() -> TestResult {
+    let env = Env::new("refusals")?;
+    let dp = env.open()?;
+    let mut maps = PinnedMaps::open(env.pins.path())?;
+    let mismatch = tcp_vip("127.77.16.1:80");
+    let bad_slot = tcp_vip("127.77.16.2:80");
+    let v6 = std::net::Ipv6Addr::LOCALHOST.octets();
+    let mut value = failoverd_shared::Service {
+        generation: 1,
+        vip_id: 1100,
+        backend_count: 1,
+        slot_count: 1,
+        ..Default::default()
+    };
+    value.backends[0] = failoverd_shared::Backend {
+        addr_be: failoverd_shared::addr_words(v6),
+        port_be: 9u16.to_be(),
+        pad: 0,
+        id: 1101,
+    };
+    maps.write(&mismatch, &value)?;
+    // A slot naming backend #5 of a one-backend table.
+    value.vip_id = 1200;
+    value.slots[0] = 5;
+    maps.write(&bad_slot, &value)?;
+
+    let report = env.client(&ClientSpec::new(mismatch.addr, Mode::TcpConnectOnly, 3))?;
+    check(report.errno_count(libc::EAFNOSUPPORT) == 3, || {
+        format!("an IPv6 backend for an AF_INET socket: {report:?}")
+    })?;
+    let report = env.client(&ClientSpec::new(bad_slot.addr, Mode::TcpConnectOnly, 2))?;
+    check(report.errno_count(libc::EHOSTUNREACH) == 2, || {
+        format!("a slot naming no backend: {report:?}")
+    })?;
+    let (m, b) = (dp.counters(1100)?, dp.counters(1200)?);
+    check(
+        m.family_mismatch == 3 && m.connects == 0 && m.bad_table == 0 && m.no_sock_storage == 0,
+        || format!("family mismatch counted as {m:?}"),
+    )?;
+    check(
+        b.bad_table == 2 && b.connects == 0 && b.family_mismatch == 0,
+        || format!("bad table counted as {b:?}"),
+    )?;
+    check(dp.counters(1101)?.connects == 0, || {
+        "the mismatched backend was counted as connected to".into()
     })
 }
 
@@ -539,6 +694,42 @@ fn pinned_map_of_another_layout_is_refused() -> TestResult {
     })
 }
 
+/// A pin directory left by a failoverd of layout v1 (other map names): the
+/// hooks would be swapped onto new, empty maps, so it is refused instead.
+fn maps_of_an_older_layout_version_are_refused() -> TestResult {
+    let env = Env::new("oldver")?;
+    std::fs::create_dir_all(env.pins.path())?;
+    let old = env.pins.path().join("failoverd_services_v1");
+    let out = Command::new("bpftool")
+        .args(["map", "create"])
+        .arg(&old)
+        .args([
+            "type", "hash", "key", "20", "value", "1048", "entries", "16", "name", "fo_v1",
+            "flags", "1",
+        ])
+        .output()?;
+    check(out.status.success(), || {
+        format!(
+            "bpftool map create: {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })?;
+    match BpfDatapath::open(&env.config()) {
+        Err(e @ DatapathError::LayoutMismatch { .. }) => {
+            let text = e.to_string();
+            check(
+                text.contains("v1") && text.contains("failoverd cleanup"),
+                || format!("unclear refusal: {text}"),
+            )?
+        }
+        Err(other) => return Err(format!("expected a layout mismatch, got: {other}").into()),
+        Ok(_) => return Err("a pin directory of layout v1 was adopted".into()),
+    }
+    check(hooks_attached(env.cgroup.path())? == 0, || {
+        "hooks were attached despite the refusal".into()
+    })
+}
+
 fn changed_programs_are_swapped_in_place() -> TestResult {
     let env = Env::new("swap")?;
     let backend = TcpBackend::start(loopback(), 41)?;
@@ -678,6 +869,186 @@ fn object_and_rust_types_agree() -> TestResult {
     let read_back = maps.tables()?;
     check(read_back[&vip].table == t, || {
         format!("read back {:?}", read_back[&vip])
+    })
+}
+
+/// A writer task over a real datapath, on its own runtime; stops on drop.
+struct WriterTask {
+    runtime: tokio::runtime::Runtime,
+    tx: tokio::sync::mpsc::Sender<WriterMessage>,
+    stop: tokio::sync::watch::Sender<bool>,
+    view: KernelView,
+}
+
+impl WriterTask {
+    fn start(dp: BpfDatapath) -> Result<WriterTask, Failed> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()?;
+        let writer = Writer::new(dp)?;
+        let view = writer.view();
+        let (tx, rx) = tokio::sync::mpsc::channel(8);
+        let (stop, stop_rx) = tokio::sync::watch::channel(false);
+        runtime.spawn(run_writer(writer, rx, stop_rx));
+        Ok(WriterTask {
+            runtime,
+            tx,
+            stop,
+            view,
+        })
+    }
+
+    /// Sends `command` and waits until it is written; `true` when nothing is left to retry.
+    fn write(&self, command: WriterCommand) -> Result<bool, Failed> {
+        self.runtime.block_on(async {
+            self.tx.send(command.into()).await?;
+            let (reply, answer) = tokio::sync::oneshot::channel();
+            self.tx.send(WriterMessage::Barrier(reply)).await?;
+            Ok(answer.await?)
+        })
+    }
+}
+
+impl Drop for WriterTask {
+    fn drop(&mut self) {
+        // The task may have ended already; nothing is left to stop then.
+        self.stop.send(true).ok();
+    }
+}
+
+/// Polls `cond` every 20 ms until it holds or `limit` passes; how long it took.
+fn until(limit: Duration, mut cond: impl FnMut() -> bool) -> Option<Duration> {
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if cond() {
+            return Some(start.elapsed());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    None
+}
+
+fn writer_restores_an_entry_deleted_from_the_pinned_map() -> TestResult {
+    let env = Env::new("repair")?;
+    let backend = TcpBackend::start(loopback(), 81)?;
+    let vip = tcp_vip("127.77.17.1:80");
+    let writer = WriterTask::start(env.open()?)?;
+    check(
+        writer.write(WriterCommand::Apply(table(vip, &[(backend.addr(), 81)])?))?,
+        || "the first write failed".into(),
+    )?;
+
+    // Behind the writer's back, through the pins, as `bpftool map delete` would.
+    PinnedMaps::open(env.pins.path())?.remove(&vip)?;
+    check(support::kernel::table(&env, vip)?.is_none(), || {
+        "the entry is still there".into()
+    })?;
+    let took = until_table(
+        &env,
+        vip,
+        Duration::from_secs(5),
+        exactly(&[backend.addr()]),
+    )?;
+    check(writer.view.repairs() == 1, || {
+        format!("repairs counted: {}", writer.view.repairs())
+    })?;
+    let report = env.client(&ClientSpec::new(vip.addr, Mode::TcpReadId, 3))?;
+    check(report.id_count(81) == 3, || {
+        format!("restored after {took:?}, but connects do not reach the backend: {report:?}")
+    })
+}
+
+fn writer_reports_a_datapath_cleaned_up_under_it() -> TestResult {
+    let env = Env::new("cleanedup")?;
+    let backend = TcpBackend::start(loopback(), 82)?;
+    let vip = tcp_vip("127.77.17.2:80");
+    let writer = WriterTask::start(env.open()?)?;
+    writer.write(WriterCommand::Apply(table(vip, &[(backend.addr(), 82)])?))?;
+    check(writer.view.failing(&vip).is_none(), || {
+        "failing before anything happened".into()
+    })?;
+
+    failoverd::datapath::cleanup(env.pins.path())?;
+    let failure = until(Duration::from_secs(5), || {
+        writer.view.failing(&vip).is_some()
+    });
+    check(failure.is_some(), || {
+        "the view still says the VIP is served after cleanup".into()
+    })?;
+    let failure = writer.view.failing(&vip).ok_or("no failure")?;
+    check(
+        failure.error.contains("taken apart") && writer.view.failing_count() == 1,
+        || format!("unclear failure: {failure}"),
+    )
+}
+
+fn a_restarted_writer_zeroes_counts_of_ids_no_table_names() -> TestResult {
+    let env = Env::new("idreuse")?;
+    let a = TcpBackend::start(loopback(), 83)?;
+    let b = TcpBackend::start(loopback(), 84)?;
+    let vip = tcp_vip("127.77.17.3:80");
+    {
+        let mut dp = env.open()?;
+        dp.apply(&table(vip, &[(a.addr(), 83), (b.addr(), 84)])?)?;
+        let report = env.client(&ClientSpec::new(vip.addr, Mode::TcpReadId, 20))?;
+        check(report.ok == 20 && dp.counters(84)?.connects > 0, || {
+            format!("backend 84 got no connects: {report:?}")
+        })?;
+        // A reload drops backend 84: its counts stay in the kernel.
+        dp.apply(&table(vip, &[(a.addr(), 83)])?)?;
+    }
+    let kept = BpfDatapath::open(&env.config())?.counters(83)?.connects;
+    // The restart: the writer adopts the table and resets what no table names.
+    let writer = Writer::new(env.open()?)?;
+    let dp = writer.into_datapath();
+    check(dp.counters(84)? == Default::default(), || {
+        format!("id 84 still counts {:?}", dp.counters(84))
+    })?;
+    check(!dp.counter_ids()?.contains(&84), || {
+        "id 84 is listed".into()
+    })?;
+    check(dp.counters(83)?.connects == kept && kept > 0, || {
+        format!("the adopted backend lost its counts: {kept}")
+    })
+}
+
+/// `ip netns exec` remounts /sys, hiding cgroup2 and bpffs: the datapath
+/// refuses with the command that works, and that command does work.
+fn ip_netns_exec_is_told_to_use_nsenter() -> TestResult {
+    let env = Env::new("netnsexec")?;
+    let netns = TestNetns::new("netnsexec")?;
+    let vip_set = |wrapper: &[&str]| -> Result<std::process::Output, Failed> {
+        Ok(Command::new(wrapper[0])
+            .args(&wrapper[1..])
+            .arg(env!("CARGO_BIN_EXE_failoverd"))
+            .args(["vip", "set", "127.77.18.1:80", "127.0.0.1:1"])
+            .arg("--cgroup")
+            .arg(env.cgroup.path())
+            .arg("--pin-dir")
+            .arg(env.pins.path())
+            .output()?)
+    };
+    let out = vip_set(&["ip", "netns", "exec", netns.name()])?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let advice = format!("nsenter --net=/run/netns/{}", netns.name());
+    check(!out.status.success() && stderr.contains(&advice), || {
+        format!("under ip netns exec: {} {stderr}", out.status)
+    })?;
+    check(!env.pins.path().exists(), || {
+        "the refused run created pins".into()
+    })?;
+
+    let net = format!("--net={}", netns.path().display());
+    let out = vip_set(&["nsenter", &net])?;
+    check(out.status.success(), || {
+        format!(
+            "the advised command failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })?;
+    check(hooks_attached(env.cgroup.path())? == 8, || {
+        "nsenter run did not attach the hooks".into()
     })
 }
 

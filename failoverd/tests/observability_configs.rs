@@ -27,6 +27,8 @@ const CONTRACT_METRICS: &[&str] = &[
     "failoverd_connects_rejected_total",
     "failoverd_datapath_writes_total",
     "failoverd_datapath_write_errors_total",
+    "failoverd_datapath_failing_vips",
+    "failoverd_datapath_repairs_total",
     "failoverd_datapath_last_write_timestamp_seconds",
     "failoverd_config_reloads_total",
     "failoverd_build_info",

@@ -8,7 +8,7 @@
 use core::mem::size_of;
 
 /// Layout version of every map below; stored in the meta map when the maps are created.
-pub const LAYOUT_VERSION: u32 = 1;
+pub const LAYOUT_VERSION: u32 = 2;
 /// Backends one VIP can name at once.
 pub const MAX_BACKENDS: usize = 32;
 /// Slots of a VIP's selection table: weights are resolved to 1/256.
@@ -23,13 +23,13 @@ pub const SOCK_ENTRIES: usize = 4;
 /// Pinned map names, versioned with the layout.
 pub mod map_names {
     /// VIP key → the VIP's whole selection table.
-    pub const SERVICES: &str = "failoverd_services_v1";
+    pub const SERVICES: &str = "failoverd_services_v2";
     /// Socket-local storage: per-socket reverse translations.
-    pub const SOCKETS: &str = "failoverd_sockets_v1";
+    pub const SOCKETS: &str = "failoverd_sockets_v2";
     /// Counter id → per-CPU counters.
-    pub const COUNTERS: &str = "failoverd_counters_v1";
+    pub const COUNTERS: &str = "failoverd_counters_v2";
     /// One [`super::Meta`] value: the layout the pinned maps hold.
-    pub const META: &str = "failoverd_meta_v1";
+    pub const META: &str = "failoverd_meta_v2";
     /// Every map, in the order they are checked.
     pub const ALL: [&str; 4] = [SERVICES, SOCKETS, COUNTERS, META];
 }
@@ -102,7 +102,10 @@ impl Default for Service {
     }
 }
 
-/// Per-CPU counters of one VIP id or backend id.
+/// Per-CPU counters of one VIP id or backend id; each field counts one thing.
+///
+/// Under a backend id only `connects`, `no_sock_storage` and
+/// `connect_failures` are counted; the refusals are counted under the VIP id.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Counters {
@@ -110,12 +113,16 @@ pub struct Counters {
     pub connects: u64,
     /// Calls refused with ECONNREFUSED: no live backend.
     pub rejected: u64,
-    /// Calls that could not be translated (inconsistent table, family mismatch).
-    pub xlate_errors: u64,
+    /// Calls translated without socket storage: getpeername/recvmsg show the backend.
+    pub no_sock_storage: u64,
+    /// Calls refused with EHOSTUNREACH: a slot of the table names no backend.
+    pub bad_table: u64,
+    /// Calls refused with EAFNOSUPPORT: an IPv6 backend for an AF_INET socket.
+    pub family_mismatch: u64,
     /// Reserved: connects the kernel saw fail (a later passive health signal).
     pub connect_failures: u64,
 }
-const _: () = assert!(size_of::<Counters>() == 32);
+const _: () = assert!(size_of::<Counters>() == 48);
 
 /// One translation made on a socket: what getpeername/recvmsg undo.
 #[repr(C)]
@@ -211,8 +218,19 @@ mod pod {
 }
 
 #[cfg(test)]
+extern crate std;
+
+#[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn map_names_carry_the_layout_version() {
+        let suffix = std::format!("_v{LAYOUT_VERSION}");
+        for name in map_names::ALL {
+            assert!(name.ends_with(&suffix), "{name} does not end in {suffix}");
+        }
+    }
 
     #[test]
     fn address_words_round_trip_in_network_order() {

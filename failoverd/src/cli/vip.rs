@@ -2,6 +2,9 @@
 //!
 //! The daemon normally owns the tables; these commands are for bring-up,
 //! debugging and emergencies, and write through the same [`Datapath`] calls.
+//! A running daemon reads back the VIPs it manages every 2 s and rewrites any
+//! table changed behind its back, so a change made here to one of its VIPs
+//! lasts about that long: stop the daemon first (the pinned tables stay).
 
 use std::{fmt::Write as _, net::SocketAddr, str::FromStr};
 
@@ -9,8 +12,8 @@ use clap::Subcommand;
 
 use super::DatapathArgs;
 use crate::datapath::{
-    BpfDatapath, Datapath, DatapathError, IdAllocator, InstalledTable, PinnedMaps, Protocol,
-    TableBackend, Vip, VipTable,
+    BpfDatapath, CounterTotals, Datapath, DatapathError, IdAllocator, InstalledTable, PinnedMaps,
+    Protocol, TableBackend, Vip, VipTable,
 };
 
 /// `failoverd vip` subcommands.
@@ -110,7 +113,7 @@ pub fn run(command: &VipCommand) -> Result<(), DatapathError> {
                         table,
                         generation: 0
                     },
-                    None,
+                    |_| None,
                     false
                 )
             );
@@ -122,7 +125,7 @@ pub fn run(command: &VipCommand) -> Result<(), DatapathError> {
                 println!("no VIPs under {}", args.pin_dir.display());
             }
             for installed in tables.values() {
-                println!("{}", describe(installed, Some(&maps), true));
+                println!("{}", describe(installed, |id| maps.counters(id).ok(), true));
             }
         }
         VipCommand::Delete(args) => {
@@ -147,29 +150,49 @@ pub fn set(
     let tables = datapath.tables()?;
     let mut ids = IdAllocator::from_tables(tables.values().map(|t| &t.table));
     let existing = tables.get(&vip).map(|t| &t.table);
+    // A fresh id may still hold counts of whoever had it before (no table
+    // names it any more, but the kernel keeps its counters): they are reset
+    // before the table that gives the id a new owner is installed.
+    let mut fresh = Vec::new();
     let vip_id = match existing {
         Some(t) => t.vip_id,
-        None => ids.allocate()?,
+        None => {
+            let id = ids.allocate()?;
+            fresh.push(id);
+            id
+        }
     };
     let mut table_backends = Vec::with_capacity(backends.len());
     for b in backends {
         let known = existing.and_then(|t| t.backends.iter().find(|e| e.addr == b.addr));
         let id = match known {
             Some(e) => e.id,
-            None => ids.allocate()?,
+            None => {
+                let id = ids.allocate()?;
+                fresh.push(id);
+                id
+            }
         };
         table_backends.push(TableBackend { addr: b.addr, id });
     }
     let weights: Vec<u32> = backends.iter().map(|b| b.weight).collect();
     let table = VipTable::weighted(vip, vip_id, table_backends, &weights)?;
+    for id in fresh {
+        datapath.reset_counters(id)?;
+    }
     datapath.apply(&table)?;
     Ok(table)
 }
 
-/// A VIP table as text: each backend with its share, and counters when maps are given.
+/// A VIP table as text: each backend with its share, and the kernel's
+/// counters where `counters` knows them (`|_| None` for none).
+///
+/// The VIP line shows every counter of the VIP's id, each meaning one thing
+/// (see docs/metrics.md); a backend line shows its connects, and its
+/// translations without socket storage when there were any.
 pub fn describe(
     installed: &InstalledTable,
-    maps: Option<&PinnedMaps>,
+    counters: impl Fn(u32) -> Option<CounterTotals>,
     with_generation: bool,
 ) -> String {
     let table = &installed.table;
@@ -177,11 +200,11 @@ pub fn describe(
     if with_generation {
         let _ = write!(out, "  generation {}", installed.generation);
     }
-    if let Some(c) = maps.and_then(|m| m.counters(table.vip_id).ok()) {
+    if let Some(c) = counters(table.vip_id) {
         let _ = write!(
             out,
-            "  connects {}  rejected {}  errors {}",
-            c.connects, c.rejected, c.xlate_errors
+            "  connects {}  rejected {}  no-sock-storage {}  bad-table {}  family-mismatch {}",
+            c.connects, c.rejected, c.no_sock_storage, c.bad_table, c.family_mismatch
         );
     }
     if table.slots.is_empty() {
@@ -190,8 +213,11 @@ pub fn describe(
     for (b, slots) in table.backends.iter().zip(table.slot_counts()) {
         let share = 100.0 * slots as f64 / table.slots.len().max(1) as f64;
         let _ = write!(out, "\n  -> {:<40} {share:5.1}%", b.addr.to_string());
-        if let Some(c) = maps.and_then(|m| m.counters(b.id).ok()) {
+        if let Some(c) = counters(b.id) {
             let _ = write!(out, "  connects {}", c.connects);
+            if c.no_sock_storage > 0 {
+                let _ = write!(out, "  no-sock-storage {}", c.no_sock_storage);
+            }
         }
     }
     out
@@ -249,9 +275,73 @@ mod tests {
                 table,
                 generation: 1
             },
-            None,
+            |_| None,
             true
         )
         .contains("ECONNREFUSED"));
+    }
+
+    #[test]
+    fn list_names_each_counter_for_what_it_counts() {
+        let vip = Vip {
+            addr: "127.1.0.1:80".parse().unwrap(),
+            protocol: Protocol::Tcp,
+        };
+        let backend = TableBackend {
+            addr: "127.0.0.1:1".parse().unwrap(),
+            id: 2,
+        };
+        let table = VipTable::weighted(vip, 1, vec![backend], &[1]).unwrap();
+        let counters = |id| {
+            Some(match id {
+                1 => CounterTotals {
+                    connects: 10,
+                    rejected: 1,
+                    no_sock_storage: 2,
+                    bad_table: 3,
+                    family_mismatch: 4,
+                },
+                _ => CounterTotals {
+                    connects: 10,
+                    no_sock_storage: 2,
+                    ..Default::default()
+                },
+            })
+        };
+        let text = describe(
+            &InstalledTable {
+                table,
+                generation: 1,
+            },
+            counters,
+            false,
+        );
+        assert!(
+            text.contains(
+                "connects 10  rejected 1  no-sock-storage 2  bad-table 3  family-mismatch 4"
+            ),
+            "{text}"
+        );
+        assert!(text.contains("connects 10  no-sock-storage 2"), "{text}");
+    }
+
+    #[test]
+    fn set_resets_the_counters_of_ids_it_hands_out() {
+        let mut dp = FakeDatapath::new();
+        let stale = CounterTotals {
+            connects: 99,
+            ..Default::default()
+        };
+        // Counts left under ids 1 and 2 by backends no table names any more.
+        dp.set_counters(1, stale);
+        dp.set_counters(2, stale);
+        let vip = Vip {
+            addr: "127.1.0.1:80".parse().unwrap(),
+            protocol: Protocol::Tcp,
+        };
+        let table = set(&mut dp, vip, &["127.0.0.1:1".parse().unwrap()]).unwrap();
+        assert_eq!((table.vip_id, table.backends[0].id), (1, 2));
+        assert_eq!(dp.counters(1).unwrap(), CounterTotals::default());
+        assert_eq!(dp.counters(2).unwrap(), CounterTotals::default());
     }
 }

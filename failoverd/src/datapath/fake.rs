@@ -1,6 +1,17 @@
 //! An in-memory [`Datapath`] for tests that must not need root or a kernel.
+//!
+//! A [`FakeHandle`] reaches the same in-memory "kernel" after the fake was
+//! moved into a writer: a test can delete or alter an entry behind the
+//! daemon's back, make writes fail with an errno, fill the services map, or
+//! take the whole datapath apart, exactly as an operator or the kernel could.
 
-use std::collections::{BTreeMap, HashMap};
+use std::{
+    collections::{BTreeMap, HashMap},
+    io,
+    sync::{Arc, Mutex, MutexGuard},
+};
+
+use failoverd_shared::map_names;
 
 use super::{CounterTotals, Datapath, DatapathError, InstalledTable, Vip, VipTable};
 
@@ -8,9 +19,7 @@ use super::{CounterTotals, Datapath, DatapathError, InstalledTable, Vip, VipTabl
 /// records every write so tests can assert that only changed VIPs were written.
 #[derive(Debug, Default)]
 pub struct FakeDatapath {
-    tables: BTreeMap<Vip, InstalledTable>,
-    counters: HashMap<u32, CounterTotals>,
-    generation: u64,
+    kernel: Arc<Mutex<FakeKernel>>,
     /// Every successful `apply` and `remove`, in order.
     pub writes: Vec<FakeWrite>,
     /// When set, the next write fails with this error message instead.
@@ -26,56 +35,243 @@ pub enum FakeWrite {
     Remove(Vip),
 }
 
+/// What the fake "kernel" holds; shared between a [`FakeDatapath`] and its handles.
+#[derive(Debug, Default)]
+struct FakeKernel {
+    tables: BTreeMap<Vip, InstalledTable>,
+    counters: HashMap<u32, CounterTotals>,
+    generation: u64,
+    /// Errno the next `fail_writes` writes fail with, and how many are left.
+    failing_writes: Option<(i32, u32)>,
+    /// Like the kernel's `max_entries`: a new VIP beyond it fails with E2BIG.
+    max_entries: Option<usize>,
+    /// Set when the datapath was "taken apart": what `check_intact` reports.
+    broken: Option<String>,
+    /// Set when `check_intact` cannot look (e.g. EMFILE): its errno.
+    check_errno: Option<i32>,
+    /// Every successful write, as [`FakeDatapath::writes`] but reachable from a handle.
+    writes: Vec<FakeWrite>,
+    /// Ids whose counters were reset, in order.
+    resets: Vec<u32>,
+}
+
+/// A cloneable handle on a [`FakeDatapath`]'s in-memory kernel, for changing it
+/// "behind the daemon's back" after the fake was handed to a writer.
+#[derive(Clone, Debug)]
+pub struct FakeHandle {
+    kernel: Arc<Mutex<FakeKernel>>,
+}
+
+/// The error a failed map syscall gives on the real datapath, with `errno`.
+fn syscall_error(op: &'static str, call: &'static str, errno: i32) -> DatapathError {
+    DatapathError::Map {
+        op,
+        map: map_names::SERVICES,
+        source: Box::new(aya::maps::MapError::SyscallError(aya::sys::SyscallError {
+            call,
+            io_error: io::Error::from_raw_os_error(errno),
+        })),
+    }
+}
+
 impl FakeDatapath {
     /// An empty fake.
     pub fn new() -> Self {
         Self::default()
     }
 
-    /// Sets the counters a later [`Datapath::counters`] call returns for `id`.
-    pub fn set_counters(&mut self, id: u32, totals: CounterTotals) {
-        self.counters.insert(id, totals);
+    /// A handle on this fake's tables and counters that stays usable after
+    /// the fake was moved (into a writer, a daemon).
+    pub fn handle(&self) -> FakeHandle {
+        FakeHandle {
+            kernel: Arc::clone(&self.kernel),
+        }
     }
 
-    fn injected_failure(&mut self) -> Result<(), DatapathError> {
-        match self.fail_next_write.take() {
-            Some(message) => Err(DatapathError::Injected { message }),
-            None => Ok(()),
+    /// Sets the counters a later [`Datapath::counters`] call returns for `id`.
+    pub fn set_counters(&mut self, id: u32, totals: CounterTotals) {
+        self.handle().set_counters(id, totals);
+    }
+
+    fn kernel(&self) -> MutexGuard<'_, FakeKernel> {
+        lock(&self.kernel)
+    }
+
+    fn injected_failure(&mut self, call: &'static str) -> Result<(), DatapathError> {
+        if let Some(message) = self.fail_next_write.take() {
+            return Err(DatapathError::Injected { message });
         }
+        let mut kernel = self.kernel();
+        if let Some((errno, left)) = kernel.failing_writes {
+            kernel.failing_writes = (left > 1).then_some((errno, left - 1));
+            return Err(syscall_error("writing", call, errno));
+        }
+        Ok(())
+    }
+}
+
+fn lock(kernel: &Mutex<FakeKernel>) -> MutexGuard<'_, FakeKernel> {
+    // A test that panicked while holding the lock has failed already; its
+    // state is still the best description of what the fake holds.
+    kernel
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl FakeHandle {
+    /// Sets the counters a later [`Datapath::counters`] call returns for `id`.
+    pub fn set_counters(&self, id: u32, totals: CounterTotals) {
+        lock(&self.kernel).counters.insert(id, totals);
+    }
+
+    /// The counters held for `id` (zero when none).
+    pub fn counters(&self, id: u32) -> CounterTotals {
+        lock(&self.kernel)
+            .counters
+            .get(&id)
+            .copied()
+            .unwrap_or_default()
+    }
+
+    /// Ids whose counters the datapath was asked to reset, in order.
+    pub fn resets(&self) -> Vec<u32> {
+        lock(&self.kernel).resets.clone()
+    }
+
+    /// Every table the fake holds now.
+    pub fn tables(&self) -> BTreeMap<Vip, InstalledTable> {
+        lock(&self.kernel).tables.clone()
+    }
+
+    /// Every successful write so far, in order.
+    pub fn writes(&self) -> Vec<FakeWrite> {
+        lock(&self.kernel).writes.clone()
+    }
+
+    /// Deletes a VIP's entry without the writer knowing (`bpftool map delete`).
+    pub fn delete_entry(&self, vip: &Vip) {
+        lock(&self.kernel).tables.remove(vip);
+    }
+
+    /// Replaces (or adds) a VIP's entry without the writer knowing.
+    pub fn alter_entry(&self, table: VipTable) {
+        let mut kernel = lock(&self.kernel);
+        kernel.generation += 1;
+        let generation = kernel.generation;
+        kernel
+            .tables
+            .insert(table.vip, InstalledTable { table, generation });
+    }
+
+    /// Makes the next `count` writes (apply or remove) fail with `errno`, as a
+    /// failed `bpf_map_update_elem`/`bpf_map_delete_elem` would.
+    pub fn fail_writes(&self, errno: i32, count: u32) {
+        lock(&self.kernel).failing_writes = (count > 0).then_some((errno, count));
+    }
+
+    /// Caps the number of VIPs like the services map's `max_entries`: adding
+    /// a VIP beyond it fails with E2BIG, as the kernel's hash map does.
+    pub fn set_max_entries(&self, max: Option<usize>) {
+        lock(&self.kernel).max_entries = max;
+    }
+
+    /// Takes the datapath apart (`failoverd cleanup` while the daemon runs):
+    /// [`Datapath::check_intact`] fails with `detail` until [`FakeHandle::restore`].
+    pub fn take_apart(&self, detail: &str) {
+        lock(&self.kernel).broken = Some(detail.to_string());
+    }
+
+    /// Makes [`Datapath::check_intact`] fail to look with `errno` (as opening
+    /// a pin does with EMFILE when descriptors run out); `None` undoes it.
+    pub fn fail_checks(&self, errno: Option<i32>) {
+        lock(&self.kernel).check_errno = errno;
+    }
+
+    /// Undoes [`FakeHandle::take_apart`].
+    pub fn restore(&self) {
+        lock(&self.kernel).broken = None;
     }
 }
 
 impl Datapath for FakeDatapath {
     fn apply(&mut self, table: &VipTable) -> Result<(), DatapathError> {
-        self.injected_failure()?;
+        self.injected_failure("bpf_map_update_elem")?;
+        let mut kernel = self.kernel();
         // Same validation as the kernel path: a table the BPF datapath would
         // refuse must not pass in tests.
-        table.encode(self.generation + 1)?;
-        self.generation += 1;
-        self.tables.insert(
+        table.encode(kernel.generation + 1)?;
+        let full = kernel
+            .max_entries
+            .is_some_and(|max| kernel.tables.len() >= max);
+        if full && !kernel.tables.contains_key(&table.vip) {
+            return Err(syscall_error("writing", "bpf_map_update_elem", libc::E2BIG));
+        }
+        kernel.generation += 1;
+        let generation = kernel.generation;
+        kernel.tables.insert(
             table.vip,
             InstalledTable {
                 table: table.clone(),
-                generation: self.generation,
+                generation,
             },
         );
+        kernel.writes.push(FakeWrite::Apply(table.clone()));
+        drop(kernel);
         self.writes.push(FakeWrite::Apply(table.clone()));
         Ok(())
     }
 
     fn remove(&mut self, vip: &Vip) -> Result<(), DatapathError> {
-        self.injected_failure()?;
-        self.tables.remove(vip);
+        self.injected_failure("bpf_map_delete_elem")?;
+        let mut kernel = self.kernel();
+        kernel.tables.remove(vip);
+        kernel.writes.push(FakeWrite::Remove(*vip));
+        drop(kernel);
         self.writes.push(FakeWrite::Remove(*vip));
         Ok(())
     }
 
     fn tables(&self) -> Result<BTreeMap<Vip, InstalledTable>, DatapathError> {
-        Ok(self.tables.clone())
+        Ok(self.kernel().tables.clone())
+    }
+
+    fn table(&self, vip: &Vip) -> Result<Option<InstalledTable>, DatapathError> {
+        Ok(self.kernel().tables.get(vip).cloned())
     }
 
     fn counters(&self, id: u32) -> Result<CounterTotals, DatapathError> {
-        Ok(self.counters.get(&id).copied().unwrap_or_default())
+        Ok(self.kernel().counters.get(&id).copied().unwrap_or_default())
+    }
+
+    fn counter_ids(&self) -> Result<Vec<u32>, DatapathError> {
+        let mut ids: Vec<u32> = self.kernel().counters.keys().copied().collect();
+        ids.sort_unstable();
+        Ok(ids)
+    }
+
+    fn reset_counters(&mut self, id: u32) -> Result<(), DatapathError> {
+        let mut kernel = self.kernel();
+        kernel.counters.remove(&id);
+        kernel.resets.push(id);
+        Ok(())
+    }
+
+    fn check_intact(&self) -> Result<(), DatapathError> {
+        let kernel = self.kernel();
+        if let Some(detail) = &kernel.broken {
+            return Err(DatapathError::Detached {
+                pin_dir: "/fake".into(),
+                detail: detail.clone(),
+            });
+        }
+        match kernel.check_errno {
+            Some(errno) => Err(DatapathError::Io {
+                op: "opening",
+                path: "/fake/links/fo_connect4".into(),
+                source: io::Error::from_raw_os_error(errno),
+            }),
+            None => Ok(()),
+        }
     }
 }
 
@@ -89,6 +285,14 @@ mod tests {
             addr: "127.1.0.1:80".parse().unwrap(),
             protocol: Protocol::Tcp,
         }
+    }
+
+    fn one_backend(port: u16) -> VipTable {
+        let b = TableBackend {
+            addr: format!("127.0.0.1:{port}").parse().unwrap(),
+            id: 2,
+        };
+        VipTable::weighted(vip(), 1, vec![b], &[1]).unwrap()
     }
 
     #[test]
@@ -135,5 +339,59 @@ mod tests {
         dp.fail_next_write = Some("disk on fire".into());
         assert!(dp.remove(&vip()).is_err());
         assert!(dp.remove(&vip()).is_ok());
+    }
+
+    #[test]
+    fn a_handle_changes_what_the_moved_fake_holds() {
+        let mut dp = FakeDatapath::new();
+        let handle = dp.handle();
+        dp.apply(&one_backend(1)).unwrap();
+        handle.delete_entry(&vip());
+        assert_eq!(dp.table(&vip()).unwrap(), None);
+        handle.alter_entry(one_backend(2));
+        assert_eq!(dp.table(&vip()).unwrap().unwrap().table, one_backend(2));
+        assert_eq!(handle.writes(), vec![FakeWrite::Apply(one_backend(1))]);
+    }
+
+    #[test]
+    fn failing_writes_carry_their_errno() {
+        let mut dp = FakeDatapath::new();
+        dp.handle().fail_writes(libc::ENOMEM, 2);
+        for _ in 0..2 {
+            let e = dp.apply(&one_backend(1)).unwrap_err();
+            assert_eq!(e.errno(), Some(libc::ENOMEM));
+            assert!(e.to_string().contains("ENOMEM"), "{e}");
+        }
+        dp.apply(&one_backend(1)).unwrap();
+    }
+
+    #[test]
+    fn a_full_map_refuses_new_vips_with_e2big_but_updates_existing_ones() {
+        let mut dp = FakeDatapath::new();
+        dp.handle().set_max_entries(Some(1));
+        dp.apply(&one_backend(1)).unwrap();
+        dp.apply(&one_backend(2)).unwrap();
+        let other = VipTable::refusing(
+            Vip {
+                addr: "127.1.0.2:80".parse().unwrap(),
+                protocol: Protocol::Tcp,
+            },
+            5,
+        );
+        assert_eq!(dp.apply(&other).unwrap_err().errno(), Some(libc::E2BIG));
+    }
+
+    #[test]
+    fn reset_counters_forgets_the_counts() {
+        let mut dp = FakeDatapath::new();
+        let counts = CounterTotals {
+            connects: 5,
+            ..Default::default()
+        };
+        dp.set_counters(3, counts);
+        assert_eq!(dp.counter_ids().unwrap(), vec![3]);
+        dp.reset_counters(3).unwrap();
+        assert_eq!(dp.counters(3).unwrap(), CounterTotals::default());
+        assert_eq!(dp.handle().resets(), vec![3]);
     }
 }

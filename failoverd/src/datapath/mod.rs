@@ -15,7 +15,7 @@ pub use bpf::{
     cgroup2_mount, cleanup, AttachReport, BpfDatapath, CgroupSpec, CleanupReport, DatapathConfig,
     DatapathError, PinnedMaps,
 };
-pub use fake::{FakeDatapath, FakeWrite};
+pub use fake::{FakeDatapath, FakeHandle, FakeWrite};
 pub use ids::{IdAllocator, IdsExhausted};
 pub use table::{Protocol, TableBackend, TableError, Vip, VipTable};
 
@@ -28,15 +28,22 @@ pub struct InstalledTable {
     pub generation: u64,
 }
 
-/// Counters of one VIP id or backend id, summed over CPUs.
+/// Counters of one VIP id or backend id, summed over CPUs; each counts one thing.
+///
+/// Under a backend id only `connects` and `no_sock_storage` are counted; the
+/// refusals (`rejected`, `bad_table`, `family_mismatch`) under the VIP's id.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct CounterTotals {
     /// `connect()`/`sendmsg()` calls translated.
     pub connects: u64,
-    /// Calls refused because the VIP had no live backend.
+    /// Calls refused with ECONNREFUSED because the VIP had no live backend.
     pub rejected: u64,
-    /// Calls that could not be translated.
-    pub xlate_errors: u64,
+    /// Calls translated without socket storage: getpeername/recvmsg showed the backend.
+    pub no_sock_storage: u64,
+    /// Calls refused with EHOSTUNREACH: a slot of the table named no backend.
+    pub bad_table: u64,
+    /// Calls refused with EAFNOSUPPORT: an IPv6 backend for an AF_INET socket.
+    pub family_mismatch: u64,
 }
 
 impl<T: Datapath + ?Sized> Datapath for Box<T> {
@@ -52,8 +59,24 @@ impl<T: Datapath + ?Sized> Datapath for Box<T> {
         (**self).tables()
     }
 
+    fn table(&self, vip: &Vip) -> Result<Option<InstalledTable>, DatapathError> {
+        (**self).table(vip)
+    }
+
     fn counters(&self, id: u32) -> Result<CounterTotals, DatapathError> {
         (**self).counters(id)
+    }
+
+    fn counter_ids(&self) -> Result<Vec<u32>, DatapathError> {
+        (**self).counter_ids()
+    }
+
+    fn reset_counters(&mut self, id: u32) -> Result<(), DatapathError> {
+        (**self).reset_counters(id)
+    }
+
+    fn check_intact(&self) -> Result<(), DatapathError> {
+        (**self).check_intact()
     }
 }
 
@@ -72,6 +95,32 @@ pub trait Datapath: Send {
     /// Every installed table, by VIP.
     fn tables(&self) -> Result<BTreeMap<Vip, InstalledTable>, DatapathError>;
 
+    /// The table installed for one VIP, `None` when there is none. The
+    /// default reads every table; implementations look up the one key.
+    fn table(&self, vip: &Vip) -> Result<Option<InstalledTable>, DatapathError> {
+        Ok(self.tables()?.remove(vip))
+    }
+
     /// Counters of a VIP id or backend id; zero when nothing was counted yet.
     fn counters(&self, id: u32) -> Result<CounterTotals, DatapathError>;
+
+    /// Every id the kernel holds counters for. Default: none (a datapath
+    /// that keeps no counters, such as a test wrapper).
+    fn counter_ids(&self) -> Result<Vec<u32>, DatapathError> {
+        Ok(Vec::new())
+    }
+
+    /// Forgets the counters of `id`, so they count from zero for whoever gets
+    /// the id next. Not an error when nothing was counted under it. Default:
+    /// nothing to forget.
+    fn reset_counters(&mut self, _id: u32) -> Result<(), DatapathError> {
+        Ok(())
+    }
+
+    /// Whether the datapath itself is still in place (maps pinned, hooks
+    /// attached), not only its tables: `Err` says what is gone and what to do.
+    /// Default: always in place (nothing outside the process to lose).
+    fn check_intact(&self) -> Result<(), DatapathError> {
+        Ok(())
+    }
 }

@@ -27,6 +27,15 @@ pub fn prepare_pin_dir(pin_dir: &Path) -> Result<(), DatapathError> {
         && mount.is_dir()
         && !is_bpffs(mount).map_err(DatapathError::io("statfs", mount))?
     {
+        // PID 1 has bpffs there but this mount namespace does not (`ip netns
+        // exec` remounts /sys): a bpffs mounted here would be a new, private
+        // instance whose pins, and hooks, vanish with this process.
+        if super::cgroup::pid1_mount("bpf").as_deref() == Some(mount) {
+            return Err(DatapathError::BpffsHidden {
+                mount: mount.to_path_buf(),
+                netns: super::cgroup::current_netns_name(),
+            });
+        }
         mount_bpffs(mount)?;
     }
     std::fs::create_dir_all(pin_dir).map_err(DatapathError::io("creating", pin_dir))?;

@@ -22,6 +22,21 @@ pub enum DatapathError {
          (mount -t cgroup2 none /sys/fs/cgroup, or boot with systemd.unified_cgroup_hierarchy=1)"
     )]
     NoCgroup2Mount,
+    /// cgroup v2 is mounted for PID 1 but not in this process's mount
+    /// namespace: typically `ip netns exec`, which remounts /sys.
+    #[error(
+        "no cgroup2 mount in this process's mount namespace, though PID 1 has one at \
+         {pid1_mount}: `ip netns exec` remounts /sys and hides it (and bpffs, so pins made \
+         here would vanish with the process); start failoverd with \
+         `nsenter --net=/run/netns/{}` instead, which keeps the mounts",
+        netns.as_deref().unwrap_or("NAME")
+    )]
+    Cgroup2Hidden {
+        /// Where PID 1 has cgroup v2 mounted.
+        pid1_mount: PathBuf,
+        /// The `ip netns` name of this process's network namespace, if found.
+        netns: Option<String>,
+    },
     /// The configured cgroup is not a directory of the cgroup v2 hierarchy.
     #[error("cgroup {path}: not a directory under the cgroup2 mount {mount}")]
     CgroupNotUnderMount {
@@ -29,6 +44,19 @@ pub enum DatapathError {
         path: PathBuf,
         /// Where cgroup v2 is mounted.
         mount: PathBuf,
+    },
+    /// bpffs is mounted for PID 1 but not in this process's mount namespace.
+    #[error(
+        "bpffs is mounted at {mount} for PID 1 but not in this process's mount namespace \
+         (`ip netns exec` remounts /sys): pins made here would be private to this process \
+         and vanish with it; start failoverd with `nsenter --net=/run/netns/{}` instead",
+        netns.as_deref().unwrap_or("NAME")
+    )]
+    BpffsHidden {
+        /// Where PID 1 has bpffs.
+        mount: PathBuf,
+        /// The `ip netns` name of this process's network namespace, if found.
+        netns: Option<String>,
     },
     /// The pin directory is not on a BPF filesystem.
     #[error("pin directory {path} is not on bpffs: choose a directory under a bpf mount (e.g. /sys/fs/bpf/failoverd)")]
@@ -122,8 +150,8 @@ pub enum DatapathError {
         #[source]
         source: io::Error,
     },
-    /// A map operation failed.
-    #[error("{op} map {map}: {source}")]
+    /// A map operation failed; the message ends with the kernel's errno.
+    #[error("{op} map {map}: {source}{}", os_error_suffix(source))]
     Map {
         /// What was being done.
         op: &'static str,
@@ -141,6 +169,19 @@ pub enum DatapathError {
         /// The first missing pin.
         path: PathBuf,
     },
+    /// The pinned maps or hook links were removed or detached while this
+    /// process held the datapath (e.g. `failoverd cleanup`, `bpftool`).
+    #[error(
+        "the datapath under {pin_dir} was taken apart while failoverd ran ({detail}): \
+         connects to VIPs may no longer be translated; restart failoverd to attach it \
+         again (and stop it before running `failoverd cleanup`)"
+    )]
+    Detached {
+        /// The pin directory.
+        pin_dir: PathBuf,
+        /// What is gone.
+        detail: String,
+    },
     /// No counter id is left for a new VIP or backend.
     #[error(transparent)]
     Ids(#[from] crate::datapath::IdsExhausted),
@@ -155,7 +196,56 @@ pub enum DatapathError {
     },
 }
 
+/// `: <description> (os error N, ENAME)` for a failed map syscall, so the
+/// errno reaches logs and `status` (aya's own message names only the syscall).
+fn os_error_suffix(source: &aya::maps::MapError) -> String {
+    match source {
+        aya::maps::MapError::SyscallError(e) => match e.io_error.raw_os_error() {
+            Some(errno) => format!(": {} ({})", e.io_error, errno_name(errno)),
+            None => format!(": {}", e.io_error),
+        },
+        _ => String::new(),
+    }
+}
+
+/// The symbolic name of the errnos a BPF map call returns, else `errno N`.
+pub fn errno_name(errno: i32) -> String {
+    let name = match errno {
+        libc::EPERM => "EPERM",
+        libc::ENOENT => "ENOENT",
+        libc::EINTR => "EINTR",
+        libc::EBADF => "EBADF",
+        libc::E2BIG => "E2BIG",
+        libc::EAGAIN => "EAGAIN",
+        libc::ENOMEM => "ENOMEM",
+        libc::EACCES => "EACCES",
+        libc::EFAULT => "EFAULT",
+        libc::EBUSY => "EBUSY",
+        libc::EEXIST => "EEXIST",
+        libc::EINVAL => "EINVAL",
+        libc::ENOSPC => "ENOSPC",
+        libc::ENOTSUP => "ENOTSUP",
+        _ => return format!("errno {errno}"),
+    };
+    name.to_string()
+}
+
 impl DatapathError {
+    /// The kernel's errno behind this error, when a syscall failed.
+    pub fn errno(&self) -> Option<i32> {
+        let io = match self {
+            DatapathError::Map { source, .. } => match source.as_ref() {
+                aya::maps::MapError::SyscallError(e) => &e.io_error,
+                _ => return None,
+            },
+            DatapathError::Io { source, .. }
+            | DatapathError::Link { source, .. }
+            | DatapathError::Verifier { source, .. } => source,
+            _ => return None,
+        };
+        io.raw_os_error()
+    }
+
     /// A map error with context.
     pub(super) fn map(
         op: &'static str,
@@ -172,5 +262,25 @@ impl DatapathError {
     pub(super) fn io(op: &'static str, path: impl Into<PathBuf>) -> impl FnOnce(io::Error) -> Self {
         let path = path.into();
         move |source| DatapathError::Io { op, path, source }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failed_map_write_names_its_errno() {
+        let e = DatapathError::map("writing", "failoverd_services_v2")(
+            aya::maps::MapError::SyscallError(aya::sys::SyscallError {
+                call: "bpf_map_update_elem",
+                io_error: io::Error::from_raw_os_error(libc::E2BIG),
+            }),
+        );
+        let text = e.to_string();
+        assert!(text.contains("E2BIG"), "{text}");
+        assert!(text.contains("os error 7"), "{text}");
+        assert!(text.contains("writing map failoverd_services_v2"), "{text}");
+        assert_eq!(e.errno(), Some(libc::E2BIG));
     }
 }

@@ -70,8 +70,47 @@ pub struct PinnedState {
     pub meta_pinned: bool,
 }
 
-/// Checks every map pinned under `pin_dir` against this build's layout.
+/// The layout version a pinned map's name carries (`failoverd_<what>_v<N>`).
+fn name_version(name: &str) -> Option<u32> {
+    let rest = name.strip_prefix("failoverd_")?;
+    let (_, version) = rest.rsplit_once("_v")?;
+    version.parse().ok()
+}
+
+/// Refuses a pin directory holding maps of another layout version: their
+/// names differ from this build's, so aya would not reuse them, but the
+/// pinned links run programs that read them. Adopting those links would swap
+/// in programs reading new, empty maps, and every VIP would pass through
+/// untranslated until the daemon wrote its tables again.
+fn check_other_versions(pin_dir: &Path) -> Result<(), DatapathError> {
+    let Ok(entries) = std::fs::read_dir(pin_dir) else {
+        // Not created yet: nothing is pinned.
+        return Ok(());
+    };
+    for entry in entries {
+        let entry = entry.map_err(DatapathError::io("listing", pin_dir))?;
+        let name = entry.file_name();
+        let Some(version) = name_version(&name.to_string_lossy()) else {
+            continue;
+        };
+        if version != failoverd_shared::LAYOUT_VERSION {
+            return Err(DatapathError::LayoutMismatch {
+                path: entry.path(),
+                pin_dir: pin_dir.to_path_buf(),
+                detail: format!(
+                    "a map of layout v{version}; this failoverd uses v{}",
+                    failoverd_shared::LAYOUT_VERSION
+                ),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Checks every map pinned under `pin_dir` against this build's layout, and
+/// that no map of another layout version is pinned there.
 pub fn check_pinned_maps(pin_dir: &Path) -> Result<PinnedState, DatapathError> {
+    check_other_versions(pin_dir)?;
     let mut state = PinnedState {
         maps_pinned: 0,
         meta_pinned: false,
@@ -130,4 +169,21 @@ pub fn check_pinned_maps(pin_dir: &Path) -> Result<PinnedState, DatapathError> {
         state.maps_pinned += 1;
     }
     Ok(state)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn map_names_carry_their_layout_version() {
+        assert_eq!(name_version("failoverd_services_v1"), Some(1));
+        assert_eq!(name_version("failoverd_counters_v12"), Some(12));
+        assert_eq!(
+            name_version(map_names::SERVICES),
+            Some(failoverd_shared::LAYOUT_VERSION)
+        );
+        assert_eq!(name_version("links"), None);
+        assert_eq!(name_version("failoverd_notes"), None);
+    }
 }

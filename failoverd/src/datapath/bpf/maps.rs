@@ -6,7 +6,7 @@ use std::{
 };
 
 use aya::{
-    maps::{HashMap, Map, MapData, MapError, PerCpuHashMap},
+    maps::{HashMap, IterableMap, Map, MapData, MapError, PerCpuHashMap},
     Ebpf,
 };
 use failoverd_shared::{map_names, Counters, Service, VipKey};
@@ -120,6 +120,56 @@ impl PinnedMaps {
         Ok(out)
     }
 
+    /// The table of one VIP, `None` when the map holds none.
+    pub fn table(&self, vip: &Vip) -> Result<Option<InstalledTable>, DatapathError> {
+        match self.services.get(&vip.key(), 0) {
+            Ok(value) => Ok(Some(InstalledTable {
+                table: VipTable::decode(*vip, &value),
+                generation: value.generation,
+            })),
+            Err(MapError::KeyNotFound) => Ok(None),
+            Err(e) => Err(DatapathError::map("reading", map_names::SERVICES)(e)),
+        }
+    }
+
+    /// Every id the counters map holds counters for.
+    pub fn counter_ids(&self) -> Result<Vec<u32>, DatapathError> {
+        self.counters
+            .keys()
+            .collect::<Result<Vec<u32>, MapError>>()
+            .map_err(DatapathError::map("listing", map_names::COUNTERS))
+    }
+
+    /// Deletes an id's per-CPU counters; the programs recreate them at zero
+    /// on the next count. Deleting an absent id is not an error.
+    pub fn reset_counters(&mut self, id: u32) -> Result<(), DatapathError> {
+        match self.counters.remove(&id) {
+            Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
+            Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => {
+                Ok(())
+            }
+            Err(e) => Err(DatapathError::map("deleting from", map_names::COUNTERS)(e)),
+        }
+    }
+
+    /// The kernel ids of the services and counters maps these handles write.
+    pub fn map_ids(&self) -> Result<[(&'static str, u32); 2], DatapathError> {
+        let services = self
+            .services
+            .map()
+            .info()
+            .map_err(DatapathError::map("reading info of", map_names::SERVICES))?;
+        let counters = self
+            .counters
+            .map()
+            .info()
+            .map_err(DatapathError::map("reading info of", map_names::COUNTERS))?;
+        Ok([
+            (map_names::SERVICES, services.id()),
+            (map_names::COUNTERS, counters.id()),
+        ])
+    }
+
     /// The highest generation any table carries (0 when there are none).
     pub fn max_generation(&self) -> Result<u64, DatapathError> {
         Ok(self
@@ -142,7 +192,9 @@ impl PinnedMaps {
             .fold(CounterTotals::default(), |acc, c| CounterTotals {
                 connects: acc.connects + c.connects,
                 rejected: acc.rejected + c.rejected,
-                xlate_errors: acc.xlate_errors + c.xlate_errors,
+                no_sock_storage: acc.no_sock_storage + c.no_sock_storage,
+                bad_table: acc.bad_table + c.bad_table,
+                family_mismatch: acc.family_mismatch + c.family_mismatch,
             }))
     }
 }

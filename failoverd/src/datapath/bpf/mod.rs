@@ -57,6 +57,8 @@ impl Default for DatapathConfig {
 pub struct BpfDatapath {
     maps: PinnedMaps,
     cgroup: PathBuf,
+    /// The kernel's id of `cgroup`: what a still-attached link reports.
+    cgroup_id: u64,
     attach: AttachReport,
     adopted_maps: usize,
     next_generation: u64,
@@ -122,6 +124,7 @@ impl BpfDatapath {
                 .map_err(DatapathError::map("writing", map_names::META))?;
         }
         let attach = links::attach_all(&mut ebpf, &cgroup, pin_dir)?;
+        let cgroup_id = cgroup::cgroup_id(&cgroup)?;
         let maps = PinnedMaps::from_ebpf(&mut ebpf, pin_dir)?;
         let next_generation = maps.max_generation()? + 1;
         tracing::info!(
@@ -136,6 +139,7 @@ impl BpfDatapath {
         Ok(BpfDatapath {
             maps,
             cgroup,
+            cgroup_id,
             attach,
             adopted_maps: pinned.maps_pinned,
             next_generation,
@@ -175,8 +179,71 @@ impl Datapath for BpfDatapath {
         self.maps.tables()
     }
 
+    fn table(&self, vip: &Vip) -> Result<Option<InstalledTable>, DatapathError> {
+        self.maps.table(vip)
+    }
+
     fn counters(&self, id: u32) -> Result<CounterTotals, DatapathError> {
         self.maps.counters(id)
+    }
+
+    fn counter_ids(&self) -> Result<Vec<u32>, DatapathError> {
+        self.maps.counter_ids()
+    }
+
+    fn reset_counters(&mut self, id: u32) -> Result<(), DatapathError> {
+        self.maps.reset_counters(id)
+    }
+
+    /// The maps this process writes must still be the pinned ones, and every
+    /// pinned link still attached to the cgroup. This process's map fds keep
+    /// the maps alive whatever happens to the pins, so writes keep
+    /// "succeeding" after `failoverd cleanup`; only this check notices that
+    /// the kernel no longer uses them.
+    fn check_intact(&self) -> Result<(), DatapathError> {
+        let pin_dir = self.maps.pin_dir();
+        let gone = |detail: String| DatapathError::Detached {
+            pin_dir: pin_dir.to_path_buf(),
+            detail,
+        };
+        for (name, id) in self.maps.map_ids()? {
+            let path = pin_dir.join(name);
+            if !path.exists() {
+                return Err(gone(format!("map pin {} was removed", path.display())));
+            }
+            let pinned = aya::maps::MapData::from_pin(&path)
+                .and_then(|data| data.info())
+                .map_err(DatapathError::map("opening pinned", name))?;
+            if pinned.id() != id {
+                return Err(gone(format!(
+                    "map pin {} now names map id {}, this process writes id {id}",
+                    path.display(),
+                    pinned.id()
+                )));
+            }
+        }
+        for hook in &links::HOOKS {
+            let pin = links::link_pin_path(pin_dir, hook.program);
+            if !pin.exists() {
+                return Err(gone(format!("link pin {} was removed", pin.display())));
+            }
+            let info = sys::obj_get(&pin)
+                .and_then(|fd| sys::cgroup_link_info(std::os::fd::AsFd::as_fd(&fd)))
+                .map_err(|source| DatapathError::Link {
+                    op: "reading info of",
+                    path: pin.clone(),
+                    source,
+                })?;
+            // A detached cgroup link reports cgroup id 0.
+            if info.cgroup_id != self.cgroup_id {
+                return Err(gone(format!(
+                    "link {} is no longer attached to {}",
+                    pin.display(),
+                    self.cgroup.display()
+                )));
+            }
+        }
+        Ok(())
     }
 }
 
