@@ -49,6 +49,8 @@ pub mod names {
     pub const CONNECTS: &str = "failoverd_connects_total";
     /// Connects the kernel refused (no live backend).
     pub const CONNECTS_REJECTED: &str = "failoverd_connects_rejected_total";
+    /// Counter: calls to a service's VIP the kernel could not translate cleanly, by `kind`.
+    pub const KERNEL_ERRORS: &str = "failoverd_kernel_translation_errors_total";
     /// Datapath writes.
     pub const DATAPATH_WRITES: &str = "failoverd_datapath_writes_total";
     /// Failed datapath writes.
@@ -242,6 +244,10 @@ pub fn zero_service(service: &str, priorities: &[u8]) {
         }
     }
     counter!(names::CONNECTS_REJECTED, "service" => service.to_string()).increment(0);
+    for kind in KERNEL_ERROR_KINDS {
+        counter!(names::KERNEL_ERRORS, "service" => service.to_string(), "kind" => kind)
+            .increment(0);
+    }
 }
 
 /// Like [`zero_service`], for one backend's transition and ejection counters.
@@ -374,6 +380,18 @@ pub fn kernel_connects(service: &str, backend: &str, connects: u64) {
     }
     counter!(names::CONNECTS, "service" => service.to_string(), "backend" => backend.to_string())
         .absolute(connects);
+}
+
+/// The `kind` labels of [`names::KERNEL_ERRORS`], one per kernel counter that means a fault.
+pub const KERNEL_ERROR_KINDS: [&str; 3] = ["no_sock_storage", "bad_table", "family_mismatch"];
+
+/// The kernel's counts of a service's VIP calls it could not translate cleanly (absolute
+/// values, in the order of [`KERNEL_ERROR_KINDS`]).
+pub fn kernel_errors(service: &str, counts: [u64; 3]) {
+    for (kind, count) in KERNEL_ERROR_KINDS.into_iter().zip(counts) {
+        counter!(names::KERNEL_ERRORS, "service" => service.to_string(), "kind" => kind)
+            .absolute(count);
+    }
 }
 
 /// The kernel's count of connects to a service's VIP refused for want of a live backend (an

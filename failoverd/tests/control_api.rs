@@ -152,6 +152,7 @@ impl ControlHandler for FakeHandler {
     ) -> Result<ExplainReport, ControlError> {
         self.record(Call::Explain(vip.clone(), protocol))?;
         Ok(ExplainReport {
+            datapath_error: None,
             vip,
             service: "orders-db".into(),
             active_priority: Some(0),
@@ -181,6 +182,7 @@ fn status_fixture() -> StatusReport {
             active_priority: Some(0),
             ready: true,
             panic: false,
+            datapath_error: None,
             on_all_down: "reject".into(),
             failback: "auto".into(),
             backends: vec![BackendReport {

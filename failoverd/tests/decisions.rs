@@ -72,6 +72,18 @@ impl Datapath for Shared {
     fn counters(&self, id: u32) -> Result<CounterTotals, DatapathError> {
         self.0.lock().unwrap().counters(id)
     }
+    fn table(&self, vip: &Vip) -> Result<Option<InstalledTable>, DatapathError> {
+        self.0.lock().unwrap().table(vip)
+    }
+    fn counter_ids(&self) -> Result<Vec<u32>, DatapathError> {
+        self.0.lock().unwrap().counter_ids()
+    }
+    fn reset_counters(&mut self, id: u32) -> Result<(), DatapathError> {
+        self.0.lock().unwrap().reset_counters(id)
+    }
+    fn check_intact(&self) -> Result<(), DatapathError> {
+        self.0.lock().unwrap().check_intact()
+    }
 }
 
 impl Shared {
@@ -85,6 +97,11 @@ impl Shared {
 
     fn writes(&self) -> usize {
         self.0.lock().unwrap().writes.len()
+    }
+
+    /// Reaches into the fake's kernel behind the writer's back.
+    fn kernel(&self) -> failoverd::datapath::FakeHandle {
+        self.0.lock().unwrap().handle()
     }
 }
 
@@ -451,5 +468,53 @@ async fn an_nxdomain_backend_beside_healthy_services_leaves_the_daemon_ready() {
     let lost = status.services.iter().find(|s| s.name == "lost").unwrap();
     assert_eq!(lost.backends[0].state, "unresolved");
     assert_eq!(lost.backends[0].address, "nxdomain.test:7104");
+    drop(running.shutdown().await);
+}
+
+/// The kernel is the truth: a VIP whose table cannot be written shows as failing, with the
+/// errno, and the daemon is not ready until the kernel holds it; an entry deleted behind the
+/// daemon's back is put back.
+#[tokio::test(start_paused = true)]
+async fn status_and_readiness_report_what_the_kernel_holds() {
+    let rig = Rig::new("kernel");
+    let vip = tcp_vip("127.66.1.10:80");
+    let config = config(&rig.dir.0, &primary_and_backup("svc", "127.66.1.10:80", ""));
+    rig.datapath.kernel().fail_writes(libc::E2BIG, 1_000);
+    let running = rig.start(&config).await;
+    let handle = running.handle();
+    let api = DaemonApi::new(
+        handle.clone(),
+        DrainStore::new(&rig.dir.0),
+        rig.dir.0.join("x"),
+        None,
+    );
+    let failing = until(Duration::from_secs(5), || {
+        handle.write_failure(&vip).is_some()
+    })
+    .await;
+    assert!(failing.is_ok(), "the failed write is seen");
+    let status = api.status().await.unwrap();
+    let svc = &status.services[0];
+    assert!(!svc.ready, "not ready while the kernel lacks the table");
+    let error = svc.datapath_error.clone().unwrap_or_default();
+    assert!(error.contains("E2BIG"), "the errno is named: {error}");
+    assert!(!handle.ready());
+
+    rig.datapath.kernel().fail_writes(libc::E2BIG, 0);
+    until(Duration::from_secs(40), || {
+        handle.ready() && rig.datapath.backends(vip) == Some(vec![addr(A)])
+    })
+    .await
+    .expect("recovers once the writes go through");
+    assert!(api.status().await.unwrap().services[0]
+        .datapath_error
+        .is_none());
+
+    rig.datapath.kernel().delete_entry(&vip);
+    until(Duration::from_secs(5), || {
+        rig.datapath.backends(vip) == Some(vec![addr(A)])
+    })
+    .await
+    .expect("an entry deleted behind the daemon's back is restored within seconds");
     drop(running.shutdown().await);
 }

@@ -28,6 +28,7 @@ const CONTRACT_METRICS: &[&str] = &[
     "failoverd_datapath_writes_total",
     "failoverd_datapath_write_errors_total",
     "failoverd_datapath_failing_vips",
+    "failoverd_kernel_translation_errors_total",
     "failoverd_datapath_repairs_total",
     "failoverd_datapath_last_write_timestamp_seconds",
     "failoverd_config_reloads_total",

@@ -33,6 +33,10 @@ pub struct ServiceReport {
     /// of the lowest priority, whatever their health.
     #[serde(default)]
     pub panic: bool,
+    /// Set when the kernel does not hold the table the daemon decided for this VIP: the
+    /// write failed (with its errno) or the datapath was taken apart. `ready` is then false.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub datapath_error: Option<String>,
     /// `reject` or `panic`.
     pub on_all_down: String,
     /// `auto` or `manual`.
@@ -148,6 +152,10 @@ pub struct ExplainReport {
     pub refused: bool,
     /// True in `on_all_down: panic`.
     pub panic: bool,
+    /// Set when the kernel does not hold the table the daemon decided: then connects go
+    /// where the kernel's table says, not where this report says.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub datapath_error: Option<String>,
     /// Backends a connect reaches, with their share of new connections.
     pub reachable: Vec<ReachableBackend>,
     /// Every other backend, with the reason it is out.

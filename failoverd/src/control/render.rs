@@ -46,6 +46,12 @@ pub fn status_table(report: &StatusReport, now_unix: u64) -> String {
         for header in service_header(service) {
             line(&mut out, &header);
         }
+        if let Some(error) = &service.datapath_error {
+            line(
+                &mut out,
+                &format!("{INDENT}kernel table not as decided: {error}"),
+            );
+        }
         if service.backends.is_empty() {
             line(&mut out, &format!("{INDENT}(no backends)"));
             continue;
@@ -75,6 +81,12 @@ pub fn explain_text(report: &ExplainReport) -> String {
         &mut out,
         &format!("{} → service {}: {active}", report.vip, report.service),
     );
+    if let Some(error) = &report.datapath_error {
+        push_line(
+            &mut out,
+            &format!("the kernel does not hold this table, connects follow the kernel's: {error}"),
+        );
+    }
     if report.refused {
         push_line(
             &mut out,
@@ -273,7 +285,11 @@ fn service_header(s: &ServiceReport) -> Vec<String> {
         (None, true) => "refusing connects".to_owned(),
         (None, false) => "no active priority".to_owned(),
     };
-    let ready = if s.ready { "(ready)" } else { "(not ready)" };
+    let ready = match (&s.datapath_error, s.ready) {
+        (Some(_), _) => "(DATAPATH FAILING)",
+        (None, true) => "(ready)",
+        (None, false) => "(not ready)",
+    };
     let failback = if s.failback == "manual" {
         "  failback manual"
     } else {
@@ -436,6 +452,7 @@ mod tests {
                     active_priority: Some(0),
                     ready: true,
                     panic: false,
+                    datapath_error: None,
                     on_all_down: "reject".to_owned(),
                     failback: "auto".to_owned(),
                     backends: vec![
@@ -451,6 +468,7 @@ mod tests {
                     active_priority: None,
                     ready: false,
                     panic: false,
+                    datapath_error: None,
                     on_all_down: "panic".to_owned(),
                     failback: "manual".to_owned(),
                     backends: vec![v6],
@@ -582,6 +600,7 @@ mod tests {
     #[test]
     fn explain_lists_shares_and_reasons() {
         let report = ExplainReport {
+            datapath_error: None,
             vip: "10.96.0.10:5432".to_owned(),
             service: "orders-db".to_owned(),
             active_priority: Some(0),
@@ -620,6 +639,7 @@ mod tests {
     #[test]
     fn explain_says_when_connects_are_refused() {
         let report = ExplainReport {
+            datapath_error: None,
             vip: "10.96.0.10:5432".to_owned(),
             service: "orders-db".to_owned(),
             active_priority: None,

@@ -110,13 +110,15 @@ impl DaemonApi {
                 drain: None,
             });
         }
+        let datapath_error = self.handle.write_failure(&s.vip).map(|f| f.to_string());
         ServiceReport {
             name: s.name,
             vip: s.vip.addr.to_string(),
             protocol: s.vip.protocol.to_string(),
             active_priority: s.active_priority,
-            ready: s.ready,
+            ready: s.ready && datapath_error.is_none(),
             panic: s.panic,
+            datapath_error,
             on_all_down: service
                 .map(|c| c.on_all_down.to_string())
                 .unwrap_or_default(),
@@ -187,8 +189,9 @@ fn out_sentence(reason: &OutReason) -> String {
     }
 }
 
-fn explain_report(e: Explanation) -> ExplainReport {
+fn explain_report(e: Explanation, datapath_error: Option<String>) -> ExplainReport {
     ExplainReport {
+        datapath_error,
         vip: e.vip.addr.to_string(),
         service: e.service,
         active_priority: e.active_priority,
@@ -371,10 +374,12 @@ impl ControlHandler for DaemonApi {
             None => None,
             Some(p) => Some(p.parse().map_err(ControlError::Invalid)?),
         };
-        self.handle
+        let explanation = self
+            .handle
             .explain(addr, protocol)
             .await
-            .map(explain_report)
-            .map_err(daemon_error)
+            .map_err(daemon_error)?;
+        let failure = self.handle.write_failure(&explanation.vip);
+        Ok(explain_report(explanation, failure.map(|f| f.to_string())))
     }
 }

@@ -47,7 +47,7 @@ use crate::{
     datapath::{Datapath, DatapathError, IdAllocator, IdsExhausted, Protocol, VipTable},
     decision::{ServiceState, ServiceStatus},
     health::{HealthCheck, NetworkCheck},
-    reconcile::{run_writer, Writer, WriterCommand},
+    reconcile::{run_writer, WriteFailure, Writer, WriterCommand},
     resolve::{ResolveError, Resolver, ResolverSettings},
 };
 use service::{Message, ServiceTask, Shared};
@@ -156,6 +156,7 @@ pub async fn start_with<D: Datapath + 'static>(
     checker: Arc<dyn HealthCheck>,
 ) -> Result<Running<D>, DaemonError> {
     let writer = Writer::new(datapath)?;
+    let kernel = writer.view();
     let adopted = writer.written().clone();
     let ids = IdAllocator::from_tables(adopted.values());
     let (writer_tx, writer_rx) = mpsc::channel(1024);
@@ -177,6 +178,7 @@ pub async fn start_with<D: Datapath + 'static>(
         readiness: readiness::Readiness::default(),
         ids: Mutex::new(ids),
         observer: observer::Observer::new(Arc::new(events::Events::default())),
+        kernel,
     });
     let handle = DaemonHandle {
         inner: Arc::new(Inner {
@@ -216,7 +218,11 @@ impl DaemonHandle {
         let shared = &self.inner.shared;
         let vip_id = match &adopted {
             Some(t) => t.vip_id,
-            None => lock(&shared.ids).allocate()?,
+            None => {
+                let id = lock(&shared.ids).allocate()?;
+                shared.reset_counters(id);
+                id
+            }
         };
         tracing::info!(
             service = %service.name,
@@ -368,9 +374,18 @@ impl DaemonHandle {
             .collect()
     }
 
-    /// Whether every service serves what its verdicts allow (what readiness means).
+    /// Whether every service serves what its verdicts allow (what readiness means): each has
+    /// its first verdicts, and the kernel holds every table as decided.
     pub fn ready(&self) -> bool {
+        let kernel = &self.inner.shared.kernel;
         self.inner.shared.readiness.all_ready()
+            && kernel.failing_count() == 0
+            && kernel.datapath_failure().is_none()
+    }
+
+    /// Why the kernel does not hold the table decided for `vip`, if it does not.
+    pub fn write_failure(&self, vip: &crate::datapath::Vip) -> Option<WriteFailure> {
+        self.inner.shared.kernel.failing(vip)
     }
 }
 

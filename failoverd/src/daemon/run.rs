@@ -163,8 +163,12 @@ async fn export_kernel_counters(
     loop {
         // Rejections per VIP, from the daemon's service list: no service is asked anything.
         for (name, vip_id) in handle.vip_ids().await {
-            let rejected = maps.counters(vip_id).map(|c| c.rejected).unwrap_or(0);
-            crate::metrics::kernel_rejections(&name, rejected);
+            let c = maps.counters(vip_id).unwrap_or_default();
+            crate::metrics::kernel_rejections(&name, c.rejected);
+            crate::metrics::kernel_errors(
+                &name,
+                [c.no_sock_storage, c.bad_table, c.family_mismatch],
+            );
         }
         // Connects per backend need each service's backend ids: only when they are exported.
         if crate::metrics::per_backend() {

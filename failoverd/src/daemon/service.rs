@@ -28,7 +28,7 @@ use crate::{
         ServiceState, ServiceStatus, Transition,
     },
     health::Probe,
-    reconcile::{WriterCommand, WriterMessage},
+    reconcile::{KernelView, WriterCommand, WriterMessage},
 };
 
 /// Makes a drain change durable. Runs on a blocking thread after the change was checked and
@@ -140,21 +140,44 @@ pub struct Shared {
     pub ids: Mutex<IdAllocator>,
     /// Metrics, events and logs of transitions.
     pub observer: Observer,
+    /// What the writer knows of the kernel: VIPs it cannot make hold their table.
+    pub kernel: KernelView,
 }
 
-/// The shared allocator, locked only for the moment an id is taken or given back.
-struct LockedIds<'a>(&'a Mutex<IdAllocator>);
+impl Shared {
+    /// Has the writer zero a freshly handed-out id's kernel counters (a backend that is never
+    /// live is never installed, yet its counters are read).
+    pub fn reset_counters(&self, id: u32) {
+        if self
+            .writer
+            .try_send(WriterMessage::ResetCounters(id))
+            .is_err()
+        {
+            // Full (or stopping): the writer also zeroes the id when it first installs it.
+            tracing::debug!(id, "counter reset not queued");
+        }
+    }
+}
+
+/// The shared allocator, locked only for the moment an id is taken or given back; every id
+/// handed out has its kernel counters zeroed.
+struct LockedIds<'a>(&'a Shared);
 
 impl CounterIds for LockedIds<'_> {
     fn allocate(&mut self) -> Result<u32, IdsExhausted> {
-        self.0
+        let id = self
+            .0
+            .ids
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .allocate()
+            .allocate()?;
+        self.0.reset_counters(id);
+        Ok(id)
     }
 
     fn release(&mut self, id: u32) {
         self.0
+            .ids
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .release(id);
@@ -337,9 +360,9 @@ impl ServiceTask {
     /// Feeds one input to the core and acts on its decision.
     async fn input(&mut self, input: Input) -> Result<(), Refused> {
         let addresses_may_change = matches!(input, Input::Addrs { .. });
-        let decision =
-            self.state
-                .handle(input, Instant::now(), &mut LockedIds(&self.shared.ids))?;
+        let decision = self
+            .state
+            .handle(input, Instant::now(), &mut LockedIds(&self.shared))?;
         if addresses_may_change
             || decision
                 .transitions
