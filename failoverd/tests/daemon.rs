@@ -224,7 +224,8 @@ fn manual_failback_waits_for_the_operator() -> TestResult {
         tokio::time::timeout(Duration::from_secs(5), healthy)
             .await
             .map_err(|_| "a never became healthy")??;
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        // Whatever a's recovery decided is in the kernel once the writer answers.
+        running.handle().barrier().await?;
         check(table(&env, vip)? == Some(vec![b.addr()]), || {
             "manual failback must stay on b".into()
         })?;
@@ -525,7 +526,8 @@ fn restart_adopts_the_pinned_table_without_a_write() -> TestResult {
         tokio::time::timeout(Duration::from_secs(5), ready)
             .await
             .map_err(|_| "never ready")??;
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        // Whatever the first verdicts decided is in the kernel once the writer answers.
+        running.handle().barrier().await?;
         let after = PinnedMaps::open(env.pins.path())?.tables()?;
         check(after[&vip].generation == before, || {
             "an unchanged table must not be written again".into()

@@ -208,7 +208,7 @@ fn drain_survives_restart_and_reload() -> TestResult {
         })?;
         std::thread::sleep(Duration::from_millis(20));
     }
-    std::thread::sleep(Duration::from_millis(300));
+    // `status` answers once the writer has written what the first verdicts decided.
     check(table(&env, vip)? == Some(vec![b.addr()]), || {
         "the drain was lost by the restart".into()
     })?;
@@ -228,8 +228,8 @@ fn drain_survives_restart_and_reload() -> TestResult {
         || format!("the restored drain keeps its reason: {a_status:?}"),
     )?;
 
+    // `reload` returns once the kernel holds its result.
     d.ok(&["reload"])?;
-    std::thread::sleep(Duration::from_millis(300));
     check(table(&env, vip)? == Some(vec![b.addr()]), || {
         "the drain was lost by the reload".into()
     })

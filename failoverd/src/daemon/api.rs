@@ -30,6 +30,9 @@ use crate::{
     health::HealthStatus,
 };
 
+/// How long `status` waits for the writer to catch up before it answers anyway.
+const STATUS_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// Answers the control API from a running daemon.
 pub struct DaemonApi {
     handle: DaemonHandle,
@@ -257,6 +260,15 @@ fn now_unix() -> u64 {
 impl ControlHandler for DaemonApi {
     async fn status(&self) -> Result<StatusReport, ControlError> {
         let services = self.handle.status().await.map_err(daemon_error)?;
+        // What the kernel holds, not what is on its way: every table decided before the
+        // snapshot above is written (or known failing) before the report is made. Bounded,
+        // so a writer stuck on a failing datapath cannot hold status up.
+        if tokio::time::timeout(STATUS_WAIT, self.handle.barrier())
+            .await
+            .is_err()
+        {
+            tracing::debug!("status: the writer did not catch up within {STATUS_WAIT:?}");
+        }
         // One copy of the config and one index for the whole report: per service, they made
         // `status` quadratic (minutes at 10,000 services).
         let config = self.handle.config();
