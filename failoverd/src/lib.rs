@@ -13,6 +13,7 @@ pub mod daemon;
 pub mod datapath;
 pub mod dirs;
 pub mod health;
+pub mod limits;
 pub mod metrics;
 pub mod reconcile;
 pub mod resolve;
