@@ -15,6 +15,7 @@ pub mod dirs;
 pub mod health;
 pub mod limits;
 pub mod metrics;
+pub mod panics;
 pub mod reconcile;
 pub mod resolve;
 pub mod select;
