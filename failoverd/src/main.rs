@@ -37,7 +37,12 @@ fn main() -> ExitCode {
     match run(cli.command) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("failoverd: {e}");
+            // An error may quote a name or a daemon's message: show control characters, do not
+            // send them to the terminal.
+            eprintln!(
+                "failoverd: {}",
+                failoverd::control::render::terminal_safe_lines(&e.to_string())
+            );
             ExitCode::FAILURE
         }
     }
