@@ -317,16 +317,17 @@ struct TestUser {
 impl TestUser {
     fn new() -> io::Result<TestUser> {
         // useradd allows 32 characters; pid and counter keep parallel trials and binaries apart.
-        let name = unique_name("fo", "iso")?.replace('-', "");
-        let out = Command::new("useradd")
-            .args([
-                "--system",
-                "--no-create-home",
-                "--shell",
-                "/usr/sbin/nologin",
-            ])
-            .arg(&name)
-            .output()?;
+        let name = unique_name("fo", "iso")?;
+        let out = shadow_tool(
+            Command::new("useradd")
+                .args([
+                    "--system",
+                    "--no-create-home",
+                    "--shell",
+                    "/usr/sbin/nologin",
+                ])
+                .arg(&name),
+        )?;
         if !out.status.success() {
             return Err(io::Error::other(format!(
                 "useradd {name}: {}",
@@ -355,9 +356,24 @@ fn id(name: &str, flag: &str) -> io::Result<u32> {
         .map_err(|e| io::Error::other(format!("id {flag} {name}: {e}")))
 }
 
+/// Runs `useradd`/`userdel`, again while another process holds the password or group file's
+/// lock ("cannot lock /etc/passwd; try again later"): at most 50 tries, 100 ms apart.
+fn shadow_tool(cmd: &mut Command) -> io::Result<std::process::Output> {
+    let mut tries = 0;
+    loop {
+        let out = cmd.output()?;
+        tries += 1;
+        let locked = String::from_utf8_lossy(&out.stderr).contains("lock");
+        if out.status.success() || !locked || tries == 50 {
+            return Ok(out);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 impl Drop for TestUser {
     fn drop(&mut self) {
-        match Command::new("userdel").arg(&self.name).output() {
+        match shadow_tool(Command::new("userdel").arg(&self.name)) {
             Ok(out) if out.status.success() => {}
             Ok(out) => eprintln!(
                 "fo-test: userdel {}: {}",
