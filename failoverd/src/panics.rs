@@ -70,6 +70,10 @@ pub fn record(report: &PanicReport) {
 ///
 /// Call it once, after logging is set up and before the runtime starts. Not for the CLI
 /// subcommands: they print errors themselves and a panic there ends only a short-lived command.
+///
+/// The hook runs before unwinding, so under it `catch_unwind` (and a `JoinHandle` reporting a
+/// panicked task) never sees a panic: code in the daemon must return errors, not rely on
+/// catching a panic, e.g. from a parser given hostile input.
 pub fn install() {
     std::panic::set_hook(Box::new(|info| {
         record(&PanicReport::of(info));
