@@ -324,17 +324,12 @@ mod tests {
         fs::remove_dir_all(&dir).ok();
     }
 
+    /// One drain, from the file format itself (whatever type the daemon keeps drains in).
     fn one_drain() -> Drains {
-        let mut drains = Drains::new();
-        drains.entry("db".into()).or_default().insert(
-            "a".into(),
-            DrainInfo {
-                by: "alice".into(),
-                at_unix: 1_700_000_000,
-                reason: Some("secret maintenance ticket".into()),
-            },
-        );
-        drains
+        serde_json::from_str(
+            r#"{"db": {"a": {"by": "alice", "at_unix": 1700000000, "reason": "secret maintenance ticket"}}}"#,
+        )
+        .unwrap()
     }
 
     fn mode(path: &Path) -> u32 {
