@@ -771,23 +771,21 @@ mod tests {
 
     #[test]
     fn explain_and_reload_escape_names_and_reasons() {
-        let report = ExplainReport {
-            vip: "10.96.0.10:5432".to_owned(),
-            service: "orders\x1b[31m".to_owned(),
-            active_priority: Some(0),
-            refused: false,
-            panic: false,
-            reachable: vec![ReachableBackend {
-                name: "a\u{9b}2J".to_owned(),
-                address: "10.0.0.5:5432".to_owned(),
-                share_percent: 100.0,
+        // From JSON, as the client gets it: fields added to the report later keep their defaults.
+        let report: ExplainReport = serde_json::from_value(serde_json::json!({
+            "vip": "10.96.0.10:5432",
+            "service": "orders\u{1b}[31m",
+            "active_priority": 0,
+            "refused": false,
+            "panic": false,
+            "reachable": [{"name": "a\u{9b}2J", "address": "10.0.0.5:5432", "share_percent": 100.0}],
+            "out": [{
+                "name": "b",
+                "address": "10.0.0.6:5432",
+                "reason": "drained by eve: \u{1b}[1A\u{1b}[2Kall fine"
             }],
-            out: vec![OutBackend {
-                name: "b".to_owned(),
-                address: "10.0.0.6:5432".to_owned(),
-                reason: "drained by eve: \x1b[1A\x1b[2Kall fine".to_owned(),
-            }],
-        };
+        }))
+        .unwrap();
         let text = explain_text(&report);
         assert!(!acts_on_terminal(&text), "{text:?}");
         assert!(
