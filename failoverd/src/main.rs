@@ -1,26 +1,80 @@
 //! The `failoverd` binary: parses the command line, sets up logging and hands over to the library.
 
-use std::process::ExitCode;
+use std::{io::IsTerminal, process::ExitCode};
 
 use clap::Parser;
 use failoverd::cli::{self, Cli, Command};
 use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
+    // The CLI ends quietly when its reader goes away (`failoverd status | head -1`), like other
+    // Unix tools, instead of panicking in println!; set before clap can print --help.
+    set_sigpipe(libc::SIG_DFL);
     let cli = Cli::parse();
+    let daemon = matches!(
+        cli.command,
+        Command::Run(_) | Command::Demo(_) | Command::DemoClient(_)
+    );
+    if daemon {
+        // A long-running process with sockets: a peer that hangs up is an EPIPE to handle, not
+        // a signal that kills it (std's default before main).
+        set_sigpipe(libc::SIG_IGN);
+    }
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&cli.log));
+    // Colours only on a terminal: journald and log files get the text itself.
     let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     match cli.log_format {
         cli::LogFormat::Text => logs.init(),
         cli::LogFormat::Json => logs.json().flatten_event(true).init(),
     }
+    if let Command::Run(_) = cli.command {
+        failoverd::panics::install();
+        raise_nofile();
+    }
     match run(cli.command) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("failoverd: {e}");
+            // An error may quote a name or a daemon's message: show control characters, do not
+            // send them to the terminal.
+            eprintln!(
+                "failoverd: {}",
+                failoverd::control::render::terminal_safe_lines(&e.to_string())
+            );
             ExitCode::FAILURE
+        }
+    }
+}
+
+fn set_sigpipe(action: libc::sighandler_t) {
+    // SAFETY: called on the main thread before any other thread exists; SIG_DFL and SIG_IGN
+    // are valid dispositions for SIGPIPE.
+    if unsafe { libc::signal(libc::SIGPIPE, action) } == libc::SIG_ERR {
+        eprintln!(
+            "failoverd: cannot set the SIGPIPE disposition: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+}
+
+/// The daemon takes every descriptor its hard limit allows (see `failoverd::limits`).
+fn raise_nofile() {
+    match failoverd::limits::raise_nofile() {
+        Ok(l) if l.after < 4096 => tracing::warn!(
+            soft = l.after,
+            hard = l.hard,
+            "the file descriptor limit is low; set LimitNOFILE= (the unit sets 65536)"
+        ),
+        Ok(l) => tracing::info!(
+            before = l.before,
+            soft = l.after,
+            hard = l.hard,
+            "file descriptor limit"
+        ),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot raise the soft file descriptor limit to the hard one")
         }
     }
 }

@@ -14,12 +14,15 @@ use std::{
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::{body::Incoming, service::service_fn, Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use metrics::{counter, gauge, histogram};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use tokio::{net::TcpListener, sync::watch};
 
-use crate::health::{HealthStatus, ProbeError};
+use crate::{
+    health::{HealthStatus, ProbeError},
+    limits::{AcceptGate, Listener},
+};
 
 /// Every metric name failoverd exports.
 pub mod names {
@@ -65,7 +68,22 @@ pub mod names {
     pub const CONFIG_RELOADS: &str = "failoverd_config_reloads_total";
     /// 1, labelled with the version.
     pub const BUILD_INFO: &str = "failoverd_build_info";
+    /// Panics in the daemon. Best effort: a panic ends the process, so a scrape sees 1 only if
+    /// it lands between the panic and the exit; alert on restarts instead (docs/metrics.md).
+    pub const PANICS: &str = "failoverd_panics_total";
 }
+
+/// The most metrics connections served at once: 64. More wait in the kernel's backlog, which
+/// costs the daemon no file descriptor.
+pub const MAX_CONNECTIONS: usize = 64;
+
+/// How long a metrics client may take to send a request's headers, or stay idle between
+/// requests: 5 s (a scraper sends its request at once).
+pub const HEADER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// The longest a metrics connection may stay open: 30 s, whatever it does (it also bounds a
+/// client that never reads its answer).
+pub const MAX_LIFETIME: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// Probe latency buckets: 0.5 ms to 5 s (probes time out well before that).
 const PROBE_BUCKETS: &[f64] = &[
@@ -137,20 +155,34 @@ pub fn install() -> Result<PrometheusHandle, MetricsError> {
     counter!(names::DATAPATH_WRITE_ERRORS).increment(0);
     counter!(names::CONFIG_RELOADS, "result" => "ok").increment(0);
     counter!(names::CONFIG_RELOADS, "result" => "error").increment(0);
+    counter!(names::PANICS).increment(0);
     HANDLE.get().cloned().ok_or_else(|| MetricsError::Recorder {
         message: "another metrics recorder is already installed".into(),
     })
 }
 
-/// Binds `metrics.listen`.
+/// Binds `metrics.listen` and logs the address it got (with port 0, the port the kernel chose).
 pub async fn bind(addr: SocketAddr) -> Result<TcpListener, MetricsError> {
-    TcpListener::bind(addr)
+    let listener = TcpListener::bind(addr)
         .await
-        .map_err(|source| MetricsError::Bind { addr, source })
+        .map_err(|source| MetricsError::Bind { addr, source })?;
+    match listener.local_addr() {
+        Ok(bound) => tracing::info!(addr = %bound, "metrics listening"),
+        Err(e) => {
+            tracing::warn!(addr = %addr, error = %e, "metrics listening; its local address is unknown")
+        }
+    }
+    Ok(listener)
 }
 
 /// Serves `/metrics`, `/healthz` (alive) and `/readyz` (`ready()` true: first
 /// verdicts in, datapath attached) until `shutdown` turns true.
+///
+/// Any local user can reach this port, so what a client may take is bounded: at most
+/// [`MAX_CONNECTIONS`] at once, [`HEADER_TIMEOUT`] to send a request, [`MAX_LIFETIME`] in all,
+/// and nothing is accepted while the daemon is short of file descriptors (the probes' reserve,
+/// see [`crate::limits`]). Failed accepts back off from 100 ms to 1 s and are logged once per
+/// burst.
 pub async fn serve<R, F>(
     listener: TcpListener,
     handle: PrometheusHandle,
@@ -165,35 +197,34 @@ pub async fn serve<R, F>(
     // them into the buckets on a timer.
     let mut upkeep = tokio::time::interval(UPKEEP_EVERY);
     upkeep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut gate = AcceptGate::new(Listener::Metrics, MAX_CONNECTIONS);
     loop {
-        let (stream, _) = tokio::select! {
+        let ((stream, _), permit) = tokio::select! {
             _ = shutdown.wait_for(|stop| *stop) => return,
             _ = upkeep.tick() => {
                 handle.run_upkeep();
                 continue;
             }
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    tracing::warn!(error = %e, "metrics listener accept failed");
-                    continue;
-                }
-            },
+            accepted = gate.accept(|| listener.accept()) => accepted,
         };
         let (handle, ready) = (handle.clone(), ready.clone());
         tokio::spawn(async move {
+            // Released when the connection ends, letting the next one in.
+            let _permit = permit;
             let service = service_fn(move |request: Request<Incoming>| {
                 let (handle, ready) = (handle.clone(), ready.clone());
                 async move { Ok::<_, Infallible>(respond(request.uri().path(), &handle, ready).await) }
             });
             let conn = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_TIMEOUT)
                 .serve_connection(TokioIo::new(stream), service);
-            // A scrape that hangs up early is not worth more than a debug line.
-            if let Err(e) = tokio::time::timeout(std::time::Duration::from_secs(30), conn)
-                .await
-                .unwrap_or(Ok(()))
-            {
-                tracing::debug!(error = %e, "metrics connection ended with an error");
+            match tokio::time::timeout(MAX_LIFETIME, conn).await {
+                Ok(Ok(())) => {}
+                // A scrape that hangs up early, or a header timeout, is not worth more than a
+                // debug line.
+                Ok(Err(e)) => tracing::debug!(error = %e, "metrics connection ended with an error"),
+                Err(_) => tracing::debug!("metrics connection cut at its deadline"),
             }
         });
     }
@@ -430,6 +461,44 @@ mod tests {
         kernel_connects("orders", "db-a", 7);
         kernel_rejections("orders", 2);
         service("orders", Some(0), 1);
+    }
+
+    /// A metrics server on an ephemeral port, stopped when the sender drops.
+    async fn server() -> (SocketAddr, watch::Sender<bool>) {
+        let listener = bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let handle = PrometheusBuilder::new().build_recorder().handle();
+        let (stop, stopped) = watch::channel(false);
+        tokio::spawn(serve(listener, handle, || async { true }, stopped));
+        (addr, stop)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_client_that_sends_no_request_is_cut_after_the_header_timeout() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (addr, _stop) = server().await;
+        let started = tokio::time::Instant::now();
+        let mut idle = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let mut buf = [0u8; 64];
+        // Paused time jumps to the next timer: the header timeout, not the 30 s deadline.
+        let n = idle.read(&mut buf).await.unwrap_or(0);
+        assert!(
+            started.elapsed() >= HEADER_TIMEOUT && started.elapsed() < MAX_LIFETIME,
+            "cut after {:?}; read {n} bytes",
+            started.elapsed()
+        );
+        // A client that does send one is answered.
+        let mut scraper = tokio::net::TcpStream::connect(addr).await.unwrap();
+        scraper
+            .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let mut answer = String::new();
+        scraper.read_to_string(&mut answer).await.unwrap();
+        assert!(
+            answer.starts_with("HTTP/1.1 200") && answer.ends_with("ok\n"),
+            "{answer}"
+        );
     }
 
     #[test]

@@ -199,5 +199,12 @@ fn systemd_unit_runs_the_daemon_with_only_the_capabilities_it_needs() {
         assert!(caps.contains(cap), "{cap} missing from {caps}");
     }
     assert_eq!(get("Service", "RuntimeDirectoryMode"), Some("0750"));
+    // The daemon refuses a state_dir others can write to, and creates it 0700 itself.
+    assert_eq!(get("Service", "StateDirectoryMode"), Some("0700"));
+    // systemd's default soft limit (1,024) is what a flood of metrics connections used up.
+    let nofile: u64 = get("Service", "LimitNOFILE")
+        .and_then(|v| v.parse().ok())
+        .expect("LimitNOFILE= a number");
+    assert!(nofile >= 65_536, "LimitNOFILE={nofile}");
     assert_eq!(get("Install", "WantedBy"), Some("multi-user.target"));
 }

@@ -2,7 +2,7 @@
 
 use crate::control::{
     command::{block_on, print, CommandError, SocketArgs},
-    EventRecord,
+    render, EventRecord,
 };
 
 /// Arguments of `failoverd events`.
@@ -78,7 +78,9 @@ pub fn line(event: &EventRecord, format: EventsFormat) -> String {
             if !event.detail.is_empty() {
                 out.push_str(&format!(" ({})", event.detail));
             }
-            out
+            // Names, drain reasons and probe evidence may hold escape sequences: show them, do
+            // not let them act on the terminal.
+            render::terminal_safe(&out).into_owned()
         }
     }
 }
@@ -104,5 +106,27 @@ mod tests {
             "2023-11-14T22:13:20.123Z failover orders-db 0 -> 1 (out: a unhealthy)"
         );
         assert!(line(&event, EventsFormat::Json).contains("\"seq\":3"));
+    }
+
+    #[test]
+    fn escape_sequences_are_shown_not_obeyed() {
+        let event = EventRecord {
+            seq: 4,
+            at_unix_ms: 1_700_000_000_123,
+            kind: "drain".into(),
+            service: "orders-db".into(),
+            backend: Some("a\u{9b}2J".into()),
+            from: None,
+            to: None,
+            detail: "by eve: \x1b]0;pwned\x07\nfake event".into(),
+        };
+        let text = line(&event, EventsFormat::Text);
+        assert_eq!(
+            text,
+            r"2023-11-14T22:13:20.123Z drain orders-db a\u{9b}2J (by eve: \x1b]0;pwned\x07\nfake event)"
+        );
+        // JSON output stays JSON: its own escaping already keeps control characters out.
+        let json = line(&event, EventsFormat::Json);
+        assert!(json.contains(r"\u001b]0;pwned\u0007\n"), "{json}");
     }
 }

@@ -1,5 +1,7 @@
 //! Control API answers as text for a terminal: the status table (80 columns), explain and reload reports, and the stable JSON form of status.
 
+use std::borrow::Cow;
+
 use super::{
     BackendReport, DrainInfo, ExplainReport, ProbeReport, ReloadReport, ServiceReport, StatusReport,
 };
@@ -79,7 +81,11 @@ pub fn explain_text(report: &ExplainReport) -> String {
     };
     push_line(
         &mut out,
-        &format!("{} → service {}: {active}", report.vip, report.service),
+        &format!(
+            "{} → service {}: {active}",
+            terminal_safe(&report.vip),
+            terminal_safe(&report.service)
+        ),
     );
     if let Some(error) = &report.datapath_error {
         push_line(
@@ -99,20 +105,17 @@ pub fn explain_text(report: &ExplainReport) -> String {
             "panic (on_all_down: panic): no backend is live, so connects go to every backend\nof the lowest priority",
         );
     }
-    let name_width = report
-        .reachable
-        .iter()
-        .map(|b| b.name.chars().count())
-        .chain(report.out.iter().map(|b| b.name.chars().count()))
-        .max()
-        .unwrap_or(0);
-    let address_width = report
-        .reachable
-        .iter()
-        .map(|b| b.address.chars().count())
-        .chain(report.out.iter().map(|b| b.address.chars().count()))
-        .max()
-        .unwrap_or(0);
+    let width = |field: fn(&str, &str) -> usize| {
+        report
+            .reachable
+            .iter()
+            .map(|b| field(&b.name, &b.address))
+            .chain(report.out.iter().map(|b| field(&b.name, &b.address)))
+            .max()
+            .unwrap_or(0)
+    };
+    let name_width = width(|name, _| terminal_safe(name).chars().count());
+    let address_width = width(|_, address| terminal_safe(address).chars().count());
     if report.reachable.is_empty() {
         push_line(&mut out, "reachable: none");
     } else {
@@ -122,8 +125,8 @@ pub fn explain_text(report: &ExplainReport) -> String {
                 &mut out,
                 &format!(
                     "{INDENT}{}{GAP}{}{GAP}{:>6.1}%",
-                    pad(&b.name, name_width),
-                    pad(&b.address, address_width),
+                    pad(&terminal_safe(&b.name), name_width),
+                    pad(&terminal_safe(&b.address), address_width),
                     b.share_percent
                 ),
             );
@@ -134,15 +137,16 @@ pub fn explain_text(report: &ExplainReport) -> String {
         for b in &report.out {
             let head = format!(
                 "{INDENT}{}{GAP}{}{GAP}",
-                pad(&b.name, name_width),
-                pad(&b.address, address_width)
+                pad(&terminal_safe(&b.name), name_width),
+                pad(&terminal_safe(&b.address), address_width)
             );
+            let reason = terminal_safe(&b.reason);
             // The reason is the point of explain: wrap it rather than cut it.
-            if head.chars().count() + b.reason.chars().count() <= WIDTH {
-                push_line(&mut out, &format!("{head}{}", b.reason));
+            if head.chars().count() + reason.chars().count() <= WIDTH {
+                push_line(&mut out, &format!("{head}{reason}"));
             } else {
                 push_line(&mut out, head.trim_end());
-                push_line(&mut out, &format!("{INDENT}    {}", b.reason));
+                push_line(&mut out, &format!("{INDENT}    {reason}"));
             }
         }
     }
@@ -170,11 +174,65 @@ pub fn reload_text(report: &ReloadReport) -> String {
         if !names.is_empty() {
             line(
                 &mut out,
-                &format!("{INDENT}{:<9}{}", format!("{what}:"), names.join(", ")),
+                &format!(
+                    "{INDENT}{:<9}{}",
+                    format!("{what}:"),
+                    terminal_safe(&names.join(", "))
+                ),
             );
         }
     }
     out
+}
+
+/// `text` safe to print on a terminal as one line: control characters are shown escaped
+/// (`\x1b`, `\n`, `\u{9b}`) instead of acting on the terminal.
+///
+/// Names, addresses, drain reasons and probe evidence come from configs, operators and
+/// backends' answers; printed raw, an escape sequence in one could clear the screen, rewrite
+/// what `status` shows or set the window title. Escaped: C0 controls (newline and tab too: a
+/// field is one line), DEL, C1 controls, and the Unicode bidirectional overrides and isolates
+/// that reorder what is displayed.
+pub fn terminal_safe(text: &str) -> Cow<'_, str> {
+    escape(text, false)
+}
+
+/// Like [`terminal_safe`], but keeps newlines and tabs: for multi-line text such as an error
+/// message.
+pub fn terminal_safe_lines(text: &str) -> Cow<'_, str> {
+    escape(text, true)
+}
+
+fn escape(text: &str, keep_lines: bool) -> Cow<'_, str> {
+    let unsafe_char = |c: char| {
+        let kept = keep_lines && (c == '\n' || c == '\t');
+        !kept && (c.is_control() || is_bidi_control(c))
+    };
+    if !text.chars().any(unsafe_char) {
+        return Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        match c {
+            c if !unsafe_char(c) => out.push(c),
+            '\n' => out.push_str("\\n"),
+            '\t' => out.push_str("\\t"),
+            '\r' => out.push_str("\\r"),
+            c if u32::from(c) < 0x80 => out.push_str(&format!("\\x{:02x}", u32::from(c))),
+            c => out.push_str(&format!("\\u{{{:x}}}", u32::from(c))),
+        }
+    }
+    Cow::Owned(out)
+}
+
+/// U+202A–U+202E (embeddings, overrides) and U+2066–U+2069 (isolates).
+fn is_bidi_control(c: char) -> bool {
+    matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+}
+
+/// [`terminal_safe`] as an owned string.
+fn safe(text: &str) -> String {
+    terminal_safe(text).into_owned()
 }
 
 /// A compact duration with its two largest units: `45s`, `3m12s`, `10m`, `2h5m`, `4d3h`.
@@ -214,9 +272,9 @@ const SHRINK: [(usize, usize); 4] = [(PROBE, 8), (NAME, 12), (ADDRESS, 15), (NAM
 
 fn backend_row(b: &BackendReport) -> [String; COLUMNS] {
     [
-        b.name.clone(),
-        b.address.clone(),
-        b.state.clone(),
+        safe(&b.name),
+        safe(&b.address),
+        safe(&b.state),
         b.weight.to_string(),
         b.priority.to_string(),
         b.last_probe.as_ref().map_or_else(|| "-".to_owned(), probe),
@@ -234,7 +292,7 @@ fn probe(p: &ProbeReport) -> String {
     if head.is_empty() {
         "failed".to_owned()
     } else {
-        head.to_owned()
+        safe(head)
     }
 }
 
@@ -271,9 +329,12 @@ fn drain_note(d: &DrainInfo, now_unix: u64) -> String {
     } else {
         format!("{} ago", compact_duration(age))
     };
+    let by = terminal_safe(&d.by);
     match &d.reason {
-        Some(reason) if !reason.is_empty() => format!("drained by {} {when}: {reason}", d.by),
-        _ => format!("drained by {} {when}", d.by),
+        Some(reason) if !reason.is_empty() => {
+            format!("drained by {by} {when}: {}", terminal_safe(reason))
+        }
+        _ => format!("drained by {by} {when}"),
     }
 }
 
@@ -295,15 +356,18 @@ fn service_header(s: &ServiceReport) -> Vec<String> {
     } else {
         ""
     };
-    let vip = format!("{}/{}", s.vip, s.protocol);
+    let (name, vip) = (
+        terminal_safe(&s.name),
+        format!("{}/{}", terminal_safe(&s.vip), terminal_safe(&s.protocol)),
+    );
     let state = format!("{active}{GAP}{ready}{failback}");
-    let one = format!("{}{GAP}{vip}{GAP}{state}", s.name);
+    let one = format!("{name}{GAP}{vip}{GAP}{state}");
     if one.chars().count() <= WIDTH {
         return vec![one];
     }
     let room = WIDTH.saturating_sub(GAP.len() + vip.chars().count()).max(8);
     vec![
-        format!("{}{GAP}{vip}", ellipsize(&s.name, room)),
+        format!("{}{GAP}{vip}", ellipsize(&name, room)),
         format!("{INDENT}{state}"),
     ]
 }
@@ -675,5 +739,88 @@ mod tests {
              added:   payments\n  \
              changed: orders-db, cache\n"
         );
+    }
+
+    /// Whether `text` would act on a terminal: any control character but newline, or a bidi
+    /// control.
+    fn acts_on_terminal(text: &str) -> bool {
+        text.chars()
+            .any(|c| (c.is_control() && c != '\n') || is_bidi_control(c))
+    }
+
+    #[test]
+    fn control_characters_are_escaped_and_the_rest_kept() {
+        assert_eq!(terminal_safe("db-a"), "db-a");
+        assert!(matches!(terminal_safe("plain é → ok"), Cow::Borrowed(_)));
+        assert_eq!(
+            terminal_safe("a\x1b[2Jb\x07c\x7fd\u{9b}31me\r\nf\tg\0"),
+            r"a\x1b[2Jb\x07c\x7fd\u{9b}31me\r\nf\tg\x00"
+        );
+        assert_eq!(terminal_safe("x\u{202e}gnp.exe"), r"x\u{202e}gnp.exe");
+        assert_eq!(
+            terminal_safe_lines("line one\n\tline two\x1b[0m"),
+            "line one\n\tline two\\x1b[0m"
+        );
+    }
+
+    #[test]
+    fn status_escapes_what_operators_and_backends_wrote() {
+        let mut report = fixture();
+        let evil = "\x1b]0;pwned\x07\x1b[2J\u{9b}1m";
+        report.services[0].name = format!("orders{evil}");
+        let backend = &mut report.services[0].backends[1];
+        backend.name = format!("db-b{evil}");
+        backend.drain.as_mut().unwrap().reason = Some(format!("maintenance{evil}\nfake line"));
+        backend.drain.as_mut().unwrap().by = format!("alice{evil}");
+        report.services[0].backends[2].last_probe = Some(ProbeReport {
+            ok: false,
+            detail: format!("HTTP 500 {evil}: body"),
+            latency_ms: 1.0,
+        });
+        let table = status_table(&report, NOW);
+        assert!(!acts_on_terminal(&table), "{table:?}");
+        assert!(
+            table.contains(r"drained by alice\x1b]0;pwned\x07"),
+            "{table}"
+        );
+        assert!(
+            !table.contains("\nfake line"),
+            "a reason stays on its line: {table}"
+        );
+        for line in table.lines() {
+            assert!(line.chars().count() <= WIDTH, "{line}");
+        }
+    }
+
+    #[test]
+    fn explain_and_reload_escape_names_and_reasons() {
+        // From JSON, as the client gets it: fields added to the report later keep their defaults.
+        let report: ExplainReport = serde_json::from_value(serde_json::json!({
+            "vip": "10.96.0.10:5432",
+            "service": "orders\u{1b}[31m",
+            "active_priority": 0,
+            "refused": false,
+            "panic": false,
+            "reachable": [{"name": "a\u{9b}2J", "address": "10.0.0.5:5432", "share_percent": 100.0}],
+            "out": [{
+                "name": "b",
+                "address": "10.0.0.6:5432",
+                "reason": "drained by eve: \u{1b}[1A\u{1b}[2Kall fine"
+            }],
+        }))
+        .unwrap();
+        let text = explain_text(&report);
+        assert!(!acts_on_terminal(&text), "{text:?}");
+        assert!(
+            text.contains(r"drained by eve: \x1b[1A\x1b[2Kall fine"),
+            "{text}"
+        );
+        let reload = reload_text(&ReloadReport {
+            added: vec!["new\x1b[8m".to_owned()],
+            removed: vec![],
+            changed: vec![],
+            unchanged: vec![],
+        });
+        assert!(!acts_on_terminal(&reload), "{reload:?}");
     }
 }

@@ -21,6 +21,7 @@ use std::{
 use tokio::{net::UnixListener, sync::watch, task::JoinSet};
 
 use super::{connection, peer, ControlHandler};
+use crate::limits::{AcceptGate, Listener};
 
 /// Mode of the socket's directory when failoverd creates it: 0750.
 pub const DIR_MODE: u32 = 0o750;
@@ -30,8 +31,9 @@ pub const SOCKET_MODE: u32 = 0o600;
 /// How long connections get to finish their requests after shutdown before they are cut: 2 s.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 
-/// Pause after a failed accept (EMFILE and the like persist until something closes): 100 ms.
-const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+/// The most control connections served at once: 64. More wait in the socket's backlog, which
+/// costs the daemon no file descriptor.
+pub const MAX_CONNECTIONS: usize = 64;
 
 /// Why the control socket could not be set up.
 #[derive(Debug, thiserror::Error)]
@@ -130,8 +132,10 @@ pub fn bind(path: &Path) -> Result<UnixListener, ServerError> {
 /// Each connection runs on its own task. A malformed request gets a 400 with
 /// an [`ErrorBody`](super::ErrorBody); bodies are capped at 64 KiB (413), a
 /// client gets 10 s to send headers or a body, and a connection lasts at most
-/// 60 s. Peers other than this process's user or root get 403. On shutdown,
-/// requests in flight get [`SHUTDOWN_GRACE`] to finish.
+/// 60 s. At most [`MAX_CONNECTIONS`] are served at once, and none is accepted while the daemon
+/// is short of file descriptors (see [`crate::limits`]); failed accepts back off from 100 ms to
+/// 1 s and are logged once per burst. Peers other than this process's user or root get 403.
+/// On shutdown, requests in flight get [`SHUTDOWN_GRACE`] to finish.
 pub async fn serve<H: ControlHandler>(
     listener: UnixListener,
     handler: Arc<H>,
@@ -139,6 +143,7 @@ pub async fn serve<H: ControlHandler>(
 ) {
     let server_uid = peer::effective_uid();
     let mut connections = JoinSet::new();
+    let mut gate = AcceptGate::new(Listener::Control, MAX_CONNECTIONS);
     // Ends when shutdown turns true or its sender goes away.
     while !*shutdown.borrow_and_update() {
         tokio::select! {
@@ -150,23 +155,15 @@ pub async fn serve<H: ControlHandler>(
                 }
             }
             Some(done) = connections.join_next(), if !connections.is_empty() => reap(done),
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => {
-                    connections.spawn(connection::serve(
-                        stream,
-                        Arc::clone(&handler),
-                        server_uid,
-                        shutdown.clone(),
-                    ));
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "control: accept failed");
-                    tokio::select! {
-                        () = tokio::time::sleep(ACCEPT_BACKOFF) => {}
-                        _ = shutdown.changed() => {}
-                    }
-                }
-            },
+            (accepted, permit) = gate.accept(|| listener.accept()) => {
+                let (stream, _) = accepted;
+                let (handler, shutdown) = (Arc::clone(&handler), shutdown.clone());
+                connections.spawn(async move {
+                    // Released when the connection ends, letting the next one in.
+                    let _permit = permit;
+                    connection::serve(stream, handler, server_uid, shutdown).await;
+                });
+            }
         }
     }
     drop(listener);
