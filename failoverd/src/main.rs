@@ -41,7 +41,7 @@ fn main() -> ExitCode {
             // send them to the terminal.
             eprintln!(
                 "failoverd: {}",
-                failoverd::control::render::terminal_safe_lines(&e.to_string())
+                failoverd::cli::render::terminal_safe_lines(&e.to_string())
             );
             ExitCode::FAILURE
         }

@@ -1,8 +1,8 @@
 //! `failoverd drain` and `failoverd undrain`: take a backend out of new connections, and put it back.
 
-use crate::control::{
-    command::{block_on, print, CommandError, SocketArgs},
-    DrainRequest, UndrainRequest,
+use crate::{
+    cli::command::{block_on, print, CommandError, SocketArgs},
+    control::{DrainRequest, UndrainRequest},
 };
 
 /// Arguments of `failoverd drain`.

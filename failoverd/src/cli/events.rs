@@ -1,8 +1,11 @@
 //! `failoverd events`: every transition, failover, drain and reload, optionally followed live.
 
-use crate::control::{
-    command::{block_on, print, CommandError, SocketArgs},
-    render, EventRecord,
+use crate::{
+    cli::{
+        command::{block_on, print, CommandError, SocketArgs},
+        render,
+    },
+    control::EventRecord,
 };
 
 /// Arguments of `failoverd events`.

@@ -3,7 +3,7 @@
 use std::net::SocketAddr;
 
 use crate::{
-    control::{
+    cli::{
         command::{block_on, print, CommandError, SocketArgs},
         render,
     },

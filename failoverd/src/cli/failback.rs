@@ -1,8 +1,8 @@
 //! `failoverd failback`: send a `failback: manual` service back to its best live priority.
 
-use crate::control::{
-    command::{block_on, print, CommandError, SocketArgs},
-    FailbackRequest,
+use crate::{
+    cli::command::{block_on, print, CommandError, SocketArgs},
+    control::FailbackRequest,
 };
 
 /// Arguments of `failoverd failback`.

@@ -2,12 +2,14 @@
 
 pub mod check;
 pub mod cleanup;
+pub mod command;
 pub mod demo;
 pub mod drain;
 pub mod events;
 pub mod explain;
 pub mod failback;
 pub mod reload;
+pub mod render;
 pub mod run;
 pub mod status;
 pub mod vip;

@@ -1,6 +1,6 @@
 //! `failoverd reload`: make the running daemon re-read its config file and apply what changed.
 
-use crate::control::{
+use crate::cli::{
     command::{block_on, print, CommandError, SocketArgs},
     render,
 };
@@ -11,9 +11,10 @@ use crate::control::{
     failoverd check --config /etc/failoverd/failoverd.yaml && failoverd reload\n  \
     failoverd reload --config /etc/failoverd/failoverd.yaml   # its control.socket\n\n\
     The daemon re-reads the file it was started with (--config here only finds the\n\
-    socket, even in a file that does not validate: the daemon checks it). Added services start, removed ones leave the datapath, changed ones\n\
-    restart with fresh health state and keep their drains. An invalid file changes\n\
-    nothing: its error (FILE:LINE:COLUMN: KEY: MESSAGE) is printed and the exit\n\
+    socket, even in a file that does not validate: the daemon checks it). Added\n\
+    services start, removed ones leave the datapath, changed ones restart with\n\
+    fresh health state and keep their drains. An invalid file changes nothing:\n\
+    the daemon's error (FILE:LINE:COLUMN: KEY: MESSAGE) is printed and the exit\n\
     code is non-zero.")]
 pub struct ReloadArgs {
     /// Which daemon to ask.

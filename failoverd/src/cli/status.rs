@@ -2,7 +2,7 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use crate::control::{
+use crate::cli::{
     command::{block_on, print, CommandError, SocketArgs},
     render,
 };

@@ -6,8 +6,8 @@ use std::{
     path::PathBuf,
 };
 
-use super::client::{ClientError, ControlClient};
 use crate::config::{self, ConfigError, DEFAULT_CONTROL_SOCKET};
+use crate::control::client::{ClientError, ControlClient};
 
 /// Which daemon to talk to: `--socket PATH`, or the `control.socket` of `--config FILE`.
 #[derive(Debug, Clone, Default, clap::Args)]
