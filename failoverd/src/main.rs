@@ -1,10 +1,9 @@
 //! The `failoverd` binary: parses the command line, sets up logging and hands over to the library.
 
-use std::{io::IsTerminal, process::ExitCode};
+use std::process::ExitCode;
 
 use clap::Parser;
 use failoverd::cli::{self, Cli, Command};
-use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
     // The CLI ends quietly when its reader goes away (`failoverd status | head -1`), like other
@@ -20,16 +19,7 @@ fn main() -> ExitCode {
         // a signal that kills it (std's default before main).
         set_sigpipe(libc::SIG_IGN);
     }
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&cli.log));
-    // Colours only on a terminal: journald and log files get the text itself.
-    let logs = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr);
-    match cli.log_format {
-        cli::LogFormat::Text => logs.init(),
-        cli::LogFormat::Json => logs.json().flatten_event(true).init(),
-    }
+    cli::logs::init(&cli.command.log_args());
     if let Command::Run(_) = cli.command {
         failoverd::panics::install();
         raise_nofile();

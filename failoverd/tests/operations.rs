@@ -387,14 +387,24 @@ fn systemd_hears_ready_then_watchdog_pets() -> TestResult {
     let socket_path = d.config_path().with_file_name("notify.sock");
     let socket = std::os::unix::net::UnixDatagram::bind(&socket_path)?;
     socket.set_read_timeout(Some(Duration::from_secs(5)))?;
+    // Its stderr is a file standing in for the journal's stream: JOURNAL_STREAM names it.
+    let log_path = d.config_path().with_file_name("journal.log");
+    let log = std::fs::File::create(&log_path)?;
+    let stream = {
+        use std::os::unix::fs::MetadataExt;
+        let meta = log.metadata()?;
+        format!("{}:{}", meta.dev(), meta.ino())
+    };
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_failoverd"))
         .args(["run", "--config"])
         .arg(d.config_path())
         .env("NOTIFY_SOCKET", &socket_path)
         .env("WATCHDOG_USEC", "400000")
+        .env("JOURNAL_STREAM", &stream)
+        .env_remove("NO_COLOR")
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
+        .stderr(log)
         .spawn()?;
     let mut heard = Vec::new();
     let mut buf = [0u8; 512];
@@ -416,7 +426,15 @@ fn systemd_hears_ready_then_watchdog_pets() -> TestResult {
     })?;
     check(table(&env, vip)? == Some(vec![a.addr()]), || {
         "ready was announced with the VIP's table in the kernel".into()
-    })
+    })?;
+    // The journal gets plain lines: no colour escapes, no timestamp of our own (journald
+    // stamps each line).
+    let logged = std::fs::read_to_string(&log_path)?;
+    let first = logged.lines().next().unwrap_or_default().to_string();
+    check(
+        !logged.is_empty() && !logged.contains('\x1b') && !first.starts_with("20"),
+        || format!("journal lines must be plain and unstamped: {first:?}"),
+    )
 }
 
 fn reload_that_removes_a_vip_stops_its_translation() -> TestResult {

@@ -13,6 +13,9 @@ use crate::{
     failoverd cleanup --config /etc/failoverd/failoverd.yaml\n  \
     failoverd cleanup --pin-dir /sys/fs/bpf/failoverd")]
 pub struct CleanupArgs {
+    /// Log filter and format.
+    #[command(flatten)]
+    pub logs: crate::cli::logs::LogArgs,
     /// bpffs directory holding failoverd's pinned maps and links.
     #[arg(long, default_value = crate::dirs::DEFAULT_PIN_DIR, conflicts_with = "config")]
     pub pin_dir: PathBuf,

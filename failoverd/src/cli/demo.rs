@@ -34,6 +34,9 @@ use crate::{
 #[derive(Debug, clap::Args)]
 #[command(after_help = "Example:\n  failoverd demo")]
 pub struct DemoArgs {
+    /// Log filter and format.
+    #[command(flatten)]
+    pub logs: crate::cli::logs::LogArgs,
     /// The VIP the demo client talks to; must be a 127.x address so nothing leaves the host.
     #[arg(long, default_value = "127.77.0.1:80")]
     pub vip: SocketAddr,

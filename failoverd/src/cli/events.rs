@@ -3,6 +3,7 @@
 use crate::{
     cli::{
         command::{block_on, print, CommandError, SocketArgs},
+        output::{Output, OutputArgs},
         render,
     },
     control::EventRecord,
@@ -18,21 +19,12 @@ pub struct EventsArgs {
     /// Keep printing new events until interrupted.
     #[arg(long)]
     pub follow: bool,
-    /// One line of text per event, or one JSON object per line.
-    #[arg(long, value_enum, default_value = "text")]
-    pub output: EventsFormat,
+    /// One line of text per event (table), or one JSON object per line (json).
+    #[command(flatten)]
+    pub output: OutputArgs,
     /// Which daemon to ask.
     #[command(flatten)]
     pub socket: SocketArgs,
-}
-
-/// How events are printed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum EventsFormat {
-    /// `2026-11-25T22:57:00.626Z failover orders-db 0 -> 1 (out: a unhealthy)`.
-    Text,
-    /// The control API's event objects, one per line.
-    Json,
 }
 
 /// Runs `failoverd events`.
@@ -45,7 +37,7 @@ pub fn run(args: &EventsArgs) -> Result<(), CommandError> {
         loop {
             let report = client.events(after, after > 0 || args.follow).await?;
             for event in &report.events {
-                print(&(line(event, args.output) + "\n"))?;
+                print(&(line(event, args.output.output) + "\n"))?;
             }
             after = report.next;
             if !args.follow {
@@ -56,10 +48,10 @@ pub fn run(args: &EventsArgs) -> Result<(), CommandError> {
 }
 
 /// One event as printed.
-pub fn line(event: &EventRecord, format: EventsFormat) -> String {
+pub fn line(event: &EventRecord, format: Output) -> String {
     match format {
-        EventsFormat::Json => serde_json::to_string(event).unwrap_or_default(),
-        EventsFormat::Text => {
+        Output::Json => serde_json::to_string(event).unwrap_or_default(),
+        Output::Table => {
             let when = humantime::format_rfc3339_millis(
                 std::time::UNIX_EPOCH + std::time::Duration::from_millis(event.at_unix_ms),
             );
@@ -105,10 +97,10 @@ mod tests {
             detail: "out: a unhealthy".into(),
         };
         assert_eq!(
-            line(&event, EventsFormat::Text),
+            line(&event, Output::Table),
             "2023-11-14T22:13:20.123Z failover orders-db 0 -> 1 (out: a unhealthy)"
         );
-        assert!(line(&event, EventsFormat::Json).contains("\"seq\":3"));
+        assert!(line(&event, Output::Json).contains("\"seq\":3"));
     }
 
     #[test]
@@ -123,13 +115,13 @@ mod tests {
             to: None,
             detail: "by eve: \x1b]0;pwned\x07\nfake event".into(),
         };
-        let text = line(&event, EventsFormat::Text);
+        let text = line(&event, Output::Table);
         assert_eq!(
             text,
             r"2023-11-14T22:13:20.123Z drain orders-db a\u{9b}2J (by eve: \x1b]0;pwned\x07\nfake event)"
         );
         // JSON output stays JSON: its own escaping already keeps control characters out.
-        let json = line(&event, EventsFormat::Json);
+        let json = line(&event, Output::Json);
         assert!(json.contains(r"\u001b]0;pwned\u0007\n"), "{json}");
     }
 }

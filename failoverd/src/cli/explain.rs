@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use crate::{
     cli::{
         command::{block_on, print, CommandError, SocketArgs},
+        output::{self, Output, OutputArgs},
         render,
     },
     datapath::Protocol,
@@ -21,9 +22,13 @@ use crate::{
 pub struct ExplainArgs {
     /// The VIP: IP:PORT, an IPv6 address inside brackets.
     pub vip: SocketAddr,
-    /// The VIP's protocol: tcp or udp. Default: tcp.
+    /// The VIP's protocol: tcp or udp. Needed only when a TCP and a UDP service share the
+    /// address.
     #[arg(long)]
     pub protocol: Option<Protocol>,
+    /// How to print the answer.
+    #[command(flatten)]
+    pub output: OutputArgs,
     /// Which daemon to ask.
     #[command(flatten)]
     pub socket: SocketArgs,
@@ -35,5 +40,8 @@ pub fn run(args: &ExplainArgs) -> Result<(), CommandError> {
     let vip = args.vip.to_string();
     let protocol = args.protocol.map(|p| p.to_string());
     let report = block_on(async { Ok(client.explain(&vip, protocol.as_deref()).await?) })?;
-    print(&render::explain_text(&report))
+    print(&match args.output.output {
+        Output::Table => render::explain_text(&report),
+        Output::Json => output::json(&report)?,
+    })
 }

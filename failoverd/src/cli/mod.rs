@@ -8,6 +8,8 @@ pub mod drain;
 pub mod events;
 pub mod explain;
 pub mod failback;
+pub mod logs;
+pub mod output;
 pub mod reload;
 pub mod render;
 pub mod run;
@@ -37,24 +39,9 @@ use crate::datapath::CgroupSpec;
         failoverd cleanup"
 )]
 pub struct Cli {
-    /// Log filter (tracing syntax, e.g. `info` or `failoverd=debug`); RUST_LOG overrides.
-    #[arg(long, global = true, default_value = "info")]
-    pub log: String,
-    /// Log lines as human text, or as one JSON object per line (for journald and log shippers).
-    #[arg(long, global = true, value_enum, default_value = "text")]
-    pub log_format: LogFormat,
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
-}
-
-/// How log lines are written.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum LogFormat {
-    /// Human-readable text.
-    Text,
-    /// One JSON object per line.
-    Json,
 }
 
 /// The subcommands.
@@ -89,6 +76,19 @@ pub enum Command {
     /// Internal: the client `demo` runs inside its cgroup.
     #[command(hide = true)]
     DemoClient(demo::DemoClientArgs),
+}
+
+impl Command {
+    /// The log flags of a subcommand that has them; the others log warnings only.
+    pub fn log_args(&self) -> logs::LogArgs {
+        match self {
+            Command::Run(a) => a.logs.clone(),
+            Command::Demo(a) => a.logs.clone(),
+            Command::Cleanup(a) => a.logs.clone(),
+            Command::Vip(v) => v.logs(),
+            _ => logs::LogArgs::quiet(),
+        }
+    }
 }
 
 /// Where the datapath lives: shared by every subcommand that opens it.

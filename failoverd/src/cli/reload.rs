@@ -2,6 +2,7 @@
 
 use crate::cli::{
     command::{block_on, print, CommandError, SocketArgs},
+    output::{self, Output, OutputArgs},
     render,
 };
 
@@ -17,6 +18,9 @@ use crate::cli::{
     the daemon's error (FILE:LINE:COLUMN: KEY: MESSAGE) is printed and the exit\n\
     code is non-zero.")]
 pub struct ReloadArgs {
+    /// How to print the answer.
+    #[command(flatten)]
+    pub output: OutputArgs,
     /// Which daemon to ask.
     #[command(flatten)]
     pub socket: SocketArgs,
@@ -28,5 +32,8 @@ pub fn run(args: &ReloadArgs) -> Result<(), CommandError> {
     // counts the refusal where its alerts see it.
     let client = crate::control::client::ControlClient::new(args.socket.path_even_if_invalid());
     let report = block_on(async { Ok(client.reload().await?) })?;
-    print(&render::reload_text(&report))
+    print(&match args.output.output {
+        Output::Table => render::reload_text(&report),
+        Output::Json => output::json(&report)?,
+    })
 }

@@ -17,6 +17,9 @@ use crate::{
     failoverd run                                   # /etc/failoverd/failoverd.yaml\n  \
     failoverd run --config ./failoverd.yaml --cleanup-on-exit")]
 pub struct RunArgs {
+    /// Log filter and format.
+    #[command(flatten)]
+    pub logs: crate::cli::logs::LogArgs,
     /// The config file.
     #[arg(long, default_value = crate::dirs::DEFAULT_CONFIG)]
     pub config: PathBuf,

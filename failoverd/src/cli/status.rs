@@ -4,18 +4,9 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::cli::{
     command::{block_on, print, CommandError, SocketArgs},
+    output::{Output, OutputArgs},
     render,
 };
-
-/// How `failoverd status` prints.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
-pub enum OutputFormat {
-    /// A table for people, at most 80 columns wide.
-    #[default]
-    Table,
-    /// The daemon's StatusReport, pretty-printed; stable: fields are only ever added.
-    Json,
-}
 
 /// Arguments of `failoverd status`.
 #[derive(Debug, Clone, clap::Args)]
@@ -27,9 +18,9 @@ pub enum OutputFormat {
     address, state, weight, priority, last probe, time in state and the connects\n\
     the kernel sent it. The JSON fields are described in docs/control-api.md.")]
 pub struct StatusArgs {
-    /// `table` (for people) or `json` (for scripts).
-    #[arg(long, short = 'o', value_enum, default_value_t = OutputFormat::Table)]
-    pub output: OutputFormat,
+    /// How to print the answer.
+    #[command(flatten)]
+    pub output: OutputArgs,
     /// Which daemon to ask.
     #[command(flatten)]
     pub socket: SocketArgs,
@@ -39,9 +30,9 @@ pub struct StatusArgs {
 pub fn run(args: &StatusArgs) -> Result<(), CommandError> {
     let client = args.socket.client()?;
     let report = block_on(async { Ok(client.status().await?) })?;
-    let text = match args.output {
-        OutputFormat::Table => render::status_table(&report, now_unix()),
-        OutputFormat::Json => {
+    let text = match args.output.output {
+        Output::Table => render::status_table(&report, now_unix()),
+        Output::Json => {
             render::status_json(&report).map_err(|e| CommandError::Output { source: e.into() })?
         }
     };

@@ -31,6 +31,16 @@ pub enum VipCommand {
     Delete(DeleteArgs),
 }
 
+impl VipCommand {
+    /// Log flags: `set` attaches the datapath and says so; the others log warnings only.
+    pub fn logs(&self) -> crate::cli::logs::LogArgs {
+        match self {
+            VipCommand::Set(a) => a.logs.clone(),
+            _ => crate::cli::logs::LogArgs::quiet(),
+        }
+    }
+}
+
 /// A backend on the command line: `ADDR:PORT` or `ADDR:PORT=WEIGHT` (weight 1 by default).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct WeightedBackend {
@@ -63,6 +73,9 @@ impl FromStr for WeightedBackend {
 /// Arguments of `failoverd vip set`.
 #[derive(Debug, clap::Args)]
 pub struct SetArgs {
+    /// Log filter and format.
+    #[command(flatten)]
+    pub logs: crate::cli::logs::LogArgs,
     /// The VIP, IP:PORT (IPv6 as [addr]:port).
     pub vip: SocketAddr,
     /// Backends, `IP:PORT[=WEIGHT]`; none = refuse connects with ECONNREFUSED.
