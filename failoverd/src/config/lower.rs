@@ -6,7 +6,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use failoverd_shared::MAX_BACKENDS;
+use failoverd_shared::{VipKey, MAX_BACKENDS};
 
 use super::{
     issues::Issues,
@@ -61,10 +61,12 @@ pub(super) fn lower(raw: RawConfig, source: &Path, issues: &mut Issues) -> Confi
     let vips: HashMap<SocketAddr, &str> = raw
         .services
         .iter()
-        .map(|s| (s.vip.0, s.name.as_str()))
+        .map(|s| (kernel_form(s.vip.0), s.name.as_str()))
         .collect();
     let mut names: HashMap<&str, usize> = HashMap::new();
-    let mut vip_owners: HashMap<Vip, usize> = HashMap::new();
+    // Keyed as the services map keys them, so that two spellings of one VIP
+    // (`127.0.0.1:80` and `[::ffff:127.0.0.1]:80`) cannot both be accepted.
+    let mut vip_owners: HashMap<VipKey, usize> = HashMap::new();
     let mut services = Vec::with_capacity(raw.services.len());
     for (i, s) in raw.services.iter().enumerate() {
         let path = format!("services[{i}]");
@@ -87,7 +89,7 @@ pub(super) fn lower(raw: RawConfig, source: &Path, issues: &mut Issues) -> Confi
             }
         }
         let vip = Vip {
-            addr: s.vip.0,
+            addr: kernel_form(s.vip.0),
             protocol: s.protocol.as_ref().map_or(Protocol::Tcp, |p| p.0),
         };
         if vip.addr.port() == 0 {
@@ -99,19 +101,26 @@ pub(super) fn lower(raw: RawConfig, source: &Path, issues: &mut Issues) -> Confi
                 ),
             );
         } else {
-            match vip_owners.entry(vip) {
+            match vip_owners.entry(vip.key()) {
                 Entry::Vacant(e) => {
                     e.insert(i);
                 }
                 Entry::Occupied(e) => {
                     let first = *e.get();
-                    issues.value(
-                        at("vip"),
+                    let other = &raw.services[first];
+                    let message = if other.vip.0 == s.vip.0 {
                         format!(
                             "vip {vip} is already used by service `{}` (services[{first}])",
-                            raw.services[first].name
-                        ),
-                    );
+                            other.name
+                        )
+                    } else {
+                        format!(
+                            "vip {}/{} is the same VIP as {}/{} of service `{}` (services[{first}]): \
+                             the datapath keys an IPv4-mapped address as its IPv4 form",
+                            s.vip.0, vip.protocol, other.vip.0, vip.protocol, other.name
+                        )
+                    };
+                    issues.value(at("vip"), message);
                 }
             }
         }
@@ -145,7 +154,7 @@ pub(super) fn lower(raw: RawConfig, source: &Path, issues: &mut Issues) -> Confi
             failback: s.failback.as_ref().map(|v| v.0).unwrap_or_default(),
             health,
             breaker,
-            backends: backends(s, &path, &vips, issues),
+            backends: backends(s, &path, vip.addr, &vips, issues),
         });
     }
 
@@ -162,6 +171,7 @@ pub(super) fn lower(raw: RawConfig, source: &Path, issues: &mut Issues) -> Confi
 fn backends(
     s: &RawService,
     service_path: &str,
+    vip: SocketAddr,
     vips: &HashMap<SocketAddr, &str>,
     issues: &mut Issues,
 ) -> Vec<BackendConfig> {
@@ -181,13 +191,13 @@ fn backends(
     let mut out: Vec<BackendConfig> = Vec::with_capacity(s.backends.len());
     for (j, b) in s.backends.iter().enumerate() {
         let path = format!("{list_path}[{j}]");
-        let backend = backend(b, &path, s.vip.0, vips, issues);
+        let backend = backend(b, &path, vip, vips, issues);
         if let Some(k) = out.iter().position(|o| o.address.same_as(&backend.address)) {
             issues.value(
                 format!("{path}.address"),
                 format!(
                     "address {} is already listed as {list_path}[{k}]",
-                    backend.address
+                    b.address.0
                 ),
             );
         } else if let Some(k) = out.iter().position(|o| o.name == backend.name) {
@@ -214,7 +224,11 @@ fn backend(
     issues: &mut Issues,
 ) -> BackendConfig {
     let at = |key: &str| format!("{path}.{key}");
-    let address = b.address.0.clone();
+    let written = &b.address.0;
+    let address = match written {
+        BackendAddress::Ip(addr) => BackendAddress::Ip(kernel_form(*addr)),
+        host @ BackendAddress::Host { .. } => host.clone(),
+    };
     if address.port() == 0 {
         issues.value(
             at("address"),
@@ -224,10 +238,15 @@ fn backend(
     if let BackendAddress::Ip(addr) = &address {
         if addr.is_ipv4() != vip.is_ipv4() {
             let family = |a: &SocketAddr| if a.is_ipv4() { "IPv4" } else { "IPv6" };
+            let mapped = if written == &address {
+                ""
+            } else {
+                " (IPv4-mapped)"
+            };
             issues.value(
                 at("address"),
                 format!(
-                    "address {addr} is {} but the vip {vip} is {}; a connect cannot change address family",
+                    "address {written} is {}{mapped} but the vip {vip} is {}; a connect cannot change address family",
                     family(addr),
                     family(&vip)
                 ),
@@ -235,7 +254,7 @@ fn backend(
         } else if let Some(owner) = vips.get(addr) {
             issues.value(
                 at("address"),
-                format!("address {addr} is the vip of service `{owner}`; a backend must be a real address"),
+                format!("address {written} is the vip of service `{owner}`; a backend must be a real address"),
             );
         }
     }
@@ -259,11 +278,18 @@ fn backend(
         );
     }
     BackendConfig {
-        name: b.name.clone().unwrap_or_else(|| address.to_string()),
+        name: b.name.clone().unwrap_or_else(|| written.to_string()),
         address,
         weight,
         priority: u8::try_from(priority).unwrap_or(u8::MAX),
     }
+}
+
+/// An address as the datapath stores it: an IPv4-mapped IPv6 address
+/// (`[::ffff:10.0.0.1]:80`) is its IPv4 address, since the maps hold IPv4 in
+/// exactly that mapped form and the two cannot be told apart there.
+fn kernel_form(addr: SocketAddr) -> SocketAddr {
+    SocketAddr::new(addr.ip().to_canonical(), addr.port())
 }
 
 fn datapath(raw: Option<&RawDatapath>, issues: &mut Issues) -> DatapathSection {

@@ -351,3 +351,70 @@ fn load_reports_unreadable_files_with_their_path() {
         other => panic!("{other:?}"),
     }
 }
+
+#[test]
+fn an_ipv4_mapped_vip_is_the_same_vip_as_its_ipv4_form() {
+    let first_v4 = "services:\n  - name: a\n    vip: 127.89.0.1:80\n    backends: [{ address: 127.0.0.1:81 }]\n  - name: b\n    vip: '[::ffff:127.89.0.1]:80'\n    backends: [{ address: 127.0.0.1:82 }]\n";
+    assert_eq!(
+        err(first_v4),
+        "6:10: services[1].vip: vip [::ffff:127.89.0.1]:80/tcp is the same VIP as 127.89.0.1:80/tcp of service `a` (services[0]): the datapath keys an IPv4-mapped address as its IPv4 form"
+    );
+    let first_mapped = "services:\n  - name: a\n    vip: '[::ffff:127.89.0.1]:80'\n    backends: [{ address: 127.0.0.1:81 }]\n  - name: b\n    vip: 127.89.0.1:80\n    backends: [{ address: 127.0.0.1:82 }]\n";
+    assert!(err(first_mapped).starts_with("6:10: services[1].vip: vip 127.89.0.1:80/tcp is the same VIP as [::ffff:127.89.0.1]:80/tcp"));
+    // Another protocol is another VIP, in the kernel as in the file.
+    ok(&first_v4.replace(
+        "    vip: '[::ffff:127.89.0.1]:80'\n",
+        "    vip: '[::ffff:127.89.0.1]:80'\n    protocol: udp\n",
+    ));
+}
+
+#[test]
+fn ipv4_mapped_addresses_are_used_in_their_ipv4_form() {
+    let c = ok("services:\n  - name: a\n    vip: '[::ffff:127.89.0.1]:80'\n    backends:\n      - address: '[::ffff:127.0.0.1]:81'\n      - address: 127.0.0.2:81\n");
+    let s = &c.services[0];
+    // As the datapath decodes its own key: a restarted daemon adopts this VIP.
+    assert_eq!(s.vip(), Vip::from_key(&s.vip().key()).unwrap());
+    assert_eq!(s.vip, "127.89.0.1:80".parse().unwrap());
+    assert_eq!(
+        s.backends[0].address,
+        BackendAddress::Ip("127.0.0.1:81".parse().unwrap())
+    );
+    assert_eq!(s.backends[0].name, "[::ffff:127.0.0.1]:81");
+}
+
+#[test]
+fn ipv4_mapped_backends_are_compared_in_their_ipv4_form() {
+    assert_eq!(
+        err(&service_with("      - address: '[::ffff:10.0.0.1]:80'\n")),
+        "6:18: services[0].backends[1].address: address [::ffff:10.0.0.1]:80 is already listed as services[0].backends[0]"
+    );
+    assert_eq!(
+        err("services:\n  - name: a\n    vip: '[2001:db8::1]:80'\n    backends: [{ address: '[::ffff:10.0.0.1]:80' }]\n"),
+        "4:27: services[0].backends[0].address: address [::ffff:10.0.0.1]:80 is IPv4 (IPv4-mapped) but the vip [2001:db8::1]:80 is IPv6; a connect cannot change address family"
+    );
+    assert_eq!(
+        err(&format!("{MINIMAL}  - name: b\n    vip: 10.96.0.81:80\n    backends: [{{ address: '[::ffff:10.96.0.80]:80' }}]\n")),
+        "8:27: services[1].backends[0].address: address [::ffff:10.96.0.80]:80 is the vip of service `web`; a backend must be a real address"
+    );
+}
+
+#[test]
+fn zone_ids_are_refused_wherever_an_address_is_written() {
+    let reason = "zone id in `[fe80::2%1]:80` is not supported: the datapath keys VIPs and backends by address and port only, so the interface a link-local address needs would be lost; use a global or unique-local address";
+    assert_eq!(
+        err("services:\n  - name: a\n    vip: '[fe80::2%1]:80'\n    backends: [{ address: '[fd00::1]:80' }]\n"),
+        format!("3:10: services[0].vip: {reason}")
+    );
+    assert_eq!(
+        err("services:\n  - name: a\n    vip: '[fd00::2]:80'\n    backends: [{ address: '[fe80::2%1]:80' }]\n"),
+        format!("4:27: services[0].backends[0].address: {reason}")
+    );
+    assert!(err(&format!(
+        "metrics: {{ listen: '[fe80::2%1]:80' }}\n{MINIMAL}"
+    ))
+    .starts_with("1:20: metrics.listen: zone id in"));
+    assert!(err(&format!(
+        "resolver: {{ nameservers: ['fe80::53%2'] }}\n{MINIMAL}"
+    ))
+    .starts_with("1:27: resolver.nameservers[0]: zone id in"));
+}
