@@ -11,7 +11,7 @@ use failoverd_shared::{VipKey, MAX_BACKENDS};
 use super::{
     issues::Issues,
     merge::{self, Scope, Section},
-    model::{DEFAULT_WEIGHT, MAX_WEIGHT},
+    model::{DEFAULT_WEIGHT, MAX_TTL, MAX_WEIGHT},
     raw::{RawBackend, RawConfig, RawControl, RawDatapath, RawResolver, RawService},
     syntax::check_name,
     BackendAddress, BackendConfig, Config, ControlSection, DatapathSection, MetricsSection,
@@ -363,6 +363,14 @@ fn resolver(raw: Option<&RawResolver>, issues: &mut Issues) -> ResolverSection {
     }
     let min_ttl = raw.min_ttl.as_ref().map_or(d.min_ttl, |t| t.0);
     let max_ttl = raw.max_ttl.as_ref().map_or(d.max_ttl, |t| t.0);
+    for (key, value) in [("min_ttl", &raw.min_ttl), ("max_ttl", &raw.max_ttl)] {
+        if let Some(ttl) = value.as_ref().filter(|t| t.0 > MAX_TTL) {
+            issues.value(
+                format!("resolver.{key}"),
+                merge::longer_than_max(key, ttl.0, MAX_TTL),
+            );
+        }
+    }
     if min_ttl > max_ttl {
         let key = if raw.min_ttl.is_some() {
             "resolver.min_ttl"

@@ -13,7 +13,7 @@ use humantime::format_duration;
 use super::{
     issues::Issues,
     locate::join,
-    model::MIN_INTERVAL,
+    model::{MAX_INTERVAL, MAX_OPEN_FOR, MAX_THRESHOLD, MIN_INTERVAL},
     raw::{RawBreaker, RawHealth, RawStatus},
     BreakerConfig, HealthConfig, HealthKind, HttpCheckConfig, StatusMatch,
 };
@@ -105,6 +105,20 @@ impl<'a, R> Scope<'a, R> {
 
 fn dur(d: Duration) -> String {
     format_duration(d).to_string()
+}
+
+/// The message for a duration above its key's maximum.
+pub(super) fn longer_than_max(key: &str, value: Duration, max: Duration) -> String {
+    format!(
+        "{key} {} is longer than the maximum of {}",
+        dur(value),
+        dur(max)
+    )
+}
+
+/// The message for a count above [`MAX_THRESHOLD`].
+fn more_than_max(key: &str, value: u32) -> String {
+    format!("{key} {value} is more than the maximum of {MAX_THRESHOLD}")
 }
 
 /// Checks and merges `health`; the result is meaningful only if no issue was added.
@@ -216,8 +230,20 @@ fn check_health_values(s: Section<'_, RawHealth>, issues: &mut Issues) {
             );
         }
     }
+    if let Some(interval) = h.interval.as_ref().filter(|i| i.0 > MAX_INTERVAL) {
+        issues.value(
+            at("interval"),
+            longer_than_max("interval", interval.0, MAX_INTERVAL),
+        );
+    }
     if h.timeout.as_ref().is_some_and(|t| t.0.is_zero()) {
         issues.value(at("timeout"), "timeout must be longer than zero");
+    }
+    if let Some(timeout) = h.timeout.as_ref().filter(|t| t.0 > MAX_INTERVAL) {
+        issues.value(
+            at("timeout"),
+            longer_than_max("timeout", timeout.0, MAX_INTERVAL),
+        );
     }
     if h.rise == Some(0) {
         issues.value(
@@ -230,6 +256,11 @@ fn check_health_values(s: Section<'_, RawHealth>, issues: &mut Issues) {
             at("fall"),
             "fall must be at least 1 (failures that mark a backend down)",
         );
+    }
+    for (key, value) in [("rise", h.rise), ("fall", h.fall)] {
+        if let Some(n) = value.filter(|&n| n > MAX_THRESHOLD) {
+            issues.value(at(key), more_than_max(key, n));
+        }
     }
     if h.port == Some(0) {
         issues.value(
@@ -353,8 +384,16 @@ fn check_breaker_values(s: Section<'_, RawBreaker>, issues: &mut Issues) {
     if b.failures == Some(0) {
         issues.value(at("failures"), "failures must be at least 1");
     }
+    if let Some(n) = b.failures.filter(|&n| n > MAX_THRESHOLD) {
+        issues.value(at("failures"), more_than_max("failures", n));
+    }
     if b.open_for.as_ref().is_some_and(|d| d.0.is_zero()) {
         issues.value(at("open_for"), "open_for must be longer than zero");
+    }
+    for (key, value) in [("open_for", &b.open_for), ("max_open_for", &b.max_open_for)] {
+        if let Some(d) = value.as_ref().filter(|d| d.0 > MAX_OPEN_FOR) {
+            issues.value(at(key), longer_than_max(key, d.0, MAX_OPEN_FOR));
+        }
     }
     if let Some(p) = b.max_ejected_percent.filter(|&p| p > 100) {
         issues.value(

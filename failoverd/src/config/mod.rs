@@ -30,8 +30,8 @@ pub use error::ConfigError;
 pub use model::{
     BackendConfig, BreakerConfig, Config, ControlSection, DatapathSection, Failback, HealthConfig,
     HealthKind, HttpCheckConfig, MetricsSection, OnAllDown, ResolverSection, ServiceConfig,
-    DEFAULT_CONTROL_SOCKET, DEFAULT_METRICS_LISTEN, DEFAULT_STATE_DIR, DEFAULT_WEIGHT, MAX_WEIGHT,
-    MIN_INTERVAL,
+    DEFAULT_CONTROL_SOCKET, DEFAULT_METRICS_LISTEN, DEFAULT_STATE_DIR, DEFAULT_WEIGHT,
+    MAX_INTERVAL, MAX_OPEN_FOR, MAX_THRESHOLD, MAX_TTL, MAX_WEIGHT, MIN_INTERVAL,
 };
 pub use status::StatusMatch;
 pub use syntax::MAX_NAME_LEN;

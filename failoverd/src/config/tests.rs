@@ -418,3 +418,71 @@ fn zone_ids_are_refused_wherever_an_address_is_written() {
     ))
     .starts_with("1:27: resolver.nameservers[0]: zone id in"));
 }
+
+#[test]
+fn every_duration_and_count_has_a_maximum() {
+    let cases: &[(&str, &str)] = &[
+        (
+            "    health: { interval: 18446744073709551615s }\n",
+            "6:25: services[0].health.interval: interval 584542046090years 7months 15days 17h 5m 3s is longer than the maximum of 1h",
+        ),
+        (
+            "    health: { interval: 2h, timeout: 1s }\n",
+            "6:25: services[0].health.interval: interval 2h is longer than the maximum of 1h",
+        ),
+        (
+            "    health: { timeout: 2h }\n",
+            "6:24: services[0].health.timeout: timeout 2h is longer than the maximum of 1h",
+        ),
+        (
+            "    health: { rise: 4294967295 }\n",
+            "6:21: services[0].health.rise: rise 4294967295 is more than the maximum of 1000",
+        ),
+        (
+            "    health: { fall: 1001 }\n",
+            "6:21: services[0].health.fall: fall 1001 is more than the maximum of 1000",
+        ),
+        (
+            "    breaker: { failures: 1001 }\n",
+            "6:26: services[0].breaker.failures: failures 1001 is more than the maximum of 1000",
+        ),
+        (
+            "    breaker: { open_for: 2days, max_open_for: 3days }\n",
+            "6:26: services[0].breaker.open_for: open_for 2days is longer than the maximum of 1day",
+        ),
+        (
+            "    breaker: { max_open_for: 25h }\n",
+            "6:30: services[0].breaker.max_open_for: max_open_for 1day 1h is longer than the maximum of 1day",
+        ),
+    ];
+    for (extra, want) in cases {
+        assert_eq!(&err(&service_with(extra)), want, "for {extra:?}");
+    }
+    assert_eq!(
+        err(&format!("resolver: {{ max_ttl: 2days }}\n{MINIMAL}")),
+        "1:22: resolver.max_ttl: max_ttl 2days is longer than the maximum of 1day"
+    );
+    assert_eq!(
+        err(&format!("defaults: {{ health: {{ interval: 1000000h }} }}\n{MINIMAL}")),
+        "1:33: defaults.health.interval: interval 114years 28days 4h is longer than the maximum of 1h"
+    );
+}
+
+#[test]
+fn the_largest_values_accepted_are_the_documented_maxima() {
+    let c = ok(&format!(
+        "resolver: {{ min_ttl: 1day, max_ttl: 1day }}\n{}",
+        service_with(
+            "    health: { interval: 1h, timeout: 59m, rise: 1000, fall: 1000 }\n    breaker: { failures: 1000, open_for: 1day, max_open_for: 1day }\n"
+        )
+    ));
+    let h = &c.services[0].health;
+    assert_eq!(h.interval, MAX_INTERVAL);
+    assert_eq!((h.rise, h.fall), (MAX_THRESHOLD, MAX_THRESHOLD));
+    assert_eq!(c.services[0].breaker.max_open_for, MAX_OPEN_FOR);
+    assert_eq!(c.resolver.max_ttl, MAX_TTL);
+    assert_eq!(
+        h.first_verdict_wait(),
+        Duration::from_secs(3600 * 1001 + 59 * 60)
+    );
+}
