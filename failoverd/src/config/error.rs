@@ -16,6 +16,15 @@ pub enum ConfigError {
         #[source]
         source: io::Error,
     },
+    /// The path names a FIFO, a directory, a device or a socket: refused
+    /// without reading, since a FIFO would block the reader until a writer came.
+    #[error("reading config file {}: it is {kind}, not a regular file", path.display())]
+    NotAFile {
+        /// The path.
+        path: PathBuf,
+        /// What it is instead: `a FIFO`, `a directory`, …
+        kind: &'static str,
+    },
     /// The file was read but is not a valid configuration; the first problem, in file order.
     #[error("{}:{line}:{column}: {key}: {message}", file.display())]
     Invalid {

@@ -486,3 +486,185 @@ fn the_largest_values_accepted_are_the_documented_maxima() {
         Duration::from_secs(3600 * 1001 + 59 * 60)
     );
 }
+
+/// A directory of its own under the system's temp dir, removed on drop.
+struct TempDir(std::path::PathBuf);
+
+impl TempDir {
+    fn new(name: &str) -> TempDir {
+        let dir =
+            std::env::temp_dir().join(format!("failoverd-config-{name}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("creating a temp dir");
+        TempDir(dir)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        if let Err(e) = std::fs::remove_dir_all(&self.0) {
+            eprintln!("removing {}: {e}", self.0.display());
+        }
+    }
+}
+
+#[test]
+fn deep_flow_nesting_is_refused_before_parsing() {
+    // About 500 KB: libyaml needs minutes for this, quadratic in the depth.
+    let depth = 125_000;
+    let text = format!(
+        "services: []\nx: {}{}\n",
+        "{a: ".repeat(depth),
+        "}".repeat(depth)
+    );
+    assert!(text.len() > 500_000);
+    let started = std::time::Instant::now();
+    let message = err(&text);
+    let elapsed = started.elapsed();
+    assert_eq!(
+        message,
+        "2:256: (root): nesting is deeper than 64 levels; a failoverd config needs at most 5"
+    );
+    // Generous for a debug build on a shared machine; the parse took minutes.
+    assert!(elapsed < Duration::from_secs(2), "took {elapsed:?}");
+    let seqs = format!("services: {}{}\n", "[".repeat(depth), "]".repeat(depth));
+    assert!(err(&seqs).starts_with("1:74: (root): nesting is deeper than 64 levels"));
+}
+
+#[test]
+fn deep_block_nesting_is_refused_instead_of_overflowing_the_stack() {
+    // The locator's parser recursed once per level and aborted the process.
+    let text = format!("services: []\nx:\n  {}1\n", "- ".repeat(5000));
+    assert_eq!(
+        err(&text),
+        "3:129: (root): nesting is deeper than 64 levels; a failoverd config needs at most 5"
+    );
+}
+
+#[test]
+fn a_byte_order_mark_is_skipped() {
+    let c = ok(&format!("\u{feff}{MINIMAL}"));
+    assert_eq!(c.services[0].name, "web");
+    // Columns count from after the mark, as an editor shows them, and rules
+    // checked after deserializing are located as without it.
+    assert_eq!(
+        err("\u{feff}services: 1\n"),
+        "1:11: services: invalid type: integer `1`, expected a sequence"
+    );
+    assert_eq!(
+        err(&format!("\u{feff}{MINIMAL}        weight: 5000\n")),
+        "6:17: services[0].backends[0].weight: weight 5000 is out of range 0 to 1000"
+    );
+    assert_eq!(ok(&format!("\u{feff}---\n{MINIMAL}")).services.len(), 1);
+}
+
+#[test]
+fn text_over_the_size_limit_is_refused_unparsed() {
+    let padding = "#".repeat(usize::try_from(MAX_FILE_SIZE).unwrap());
+    assert_eq!(
+        err(&format!("{MINIMAL}{padding}\n")),
+        format!(
+            "1:1: (root): the config is {} bytes, more than the limit of 16 MiB (16777216 bytes)",
+            MINIMAL.len() + padding.len() + 1
+        )
+    );
+}
+
+#[test]
+fn load_refuses_a_fifo_without_blocking() {
+    let dir = TempDir::new("fifo");
+    let fifo = dir.0.join("failoverd.yaml");
+    let c_path = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).unwrap();
+    // SAFETY: a valid NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(c_path.as_ptr(), 0o600) }, 0, "mkfifo");
+    // In a thread: opening a FIFO for reading blocks until a writer comes,
+    // and a hang must fail this test, not stall it.
+    let (tx, rx) = std::sync::mpsc::channel();
+    let path = fifo.clone();
+    std::thread::spawn(move || tx.send(load(&path).map(|_| ())));
+    let result = rx
+        .recv_timeout(Duration::from_secs(5))
+        .expect("load of a FIFO still blocked after 5s");
+    let err = result.unwrap_err();
+    assert!(
+        matches!(err, ConfigError::NotAFile { kind: "a FIFO", .. }),
+        "{err:?}"
+    );
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "reading config file {}: it is a FIFO, not a regular file",
+            fifo.display()
+        )
+    );
+    let err = load(&dir.0).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            ConfigError::NotAFile {
+                kind: "a directory",
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+}
+
+#[test]
+fn load_refuses_big_and_non_utf8_files_with_located_errors() {
+    let dir = TempDir::new("load");
+    let big = dir.0.join("big.yaml");
+    let file = std::fs::File::create(&big).unwrap();
+    file.set_len(MAX_FILE_SIZE + 1).unwrap();
+    assert_eq!(
+        load(&big).unwrap_err().to_string(),
+        format!("{}:1:1: (root): the config is 16777217 bytes, more than the limit of 16 MiB (16777216 bytes)", big.display())
+    );
+    let latin1 = dir.0.join("latin1.yaml");
+    std::fs::write(&latin1, b"services: []\n# caf\xe9\n").unwrap();
+    assert_eq!(
+        load(&latin1).unwrap_err().to_string(),
+        format!(
+            "{}:2:6: (root): the file is not UTF-8: byte 0xe9 cannot start a character here",
+            latin1.display()
+        )
+    );
+    let bom = dir.0.join("bom.yaml");
+    std::fs::write(&bom, format!("\u{feff}{MINIMAL}")).unwrap();
+    assert_eq!(load(&bom).unwrap().services.len(), 1);
+}
+
+#[test]
+fn load_async_parses_off_the_async_workers() {
+    // A config that takes a while to parse, on a single-threaded runtime: if
+    // parsing ran on the runtime's thread, the other task could not run meanwhile.
+    let dir = TempDir::new("async");
+    let path = dir.0.join("big.yaml");
+    let mut text = String::from("services:\n");
+    for i in 0..3000 {
+        text.push_str(&format!(
+            "  - name: s{i}\n    vip: 10.1.{}.{}:80\n    backends: [{{ address: 10.2.0.1:80 }}]\n",
+            i / 250,
+            i % 250
+        ));
+    }
+    std::fs::write(&path, &text).unwrap();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let (config, ticks_during_load) = runtime.block_on(async {
+        let ticks = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counter = ticks.clone();
+        let ticker = tokio::spawn(async move {
+            loop {
+                counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                tokio::task::yield_now().await;
+            }
+        });
+        let config = load_async(&path).await;
+        let seen = ticks.load(std::sync::atomic::Ordering::Relaxed);
+        ticker.abort();
+        (config, seen)
+    });
+    assert_eq!(config.unwrap().services.len(), 3000);
+    assert!(ticks_during_load > 0, "the runtime's thread was blocked");
+}
