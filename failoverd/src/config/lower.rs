@@ -6,7 +6,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use failoverd_shared::{VipKey, MAX_BACKENDS};
+use failoverd_shared::{VipKey, MAX_BACKENDS, MAX_COUNTERS, MAX_SERVICES, RESERVED_COUNTER_IDS};
 
 use super::{
     issues::Issues,
@@ -158,6 +158,7 @@ pub(super) fn lower(raw: RawConfig, source: &Path, issues: &mut Issues) -> Confi
         });
     }
 
+    kernel_limits(&services, issues);
     Config {
         datapath,
         control,
@@ -165,6 +166,46 @@ pub(super) fn lower(raw: RawConfig, source: &Path, issues: &mut Issues) -> Confi
         resolver,
         services,
         source: source.to_path_buf(),
+    }
+}
+
+/// The datapath's fixed sizes: services in its map, counter ids for services
+/// and backends. A file beyond them would load and then fail write by write.
+pub(super) fn kernel_limits(services: &[ServiceConfig], issues: &mut Issues) {
+    let max_services = MAX_SERVICES as usize;
+    if services.len() > max_services {
+        issues.value(
+            format!("services[{max_services}]"),
+            format!(
+                "a datapath holds at most {max_services} services (the size of its services map); this file lists {}",
+                services.len()
+            ),
+        );
+    }
+    // One id per service and one per literal backend; hostname backends take
+    // theirs when they resolve and are not counted here.
+    let ids = (MAX_COUNTERS - RESERVED_COUNTER_IDS) as usize;
+    let mut used = 0usize;
+    for (i, s) in services.iter().enumerate() {
+        let mut paths = std::iter::once(format!("services[{i}]")).chain(
+            s.backends
+                .iter()
+                .enumerate()
+                .filter(|(_, b)| matches!(b.address, BackendAddress::Ip(_)))
+                .map(|(j, _)| format!("services[{i}].backends[{j}]")),
+        );
+        for path in &mut paths {
+            used += 1;
+            if used > ids {
+                issues.value(
+                    path,
+                    format!(
+                        "the datapath counts connects under {ids} ids, one per service and one per IP backend, and this is number {used}; split the services over more datapaths (pin_dir and cgroup) or list fewer backends"
+                    ),
+                );
+                return;
+            }
+        }
     }
 }
 

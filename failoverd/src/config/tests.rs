@@ -668,3 +668,64 @@ fn load_async_parses_off_the_async_workers() {
     assert_eq!(config.unwrap().services.len(), 3000);
     assert!(ticks_during_load > 0, "the runtime's thread was blocked");
 }
+
+#[test]
+fn more_services_than_the_services_map_holds_are_refused() {
+    let count = failoverd_shared::MAX_SERVICES as usize + 1;
+    let mut text = String::with_capacity(count * 80);
+    text.push_str("services:\n");
+    for i in 0..count {
+        text.push_str(&format!(
+            "- {{ name: s{i}, vip: '10.{}.{}.{}:80', backends: [{{ address: 'h.internal:80' }}] }}\n",
+            i >> 16,
+            (i >> 8) & 255,
+            i & 255
+        ));
+    }
+    assert_eq!(
+        err(&text),
+        "65538:3: services[65536]: a datapath holds at most 65536 services (the size of its services map); this file lists 65537"
+    );
+}
+
+#[test]
+fn more_services_and_backends_than_counter_ids_are_refused() {
+    let ids = (failoverd_shared::MAX_COUNTERS - failoverd_shared::RESERVED_COUNTER_IDS) as usize;
+    // Built directly: a file this size takes seconds to parse in a debug build.
+    let mut service = ok(MINIMAL).services.remove(0);
+    let backend = service.backends.remove(0);
+    service.backends = (0..32).map(|_| backend.clone()).collect();
+    let per_service = 33;
+    let full = ids / per_service;
+    let mut services = vec![service.clone(); full];
+    let check = |services: &[ServiceConfig]| {
+        let mut issues = super::issues::Issues::default();
+        super::lower::kernel_limits(services, &mut issues);
+        issues
+            .first(&super::locate::Locator::new(""))
+            .map(|(issue, _)| (issue.path, issue.message))
+    };
+    assert_eq!(check(&services), None);
+    // The ids left over are fewer than one more service needs.
+    let left = ids - full * per_service;
+    assert!(left < per_service);
+    services.push(service.clone());
+    let (path, message) = check(&services).expect("refused");
+    assert_eq!(path, format!("services[{full}].backends[{}]", left - 1));
+    assert!(
+        message.starts_with(&format!(
+            "the datapath counts connects under {ids} ids, one per service and one per IP backend, and this is number {}",
+            ids + 1
+        )),
+        "{message}"
+    );
+    // Hostname backends take their ids as they resolve: not counted here.
+    let last = services.last_mut().unwrap();
+    for b in &mut last.backends {
+        b.address = BackendAddress::Host {
+            host: "db.internal".into(),
+            port: 80,
+        };
+    }
+    assert_eq!(check(&services), None);
+}
