@@ -357,9 +357,27 @@ fn datapath(raw: Option<&RawDatapath>, issues: &mut Issues) -> DatapathSection {
     }
 }
 
+/// Bytes of `sockaddr_un.sun_path`: a socket path holds one less, for its NUL.
+const SUN_PATH_LEN: usize =
+    std::mem::size_of::<libc::sockaddr_un>() - std::mem::size_of::<libc::sa_family_t>();
+
 fn control(raw: Option<&RawControl>, issues: &mut Issues) -> ControlSection {
     let d = ControlSection::default();
     let Some(raw) = raw else { return d };
+    if let Some(socket) = &raw.socket {
+        let len = socket.as_os_str().len();
+        if len >= SUN_PATH_LEN {
+            // bind() would fail only after the hooks were attached.
+            issues.value(
+                "control.socket",
+                format!(
+                    "socket `{}` is {len} bytes long; a Unix socket path holds at most {} (sun_path is {SUN_PATH_LEN} bytes with the closing NUL)",
+                    socket.display(),
+                    SUN_PATH_LEN - 1
+                ),
+            );
+        }
+    }
     ControlSection {
         socket: absolute(raw.socket.as_ref(), "control.socket", d.socket, issues),
         state_dir: absolute(

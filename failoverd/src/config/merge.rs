@@ -269,16 +269,13 @@ fn check_health_values(s: Section<'_, RawHealth>, issues: &mut Issues) {
         );
     }
     if let Some(path) = &h.path {
-        if !path.starts_with('/') {
-            issues.value(at("path"), format!("path `{path}` must start with /"));
+        if let Err(message) = check_request_path(path) {
+            issues.value(at("path"), message);
         }
     }
     if let Some(host) = &h.host {
-        if host.is_empty() || host.chars().any(|c| c.is_whitespace() || c.is_control()) {
-            issues.value(
-                at("host"),
-                format!("host `{host}` is not a valid Host header (empty, or spaces inside)"),
-            );
+        if let Err(message) = check_host_header(host) {
+            issues.value(at("host"), message);
         }
     }
     if let Some(status) = &h.expect_status {
@@ -290,6 +287,55 @@ fn check_health_values(s: Section<'_, RawHealth>, issues: &mut Issues) {
             "expect_body is empty, which every body contains; leave the key out instead",
         );
     }
+}
+
+/// The first control character in `text`, shown escaped: CR and LF would end
+/// the request line or header early and let the rest pass as another header.
+fn control_char(text: &str) -> Option<String> {
+    text.chars()
+        .find(|c| c.is_control())
+        .map(|c| c.escape_default().to_string())
+}
+
+/// An http check's `path`: what the probe can send as its request target.
+fn check_request_path(path: &str) -> Result<(), String> {
+    let shown = path.escape_debug();
+    if let Some(c) = control_char(path) {
+        return Err(format!(
+            "path `{shown}` contains the control character `{c}`, which cannot be sent in a request line"
+        ));
+    }
+    if !path.starts_with('/') {
+        return Err(format!("path `{shown}` must start with /"));
+    }
+    if path.contains(char::is_whitespace) {
+        return Err(format!(
+            "path `{shown}` contains a space; percent-encode it as %20"
+        ));
+    }
+    // The probe builds its request from the path: what the http crate refuses
+    // there would fail every probe, and the backend would look down.
+    hyper::http::uri::PathAndQuery::try_from(path)
+        .map(drop)
+        .map_err(|e| format!("path `{shown}` is not a valid request target: {e}"))
+}
+
+/// An http check's `host`: a Host header value with no room for a second header.
+fn check_host_header(host: &str) -> Result<(), String> {
+    let shown = host.escape_debug();
+    if let Some(c) = control_char(host) {
+        return Err(format!(
+            "host `{shown}` contains the control character `{c}`, which cannot be sent in a header"
+        ));
+    }
+    if host.is_empty() || host.contains(char::is_whitespace) {
+        return Err(format!(
+            "host `{shown}` is not a valid Host header (empty, or spaces inside)"
+        ));
+    }
+    hyper::header::HeaderValue::from_str(host)
+        .map(drop)
+        .map_err(|e| format!("host `{shown}` is not a valid Host header: {e}"))
 }
 
 fn check_status(status: &RawStatus, path: &str, issues: &mut Issues) {

@@ -729,3 +729,65 @@ fn more_services_and_backends_than_counter_ids_are_refused() {
     }
     assert_eq!(check(&services), None);
 }
+
+#[test]
+fn control_characters_in_http_path_and_host_are_refused() {
+    let cases: &[(&str, &str)] = &[
+        (
+            "    health: { kind: http, path: \"/health\\r\\nX-Injected: 1\" }\n",
+            "6:33: services[0].health.path: path `/health\\r\\nX-Injected: 1` contains the control character `\\r`, which cannot be sent in a request line",
+        ),
+        (
+            "    health: { kind: http, path: \"/a\\tb\" }\n",
+            "6:33: services[0].health.path: path `/a\\tb` contains the control character `\\t`, which cannot be sent in a request line",
+        ),
+        (
+            "    health: { kind: http, path: /a b }\n",
+            "6:33: services[0].health.path: path `/a b` contains a space; percent-encode it as %20",
+        ),
+        (
+            "    health: { kind: http, host: \"db.internal\\nX-Injected: 1\" }\n",
+            "6:33: services[0].health.host: host `db.internal\\nX-Injected: 1` contains the control character `\\n`, which cannot be sent in a header",
+        ),
+        (
+            "    health: { kind: http, host: \"db\\u007f\" }\n",
+            "6:33: services[0].health.host: host `db\\u{7f}` contains the control character `\\u{7f}`, which cannot be sent in a header",
+        ),
+    ];
+    for (extra, want) in cases {
+        assert_eq!(&err(&service_with(extra)), want, "for {extra:?}");
+    }
+    // In `defaults` too, where the http keys are allowed whatever the kind.
+    assert!(err(&format!(
+        "defaults: {{ health: {{ path: \"/x\\r\\n\" }} }}\n{MINIMAL}"
+    ))
+    .starts_with("1:29: defaults.health.path: path `/x\\r\\n` contains the control character"));
+}
+
+#[test]
+fn every_accepted_path_and_host_builds_the_probe_request() {
+    let c = ok(&service_with(
+        "    health: { kind: http, path: '/health?full=1&x=%20', host: 'db.internal:8008' }\n",
+    ));
+    let http = &c.services[0].health.http;
+    let request = hyper::Request::get(http.path.as_str())
+        .header(hyper::header::HOST, http.host.as_deref().unwrap())
+        .body(());
+    assert!(request.is_ok(), "{request:?}");
+}
+
+#[test]
+fn a_control_socket_path_longer_than_sun_path_is_refused() {
+    let long = format!("/run/{}/control.sock", "d".repeat(100));
+    assert_eq!(
+        err(&format!("control: {{ socket: {long} }}\n{MINIMAL}")),
+        format!("1:20: control.socket: socket `{long}` is 118 bytes long; a Unix socket path holds at most 107 (sun_path is 108 bytes with the closing NUL)")
+    );
+    let longest = format!("/{}", "s".repeat(106));
+    assert_eq!(
+        ok(&format!("control: {{ socket: {longest} }}\n{MINIMAL}"))
+            .control
+            .socket,
+        Path::new(&longest)
+    );
+}
