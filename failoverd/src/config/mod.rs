@@ -98,4 +98,6 @@ pub fn parse(text: &str, source: &Path) -> Result<Config, ConfigError> {
 }
 
 #[cfg(test)]
+mod fuzz;
+#[cfg(test)]
 mod tests;
