@@ -178,18 +178,25 @@ fn count() -> impl Strategy<Value = String> {
     ]
 }
 
+/// IPv4 written plain or IPv4-mapped at random, from a small pool half the
+/// time, so that one address often appears in both spellings.
 fn address() -> impl Strategy<Value = String> {
+    let ipv4 = prop_oneof![any::<[u8; 4]>(), (0u8..4).prop_map(|n| [127, 0, 0, n]),];
+    let port = prop_oneof![Just(80u16), 1u16..];
     prop_oneof![
-        40 => (any::<[u8; 4]>(), 1u16..).prop_map(|(ip, port)| {
-            format!("{}:{port}", std::net::Ipv4Addr::from(ip))
-        }),
-        4 => (any::<[u8; 4]>(), 0u16..3).prop_map(|(ip, port)| {
-            format!("[{}]:{port}", std::net::Ipv4Addr::from(ip).to_ipv6_mapped())
+        40 => (ipv4, port, any::<bool>()).prop_map(|(ip, port, mapped)| {
+            let ip = std::net::Ipv4Addr::from(ip);
+            if mapped {
+                format!("[{}]:{port}", ip.to_ipv6_mapped())
+            } else {
+                format!("{ip}:{port}")
+            }
         }),
         1 => (any::<[u16; 8]>(), any::<u16>()).prop_map(|(ip, port)| {
             format!("[{}]:{port}", std::net::Ipv6Addr::from(ip))
         }),
         1 => Just("[fe80::1%2]:80".to_owned()),
+        1 => Just("127.0.0.1:0".to_owned()),
         1 => "[a-z]{1,10}(\\.[a-z]{1,5}){0,2}:[0-9]{1,6}",
         1 => any::<String>(),
     ]
