@@ -17,6 +17,9 @@ pub const MAX_SLOTS: usize = 256;
 pub const MAX_SERVICES: u32 = 65_536;
 /// Counter ids (VIP ids and backend ids share one id space).
 pub const MAX_COUNTERS: u32 = 262_144;
+/// Counter ids below this are never handed out (0 means "no id" to tools
+/// reading the maps): `MAX_COUNTERS - RESERVED_COUNTER_IDS` VIPs and backends fit.
+pub const RESERVED_COUNTER_IDS: u32 = 1;
 /// VIPs one unconnected UDP socket keeps reverse translations for.
 pub const SOCK_ENTRIES: usize = 4;
 

@@ -197,6 +197,31 @@ services:
     }
 
     #[test]
+    fn check_refuses_values_the_daemon_could_not_apply() {
+        // Each of these passed check once and then broke run or reload.
+        let fixtures = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/bad"));
+        for (file, want) in [
+            (
+                "interval_too_long.yaml",
+                (6, 17, "services[0].health.interval"),
+            ),
+            ("vip_v4_mapped_duplicate.yaml", (9, 10, "services[1].vip")),
+            ("http_path_crlf.yaml", (7, 13, "services[0].health.path")),
+            ("control_socket_too_long.yaml", (3, 11, "control.socket")),
+        ] {
+            let args = CheckArgs {
+                config: fixtures.join(file),
+            };
+            match run(&args) {
+                Err(ConfigError::Invalid {
+                    line, column, key, ..
+                }) => assert_eq!((line, column, key.as_str()), want, "{file}"),
+                other => panic!("{file}: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
     fn an_invalid_file_is_an_error() {
         let path = Path::new("/nonexistent/failoverd.yaml");
         assert!(matches!(

@@ -4,6 +4,11 @@ use std::{fmt, net::SocketAddr, str::FromStr};
 
 use super::syntax::check_hostname;
 
+/// Why an IPv6 zone id (`%eth0`, `%2`) is refused wherever an address is written.
+pub(crate) const ZONE_ID_REASON: &str =
+    "the datapath keys VIPs and backends by address and port only, \
+so the interface a link-local address needs would be lost; use a global or unique-local address";
+
 /// Where a backend listens.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum BackendAddress {
@@ -78,6 +83,12 @@ pub enum AddressError {
         /// The port part.
         port: String,
     },
+    /// An IPv6 zone id (`[fe80::1%eth0]:80`): see [`ZONE_ID_REASON`].
+    #[error("zone id in `{text}` is not supported: {ZONE_ID_REASON}")]
+    ZoneId {
+        /// The text given.
+        text: String,
+    },
     /// The host part is neither an IP address nor a valid hostname.
     #[error("invalid hostname `{host}`: {reason}")]
     Hostname {
@@ -94,6 +105,12 @@ impl FromStr for BackendAddress {
     type Err = AddressError;
 
     fn from_str(text: &str) -> Result<Self, Self::Err> {
+        // `%` has no other meaning in an address or a hostname.
+        if text.contains('%') {
+            return Err(AddressError::ZoneId {
+                text: text.to_owned(),
+            });
+        }
         if let Ok(addr) = text.parse::<SocketAddr>() {
             return Ok(BackendAddress::Ip(addr));
         }
@@ -175,6 +192,15 @@ mod tests {
             parse("10.0.0:5432"),
             Err(AddressError::Hostname { .. })
         ));
+    }
+
+    #[test]
+    fn zone_ids_are_refused_with_the_reason() {
+        for text in ["[fe80::2%1]:80", "[fe80::2%eth0]:80", "fe80::2%1:80"] {
+            let err = parse(text).unwrap_err();
+            assert!(matches!(err, AddressError::ZoneId { .. }), "{text}: {err}");
+            assert!(err.to_string().contains("link-local"), "{err}");
+        }
     }
 
     #[test]

@@ -16,6 +16,15 @@ pub enum ConfigError {
         #[source]
         source: io::Error,
     },
+    /// The path names a FIFO, a directory, a device or a socket: refused
+    /// without reading, since a FIFO would block the reader until a writer came.
+    #[error("reading config file {}: it is {kind}, not a regular file", path.display())]
+    NotAFile {
+        /// The path.
+        path: PathBuf,
+        /// What it is instead: `a FIFO`, `a directory`, …
+        kind: &'static str,
+    },
     /// The file was read but is not a valid configuration; the first problem, in file order.
     #[error("{}:{line}:{column}: {key}: {message}", file.display())]
     Invalid {
@@ -124,7 +133,14 @@ pub(super) fn from_serde(err: &serde_yaml_ng::Error, text: &str, file: PathBuf) 
         let Some(name_end) = rest.find('`') else {
             continue;
         };
-        key = join(parent, &rest[..name_end]);
+        let name = &rest[..name_end];
+        // An empty or null key (`? ` alone, `"": 1`) has no segment of its
+        // own: the mapping it is in is what to point at and name.
+        key = match (name.is_empty(), parent.is_empty()) {
+            (false, _) => join(parent, name),
+            (true, false) => parent.to_owned(),
+            (true, true) => ROOT_KEY.to_owned(),
+        };
         let locator = Locator::new(text);
         let better = match ours {
             // serde points at the root mapping for an unknown top-level key.
@@ -143,11 +159,12 @@ pub(super) fn from_serde(err: &serde_yaml_ng::Error, text: &str, file: PathBuf) 
                 .unwrap_or_default(),
             _ => String::new(),
         };
-        message = format!(
-            "{ours}{}`{hint}{}",
-            &rest[..name_end],
-            &rest[name_end + 1..]
-        );
+        let empty = if name.is_empty() {
+            " (an empty or null key)"
+        } else {
+            ""
+        };
+        message = format!("{ours}{name}`{empty}{hint}{}", &rest[name_end + 1..]);
         break;
     }
 
@@ -332,6 +349,19 @@ mod tests {
         assert_eq!(edit_distance("timout", "timeout"), 1);
         assert_eq!(edit_distance("nmae", "name"), 2);
         assert_eq!(edit_distance("", "vip"), 3);
+    }
+
+    #[test]
+    fn an_empty_key_names_its_mapping() {
+        let (_, _, key, message) = serde_error("? \n");
+        assert_eq!(key, ROOT_KEY);
+        assert!(
+            message.starts_with("unknown key `` (an empty or null key), expected one of"),
+            "{message}"
+        );
+        let (line, column, key, _) =
+            serde_error("services:\n  - name: a\n    vip: 1.2.3.4:5\n    \"\": 1\n");
+        assert_eq!((line, column, key.as_str()), (2, 5, "services[0]"));
     }
 
     #[test]

@@ -6,12 +6,12 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use failoverd_shared::MAX_BACKENDS;
+use failoverd_shared::{VipKey, MAX_BACKENDS, MAX_COUNTERS, MAX_SERVICES, RESERVED_COUNTER_IDS};
 
 use super::{
     issues::Issues,
     merge::{self, Scope, Section},
-    model::{DEFAULT_WEIGHT, MAX_WEIGHT},
+    model::{DEFAULT_WEIGHT, MAX_TTL, MAX_WEIGHT},
     raw::{RawBackend, RawConfig, RawControl, RawDatapath, RawResolver, RawService},
     syntax::check_name,
     BackendAddress, BackendConfig, Config, ControlSection, DatapathSection, MetricsSection,
@@ -61,10 +61,12 @@ pub(super) fn lower(raw: RawConfig, source: &Path, issues: &mut Issues) -> Confi
     let vips: HashMap<SocketAddr, &str> = raw
         .services
         .iter()
-        .map(|s| (s.vip.0, s.name.as_str()))
+        .map(|s| (kernel_form(s.vip.0), s.name.as_str()))
         .collect();
     let mut names: HashMap<&str, usize> = HashMap::new();
-    let mut vip_owners: HashMap<Vip, usize> = HashMap::new();
+    // Keyed as the services map keys them, so that two spellings of one VIP
+    // (`127.0.0.1:80` and `[::ffff:127.0.0.1]:80`) cannot both be accepted.
+    let mut vip_owners: HashMap<VipKey, usize> = HashMap::new();
     let mut services = Vec::with_capacity(raw.services.len());
     for (i, s) in raw.services.iter().enumerate() {
         let path = format!("services[{i}]");
@@ -87,7 +89,7 @@ pub(super) fn lower(raw: RawConfig, source: &Path, issues: &mut Issues) -> Confi
             }
         }
         let vip = Vip {
-            addr: s.vip.0,
+            addr: kernel_form(s.vip.0),
             protocol: s.protocol.as_ref().map_or(Protocol::Tcp, |p| p.0),
         };
         if vip.addr.port() == 0 {
@@ -99,19 +101,26 @@ pub(super) fn lower(raw: RawConfig, source: &Path, issues: &mut Issues) -> Confi
                 ),
             );
         } else {
-            match vip_owners.entry(vip) {
+            match vip_owners.entry(vip.key()) {
                 Entry::Vacant(e) => {
                     e.insert(i);
                 }
                 Entry::Occupied(e) => {
                     let first = *e.get();
-                    issues.value(
-                        at("vip"),
+                    let other = &raw.services[first];
+                    let message = if other.vip.0 == s.vip.0 {
                         format!(
                             "vip {vip} is already used by service `{}` (services[{first}])",
-                            raw.services[first].name
-                        ),
-                    );
+                            other.name
+                        )
+                    } else {
+                        format!(
+                            "vip {}/{} is the same VIP as {}/{} of service `{}` (services[{first}]): \
+                             the datapath keys an IPv4-mapped address as its IPv4 form",
+                            s.vip.0, vip.protocol, other.vip.0, vip.protocol, other.name
+                        )
+                    };
+                    issues.value(at("vip"), message);
                 }
             }
         }
@@ -145,10 +154,11 @@ pub(super) fn lower(raw: RawConfig, source: &Path, issues: &mut Issues) -> Confi
             failback: s.failback.as_ref().map(|v| v.0).unwrap_or_default(),
             health,
             breaker,
-            backends: backends(s, &path, &vips, issues),
+            backends: backends(s, &path, vip.addr, &vips, issues),
         });
     }
 
+    kernel_limits(&services, issues);
     Config {
         datapath,
         control,
@@ -159,9 +169,50 @@ pub(super) fn lower(raw: RawConfig, source: &Path, issues: &mut Issues) -> Confi
     }
 }
 
+/// The datapath's fixed sizes: services in its map, counter ids for services
+/// and backends. A file beyond them would load and then fail write by write.
+pub(super) fn kernel_limits(services: &[ServiceConfig], issues: &mut Issues) {
+    let max_services = MAX_SERVICES as usize;
+    if services.len() > max_services {
+        issues.value(
+            format!("services[{max_services}]"),
+            format!(
+                "a datapath holds at most {max_services} services (the size of its services map); this file lists {}",
+                services.len()
+            ),
+        );
+    }
+    // One id per service and one per literal backend; hostname backends take
+    // theirs when they resolve and are not counted here.
+    let ids = (MAX_COUNTERS - RESERVED_COUNTER_IDS) as usize;
+    let mut used = 0usize;
+    for (i, s) in services.iter().enumerate() {
+        let mut paths = std::iter::once(format!("services[{i}]")).chain(
+            s.backends
+                .iter()
+                .enumerate()
+                .filter(|(_, b)| matches!(b.address, BackendAddress::Ip(_)))
+                .map(|(j, _)| format!("services[{i}].backends[{j}]")),
+        );
+        for path in &mut paths {
+            used += 1;
+            if used > ids {
+                issues.value(
+                    path,
+                    format!(
+                        "the datapath counts connects under {ids} ids, one per service and one per IP backend, and this is number {used}; split the services over more datapaths (pin_dir and cgroup) or list fewer backends"
+                    ),
+                );
+                return;
+            }
+        }
+    }
+}
+
 fn backends(
     s: &RawService,
     service_path: &str,
+    vip: SocketAddr,
     vips: &HashMap<SocketAddr, &str>,
     issues: &mut Issues,
 ) -> Vec<BackendConfig> {
@@ -181,13 +232,13 @@ fn backends(
     let mut out: Vec<BackendConfig> = Vec::with_capacity(s.backends.len());
     for (j, b) in s.backends.iter().enumerate() {
         let path = format!("{list_path}[{j}]");
-        let backend = backend(b, &path, s.vip.0, vips, issues);
+        let backend = backend(b, &path, vip, vips, issues);
         if let Some(k) = out.iter().position(|o| o.address.same_as(&backend.address)) {
             issues.value(
                 format!("{path}.address"),
                 format!(
                     "address {} is already listed as {list_path}[{k}]",
-                    backend.address
+                    b.address.0
                 ),
             );
         } else if let Some(k) = out.iter().position(|o| o.name == backend.name) {
@@ -214,7 +265,11 @@ fn backend(
     issues: &mut Issues,
 ) -> BackendConfig {
     let at = |key: &str| format!("{path}.{key}");
-    let address = b.address.0.clone();
+    let written = &b.address.0;
+    let address = match written {
+        BackendAddress::Ip(addr) => BackendAddress::Ip(kernel_form(*addr)),
+        host @ BackendAddress::Host { .. } => host.clone(),
+    };
     if address.port() == 0 {
         issues.value(
             at("address"),
@@ -224,10 +279,15 @@ fn backend(
     if let BackendAddress::Ip(addr) = &address {
         if addr.is_ipv4() != vip.is_ipv4() {
             let family = |a: &SocketAddr| if a.is_ipv4() { "IPv4" } else { "IPv6" };
+            let mapped = if written == &address {
+                ""
+            } else {
+                " (IPv4-mapped)"
+            };
             issues.value(
                 at("address"),
                 format!(
-                    "address {addr} is {} but the vip {vip} is {}; a connect cannot change address family",
+                    "address {written} is {}{mapped} but the vip {vip} is {}; a connect cannot change address family",
                     family(addr),
                     family(&vip)
                 ),
@@ -235,7 +295,7 @@ fn backend(
         } else if let Some(owner) = vips.get(addr) {
             issues.value(
                 at("address"),
-                format!("address {addr} is the vip of service `{owner}`; a backend must be a real address"),
+                format!("address {written} is the vip of service `{owner}`; a backend must be a real address"),
             );
         }
     }
@@ -259,11 +319,18 @@ fn backend(
         );
     }
     BackendConfig {
-        name: b.name.clone().unwrap_or_else(|| address.to_string()),
+        name: b.name.clone().unwrap_or_else(|| written.to_string()),
         address,
         weight,
         priority: u8::try_from(priority).unwrap_or(u8::MAX),
     }
+}
+
+/// An address as the datapath stores it: an IPv4-mapped IPv6 address
+/// (`[::ffff:10.0.0.1]:80`) is its IPv4 address, since the maps hold IPv4 in
+/// exactly that mapped form and the two cannot be told apart there.
+fn kernel_form(addr: SocketAddr) -> SocketAddr {
+    SocketAddr::new(addr.ip().to_canonical(), addr.port())
 }
 
 fn datapath(raw: Option<&RawDatapath>, issues: &mut Issues) -> DatapathSection {
@@ -290,9 +357,27 @@ fn datapath(raw: Option<&RawDatapath>, issues: &mut Issues) -> DatapathSection {
     }
 }
 
+/// Bytes of `sockaddr_un.sun_path`: a socket path holds one less, for its NUL.
+const SUN_PATH_LEN: usize =
+    std::mem::size_of::<libc::sockaddr_un>() - std::mem::size_of::<libc::sa_family_t>();
+
 fn control(raw: Option<&RawControl>, issues: &mut Issues) -> ControlSection {
     let d = ControlSection::default();
     let Some(raw) = raw else { return d };
+    if let Some(socket) = &raw.socket {
+        let len = socket.as_os_str().len();
+        if len >= SUN_PATH_LEN {
+            // bind() would fail only after the hooks were attached.
+            issues.value(
+                "control.socket",
+                format!(
+                    "socket `{}` is {len} bytes long; a Unix socket path holds at most {} (sun_path is {SUN_PATH_LEN} bytes with the closing NUL)",
+                    socket.display(),
+                    SUN_PATH_LEN - 1
+                ),
+            );
+        }
+    }
     ControlSection {
         socket: absolute(raw.socket.as_ref(), "control.socket", d.socket, issues),
         state_dir: absolute(
@@ -337,6 +422,14 @@ fn resolver(raw: Option<&RawResolver>, issues: &mut Issues) -> ResolverSection {
     }
     let min_ttl = raw.min_ttl.as_ref().map_or(d.min_ttl, |t| t.0);
     let max_ttl = raw.max_ttl.as_ref().map_or(d.max_ttl, |t| t.0);
+    for (key, value) in [("min_ttl", &raw.min_ttl), ("max_ttl", &raw.max_ttl)] {
+        if let Some(ttl) = value.as_ref().filter(|t| t.0 > MAX_TTL) {
+            issues.value(
+                format!("resolver.{key}"),
+                merge::longer_than_max(key, ttl.0, MAX_TTL),
+            );
+        }
+    }
     if min_ttl > max_ttl {
         let key = if raw.min_ttl.is_some() {
             "resolver.min_ttl"

@@ -13,7 +13,7 @@ use humantime::format_duration;
 use super::{
     issues::Issues,
     locate::join,
-    model::MIN_INTERVAL,
+    model::{MAX_INTERVAL, MAX_OPEN_FOR, MAX_THRESHOLD, MIN_INTERVAL},
     raw::{RawBreaker, RawHealth, RawStatus},
     BreakerConfig, HealthConfig, HealthKind, HttpCheckConfig, StatusMatch,
 };
@@ -105,6 +105,20 @@ impl<'a, R> Scope<'a, R> {
 
 fn dur(d: Duration) -> String {
     format_duration(d).to_string()
+}
+
+/// The message for a duration above its key's maximum.
+pub(super) fn longer_than_max(key: &str, value: Duration, max: Duration) -> String {
+    format!(
+        "{key} {} is longer than the maximum of {}",
+        dur(value),
+        dur(max)
+    )
+}
+
+/// The message for a count above [`MAX_THRESHOLD`].
+fn more_than_max(key: &str, value: u32) -> String {
+    format!("{key} {value} is more than the maximum of {MAX_THRESHOLD}")
 }
 
 /// Checks and merges `health`; the result is meaningful only if no issue was added.
@@ -216,8 +230,20 @@ fn check_health_values(s: Section<'_, RawHealth>, issues: &mut Issues) {
             );
         }
     }
+    if let Some(interval) = h.interval.as_ref().filter(|i| i.0 > MAX_INTERVAL) {
+        issues.value(
+            at("interval"),
+            longer_than_max("interval", interval.0, MAX_INTERVAL),
+        );
+    }
     if h.timeout.as_ref().is_some_and(|t| t.0.is_zero()) {
         issues.value(at("timeout"), "timeout must be longer than zero");
+    }
+    if let Some(timeout) = h.timeout.as_ref().filter(|t| t.0 > MAX_INTERVAL) {
+        issues.value(
+            at("timeout"),
+            longer_than_max("timeout", timeout.0, MAX_INTERVAL),
+        );
     }
     if h.rise == Some(0) {
         issues.value(
@@ -231,6 +257,11 @@ fn check_health_values(s: Section<'_, RawHealth>, issues: &mut Issues) {
             "fall must be at least 1 (failures that mark a backend down)",
         );
     }
+    for (key, value) in [("rise", h.rise), ("fall", h.fall)] {
+        if let Some(n) = value.filter(|&n| n > MAX_THRESHOLD) {
+            issues.value(at(key), more_than_max(key, n));
+        }
+    }
     if h.port == Some(0) {
         issues.value(
             at("port"),
@@ -238,16 +269,13 @@ fn check_health_values(s: Section<'_, RawHealth>, issues: &mut Issues) {
         );
     }
     if let Some(path) = &h.path {
-        if !path.starts_with('/') {
-            issues.value(at("path"), format!("path `{path}` must start with /"));
+        if let Err(message) = check_request_path(path) {
+            issues.value(at("path"), message);
         }
     }
     if let Some(host) = &h.host {
-        if host.is_empty() || host.chars().any(|c| c.is_whitespace() || c.is_control()) {
-            issues.value(
-                at("host"),
-                format!("host `{host}` is not a valid Host header (empty, or spaces inside)"),
-            );
+        if let Err(message) = check_host_header(host) {
+            issues.value(at("host"), message);
         }
     }
     if let Some(status) = &h.expect_status {
@@ -259,6 +287,55 @@ fn check_health_values(s: Section<'_, RawHealth>, issues: &mut Issues) {
             "expect_body is empty, which every body contains; leave the key out instead",
         );
     }
+}
+
+/// The first control character in `text`, shown escaped: CR and LF would end
+/// the request line or header early and let the rest pass as another header.
+fn control_char(text: &str) -> Option<String> {
+    text.chars()
+        .find(|c| c.is_control())
+        .map(|c| c.escape_default().to_string())
+}
+
+/// An http check's `path`: what the probe can send as its request target.
+fn check_request_path(path: &str) -> Result<(), String> {
+    let shown = path.escape_debug();
+    if let Some(c) = control_char(path) {
+        return Err(format!(
+            "path `{shown}` contains the control character `{c}`, which cannot be sent in a request line"
+        ));
+    }
+    if !path.starts_with('/') {
+        return Err(format!("path `{shown}` must start with /"));
+    }
+    if path.contains(char::is_whitespace) {
+        return Err(format!(
+            "path `{shown}` contains a space; percent-encode it as %20"
+        ));
+    }
+    // The probe builds its request from the path: what the http crate refuses
+    // there would fail every probe, and the backend would look down.
+    hyper::http::uri::PathAndQuery::try_from(path)
+        .map(drop)
+        .map_err(|e| format!("path `{shown}` is not a valid request target: {e}"))
+}
+
+/// An http check's `host`: a Host header value with no room for a second header.
+fn check_host_header(host: &str) -> Result<(), String> {
+    let shown = host.escape_debug();
+    if let Some(c) = control_char(host) {
+        return Err(format!(
+            "host `{shown}` contains the control character `{c}`, which cannot be sent in a header"
+        ));
+    }
+    if host.is_empty() || host.contains(char::is_whitespace) {
+        return Err(format!(
+            "host `{shown}` is not a valid Host header (empty, or spaces inside)"
+        ));
+    }
+    hyper::header::HeaderValue::from_str(host)
+        .map(drop)
+        .map_err(|e| format!("host `{shown}` is not a valid Host header: {e}"))
 }
 
 fn check_status(status: &RawStatus, path: &str, issues: &mut Issues) {
@@ -353,8 +430,16 @@ fn check_breaker_values(s: Section<'_, RawBreaker>, issues: &mut Issues) {
     if b.failures == Some(0) {
         issues.value(at("failures"), "failures must be at least 1");
     }
+    if let Some(n) = b.failures.filter(|&n| n > MAX_THRESHOLD) {
+        issues.value(at("failures"), more_than_max("failures", n));
+    }
     if b.open_for.as_ref().is_some_and(|d| d.0.is_zero()) {
         issues.value(at("open_for"), "open_for must be longer than zero");
+    }
+    for (key, value) in [("open_for", &b.open_for), ("max_open_for", &b.max_open_for)] {
+        if let Some(d) = value.as_ref().filter(|d| d.0 > MAX_OPEN_FOR) {
+            issues.value(at(key), longer_than_max(key, d.0, MAX_OPEN_FOR));
+        }
     }
     if let Some(p) = b.max_ejected_percent.filter(|&p| p > 100) {
         issues.value(

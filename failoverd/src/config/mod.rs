@@ -1,8 +1,9 @@
 //! Configuration: the YAML file, its defaults and its validation.
 //!
-//! [`load`] reads a file and [`parse`] checks text; both return a [`Config`]
-//! with every default filled in and `defaults` merged into each service, or
-//! the first problem in file order as `file:line:column: key: message`.
+//! [`load`] reads a file ([`load_async`] off the async workers) and [`parse`]
+//! checks text; all return a [`Config`] with every default filled in and
+//! `defaults` merged into each service, or the first problem in file order as
+//! `file:line:column: key: message`.
 //! The keys, their defaults and their rules are listed in `docs/configuration.md`.
 //!
 //! Checking happens in two passes. serde_yaml_ng deserializes into structs
@@ -13,6 +14,7 @@
 //! from yaml-rust2's marked events turns their key paths back into positions.
 
 mod address;
+mod depth;
 mod error;
 mod issues;
 mod locate;
@@ -20,34 +22,55 @@ mod lower;
 mod merge;
 mod model;
 mod raw;
+mod read;
 mod status;
 mod syntax;
 
 use std::path::Path;
 
 pub use address::{AddressError, BackendAddress};
+pub use depth::MAX_DEPTH;
 pub use error::ConfigError;
 pub use model::{
     BackendConfig, BreakerConfig, Config, ControlSection, DatapathSection, Failback, HealthConfig,
     HealthKind, HttpCheckConfig, MetricsSection, OnAllDown, ResolverSection, ServiceConfig,
-    DEFAULT_CONTROL_SOCKET, DEFAULT_METRICS_LISTEN, DEFAULT_STATE_DIR, DEFAULT_WEIGHT, MAX_WEIGHT,
-    MIN_INTERVAL,
+    DEFAULT_CONTROL_SOCKET, DEFAULT_METRICS_LISTEN, DEFAULT_STATE_DIR, DEFAULT_WEIGHT,
+    MAX_INTERVAL, MAX_OPEN_FOR, MAX_THRESHOLD, MAX_TTL, MAX_WEIGHT, MIN_INTERVAL,
 };
+pub use read::{load, load_async, MAX_FILE_SIZE};
 pub use status::StatusMatch;
 pub use syntax::MAX_NAME_LEN;
 
-/// Reads and checks the configuration file at `path`.
-pub fn load(path: &Path) -> Result<Config, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    parse(&text, path)
-}
-
 /// Checks configuration `text`; `source` is the file it came from, for
 /// [`Config::source`] and error messages. Nothing is opened or resolved.
+///
+/// Text over [`MAX_FILE_SIZE`] or nested deeper than [`MAX_DEPTH`] is refused
+/// before it is parsed (both would cost the parsers time or stack out of
+/// proportion); a leading byte-order mark is skipped.
 pub fn parse(text: &str, source: &Path) -> Result<Config, ConfigError> {
+    let root_error = |pos: locate::Position, message: String| ConfigError::Invalid {
+        file: source.to_path_buf(),
+        line: pos.line,
+        column: pos.column,
+        key: error::ROOT_KEY.to_owned(),
+        message,
+    };
+    if text.len() as u64 > MAX_FILE_SIZE {
+        return Err(root_error(
+            locate::Position::START,
+            read::too_large_message(text.len() as u64),
+        ));
+    }
+    // Editors on Windows write one; libyaml would call it a second document.
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+    if let Some(pos) = depth::too_deep(text) {
+        return Err(root_error(
+            pos,
+            format!(
+                "nesting is deeper than {MAX_DEPTH} levels; a failoverd config needs at most 5"
+            ),
+        ));
+    }
     let raw: raw::RawConfig = serde_yaml_ng::from_str(text).map_err(|e| {
         // serde_yaml_ng deserializes what it parsed before a syntax error, so a
         // mis-indented line can surface as a "missing key" above it. A pass that
@@ -74,5 +97,7 @@ pub fn parse(text: &str, source: &Path) -> Result<Config, ConfigError> {
     }
 }
 
+#[cfg(test)]
+mod fuzz;
 #[cfg(test)]
 mod tests;

@@ -27,6 +27,17 @@ pub const DEFAULT_WEIGHT: u32 = 100;
 pub const MAX_WEIGHT: u32 = 1000;
 /// Shortest health-check interval: 10ms.
 pub const MIN_INTERVAL: Duration = Duration::from_millis(10);
+/// Longest health-check interval (and so timeout): 1h. A backend probed less
+/// often than hourly is not being health-checked.
+pub const MAX_INTERVAL: Duration = Duration::from_secs(3600);
+/// Largest `rise`, `fall` and breaker `failures`: 1000, enough for a 10ms
+/// interval to wait 10s, and small enough that no product the daemon forms
+/// from them overflows.
+pub const MAX_THRESHOLD: u32 = 1000;
+/// Longest `open_for` and `max_open_for`: 1 day.
+pub const MAX_OPEN_FOR: Duration = Duration::from_secs(86_400);
+/// Longest `min_ttl` and `max_ttl`: 1 day.
+pub const MAX_TTL: Duration = Duration::from_secs(86_400);
 
 /// A whole configuration file, defaults filled in and validated.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -116,9 +127,9 @@ impl Default for MetricsSection {
 pub struct ResolverSection {
     /// `nameservers`: servers to ask. Default: `None`, the system's resolv.conf and hosts file.
     pub nameservers: Option<Vec<SocketAddr>>,
-    /// `min_ttl`: re-resolve no sooner than this, whatever the answer's TTL. Default: 5s.
+    /// `min_ttl`: re-resolve no sooner than this, whatever the answer's TTL; at most 1 day. Default: 5s.
     pub min_ttl: Duration,
-    /// `max_ttl`: re-resolve no later than this, whatever the answer's TTL. Default: 5m.
+    /// `max_ttl`: re-resolve no later than this, whatever the answer's TTL; at most 1 day. Default: 5m.
     pub max_ttl: Duration,
 }
 
@@ -195,13 +206,13 @@ pub enum Failback {
 pub struct HealthConfig {
     /// `kind`: the probe. Default: tcp.
     pub kind: HealthKind,
-    /// `interval`: time between probe starts, at least 10ms. Default: 1s.
+    /// `interval`: time between probe starts, 10ms to 1h. Default: 1s.
     pub interval: Duration,
     /// `timeout`: a probe that takes longer fails; shorter than `interval`. Default: 500ms.
     pub timeout: Duration,
-    /// `rise`: consecutive successes that make a down backend up, at least 1. Default: 2.
+    /// `rise`: consecutive successes that make a down backend up, 1 to 1000. Default: 2.
     pub rise: u32,
-    /// `fall`: consecutive failures that make an up backend down, at least 1. Default: 3.
+    /// `fall`: consecutive failures that make an up backend down, 1 to 1000. Default: 3.
     pub fall: u32,
     /// `port`: probe this port instead of the backend's. Default: `None`, the backend's port.
     pub port: Option<u16>,
@@ -229,6 +240,20 @@ impl HealthConfig {
     pub fn detection_bound(&self) -> Duration {
         self.interval
             .saturating_mul(self.fall)
+            .saturating_add(self.timeout)
+    }
+
+    /// How long a new backend may go without a first verdict before its VIP's
+    /// table is built without it: enough probes for a verdict either way
+    /// (`max(rise, fall)`), one more interval for the start jitter, and the
+    /// last probe's timeout: `interval × (max(rise, fall) + 1) + timeout`.
+    ///
+    /// Saturates instead of overflowing; within the config's bounds it is at
+    /// most 1001 hours, which any `Instant` can be moved by.
+    pub fn first_verdict_wait(&self) -> Duration {
+        let probes = self.rise.max(self.fall).saturating_add(1);
+        self.interval
+            .saturating_mul(probes)
             .saturating_add(self.timeout)
     }
 
@@ -275,11 +300,11 @@ impl Default for HttpCheckConfig {
 /// `breaker`: ejects a backend that keeps failing, for growing periods.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct BreakerConfig {
-    /// `failures`: consecutive failures that open the breaker, at least 1. Default: 5.
+    /// `failures`: consecutive failures that open the breaker, 1 to 1000. Default: 5.
     pub failures: u32,
-    /// `open_for`: the first ejection's length, above zero. Default: 10s.
+    /// `open_for`: the first ejection's length, above zero, at most 1 day. Default: 10s.
     pub open_for: Duration,
-    /// `max_open_for`: the longest ejection, at least `open_for`. Default: 5m.
+    /// `max_open_for`: the longest ejection, at least `open_for`, at most 1 day. Default: 5m.
     pub max_open_for: Duration,
     /// `max_ejected_percent`: never eject more than this share of a priority group, 0-100 (rounded down). Default: 50.
     pub max_ejected_percent: u8,
@@ -367,6 +392,42 @@ mod tests {
             ..HealthConfig::default()
         };
         assert_eq!(health.detection_bound(), Duration::MAX);
+    }
+
+    #[test]
+    fn first_verdict_wait_covers_the_longer_streak_jitter_and_a_timeout() {
+        let health = HealthConfig {
+            interval: Duration::from_secs(2),
+            timeout: Duration::from_millis(300),
+            rise: 2,
+            fall: 5,
+            ..HealthConfig::default()
+        };
+        assert_eq!(health.first_verdict_wait(), Duration::from_millis(12_300));
+    }
+
+    #[test]
+    fn first_verdict_wait_saturates_instead_of_overflowing() {
+        let health = HealthConfig {
+            interval: Duration::from_secs(u64::MAX),
+            rise: u32::MAX,
+            ..HealthConfig::default()
+        };
+        assert_eq!(health.first_verdict_wait(), Duration::MAX);
+    }
+
+    #[test]
+    fn the_largest_accepted_values_keep_every_product_small() {
+        let health = HealthConfig {
+            interval: MAX_INTERVAL,
+            timeout: MAX_INTERVAL - Duration::from_millis(1),
+            rise: MAX_THRESHOLD,
+            fall: MAX_THRESHOLD,
+            ..HealthConfig::default()
+        };
+        let year = Duration::from_secs(366 * 86_400);
+        assert!(health.first_verdict_wait() < year);
+        assert!(health.detection_bound() < year);
     }
 
     #[test]

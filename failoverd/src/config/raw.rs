@@ -218,10 +218,23 @@ impl Scalar for SocketAddr {
     const EXPECTING: &'static str = "an address such as 10.0.0.5:80 or [2001:db8::5]:80";
 
     fn parse(text: &str) -> Result<Self, String> {
+        refuse_zone_id(text)?;
         text.parse().map_err(|_| {
             format!("invalid address `{text}`: expected ip:port, with IPv6 in brackets as [2001:db8::5]:80")
         })
     }
+}
+
+/// Rust parses `[fe80::1%2]:80` and keeps the zone id, but nothing downstream
+/// carries it: refused with the same reason as in backend addresses.
+fn refuse_zone_id(text: &str) -> Result<(), String> {
+    if text.contains('%') {
+        return Err(format!(
+            "zone id in `{text}` is not supported: {}",
+            super::address::ZONE_ID_REASON
+        ));
+    }
+    Ok(())
 }
 
 /// A `resolver.nameservers` entry: `ip:port`, or a bare IP meaning port 53.
@@ -232,6 +245,7 @@ impl Scalar for Nameserver {
     const EXPECTING: &'static str = "a nameserver such as 127.0.0.53:53";
 
     fn parse(text: &str) -> Result<Self, String> {
+        refuse_zone_id(text)?;
         if let Ok(ip) = text.parse::<IpAddr>() {
             return Ok(Nameserver(SocketAddr::new(ip, 53)));
         }

@@ -351,3 +351,443 @@ fn load_reports_unreadable_files_with_their_path() {
         other => panic!("{other:?}"),
     }
 }
+
+#[test]
+fn an_ipv4_mapped_vip_is_the_same_vip_as_its_ipv4_form() {
+    let first_v4 = "services:\n  - name: a\n    vip: 127.89.0.1:80\n    backends: [{ address: 127.0.0.1:81 }]\n  - name: b\n    vip: '[::ffff:127.89.0.1]:80'\n    backends: [{ address: 127.0.0.1:82 }]\n";
+    assert_eq!(
+        err(first_v4),
+        "6:10: services[1].vip: vip [::ffff:127.89.0.1]:80/tcp is the same VIP as 127.89.0.1:80/tcp of service `a` (services[0]): the datapath keys an IPv4-mapped address as its IPv4 form"
+    );
+    let first_mapped = "services:\n  - name: a\n    vip: '[::ffff:127.89.0.1]:80'\n    backends: [{ address: 127.0.0.1:81 }]\n  - name: b\n    vip: 127.89.0.1:80\n    backends: [{ address: 127.0.0.1:82 }]\n";
+    assert!(err(first_mapped).starts_with("6:10: services[1].vip: vip 127.89.0.1:80/tcp is the same VIP as [::ffff:127.89.0.1]:80/tcp"));
+    // Another protocol is another VIP, in the kernel as in the file.
+    ok(&first_v4.replace(
+        "    vip: '[::ffff:127.89.0.1]:80'\n",
+        "    vip: '[::ffff:127.89.0.1]:80'\n    protocol: udp\n",
+    ));
+}
+
+#[test]
+fn ipv4_mapped_addresses_are_used_in_their_ipv4_form() {
+    let c = ok("services:\n  - name: a\n    vip: '[::ffff:127.89.0.1]:80'\n    backends:\n      - address: '[::ffff:127.0.0.1]:81'\n      - address: 127.0.0.2:81\n");
+    let s = &c.services[0];
+    // As the datapath decodes its own key: a restarted daemon adopts this VIP.
+    assert_eq!(s.vip(), Vip::from_key(&s.vip().key()).unwrap());
+    assert_eq!(s.vip, "127.89.0.1:80".parse().unwrap());
+    assert_eq!(
+        s.backends[0].address,
+        BackendAddress::Ip("127.0.0.1:81".parse().unwrap())
+    );
+    assert_eq!(s.backends[0].name, "[::ffff:127.0.0.1]:81");
+}
+
+#[test]
+fn ipv4_mapped_backends_are_compared_in_their_ipv4_form() {
+    assert_eq!(
+        err(&service_with("      - address: '[::ffff:10.0.0.1]:80'\n")),
+        "6:18: services[0].backends[1].address: address [::ffff:10.0.0.1]:80 is already listed as services[0].backends[0]"
+    );
+    assert_eq!(
+        err("services:\n  - name: a\n    vip: '[2001:db8::1]:80'\n    backends: [{ address: '[::ffff:10.0.0.1]:80' }]\n"),
+        "4:27: services[0].backends[0].address: address [::ffff:10.0.0.1]:80 is IPv4 (IPv4-mapped) but the vip [2001:db8::1]:80 is IPv6; a connect cannot change address family"
+    );
+    assert_eq!(
+        err(&format!("{MINIMAL}  - name: b\n    vip: 10.96.0.81:80\n    backends: [{{ address: '[::ffff:10.96.0.80]:80' }}]\n")),
+        "8:27: services[1].backends[0].address: address [::ffff:10.96.0.80]:80 is the vip of service `web`; a backend must be a real address"
+    );
+}
+
+#[test]
+fn zone_ids_are_refused_wherever_an_address_is_written() {
+    let reason = "zone id in `[fe80::2%1]:80` is not supported: the datapath keys VIPs and backends by address and port only, so the interface a link-local address needs would be lost; use a global or unique-local address";
+    assert_eq!(
+        err("services:\n  - name: a\n    vip: '[fe80::2%1]:80'\n    backends: [{ address: '[fd00::1]:80' }]\n"),
+        format!("3:10: services[0].vip: {reason}")
+    );
+    assert_eq!(
+        err("services:\n  - name: a\n    vip: '[fd00::2]:80'\n    backends: [{ address: '[fe80::2%1]:80' }]\n"),
+        format!("4:27: services[0].backends[0].address: {reason}")
+    );
+    assert!(err(&format!(
+        "metrics: {{ listen: '[fe80::2%1]:80' }}\n{MINIMAL}"
+    ))
+    .starts_with("1:20: metrics.listen: zone id in"));
+    assert!(err(&format!(
+        "resolver: {{ nameservers: ['fe80::53%2'] }}\n{MINIMAL}"
+    ))
+    .starts_with("1:27: resolver.nameservers[0]: zone id in"));
+}
+
+#[test]
+fn every_duration_and_count_has_a_maximum() {
+    let cases: &[(&str, &str)] = &[
+        (
+            "    health: { interval: 18446744073709551615s }\n",
+            "6:25: services[0].health.interval: interval 584542046090years 7months 15days 17h 5m 3s is longer than the maximum of 1h",
+        ),
+        (
+            "    health: { interval: 2h, timeout: 1s }\n",
+            "6:25: services[0].health.interval: interval 2h is longer than the maximum of 1h",
+        ),
+        (
+            "    health: { timeout: 2h }\n",
+            "6:24: services[0].health.timeout: timeout 2h is longer than the maximum of 1h",
+        ),
+        (
+            "    health: { rise: 4294967295 }\n",
+            "6:21: services[0].health.rise: rise 4294967295 is more than the maximum of 1000",
+        ),
+        (
+            "    health: { fall: 1001 }\n",
+            "6:21: services[0].health.fall: fall 1001 is more than the maximum of 1000",
+        ),
+        (
+            "    breaker: { failures: 1001 }\n",
+            "6:26: services[0].breaker.failures: failures 1001 is more than the maximum of 1000",
+        ),
+        (
+            "    breaker: { open_for: 2days, max_open_for: 3days }\n",
+            "6:26: services[0].breaker.open_for: open_for 2days is longer than the maximum of 1day",
+        ),
+        (
+            "    breaker: { max_open_for: 25h }\n",
+            "6:30: services[0].breaker.max_open_for: max_open_for 1day 1h is longer than the maximum of 1day",
+        ),
+    ];
+    for (extra, want) in cases {
+        assert_eq!(&err(&service_with(extra)), want, "for {extra:?}");
+    }
+    assert_eq!(
+        err(&format!("resolver: {{ max_ttl: 2days }}\n{MINIMAL}")),
+        "1:22: resolver.max_ttl: max_ttl 2days is longer than the maximum of 1day"
+    );
+    assert_eq!(
+        err(&format!("defaults: {{ health: {{ interval: 1000000h }} }}\n{MINIMAL}")),
+        "1:33: defaults.health.interval: interval 114years 28days 4h is longer than the maximum of 1h"
+    );
+}
+
+#[test]
+fn the_largest_values_accepted_are_the_documented_maxima() {
+    let c = ok(&format!(
+        "resolver: {{ min_ttl: 1day, max_ttl: 1day }}\n{}",
+        service_with(
+            "    health: { interval: 1h, timeout: 59m, rise: 1000, fall: 1000 }\n    breaker: { failures: 1000, open_for: 1day, max_open_for: 1day }\n"
+        )
+    ));
+    let h = &c.services[0].health;
+    assert_eq!(h.interval, MAX_INTERVAL);
+    assert_eq!((h.rise, h.fall), (MAX_THRESHOLD, MAX_THRESHOLD));
+    assert_eq!(c.services[0].breaker.max_open_for, MAX_OPEN_FOR);
+    assert_eq!(c.resolver.max_ttl, MAX_TTL);
+    assert_eq!(
+        h.first_verdict_wait(),
+        Duration::from_secs(3600 * 1001 + 59 * 60)
+    );
+}
+
+/// A directory of its own under the system's temp dir, removed on drop.
+struct TempDir(std::path::PathBuf);
+
+impl TempDir {
+    fn new(name: &str) -> TempDir {
+        let dir =
+            std::env::temp_dir().join(format!("failoverd-config-{name}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("creating a temp dir");
+        TempDir(dir)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        if let Err(e) = std::fs::remove_dir_all(&self.0) {
+            eprintln!("removing {}: {e}", self.0.display());
+        }
+    }
+}
+
+#[test]
+fn deep_flow_nesting_is_refused_before_parsing() {
+    // About 500 KB: libyaml needs minutes for this, quadratic in the depth.
+    let depth = 125_000;
+    let text = format!(
+        "services: []\nx: {}{}\n",
+        "{a: ".repeat(depth),
+        "}".repeat(depth)
+    );
+    assert!(text.len() > 500_000);
+    let started = std::time::Instant::now();
+    let message = err(&text);
+    let elapsed = started.elapsed();
+    assert_eq!(
+        message,
+        "2:256: (root): nesting is deeper than 64 levels; a failoverd config needs at most 5"
+    );
+    // Generous for a debug build on a shared machine; the parse took minutes.
+    assert!(elapsed < Duration::from_secs(2), "took {elapsed:?}");
+    let seqs = format!("services: {}{}\n", "[".repeat(depth), "]".repeat(depth));
+    assert!(err(&seqs).starts_with("1:74: (root): nesting is deeper than 64 levels"));
+}
+
+#[test]
+fn deep_block_nesting_is_refused_instead_of_overflowing_the_stack() {
+    // The locator's parser recursed once per level and aborted the process.
+    let text = format!("services: []\nx:\n  {}1\n", "- ".repeat(5000));
+    assert_eq!(
+        err(&text),
+        "3:129: (root): nesting is deeper than 64 levels; a failoverd config needs at most 5"
+    );
+}
+
+#[test]
+fn a_byte_order_mark_is_skipped() {
+    let c = ok(&format!("\u{feff}{MINIMAL}"));
+    assert_eq!(c.services[0].name, "web");
+    // Columns count from after the mark, as an editor shows them, and rules
+    // checked after deserializing are located as without it.
+    assert_eq!(
+        err("\u{feff}services: 1\n"),
+        "1:11: services: invalid type: integer `1`, expected a sequence"
+    );
+    assert_eq!(
+        err(&format!("\u{feff}{MINIMAL}        weight: 5000\n")),
+        "6:17: services[0].backends[0].weight: weight 5000 is out of range 0 to 1000"
+    );
+    assert_eq!(ok(&format!("\u{feff}---\n{MINIMAL}")).services.len(), 1);
+}
+
+#[test]
+fn text_over_the_size_limit_is_refused_unparsed() {
+    let padding = "#".repeat(usize::try_from(MAX_FILE_SIZE).unwrap());
+    assert_eq!(
+        err(&format!("{MINIMAL}{padding}\n")),
+        format!(
+            "1:1: (root): the config is {} bytes, more than the limit of 16 MiB (16777216 bytes)",
+            MINIMAL.len() + padding.len() + 1
+        )
+    );
+}
+
+#[test]
+fn load_refuses_a_fifo_without_blocking() {
+    let dir = TempDir::new("fifo");
+    let fifo = dir.0.join("failoverd.yaml");
+    let c_path = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).unwrap();
+    // SAFETY: a valid NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(c_path.as_ptr(), 0o600) }, 0, "mkfifo");
+    // In a thread: opening a FIFO for reading blocks until a writer comes,
+    // and a hang must fail this test, not stall it.
+    let (tx, rx) = std::sync::mpsc::channel();
+    let path = fifo.clone();
+    std::thread::spawn(move || tx.send(load(&path).map(|_| ())));
+    let result = rx
+        .recv_timeout(Duration::from_secs(5))
+        .expect("load of a FIFO still blocked after 5s");
+    let err = result.unwrap_err();
+    assert!(
+        matches!(err, ConfigError::NotAFile { kind: "a FIFO", .. }),
+        "{err:?}"
+    );
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "reading config file {}: it is a FIFO, not a regular file",
+            fifo.display()
+        )
+    );
+    let err = load(&dir.0).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            ConfigError::NotAFile {
+                kind: "a directory",
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+}
+
+#[test]
+fn load_refuses_big_and_non_utf8_files_with_located_errors() {
+    let dir = TempDir::new("load");
+    let big = dir.0.join("big.yaml");
+    let file = std::fs::File::create(&big).unwrap();
+    file.set_len(MAX_FILE_SIZE + 1).unwrap();
+    assert_eq!(
+        load(&big).unwrap_err().to_string(),
+        format!("{}:1:1: (root): the config is 16777217 bytes, more than the limit of 16 MiB (16777216 bytes)", big.display())
+    );
+    let latin1 = dir.0.join("latin1.yaml");
+    std::fs::write(&latin1, b"services: []\n# caf\xe9\n").unwrap();
+    assert_eq!(
+        load(&latin1).unwrap_err().to_string(),
+        format!(
+            "{}:2:6: (root): the file is not UTF-8: byte 0xe9 cannot start a character here",
+            latin1.display()
+        )
+    );
+    let bom = dir.0.join("bom.yaml");
+    std::fs::write(&bom, format!("\u{feff}{MINIMAL}")).unwrap();
+    assert_eq!(load(&bom).unwrap().services.len(), 1);
+}
+
+#[test]
+fn load_async_parses_off_the_async_workers() {
+    // A config that takes a while to parse, on a single-threaded runtime: if
+    // parsing ran on the runtime's thread, the other task could not run meanwhile.
+    let dir = TempDir::new("async");
+    let path = dir.0.join("big.yaml");
+    let mut text = String::from("services:\n");
+    for i in 0..3000 {
+        text.push_str(&format!(
+            "  - name: s{i}\n    vip: 10.1.{}.{}:80\n    backends: [{{ address: 10.2.0.1:80 }}]\n",
+            i / 250,
+            i % 250
+        ));
+    }
+    std::fs::write(&path, &text).unwrap();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let (config, ticks_during_load) = runtime.block_on(async {
+        let ticks = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counter = ticks.clone();
+        let ticker = tokio::spawn(async move {
+            loop {
+                counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                tokio::task::yield_now().await;
+            }
+        });
+        let config = load_async(&path).await;
+        let seen = ticks.load(std::sync::atomic::Ordering::Relaxed);
+        ticker.abort();
+        (config, seen)
+    });
+    assert_eq!(config.unwrap().services.len(), 3000);
+    assert!(ticks_during_load > 0, "the runtime's thread was blocked");
+}
+
+#[test]
+fn more_services_than_the_services_map_holds_are_refused() {
+    let count = failoverd_shared::MAX_SERVICES as usize + 1;
+    let mut text = String::with_capacity(count * 80);
+    text.push_str("services:\n");
+    for i in 0..count {
+        text.push_str(&format!(
+            "- {{ name: s{i}, vip: '10.{}.{}.{}:80', backends: [{{ address: 'h.internal:80' }}] }}\n",
+            i >> 16,
+            (i >> 8) & 255,
+            i & 255
+        ));
+    }
+    assert_eq!(
+        err(&text),
+        "65538:3: services[65536]: a datapath holds at most 65536 services (the size of its services map); this file lists 65537"
+    );
+}
+
+#[test]
+fn more_services_and_backends_than_counter_ids_are_refused() {
+    let ids = (failoverd_shared::MAX_COUNTERS - failoverd_shared::RESERVED_COUNTER_IDS) as usize;
+    // Built directly: a file this size takes seconds to parse in a debug build.
+    let mut service = ok(MINIMAL).services.remove(0);
+    let backend = service.backends.remove(0);
+    service.backends = (0..32).map(|_| backend.clone()).collect();
+    let per_service = 33;
+    let full = ids / per_service;
+    let mut services = vec![service.clone(); full];
+    let check = |services: &[ServiceConfig]| {
+        let mut issues = super::issues::Issues::default();
+        super::lower::kernel_limits(services, &mut issues);
+        issues
+            .first(&super::locate::Locator::new(""))
+            .map(|(issue, _)| (issue.path, issue.message))
+    };
+    assert_eq!(check(&services), None);
+    // The ids left over are fewer than one more service needs.
+    let left = ids - full * per_service;
+    assert!(left < per_service);
+    services.push(service.clone());
+    let (path, message) = check(&services).expect("refused");
+    assert_eq!(path, format!("services[{full}].backends[{}]", left - 1));
+    assert!(
+        message.starts_with(&format!(
+            "the datapath counts connects under {ids} ids, one per service and one per IP backend, and this is number {}",
+            ids + 1
+        )),
+        "{message}"
+    );
+    // Hostname backends take their ids as they resolve: not counted here.
+    let last = services.last_mut().unwrap();
+    for b in &mut last.backends {
+        b.address = BackendAddress::Host {
+            host: "db.internal".into(),
+            port: 80,
+        };
+    }
+    assert_eq!(check(&services), None);
+}
+
+#[test]
+fn control_characters_in_http_path_and_host_are_refused() {
+    let cases: &[(&str, &str)] = &[
+        (
+            "    health: { kind: http, path: \"/health\\r\\nX-Injected: 1\" }\n",
+            "6:33: services[0].health.path: path `/health\\r\\nX-Injected: 1` contains the control character `\\r`, which cannot be sent in a request line",
+        ),
+        (
+            "    health: { kind: http, path: \"/a\\tb\" }\n",
+            "6:33: services[0].health.path: path `/a\\tb` contains the control character `\\t`, which cannot be sent in a request line",
+        ),
+        (
+            "    health: { kind: http, path: /a b }\n",
+            "6:33: services[0].health.path: path `/a b` contains a space; percent-encode it as %20",
+        ),
+        (
+            "    health: { kind: http, host: \"db.internal\\nX-Injected: 1\" }\n",
+            "6:33: services[0].health.host: host `db.internal\\nX-Injected: 1` contains the control character `\\n`, which cannot be sent in a header",
+        ),
+        (
+            "    health: { kind: http, host: \"db\\u007f\" }\n",
+            "6:33: services[0].health.host: host `db\\u{7f}` contains the control character `\\u{7f}`, which cannot be sent in a header",
+        ),
+    ];
+    for (extra, want) in cases {
+        assert_eq!(&err(&service_with(extra)), want, "for {extra:?}");
+    }
+    // In `defaults` too, where the http keys are allowed whatever the kind.
+    assert!(err(&format!(
+        "defaults: {{ health: {{ path: \"/x\\r\\n\" }} }}\n{MINIMAL}"
+    ))
+    .starts_with("1:29: defaults.health.path: path `/x\\r\\n` contains the control character"));
+}
+
+#[test]
+fn every_accepted_path_and_host_builds_the_probe_request() {
+    let c = ok(&service_with(
+        "    health: { kind: http, path: '/health?full=1&x=%20', host: 'db.internal:8008' }\n",
+    ));
+    let http = &c.services[0].health.http;
+    let request = hyper::Request::get(http.path.as_str())
+        .header(hyper::header::HOST, http.host.as_deref().unwrap())
+        .body(());
+    assert!(request.is_ok(), "{request:?}");
+}
+
+#[test]
+fn a_control_socket_path_longer_than_sun_path_is_refused() {
+    let long = format!("/run/{}/control.sock", "d".repeat(100));
+    assert_eq!(
+        err(&format!("control: {{ socket: {long} }}\n{MINIMAL}")),
+        format!("1:20: control.socket: socket `{long}` is 118 bytes long; a Unix socket path holds at most 107 (sun_path is 108 bytes with the closing NUL)")
+    );
+    let longest = format!("/{}", "s".repeat(106));
+    assert_eq!(
+        ok(&format!("control: {{ socket: {longest} }}\n{MINIMAL}"))
+            .control
+            .socket,
+        Path::new(&longest)
+    );
+}
