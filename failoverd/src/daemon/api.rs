@@ -327,10 +327,7 @@ impl ControlHandler for DaemonApi {
     async fn reload(&self, caller: Caller) -> Result<crate::control::ReloadReport, ControlError> {
         tracing::info!(by = %caller.user, path = %self.config_path.display(), "reload requested");
         // Parsing is CPU work on untrusted-size input: never on an async worker.
-        let path = self.config_path.clone();
-        let loaded = tokio::task::spawn_blocking(move || config::load(&path))
-            .await
-            .map_err(|e| ControlError::Failed(format!("config parser task failed: {e}")))?;
+        let loaded = config::load_async(&self.config_path).await;
         let result = match loaded {
             Ok(new) => self
                 .handle

@@ -2,12 +2,13 @@
 
 use std::collections::BTreeMap;
 
-use failoverd_shared::MAX_COUNTERS;
+use failoverd_shared::{MAX_COUNTERS, RESERVED_COUNTER_IDS};
 
 use super::VipTable;
 
-/// The lowest id handed out: 0 stays free as "no id" for tools reading the maps.
-const FIRST: u32 = 1;
+/// The lowest id handed out: the ids below it (0) stay free as "no id" for tools reading the
+/// maps; `check` counts with the same bound.
+const FIRST: u32 = RESERVED_COUNTER_IDS;
 /// The highest id handed out: the counters map holds ids below [`MAX_COUNTERS`].
 const LAST: u32 = MAX_COUNTERS - 1;
 

@@ -135,15 +135,11 @@ impl Backend {
     }
 }
 
-/// How long a backend may go without a first verdict before it counts as not live: enough
-/// probes for a verdict either way, plus one interval of start jitter. A backend that
-/// alternates pass/fail never completes a streak and must not hold its VIP's table hostage.
-/// Saturating: a huge interval must not panic the daemon.
+/// How long a backend may go without a first verdict before it counts as not live (see
+/// `HealthConfig::first_verdict_wait`): a backend that alternates pass/fail never completes
+/// a streak and must not hold its VIP's table hostage.
 pub(crate) fn first_verdict_wait(service: &ServiceConfig) -> Duration {
-    let h = &service.health;
-    h.interval
-        .saturating_mul(h.rise.max(h.fall).saturating_add(1))
-        .saturating_add(h.timeout)
+    service.health.first_verdict_wait()
 }
 
 /// `now + wait`, or [`FAR_FUTURE`] from now when that overflows.
