@@ -1,4 +1,4 @@
-//! The scenarios, in the order. Each is a function that sets up its own cgroup, pins,
+//! The scenarios, in the order they were specified. Each is a function that sets up its own cgroup, pins,
 //! backends and daemon, drives load and a fault, asserts its bounds and fills its `Record`.
 
 use libtest_mimic::Failed;

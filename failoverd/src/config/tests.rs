@@ -5,7 +5,7 @@ use std::{path::Path, time::Duration};
 use super::*;
 use crate::datapath::{CgroupSpec, Protocol, Vip};
 
-/// The example from the issue that defined the format.
+/// The example that defined the format (docs/configuration.md shows it).
 const ISSUE_EXAMPLE: &str = "\
 datapath:
   cgroup: auto
