@@ -27,13 +27,14 @@ fn main() -> ExitCode {
     match run(cli.command) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
+            let code = cli::exit::code(e.as_ref());
             // An error may quote a name or a daemon's message: show control characters, do not
             // send them to the terminal.
             eprintln!(
                 "failoverd: {}",
                 failoverd::cli::render::terminal_safe_lines(&e.to_string())
             );
-            ExitCode::FAILURE
+            ExitCode::from(code)
         }
     }
 }

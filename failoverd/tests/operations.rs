@@ -656,6 +656,43 @@ fn status_json_agrees_with_the_kernel_map() -> TestResult {
     check(
         c_status.state == "unhealthy" && c_status.last_probe.as_ref().is_some_and(|p| !p.ok),
         || format!("{c_status:?}"),
+    )?;
+
+    // Every reading command speaks JSON with -o json, with the documented fields.
+    let json = |args: &[&str]| -> Result<serde_json::Value, Failed> {
+        Ok(serde_json::from_str(&d.ok(args)?)?)
+    };
+    let explain = json(&["explain", &vip.addr.to_string(), "-o", "json"])?;
+    check(
+        explain["service"] == "svc"
+            && explain["reachable"]
+                .as_array()
+                .is_some_and(|r| !r.is_empty()),
+        || format!("explain -o json: {explain}"),
+    )?;
+    let reload = json(&["reload", "-o", "json"])?;
+    check(reload["unchanged"][0] == "svc", || {
+        format!("reload -o json: {reload}")
+    })?;
+    // `vip list` reads the pinned maps itself: no daemon, no --socket.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_failoverd"))
+        .args(["vip", "list", "-o", "json", "--pin-dir"])
+        .arg(env.pins.path())
+        .output()?;
+    let tables: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    check(
+        tables[0]["vip"] == vip.addr.to_string()
+            && tables[0]["backends"]
+                .as_array()
+                .is_some_and(|b| !b.is_empty()),
+        || format!("vip list -o json: {tables}"),
+    )?;
+    let events = d.ok(&["events", "-o", "json"])?;
+    check(
+        events
+            .lines()
+            .all(|l| serde_json::from_str::<serde_json::Value>(l).is_ok_and(|e| e["seq"].is_u64())),
+        || format!("events -o json: one object per line: {events}"),
     )
 }
 

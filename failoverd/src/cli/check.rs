@@ -4,7 +4,13 @@ use std::{collections::BTreeMap, fmt, path::PathBuf};
 
 use humantime::format_duration;
 
-use crate::config::{self, BackendConfig, Config, ConfigError, HealthKind, ServiceConfig};
+use crate::{
+    cli::{
+        command::{print, CommandError},
+        output::{self, Output, OutputArgs},
+    },
+    config::{self, BackendConfig, Config, ConfigError, HealthKind, ServiceConfig},
+};
 
 /// Arguments of `failoverd check`.
 #[derive(Debug, clap::Args)]
@@ -12,18 +18,74 @@ use crate::config::{self, BackendConfig, Config, ConfigError, HealthKind, Servic
     failoverd check --config /etc/failoverd/failoverd.yaml\n\n\
     A valid file prints a summary (per service: VIP, backends by priority, worst-case\n\
     detection time) and exits 0. An invalid one prints FILE:LINE:COLUMN: KEY: MESSAGE\n\
-    for the first problem in the file and exits non-zero. Nothing is opened or resolved.")]
+    for the first problem in the file and exits 4. Nothing is opened or resolved.\n\
+    With -o json a valid file prints {\"file\", \"services\": [{\"name\", \"vip\", \"protocol\",\n\
+    \"backends\", \"detection_bound_ms\"}]}.")]
 pub struct CheckArgs {
     /// The configuration file to check.
-    #[arg(long, default_value = "/etc/failoverd/failoverd.yaml")]
+    #[arg(long, env = "FAILOVERD_CONFIG", default_value = crate::dirs::DEFAULT_CONFIG)]
     pub config: PathBuf,
+    /// How to print the summary.
+    #[command(flatten)]
+    pub output: OutputArgs,
+}
+
+/// Why `failoverd check` failed.
+#[derive(Debug, thiserror::Error)]
+pub enum CheckError {
+    /// The file is invalid.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The summary could not be printed.
+    #[error(transparent)]
+    Output(#[from] CommandError),
+}
+
+/// The JSON form of a valid file's summary (`check -o json`); fields are only ever added.
+#[derive(Debug, serde::Serialize)]
+pub struct JsonSummary {
+    /// The file checked.
+    pub file: String,
+    /// Its services, in file order.
+    pub services: Vec<JsonService>,
+}
+
+/// One service of a [`JsonSummary`].
+#[derive(Debug, serde::Serialize)]
+pub struct JsonService {
+    /// Name.
+    pub name: String,
+    /// VIP, `ip:port`.
+    pub vip: String,
+    /// `tcp` or `udp`.
+    pub protocol: String,
+    /// Backends configured.
+    pub backends: usize,
+    /// `fall × interval + timeout`, in milliseconds.
+    pub detection_bound_ms: u128,
 }
 
 /// Runs `failoverd check`: loads and validates the file, then prints [`Summary`].
-pub fn run(args: &CheckArgs) -> Result<(), ConfigError> {
+pub fn run(args: &CheckArgs) -> Result<(), CheckError> {
     let config = config::load(&args.config)?;
-    print!("{}", Summary(&config));
-    Ok(())
+    let text = match args.output.output {
+        Output::Table => Summary(&config).to_string(),
+        Output::Json => output::json(&JsonSummary {
+            file: config.source.display().to_string(),
+            services: config
+                .services
+                .iter()
+                .map(|s| JsonService {
+                    name: s.name.clone(),
+                    vip: s.vip.to_string(),
+                    protocol: s.protocol.to_string(),
+                    backends: s.backends.len(),
+                    detection_bound_ms: s.detection_bound().as_millis(),
+                })
+                .collect(),
+        })?,
+    };
+    Ok(print(&text)?)
 }
 
 /// What a valid configuration will do, for a person to read.
@@ -192,6 +254,7 @@ services:
         ));
         run(&CheckArgs {
             config: path.to_path_buf(),
+            output: Default::default(),
         })
         .unwrap_or_else(|e| panic!("{e}"));
     }
@@ -211,11 +274,12 @@ services:
         ] {
             let args = CheckArgs {
                 config: fixtures.join(file),
+                output: Default::default(),
             };
             match run(&args) {
-                Err(ConfigError::Invalid {
+                Err(CheckError::Config(ConfigError::Invalid {
                     line, column, key, ..
-                }) => assert_eq!((line, column, key.as_str()), want, "{file}"),
+                })) => assert_eq!((line, column, key.as_str()), want, "{file}"),
                 other => panic!("{file}: {other:?}"),
             }
         }
@@ -226,9 +290,10 @@ services:
         let path = Path::new("/nonexistent/failoverd.yaml");
         assert!(matches!(
             run(&CheckArgs {
-                config: path.to_path_buf()
+                config: path.to_path_buf(),
+                output: Default::default(),
             }),
-            Err(ConfigError::Io { .. })
+            Err(CheckError::Config(ConfigError::Io { .. }))
         ));
     }
 }

@@ -9,14 +9,15 @@ use std::{
 use crate::config::{self, ConfigError, DEFAULT_CONTROL_SOCKET};
 use crate::control::client::{ClientError, ControlClient};
 
-/// Which daemon to talk to: `--socket PATH`, or the `control.socket` of `--config FILE`.
+/// Which daemon to talk to: `--socket PATH` (or `FAILOVERD_SOCKET`), else the
+/// `control.socket` of `--config FILE` (or `FAILOVERD_CONFIG`), else the default socket.
 #[derive(Debug, Clone, Default, clap::Args)]
 pub struct SocketArgs {
-    /// The daemon's control socket. Default: /run/failoverd/control.sock.
-    #[arg(long, value_name = "PATH", conflicts_with = "config")]
+    /// The daemon's control socket; wins over --config. Default: /run/failoverd/control.sock.
+    #[arg(long, value_name = "PATH", env = "FAILOVERD_SOCKET")]
     pub socket: Option<PathBuf>,
     /// Use the `control.socket` of this config file.
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", env = "FAILOVERD_CONFIG")]
     pub config: Option<PathBuf>,
 }
 

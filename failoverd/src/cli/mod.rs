@@ -6,6 +6,7 @@ pub mod command;
 pub mod demo;
 pub mod drain;
 pub mod events;
+pub mod exit;
 pub mod explain;
 pub mod failback;
 pub mod logs;
@@ -36,7 +37,10 @@ use crate::datapath::CgroupSpec;
         failoverd explain 10.96.0.10:5432\n  \
         failoverd vip set 10.96.0.10:5432 10.0.0.5:5432=3 10.0.0.6:5432=1\n  \
         failoverd vip list\n  \
-        failoverd cleanup"
+        failoverd cleanup\n\n\
+        Exit codes: 0 done; 1 the operation failed; 2 usage; 3 the daemon could not be\n\
+        reached; 4 the config is invalid. Read commands take -o json. FAILOVERD_SOCKET and\n\
+        FAILOVERD_CONFIG stand in for --socket and --config."
 )]
 pub struct Cli {
     /// What to do.

@@ -21,7 +21,7 @@ pub struct RunArgs {
     #[command(flatten)]
     pub logs: crate::cli::logs::LogArgs,
     /// The config file.
-    #[arg(long, default_value = crate::dirs::DEFAULT_CONFIG)]
+    #[arg(long, env = "FAILOVERD_CONFIG", default_value = crate::dirs::DEFAULT_CONFIG)]
     pub config: PathBuf,
     /// Detach and unpin the datapath on exit. By default it stays pinned and
     /// keeps translating with the last tables, so a restart does not blip.

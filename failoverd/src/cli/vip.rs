@@ -94,6 +94,68 @@ pub struct ListArgs {
     /// bpffs directory holding failoverd's pinned maps and links.
     #[arg(long, default_value = crate::dirs::DEFAULT_PIN_DIR)]
     pub pin_dir: std::path::PathBuf,
+    /// How to print the tables.
+    #[command(flatten)]
+    pub output: crate::cli::output::OutputArgs,
+}
+
+/// One VIP's table as `vip list -o json` prints it; fields are only ever added.
+#[derive(Debug, serde::Serialize)]
+pub struct JsonTable {
+    /// The VIP, `ip:port`.
+    pub vip: String,
+    /// `tcp` or `udp`.
+    pub protocol: String,
+    /// The VIP's counter id.
+    pub vip_id: u32,
+    /// Changes on every write of the table.
+    pub generation: u64,
+    /// No backend: connects are refused with ECONNREFUSED.
+    pub refused: bool,
+    /// The VIP's kernel counters.
+    pub counters: Option<CounterTotals>,
+    /// Its backends.
+    pub backends: Vec<JsonTableBackend>,
+}
+
+/// A backend of a [`JsonTable`].
+#[derive(Debug, serde::Serialize)]
+pub struct JsonTableBackend {
+    /// `ip:port`.
+    pub address: String,
+    /// Its counter id.
+    pub id: u32,
+    /// Its share of new connections, in percent of the 256 slots.
+    pub share_percent: f64,
+    /// Its kernel counters.
+    pub counters: Option<CounterTotals>,
+}
+
+/// The JSON form of one installed table.
+pub fn json_table(
+    installed: &InstalledTable,
+    counters: impl Fn(u32) -> Option<CounterTotals>,
+) -> JsonTable {
+    let table = &installed.table;
+    JsonTable {
+        vip: table.vip.addr.to_string(),
+        protocol: table.vip.protocol.to_string(),
+        vip_id: table.vip_id,
+        generation: installed.generation,
+        refused: table.slots.is_empty(),
+        counters: counters(table.vip_id),
+        backends: table
+            .backends
+            .iter()
+            .zip(table.slot_counts())
+            .map(|(b, slots)| JsonTableBackend {
+                address: b.addr.to_string(),
+                id: b.id,
+                share_percent: 100.0 * slots as f64 / table.slots.len().max(1) as f64,
+                counters: counters(b.id),
+            })
+            .collect(),
+    }
 }
 
 /// Arguments of `failoverd vip delete`.
@@ -134,6 +196,15 @@ pub fn run(command: &VipCommand) -> Result<(), DatapathError> {
         VipCommand::List(args) => {
             let maps = PinnedMaps::open(&args.pin_dir)?;
             let tables = maps.tables()?;
+            if args.output.output == crate::cli::output::Output::Json {
+                let all: Vec<JsonTable> = tables
+                    .values()
+                    .map(|t| json_table(t, |id| maps.counters(id).ok()))
+                    .collect();
+                let text = serde_json::to_string_pretty(&all).unwrap_or_default();
+                println!("{text}");
+                return Ok(());
+            }
             if tables.is_empty() {
                 println!("no VIPs under {}", args.pin_dir.display());
             }

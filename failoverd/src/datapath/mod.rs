@@ -32,7 +32,7 @@ pub struct InstalledTable {
 ///
 /// Under a backend id only `connects` and `no_sock_storage` are counted; the
 /// refusals (`rejected`, `bad_table`, `family_mismatch`) under the VIP's id.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub struct CounterTotals {
     /// `connect()`/`sendmsg()` calls translated.
     pub connects: u64,
