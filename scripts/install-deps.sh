@@ -10,6 +10,7 @@ packages=(
   prometheus                             # tests: promtool and a real Prometheus for the alert rules
   nftables iptables                      # chaos tests: black-hole a backend; benchmarks: DNAT baseline
   haproxy                                # benchmarks: the proxy failoverd is compared with
+  systemd                                # tests: systemd-analyze verify of the unit
 )
 
 missing=()
