@@ -25,6 +25,12 @@ if ((${#missing[@]})); then
 fi
 
 if ! command -v cargo >/dev/null; then
-  echo "cargo not found: failoverd needs Rust >= 1.87 (install it with rustup)" >&2
+  echo "cargo not found: failoverd needs Rust >= 1.89 (install it with rustup)" >&2
   exit 1
+fi
+
+# cargo-deb builds the package (scripts/package.sh; a test checks its contents).
+if ! command -v cargo-deb >/dev/null; then
+  echo "installing cargo-deb"
+  cargo install cargo-deb --locked --version 3.8.0 --quiet
 fi

@@ -85,6 +85,11 @@ fn run(command: Command) -> anyhow::Result<()> {
         Command::Events(args) => Ok(cli::events::run(&args)?),
         Command::Vip(c) => Ok(cli::vip::run(&c)?),
         Command::Cleanup(args) => cli::cleanup::run(&args).map(drop).map_err(Into::into),
+        Command::Completions(args) => {
+            cli::docs::completions(&args);
+            Ok(())
+        }
+        Command::Man => Ok(cli::docs::man()?),
         Command::Demo(args) => cli::demo::run(&args),
         Command::DemoClient(args) => cli::demo::run_client(&args),
     }

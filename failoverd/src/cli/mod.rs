@@ -4,6 +4,7 @@ pub mod check;
 pub mod cleanup;
 pub mod command;
 pub mod demo;
+pub mod docs;
 pub mod drain;
 pub mod events;
 pub mod exit;
@@ -77,6 +78,10 @@ pub enum Command {
     /// A self-contained run: two local HTTP backends, a VIP in a cgroup of its
     /// own, the daemon probing them, the primary killed and brought back.
     Demo(demo::DemoArgs),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions(docs::CompletionsArgs),
+    /// Print the man page (roff).
+    Man,
     /// Internal: the client `demo` runs inside its cgroup.
     #[command(hide = true)]
     DemoClient(demo::DemoClientArgs),
