@@ -10,6 +10,8 @@ packages=(
   prometheus                             # tests: promtool and a real Prometheus for the alert rules
   nftables iptables                      # chaos tests: black-hole a backend; benchmarks: DNAT baseline
   haproxy                                # benchmarks: the proxy failoverd is compared with
+  postgresql redis-server                # tests: role checks against real servers (tests/roles.rs)
+  mariadb-server mariadb-client          # tests: role checks against real servers (tests/roles.rs)
 )
 
 missing=()

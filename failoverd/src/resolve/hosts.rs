@@ -24,7 +24,6 @@ use tracing::{debug, info, warn};
 
 use super::answer::sorted_unique;
 
-
 /// A read that started less than this after the file's last change is not trusted to have
 /// seen every change: timestamps are only as fine as the filesystem's granularity (a kernel
 /// tick on older kernels, 2 s on FAT), so a second same-size write within one tick would leave

@@ -15,8 +15,8 @@ use tracing::warn;
 
 use super::answer::{Answer, Families, Family, TtlBounds};
 use super::hosts::HostsFile;
-use crate::dirs::SYSTEM_HOSTS;
 use super::{ResolveError, ResolverSettings};
+use crate::dirs::SYSTEM_HOSTS;
 
 /// Where glibc sends queries when `/etc/resolv.conf` is missing or names no nameserver; we do
 /// the same so that failoverd resolves like every other program on the host.
