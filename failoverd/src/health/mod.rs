@@ -189,7 +189,7 @@ pub enum ProbeError {
         got: String,
     },
     /// The exec check's command ran and failed: a non-zero exit, or killed by a signal.
-    #[error("the check command for {addr} {status}{}", if first_line.is_empty() { String::new() } else { format!(": {first_line}") })]
+    #[error("the check command for {addr} failed: {status}{}", if first_line.is_empty() { String::new() } else { format!(": {first_line}") })]
     Exit {
         /// The backend the command checked.
         addr: SocketAddr,

@@ -228,7 +228,15 @@ fn classify(addr: SocketAddr, error: tokio_postgres::Error) -> ProbeError {
             message: format!("{} ({})", db.message(), code.code()),
         };
     }
-    let text = error.to_string();
+    // tokio-postgres' Display leaves out the cause ("error performing TLS handshake"):
+    // the evidence needs it.
+    let mut text = error.to_string();
+    let mut source = std::error::Error::source(&error);
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
     if text.contains("password missing") {
         return ProbeError::Auth {
             addr,
