@@ -100,11 +100,40 @@ mod tests {
         );
     }
 
+    /// A log sink for one test.
+    #[derive(Clone, Default)]
+    struct Captured(std::sync::Arc<Mutex<Vec<u8>>>);
+
+    impl io::Write for Captured {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
     #[tokio::test]
-    async fn a_world_readable_file_still_works() {
-        let path = temp("world", b"pw", 0o644);
-        assert_eq!(read_password(&path).await.unwrap(), "pw");
-        // The second read does not warn again; nothing observable but that it works.
-        assert_eq!(read_password(&path).await.unwrap(), "pw");
+    async fn a_file_others_can_read_works_and_is_warned_about_once() {
+        let logs = Captured::default();
+        let sink = logs.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || sink.clone())
+            .with_ansi(false)
+            .finish();
+        let _default = tracing::subscriber::set_default(subscriber);
+
+        let private = temp("private", b"pw", 0o600);
+        assert_eq!(read_password(&private).await.unwrap(), "pw");
+        let shared = temp("group", b"hunter2", 0o640);
+        assert_eq!(read_password(&shared).await.unwrap(), "hunter2");
+        assert_eq!(read_password(&shared).await.unwrap(), "hunter2");
+
+        let text = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+        assert_eq!(text.matches("readable by other users").count(), 1, "{text}");
+        assert!(text.contains(&shared.display().to_string()), "{text}");
+        assert!(text.contains("mode=640"), "{text}");
+        assert!(!text.contains("hunter2"), "the password was logged: {text}");
     }
 }

@@ -153,6 +153,12 @@ impl Postgres {
     /// trusted, for the test's own psql and for pg_basebackup. With `tls`, a self-signed
     /// certificate and `ssl=on`.
     pub fn primary(tag: &str, password: &str, tls: bool) -> Postgres {
+        // SAFETY: geteuid has no preconditions.
+        assert_eq!(
+            unsafe { libc::geteuid() },
+            0,
+            "the postgres tests run the server as the postgres user: run them as root"
+        );
         let (uid, gid) = user_ids("postgres");
         let dir = TempDir::new(tag);
         chown_tree(dir.path(), uid, gid);
