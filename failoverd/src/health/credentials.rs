@@ -69,14 +69,34 @@ mod tests {
 
     use super::*;
 
-    fn temp(name: &str, content: &[u8], mode: u32) -> PathBuf {
+    /// A password file in a directory of its own, removed on drop.
+    struct TempFile(PathBuf);
+
+    impl std::ops::Deref for TempFile {
+        type Target = Path;
+        fn deref(&self) -> &Path {
+            &self.0
+        }
+    }
+
+    impl Drop for TempFile {
+        fn drop(&mut self) {
+            if let Some(dir) = self.0.parent() {
+                if let Err(e) = fs::remove_dir_all(dir) {
+                    eprintln!("cannot remove {}: {e}", dir.display());
+                }
+            }
+        }
+    }
+
+    fn temp(name: &str, content: &[u8], mode: u32) -> TempFile {
         let dir =
             std::env::temp_dir().join(format!("failoverd-cred-{}-{name}", std::process::id()));
         fs::create_dir_all(&dir).unwrap();
         let path = dir.join("pw");
         fs::write(&path, content).unwrap();
         fs::set_permissions(&path, fs::Permissions::from_mode(mode)).unwrap();
-        path
+        TempFile(path)
     }
 
     #[tokio::test]
