@@ -194,6 +194,9 @@ pub(super) async fn check(
                 l = &mut reader, if line.is_none() => line = Some(l),
             }
         };
+        // Killed after the reap, so in principle the pid could be reused meanwhile; but
+        // the kernel keeps a pid number taken while any process still has it as its
+        // group id, and a reused pid would have to lead a new group of its own to be hit.
         group.kill();
         let line = match line {
             Some(line) => line,

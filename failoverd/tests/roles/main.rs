@@ -548,7 +548,10 @@ async fn canned_server(banner: &'static [u8]) -> SocketAddr {
         while let Ok((mut conn, _)) = listener.accept().await {
             tokio::spawn(async move {
                 let mut buf = [0u8; 1024];
-                let _read = conn.read(&mut buf).await;
+                // Whatever the probe sent (or nothing, if it hung up) is not looked at.
+                if let Err(e) = conn.read(&mut buf).await {
+                    eprintln!("canned server: {e}");
+                }
                 if let Err(e) = conn.write_all(banner).await {
                     eprintln!("canned server: {e}");
                 }
