@@ -260,6 +260,15 @@ async fn postgres_primary_replica_promotion_lag_credentials_and_tls() {
     );
     let err = failed(probe(pg(RoleWanted::Primary, None), p).await, "auth");
     assert!(err.to_string().contains("no password_file"), "{err}");
+    let no_db = PgCheck {
+        database: Some("nope".into()),
+        ..pg(RoleWanted::Primary, Some(&good))
+    };
+    let err = failed(probe(no_db, p).await, "auth");
+    assert!(
+        err.to_string().contains("database \"nope\" does not exist"),
+        "{err}"
+    );
     let nowhere = secrets.path().join("absent");
     let err = failed(
         probe(pg(RoleWanted::Primary, Some(&nowhere)), p).await,
@@ -435,6 +444,7 @@ async fn mariadb_read_only_replication_lag_and_credentials() {
     primary.sql(
         "CREATE USER 'probe'@'%' IDENTIFIED BY 'probepw'; \
          GRANT SLAVE MONITOR ON *.* TO 'probe'@'%'; \
+         CREATE USER 'bare'@'%' IDENTIFIED BY 'probepw'; \
          CREATE USER 'repl'@'%' IDENTIFIED BY 'replpw'; \
          GRANT REPLICATION SLAVE ON *.* TO 'repl'@'%'",
     );
@@ -487,6 +497,20 @@ async fn mariadb_read_only_replication_lag_and_credentials() {
         probe(mysql(RoleWanted::Any, Some(&good)), r).await,
         Some(Role::Replica),
     );
+
+    // A user without SLAVE MONITOR can tell the role but not the lag: a query failure
+    // with the server's words, not a pass.
+    let bare = MysqlCheck {
+        user: "bare".into(),
+        ..within.clone()
+    };
+    let err = failed(probe(bare.clone(), r).await, "query");
+    assert!(err.to_string().contains("privilege"), "{err}");
+    let bare_role_only = MysqlCheck {
+        max_lag: None,
+        ..bare
+    };
+    passed(probe(bare_role_only, r).await, Some(Role::Replica));
 
     // Credentials: a wrong password, none at all.
     let err = failed(
