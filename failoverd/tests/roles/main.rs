@@ -219,15 +219,20 @@ async fn postgres_primary_replica_promotion_lag_credentials_and_tls() {
     replica.psql("ALTER SYSTEM SET recovery_min_apply_delay = '1h'");
     replica.psql("SELECT pg_reload_conf()");
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    primary.psql("INSERT INTO probe_lag VALUES (now())");
     let tight = PgCheck {
         max_lag: Some(Duration::from_secs(1)),
         ..pg(RoleWanted::Replica, Some(&good))
     };
+    // A write before each probe: the reload reaches the startup process asynchronously,
+    // and whichever write comes after it is held back, so the lag shows within a second
+    // of that whatever the machine's load.
     let lagging = eventually(
-        Duration::from_secs(10),
+        Duration::from_secs(15),
         "the replica to lag",
-        || probe(tight.clone(), r),
+        || {
+            primary.psql("INSERT INTO probe_lag VALUES (now())");
+            probe(tight.clone(), r)
+        },
         |res| res.is_err(),
     )
     .await;
@@ -499,18 +504,26 @@ async fn mariadb_read_only_replication_lag_and_credentials() {
     );
 
     // A user without SLAVE MONITOR can tell the role but not the lag: a query failure
-    // with the server's words, not a pass.
+    // with the server's words, not a pass. (Its CREATE USER comes last in the binlog, so
+    // wait for it to have replicated.)
     let bare = MysqlCheck {
         user: "bare".into(),
         ..within.clone()
     };
-    let err = failed(probe(bare.clone(), r).await, "query");
-    assert!(err.to_string().contains("privilege"), "{err}");
     let bare_role_only = MysqlCheck {
         max_lag: None,
-        ..bare
+        ..bare.clone()
     };
-    passed(probe(bare_role_only, r).await, Some(Role::Replica));
+    let ok = eventually(
+        Duration::from_secs(10),
+        "the user 'bare' to replicate",
+        || probe(bare_role_only.clone(), r),
+        |res| res.is_ok(),
+    )
+    .await;
+    passed(ok, Some(Role::Replica));
+    let err = failed(probe(bare, r).await, "query");
+    assert!(err.to_string().contains("privilege"), "{err}");
 
     // Credentials: a wrong password, none at all.
     let err = failed(
