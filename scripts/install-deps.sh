@@ -11,6 +11,8 @@ packages=(
   nftables iptables                      # chaos tests: black-hole a backend; benchmarks: DNAT baseline
   haproxy                                # benchmarks: the proxy failoverd is compared with
   systemd                                # tests: systemd-analyze verify of the unit
+  postgresql redis-server                # tests: role checks against real servers (tests/roles.rs)
+  mariadb-server mariadb-client          # tests: role checks against real servers (tests/roles.rs)
 )
 
 missing=()

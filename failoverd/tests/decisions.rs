@@ -47,6 +47,7 @@ impl HealthCheck for Script {
                 Ok(ProbeOk {
                     latency: Duration::from_millis(1),
                     detail: "connected".into(),
+                    role: None,
                 })
             } else {
                 Err(ProbeError::Refused { addr })

@@ -67,6 +67,7 @@ fn ok() -> Arc<crate::health::ProbeResult> {
     Arc::new(Ok(ProbeOk {
         latency: Duration::from_millis(1),
         detail: "connected".into(),
+        role: None,
     }))
 }
 

@@ -36,10 +36,7 @@ pub(super) async fn check(
             addr,
             after: timeout,
         })??;
-    Ok(ProbeOk {
-        latency: started.elapsed(),
-        detail: format!("HTTP {code}"),
-    })
+    Ok(ProbeOk::new(started.elapsed(), format!("HTTP {code}")))
 }
 
 /// The probe without its deadline; returns the accepted status code.
@@ -91,7 +88,7 @@ async fn exchange(check: &HttpCheck, addr: SocketAddr) -> Result<u16, ProbeError
 /// Ends the connection task with the probe, however the probe ends: when the
 /// timeout drops the probe midway, the task would otherwise keep the socket
 /// (and a slot on the backend) open until the backend hangs up.
-struct AbortOnDrop(JoinHandle<()>);
+pub(super) struct AbortOnDrop(pub(super) JoinHandle<()>);
 
 impl Drop for AbortOnDrop {
     fn drop(&mut self) {

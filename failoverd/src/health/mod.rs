@@ -1,11 +1,25 @@
-//! Health checks: the probes (tcp, http), their errors, and the hysteresis that turns results into verdicts.
+//! Health checks: the probes (tcp, http, send/expect, exec, and the role-aware database
+//! checks), their errors, and the hysteresis that turns results into verdicts.
 
+mod credentials;
+mod exec;
+mod expect;
 mod http;
+mod mysql;
+mod postgres;
+mod redis;
+mod role;
 pub mod state;
 mod tcp;
 
-use std::{future::Future, net::SocketAddr, pin::Pin, time::Duration};
+use std::{future::Future, net::SocketAddr, path::PathBuf, pin::Pin, time::Duration};
 
+pub use exec::{validate_exec, ExecCheck, ExecError};
+pub use expect::{Expect, ExpectCheck};
+pub use mysql::MysqlCheck;
+pub use postgres::{PgCheck, PgTls};
+pub use redis::RedisCheck;
+pub use role::{Role, RoleWanted};
 pub use state::{HealthState, HealthStatus};
 
 /// What a passed probe saw.
@@ -13,14 +27,30 @@ pub use state::{HealthState, HealthStatus};
 pub struct ProbeOk {
     /// From the probe's start to its verdict.
     pub latency: Duration,
-    /// A short word for status and logs: `connected`, `HTTP 200`.
+    /// The evidence, short, for status, events and logs: `connected`, `HTTP 200`,
+    /// `primary`, `replica, lag 0.4s`, `exit 0: ready`.
     pub detail: String,
+    /// The role the backend claimed, for the role-aware checks (postgres, mysql, redis);
+    /// `None` for the others. The decision core reads it to see two primaries at once.
+    pub role: Option<Role>,
+}
+
+impl ProbeOk {
+    /// A pass with no role (tcp, http, expect, exec).
+    pub fn new(latency: Duration, detail: impl Into<String>) -> ProbeOk {
+        ProbeOk {
+            latency,
+            detail: detail.into(),
+            role: None,
+        }
+    }
 }
 
 /// Why a probe failed.
 ///
 /// [`ProbeError::reason`] gives a stable, low-cardinality label for metrics and
-/// status; the `Display` text carries the detail for logs.
+/// status; the `Display` text carries the detail for logs. No variant ever carries a
+/// password: credentials are named by their file only.
 #[derive(thiserror::Error, Debug)]
 pub enum ProbeError {
     /// The backend's host answered the connect with a reset: nothing listens there.
@@ -29,7 +59,7 @@ pub enum ProbeError {
         /// Where the probe went.
         addr: SocketAddr,
     },
-    /// No verdict within the probe's timeout (connect, or for http the whole exchange).
+    /// No verdict within the probe's timeout (connect, or the whole exchange).
     #[error("no answer from {addr} within {}", humantime::format_duration(*after))]
     Timeout {
         /// Where the probe went.
@@ -80,21 +110,177 @@ pub enum ProbeError {
         #[source]
         source: hyper::http::Error,
     },
+    /// The backend answered with a role the check does not accept: a primary that is now
+    /// a replica (a demotion, not a flake), or a replica that was promoted.
+    #[error("{addr} is a {actual}, the check wants {wanted}")]
+    WrongRole {
+        /// Where the probe went.
+        addr: SocketAddr,
+        /// What the check accepts.
+        wanted: RoleWanted,
+        /// What the backend said it is.
+        actual: Role,
+    },
+    /// A replica further behind its primary than `max_lag`, or one whose lag cannot be
+    /// known (replication stopped, never replayed anything).
+    #[error("{addr} lags {}, more than the {} allowed", match lag { Some(l) => format_secs(*l), None => "by an unknown time".to_owned() }, format_secs(*max))]
+    Lag {
+        /// Where the probe went.
+        addr: SocketAddr,
+        /// The lag seen; `None` when the replica cannot tell.
+        lag: Option<Duration>,
+        /// The check's `max_lag`.
+        max: Duration,
+    },
+    /// The server refused the credentials (wrong user or password, no password given
+    /// where one is needed, not allowed from this host).
+    #[error("{addr} refused the login: {message}")]
+    Auth {
+        /// Where the probe went.
+        addr: SocketAddr,
+        /// The server's own words (never the password).
+        message: String,
+    },
+    /// The `password_file` could not be read.
+    #[error("cannot read the password file {}", path.display())]
+    Credentials {
+        /// The check's `password_file`.
+        path: PathBuf,
+        /// What the file system said.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The backend does not speak the check's protocol, or broke it midway.
+    #[error("{addr} does not answer as a {protocol} server: {detail}")]
+    Protocol {
+        /// Where the probe went.
+        addr: SocketAddr,
+        /// The protocol the check speaks: `postgres`, `mysql`, `redis`.
+        protocol: &'static str,
+        /// What was wrong with the answer.
+        detail: String,
+    },
+    /// TLS was required and could not be had: the server does not offer it, or the
+    /// handshake failed.
+    #[error("no TLS with {addr}: {detail}")]
+    Tls {
+        /// Where the probe went.
+        addr: SocketAddr,
+        /// What went wrong.
+        detail: String,
+    },
+    /// The server accepted the login but answered the check's query with an error
+    /// (for example a user without the privilege to read the replica status).
+    #[error("{addr} answered the check's query with an error: {message}")]
+    Query {
+        /// Where the probe went.
+        addr: SocketAddr,
+        /// The server's own words.
+        message: String,
+    },
+    /// A send/expect reply without the expected text (before end of stream or 64 KiB).
+    #[error("{addr} answered {got:?}, which does not match {expected}")]
+    Expect {
+        /// Where the probe went.
+        addr: SocketAddr,
+        /// The substring or regex looked for, as configured.
+        expected: String,
+        /// The start of what came back, lossily decoded, at most 128 bytes of it.
+        got: String,
+    },
+    /// The exec check's command ran and failed: a non-zero exit, or killed by a signal.
+    #[error("the check command for {addr} failed: {status}{}", if first_line.is_empty() { String::new() } else { format!(": {first_line}") })]
+    Exit {
+        /// The backend the command checked.
+        addr: SocketAddr,
+        /// `exit 1`, `killed by signal 9`.
+        status: String,
+        /// The first line of its stdout (may be empty).
+        first_line: String,
+    },
+    /// The exec check's command could not be started.
+    #[error("cannot run the check command for {addr}")]
+    Spawn {
+        /// The backend the command would have checked.
+        addr: SocketAddr,
+        /// Why not.
+        #[source]
+        source: ExecError,
+    },
 }
 
 impl ProbeError {
-    /// A stable label for the failure: `refused`, `timeout`, `status`, `body` or `other`.
+    /// A stable label for the failure: `refused`, `timeout`, `status`, `body`, `role`,
+    /// `lag`, `auth`, `credentials`, `protocol`, `tls`, `query`, `expect`, `exit`,
+    /// `spawn` or `other`.
     pub fn reason(&self) -> &'static str {
         match self {
             ProbeError::Refused { .. } => "refused",
             ProbeError::Timeout { .. } => "timeout",
             ProbeError::Status { .. } => "status",
             ProbeError::Body { .. } => "body",
+            ProbeError::WrongRole { .. } => "role",
+            ProbeError::Lag { .. } => "lag",
+            ProbeError::Auth { .. } => "auth",
+            ProbeError::Credentials { .. } => "credentials",
+            ProbeError::Protocol { .. } => "protocol",
+            ProbeError::Tls { .. } => "tls",
+            ProbeError::Query { .. } => "query",
+            ProbeError::Expect { .. } => "expect",
+            ProbeError::Exit { .. } => "exit",
+            ProbeError::Spawn { .. } => "spawn",
             ProbeError::Other { .. } | ProbeError::Http { .. } | ProbeError::Request { .. } => {
                 "other"
             }
         }
     }
+
+    /// The role the backend claimed although the probe failed: `WrongRole`'s actual role,
+    /// `Replica` for a lagging replica; `None` when no role was seen. With
+    /// [`ProbeOk::role`] this tells the decision core who claims to be primary.
+    pub fn role_seen(&self) -> Option<Role> {
+        match self {
+            ProbeError::WrongRole { actual, .. } => Some(*actual),
+            ProbeError::Lag { .. } => Some(Role::Replica),
+            _ => None,
+        }
+    }
+
+    /// True for a definite answer that the backend is not what the check wants (a
+    /// demotion or promotion): the decision core acts on it at once instead of after
+    /// `fall` failures. A lagging replica, a timeout or a refused login is not one.
+    pub fn is_wrong_role(&self) -> bool {
+        matches!(self, ProbeError::WrongRole { .. })
+    }
+}
+
+/// The role a probe result shows, passed or failed: see [`ProbeOk::role`] and
+/// [`ProbeError::role_seen`].
+pub fn role_seen(result: &ProbeResult) -> Option<Role> {
+    match result {
+        Ok(ok) => ok.role,
+        Err(e) => e.role_seen(),
+    }
+}
+
+/// Runs a probe's whole exchange under its timeout: a slow or silent server fails with
+/// [`ProbeError::Timeout`] at `timeout`, whatever step it stalls in.
+pub(crate) async fn within<T>(
+    addr: SocketAddr,
+    timeout: Duration,
+    exchange: impl Future<Output = Result<T, ProbeError>>,
+) -> Result<T, ProbeError> {
+    tokio::time::timeout(timeout, exchange)
+        .await
+        .map_err(|_| ProbeError::Timeout {
+            addr,
+            after: timeout,
+        })?
+}
+
+/// Seconds with one decimal, the way lag is shown in evidence: `0.4s`, `12.0s`.
+pub(crate) fn format_secs(d: Duration) -> String {
+    format!("{:.1}s", d.as_secs_f64())
 }
 
 /// What an http probe asks and expects.
@@ -126,7 +312,7 @@ pub trait HealthCheck: Send + Sync + 'static {
     ) -> Pin<Box<dyn Future<Output = ProbeResult> + Send + 'a>>;
 }
 
-/// The real probes: a TCP connect, an HTTP exchange.
+/// The real probes, over the network (and `exec`'s local command).
 #[derive(Clone, Copy, Debug, Default)]
 pub struct NetworkCheck;
 
@@ -148,6 +334,16 @@ pub enum Probe {
     Tcp,
     /// An HTTP/1.1 GET whose status (and optionally body) match.
     Http(HttpCheck),
+    /// A TCP exchange: bytes sent, a substring or regex the reply must contain.
+    Expect(ExpectCheck),
+    /// A PostgreSQL login and `pg_is_in_recovery()`.
+    Postgres(PgCheck),
+    /// A MySQL/MariaDB login and `@@global.read_only`.
+    Mysql(MysqlCheck),
+    /// A Redis `INFO replication` (after `AUTH` when a password file is set).
+    Redis(RedisCheck),
+    /// A local command; exit 0 passes.
+    Exec(ExecCheck),
 }
 
 impl Probe {
@@ -168,11 +364,17 @@ impl Probe {
         }
     }
 
-    /// Probes `addr` once; fails with [`ProbeError::Timeout`] at `timeout` at the latest.
+    /// Probes `addr` once; fails with [`ProbeError::Timeout`] at `timeout` at the latest:
+    /// every kind bounds its whole exchange (connect, login, query, reply) by it.
     pub async fn check(&self, addr: SocketAddr, timeout: Duration) -> ProbeResult {
         match self {
             Probe::Tcp => tcp::check(addr, timeout).await,
             Probe::Http(check) => http::check(check, addr, timeout).await,
+            Probe::Expect(check) => expect::check(check, addr, timeout).await,
+            Probe::Postgres(check) => postgres::check(check, addr, timeout).await,
+            Probe::Mysql(check) => mysql::check(check, addr, timeout).await,
+            Probe::Redis(check) => redis::check(check, addr, timeout).await,
+            Probe::Exec(check) => exec::check(check, addr, timeout).await,
         }
     }
 }
@@ -225,6 +427,36 @@ mod tests {
     }
 
     #[test]
+    fn role_failures_say_what_was_seen() {
+        let wrong = ProbeError::WrongRole {
+            addr: addr(),
+            wanted: RoleWanted::Primary,
+            actual: Role::Replica,
+        };
+        assert_eq!(wrong.reason(), "role");
+        assert!(wrong.is_wrong_role());
+        assert_eq!(role_seen(&Err(wrong)), Some(Role::Replica));
+        let lag = ProbeError::Lag {
+            addr: addr(),
+            lag: Some(Duration::from_secs(3)),
+            max: Duration::from_secs(1),
+        };
+        assert_eq!(lag.reason(), "lag");
+        assert!(!lag.is_wrong_role());
+        let auth = ProbeError::Auth {
+            addr: addr(),
+            message: "password authentication failed for user \"probe\"".into(),
+        };
+        assert_eq!(auth.reason(), "auth");
+        assert_eq!(role_seen(&Err(auth)), None);
+        let ok = ProbeOk {
+            role: Some(Role::Primary),
+            ..ProbeOk::new(Duration::ZERO, "primary")
+        };
+        assert_eq!(role_seen(&Ok(ok)), Some(Role::Primary));
+    }
+
+    #[test]
     fn probes_can_run_on_spawned_tasks() {
         fn assert_send<T: Send>(_: &T) {}
         let http = Probe::Http(HttpCheck {
@@ -236,6 +468,22 @@ mod tests {
         // Never polled: only its type matters.
         assert_send(&http.check(addr(), Duration::from_secs(1)));
         assert_send(&Probe::Tcp.check(addr(), Duration::from_secs(1)));
+        let kinds = [
+            Probe::Postgres(PgCheck::default()),
+            Probe::Mysql(MysqlCheck::default()),
+            Probe::Redis(RedisCheck::default()),
+            Probe::Expect(ExpectCheck {
+                send: b"PING\r\n".to_vec(),
+                expect: Expect::Substring("+PONG".into()),
+            }),
+            Probe::Exec(ExecCheck {
+                command: vec!["/bin/true".into()],
+                env: vec![],
+            }),
+        ];
+        for probe in &kinds {
+            assert_send(&probe.check(addr(), Duration::from_secs(1)));
+        }
     }
 
     #[test]

@@ -19,10 +19,7 @@ pub(super) async fn check(addr: SocketAddr, timeout: Duration) -> Result<ProbeOk
     // Closing at once keeps the probe from holding one of the backend's
     // connection slots; the backend sees a connect and a FIN, nothing more.
     drop(stream);
-    Ok(ProbeOk {
-        latency,
-        detail: "connected".to_owned(),
-    })
+    Ok(ProbeOk::new(latency, "connected"))
 }
 
 /// Connects without a deadline of its own: callers bound it (the http probe
