@@ -9,10 +9,11 @@ mod recorder;
 mod server;
 
 use std::{
+    collections::{BTreeMap, BTreeSet},
     net::SocketAddr,
     sync::{
         atomic::{AtomicBool, Ordering},
-        OnceLock,
+        OnceLock, PoisonError, RwLock,
     },
 };
 
@@ -107,22 +108,51 @@ pub fn collect_process() {
         .collect();
 }
 
-/// Removes every series of `service` (its service, backend and kernel series). Call it once
-/// the service is gone: after a reload removed it and its task has stopped, so nothing records
-/// into its series again. A service added back later starts from fresh series (registered at 0
-/// again by [`zero_service`]). Does nothing before [`install`].
+/// The services (and their backends) whose series exist: registered by [`zero_service`] and
+/// [`zero_backend`], dropped by [`forget_service`] and [`forget_backend`].
+///
+/// The kernel counters are exported from a snapshot of the service list taken up to a status
+/// round-trip earlier, so a reload can remove a service between the snapshot and the record;
+/// without this the record would bring its series back, to stay forever. The `kernel_*`
+/// functions record only for what is here, under the read lock, and the `forget_*` functions
+/// remove under the write lock, so no record can slip between a check and the removal.
+static LIVE: RwLock<BTreeMap<String, BTreeSet<String>>> = RwLock::new(BTreeMap::new());
+
+fn live() -> std::sync::RwLockReadGuard<'static, BTreeMap<String, BTreeSet<String>>> {
+    LIVE.read().unwrap_or_else(PoisonError::into_inner)
+}
+
+fn live_mut() -> std::sync::RwLockWriteGuard<'static, BTreeMap<String, BTreeSet<String>>> {
+    LIVE.write().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Removes every series of `service`: its service, backend and kernel series.
+///
+/// Call it once the service is gone: after a reload removed it and its task has stopped, so
+/// its own task records into its series no more (the kernel counter export, which works from
+/// a snapshot, is held off here). A service started again later (also a changed service,
+/// restarted by a reload) calls [`zero_service`] and starts from fresh series, its alert
+/// counters at 0. Removes nothing in a recorder other than the one [`install`] installed.
 pub fn forget_service(service: &str) {
+    let mut live = live_mut();
+    live.remove(service);
     if let Some(handle) = HANDLE.get() {
         handle.forget(|labels| labels.contains(&("service", service)));
     }
 }
 
 /// Removes every series of one backend of `service` (`backend` is the label value: the
-/// backend's name, `NAME@ADDRESS` for one resolved from a hostname). Call it when the backend
-/// leaves the service: removed by a reload, or its address replaced by a new resolution — after
-/// its probes are unsubscribed, so nothing records into its series again. Does nothing before
-/// [`install`].
+/// backend's name, `NAME@ADDRESS` for one resolved from a hostname), and nothing else.
+///
+/// Call it when the backend leaves the service — removed by a reload, or its address replaced
+/// by a new resolution — once its probes are unsubscribed and the service's state no longer
+/// lists it, so nothing records into its series again. Removes nothing in a recorder other than
+/// the one [`install`] installed.
 pub fn forget_backend(service: &str, backend: &str) {
+    let mut live = live_mut();
+    if let Some(backends) = live.get_mut(service) {
+        backends.remove(backend);
+    }
     if let Some(handle) = HANDLE.get() {
         handle.forget(|labels| {
             labels.contains(&("service", service)) && labels.contains(&("backend", backend))
@@ -132,8 +162,10 @@ pub fn forget_backend(service: &str, backend: &str) {
 
 /// Registers the counters alerts are built on at 0, so the first real event
 /// is an increase Prometheus can see (`increase()` of a series that first
-/// appears at 1 is 0).
+/// appears at 1 is 0). Also what lets the kernel counters of `service` be exported (see
+/// [`forget_service`]).
 pub fn zero_service(service: &str, priorities: &[u8]) {
+    live_mut().entry(service.to_string()).or_default();
     let mut labels: Vec<Option<u8>> = priorities.iter().copied().map(Some).collect();
     labels.push(None);
     for &from in &labels {
@@ -152,8 +184,13 @@ pub fn zero_service(service: &str, priorities: &[u8]) {
     }
 }
 
-/// Like [`zero_service`], for one backend's transition and ejection counters.
+/// Like [`zero_service`], for one backend's transition and ejection counters (and its kernel
+/// connect count).
 pub fn zero_backend(service: &str, backend: &str) {
+    live_mut()
+        .entry(service.to_string())
+        .or_default()
+        .insert(backend.to_string());
     if !per_backend() {
         return;
     }
@@ -276,8 +313,14 @@ pub fn reload(ok: bool) {
 }
 
 /// The kernel's count of connects translated to one backend (an absolute value).
+///
+/// Recorded only for a backend registered by [`zero_backend`] and not forgotten since.
 pub fn kernel_connects(service: &str, backend: &str, connects: u64) {
     if !per_backend() {
+        return;
+    }
+    let live = live();
+    if !live.get(service).is_some_and(|b| b.contains(backend)) {
         return;
     }
     counter!(names::CONNECTS, "service" => service.to_string(), "backend" => backend.to_string())
@@ -289,7 +332,13 @@ pub const KERNEL_ERROR_KINDS: [&str; 3] = ["no_sock_storage", "bad_table", "fami
 
 /// The kernel's counts of a service's VIP calls it could not translate cleanly (absolute
 /// values, in the order of [`KERNEL_ERROR_KINDS`]).
+///
+/// Recorded only for a service registered by [`zero_service`] and not forgotten since.
 pub fn kernel_errors(service: &str, counts: [u64; 3]) {
+    let live = live();
+    if !live.contains_key(service) {
+        return;
+    }
     for (kind, count) in KERNEL_ERROR_KINDS.into_iter().zip(counts) {
         counter!(names::KERNEL_ERRORS, "service" => service.to_string(), "kind" => kind)
             .absolute(count);
@@ -298,7 +347,13 @@ pub fn kernel_errors(service: &str, counts: [u64; 3]) {
 
 /// The kernel's count of connects to a service's VIP refused for want of a live backend (an
 /// absolute value).
+///
+/// Recorded only for a service registered by [`zero_service`] and not forgotten since.
 pub fn kernel_rejections(service: &str, rejected: u64) {
+    let live = live();
+    if !live.contains_key(service) {
+        return;
+    }
     counter!(names::CONNECTS_REJECTED, "service" => service.to_string()).absolute(rejected);
 }
 

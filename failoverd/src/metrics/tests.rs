@@ -267,6 +267,45 @@ fn forget_backend_removes_exactly_that_backends_series() {
     );
 }
 
+#[test]
+fn kernel_counts_recorded_after_forget_do_not_bring_the_series_back() {
+    let _switch = PER_BACKEND_SWITCH.lock().unwrap_or_else(|e| e.into_inner());
+    let handle = install().expect("the global recorder");
+    // The kernel export's snapshot still lists the service and backend...
+    zero_service("forget-late", &[0]);
+    zero_backend("forget-late", "a");
+    zero_service("forget-late-backend", &[0]);
+    zero_backend("forget-late-backend", "gone");
+    zero_backend("forget-late-backend", "kept");
+    // ...when a reload removes them...
+    forget_service("forget-late");
+    forget_backend("forget-late-backend", "gone");
+    // ...and then it records what it read.
+    kernel_rejections("forget-late", 5);
+    kernel_errors("forget-late", [1, 2, 3]);
+    kernel_connects("forget-late", "a", 9);
+    kernel_connects("forget-late-backend", "gone", 9);
+    kernel_connects("forget-late-backend", "kept", 4);
+    kernel_rejections("forget-late-backend", 1);
+
+    let text = handle.render();
+    assert_eq!(
+        lines_with(&text, r#"service="forget-late""#),
+        Vec::<&str>::new()
+    );
+    assert_eq!(lines_with(&text, r#"backend="gone""#), Vec::<&str>::new());
+    assert!(
+        text.contains(
+            r#"failoverd_connects_total{service="forget-late-backend",backend="kept"} 4"#
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains(r#"failoverd_connects_rejected_total{service="forget-late-backend"} 1"#),
+        "{text}"
+    );
+}
+
 /// A row of one of docs/metrics.md's `| metric | type | labels | meaning |` tables.
 struct DocRow {
     name: String,
