@@ -229,7 +229,9 @@ fn dashboard_queries_only_metrics_that_exist() {
     };
     let instance = variable("instance");
     assert!(
-        instance.to_string().contains("label_values(failoverd_build_info, instance)")
+        instance
+            .to_string()
+            .contains("label_values(failoverd_build_info, instance)")
             && instance["multi"] == true
             && instance["includeAll"] == true,
         "the `instance` variable comes from label_values(failoverd_build_info, instance), \

@@ -222,7 +222,12 @@ fn described_as_catalogued(prom: SocketAddr) -> Result<Option<()>, String> {
     )?;
     let metadata = api(prom, "/api/v1/metadata")?;
     let mut families = std::collections::BTreeSet::new();
-    for name in names.as_array().into_iter().flatten().filter_map(Value::as_str) {
+    for name in names
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+    {
         // Prometheus's own series about the target (up, scrape_*, ALERTS) carry its job too.
         if !name.starts_with("failoverd_") && !name.starts_with("process_") {
             continue;
@@ -250,10 +255,7 @@ fn described_as_catalogued(prom: SocketAddr) -> Result<Option<()>, String> {
         }
     }
     let process = ["process_resident_memory_bytes", "process_open_fds"];
-    Ok(process
-        .iter()
-        .all(|p| families.contains(p))
-        .then_some(()))
+    Ok(process.iter().all(|p| families.contains(p)).then_some(()))
 }
 
 /// The last lines of Prometheus's log, for failure messages.

@@ -18,9 +18,7 @@ use std::{
     sync::{atomic::AtomicU64, atomic::Ordering, Arc, Mutex, PoisonError, RwLock},
 };
 
-use metrics::{
-    Counter, Gauge, Histogram, HistogramFn, Key, KeyName, Metadata, SharedString, Unit,
-};
+use metrics::{Counter, Gauge, Histogram, HistogramFn, Key, KeyName, Metadata, SharedString, Unit};
 use metrics_exporter_prometheus::formatting::{
     sanitize_label_key, sanitize_label_value, sanitize_metric_name, write_help_line,
     write_type_line,
@@ -28,7 +26,9 @@ use metrics_exporter_prometheus::formatting::{
 use metrics_util::registry::{Registry, Storage};
 
 /// Prometheus's default histogram buckets, for histograms given none.
-const DEFAULT_BUCKETS: &[f64] = &[0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
+const DEFAULT_BUCKETS: &[f64] = &[
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
 
 /// A histogram series: cumulative bucket counts, sum and count.
 #[derive(Debug)]
@@ -118,7 +118,11 @@ impl Recorder {
     }
 
     fn describe(&self, name: KeyName, description: SharedString) {
-        let mut help = self.inner.help.write().unwrap_or_else(PoisonError::into_inner);
+        let mut help = self
+            .inner
+            .help
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
         help.entry(sanitize_metric_name(name.as_str()))
             .or_insert_with(|| description.into_owned());
     }
@@ -207,7 +211,11 @@ impl Handle {
                 .insert(labels, (h.buckets(), h.sum(), h.count()));
         });
 
-        let help = self.inner.help.read().unwrap_or_else(PoisonError::into_inner);
+        let help = self
+            .inner
+            .help
+            .read()
+            .unwrap_or_else(PoisonError::into_inner);
         let mut out = String::new();
         let head = |out: &mut String, name: &str, kind: &str| {
             if let Some(text) = help.get(name) {
