@@ -8,35 +8,23 @@ use std::{
     process::Command,
 };
 
+use failoverd::metrics::catalog::{Kind, Metric, METRICS};
 use serde::Deserialize;
 
-/// Every metric failoverd exports (`docs/metrics.md`): a public contract.
-const CONTRACT_METRICS: &[&str] = &[
-    "failoverd_backend_up",
-    "failoverd_backend_state",
-    "failoverd_backend_transitions_total",
-    "failoverd_service_active_priority",
-    "failoverd_service_live_backends",
-    "failoverd_failovers_total",
-    "failoverd_probe_duration_seconds",
-    "failoverd_probe_failures_total",
-    "failoverd_probes_skipped_total",
-    "failoverd_breaker_open",
-    "failoverd_breaker_ejections_total",
-    "failoverd_connects_total",
-    "failoverd_connects_rejected_total",
-    "failoverd_datapath_writes_total",
-    "failoverd_datapath_write_errors_total",
-    "failoverd_datapath_failing_vips",
-    "failoverd_kernel_translation_errors_total",
-    "failoverd_datapath_repairs_total",
-    "failoverd_datapath_last_write_timestamp_seconds",
-    "failoverd_config_reloads_total",
-    "failoverd_build_info",
-];
+/// Every metric failoverd exports: the catalog `/metrics` is described from and
+/// `docs/metrics.md` is checked against (a public contract).
+fn contract_metrics() -> impl Iterator<Item = &'static Metric> {
+    METRICS.iter()
+}
+
+fn exported(name: &str) -> bool {
+    contract_metrics().any(|m| m.name == name)
+}
 
 /// The contract's histograms, queried through their `_bucket`, `_sum` and `_count` series.
-const HISTOGRAMS: &[&str] = &["failoverd_probe_duration_seconds"];
+fn is_histogram(name: &str) -> bool {
+    contract_metrics().any(|m| m.name == name && m.kind == Kind::Histogram)
+}
 
 /// Prometheus's own series the alert rules may use besides the contract.
 const PROMETHEUS_METRICS: &[&str] = &["up"];
@@ -91,27 +79,28 @@ fn alert_rules() -> Vec<Rule> {
     file.groups.into_iter().flat_map(|g| g.rules).collect()
 }
 
-/// Every `failoverd_*` identifier in a PromQL expression, histogram series
-/// suffixes stripped. Label values (`job="failoverd"`) have no `_` after the
-/// prefix and do not match.
+/// Every `failoverd_*` and `process_*` identifier in a PromQL expression, histogram series
+/// suffixes stripped. Label values (`job="failoverd"`) have no `_` after the prefix and do not
+/// match.
 fn failoverd_metrics(expr: &str) -> BTreeSet<String> {
-    const PREFIX: &str = "failoverd_";
     let is_ident = |c: char| c.is_ascii_alphanumeric() || c == '_' || c == ':';
     let mut found = BTreeSet::new();
-    for (start, _) in expr.match_indices(PREFIX) {
-        if expr[..start].chars().next_back().is_some_and(is_ident) {
-            continue;
+    for prefix in ["failoverd_", "process_"] {
+        for (start, _) in expr.match_indices(prefix) {
+            if expr[..start].chars().next_back().is_some_and(is_ident) {
+                continue;
+            }
+            let name: String = expr[start..]
+                .chars()
+                .take_while(|&c| c.is_ascii_lowercase() || c == '_')
+                .collect();
+            let base = ["_bucket", "_sum", "_count"]
+                .iter()
+                .find_map(|suffix| name.strip_suffix(suffix))
+                .filter(|base| is_histogram(base))
+                .map_or_else(|| name.clone(), str::to_string);
+            found.insert(base);
         }
-        let name: String = expr[start..]
-            .chars()
-            .take_while(|&c| c.is_ascii_lowercase() || c == '_')
-            .collect();
-        let base = ["_bucket", "_sum", "_count"]
-            .iter()
-            .find_map(|suffix| name.strip_suffix(suffix))
-            .filter(|base| HISTOGRAMS.contains(base))
-            .map_or_else(|| name.clone(), str::to_string);
-        found.insert(base);
     }
     found
 }
@@ -230,13 +219,30 @@ fn dashboard_queries_only_metrics_that_exist() {
     let variables = dashboard["templating"]["list"]
         .as_array()
         .expect("the dashboard has template variables");
-    let service = variables
-        .iter()
-        .find(|v| v["name"] == "service")
-        .expect("the dashboard has a `service` variable");
+    // The daemon runs on every host: one dashboard, an `instance` picker, and the services of
+    // the instances picked.
+    let variable = |name: &str| {
+        variables
+            .iter()
+            .find(|v| v["name"] == name)
+            .unwrap_or_else(|| panic!("the dashboard has a `{name}` variable"))
+    };
+    let instance = variable("instance");
     assert!(
-        service.to_string().contains("label_values(failoverd_service_active_priority, service)"),
-        "the `service` variable comes from label_values(failoverd_service_active_priority, service): {service}"
+        instance
+            .to_string()
+            .contains("label_values(failoverd_build_info, instance)")
+            && instance["multi"] == true
+            && instance["includeAll"] == true,
+        "the `instance` variable comes from label_values(failoverd_build_info, instance), \
+         several or all at once: {instance}"
+    );
+    let service = variable("service");
+    assert!(
+        service.to_string().contains(
+            r#"label_values(failoverd_service_active_priority{instance=~\"$instance\"}, service)"#
+        ),
+        "the `service` variable lists the services of the picked instances: {service}"
     );
 
     let mut exprs = Vec::new();
@@ -244,6 +250,10 @@ fn dashboard_queries_only_metrics_that_exist() {
     assert!(!exprs.is_empty(), "the dashboard's panels have queries");
     let mut queried = BTreeSet::new();
     for expr in &exprs {
+        assert!(
+            expr.contains(r#"instance=~"$instance""#),
+            "every query is limited to the picked instances (`instance=~\"$instance\"`): {expr}"
+        );
         let metrics = failoverd_metrics(expr);
         assert!(
             !metrics.is_empty(),
@@ -251,7 +261,7 @@ fn dashboard_queries_only_metrics_that_exist() {
         );
         for metric in metrics {
             assert!(
-                CONTRACT_METRICS.contains(&metric.as_str()),
+                exported(&metric),
                 "the dashboard queries {metric}, which failoverd does not export: {expr}"
             );
             queried.insert(metric);
@@ -265,6 +275,13 @@ fn dashboard_queries_only_metrics_that_exist() {
         "failoverd_failovers_total",
         "failoverd_breaker_open",
         "failoverd_backend_state",
+        "failoverd_probes_skipped_total",
+        "failoverd_breaker_ejections_total",
+        "failoverd_datapath_failing_vips",
+        "failoverd_datapath_repairs_total",
+        "failoverd_kernel_translation_errors_total",
+        "process_resident_memory_bytes",
+        "process_open_fds",
     ] {
         assert!(queried.contains(wanted), "no panel shows {wanted}");
     }
@@ -282,7 +299,7 @@ fn dashboard_queries_only_metrics_that_exist() {
         );
         for metric in metrics {
             assert!(
-                CONTRACT_METRICS.contains(&metric.as_str()),
+                exported(&metric),
                 "{name}: alert queries {metric}, which failoverd does not export: {}",
                 rule.expr
             );
@@ -320,7 +337,75 @@ fn metric_names_are_found_in_promql() {
     );
     assert!(failoverd_metrics(r#"up{job="failoverd"} == 0"#).is_empty());
     assert_eq!(
+        failoverd_metrics(r#"process_open_fds{job="failoverd"} / process_max_fds"#)
+            .into_iter()
+            .collect::<Vec<_>>(),
+        ["process_max_fds", "process_open_fds"]
+    );
+    assert_eq!(
         github_anchor("FailoverdVipNoLiveBackend"),
         "failoverdvipnolivebackend"
+    );
+}
+
+/// A `/metrics` render of the real recorder, with series of every kind, is what Prometheus's
+/// own linter expects: every metric has `# HELP` and `# TYPE`, names follow the conventions.
+#[test]
+fn a_real_metrics_render_passes_promtool_check_metrics() {
+    use failoverd::metrics;
+    use std::io::Write;
+
+    let handle = metrics::install().expect("install the recorder");
+    metrics::zero_service("svc", &[0, 1]);
+    metrics::zero_backend("svc", "a");
+    metrics::probe_latency("svc", "a").record(0.001);
+    metrics::backend("svc", "a", 0, "healthy", true, false);
+    metrics::service("svc", Some(0), 1);
+    metrics::kernel_connects("svc", "a", 3);
+    metrics::kernel_errors("svc", [0, 1, 0]);
+    metrics::datapath_write(true);
+    metrics::datapath_repair("altered");
+    metrics::datapath_failing_vips(0);
+    metrics::collect_process();
+    let text = handle.render();
+    for metric in contract_metrics() {
+        let described = text
+            .lines()
+            .any(|l| l.starts_with(&format!("# HELP {} ", metric.name)));
+        let rendered = text.lines().any(|l| l.starts_with(metric.name));
+        assert!(
+            described || !rendered,
+            "{} is rendered without # HELP:\n{text}",
+            metric.name
+        );
+    }
+
+    let mut child = match Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+    {
+        Ok(child) => child,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => panic!(
+            "promtool not found: install the Debian package prometheus \
+             (scripts/install-deps.sh does)"
+        ),
+        Err(e) => panic!("run promtool check metrics: {e}"),
+    };
+    child
+        .stdin
+        .take()
+        .expect("piped stdin")
+        .write_all(text.as_bytes())
+        .expect("write the render to promtool");
+    let output = child.wait_with_output().expect("wait for promtool");
+    assert!(
+        output.status.success(),
+        "promtool check metrics failed ({})\n--- stdout\n{}\n--- stderr\n{}\n--- render\n{text}",
+        output.status,
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr),
     );
 }

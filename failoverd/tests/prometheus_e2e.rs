@@ -6,6 +6,9 @@
 //! daemon registers its alert counters at 0 from the start, so the first failover is an increase
 //! Prometheus can see, and the alert must fire without any history.
 //!
+//! On the way, every metric family Prometheus scraped must carry the HELP text and TYPE of
+//! `metrics::catalog` (Prometheus's own metadata API says what it read).
+//!
 //! Needs `/usr/bin/prometheus` (or `prometheus` on `PATH`); everything listens on 127.0.0.1 and
 //! every process and file is removed by guards, also when the trial fails.
 
@@ -19,6 +22,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use failoverd::metrics::catalog;
 use libtest_mimic::{Arguments, Failed, Trial};
 use serde_json::Value;
 use support::{
@@ -204,6 +208,56 @@ fn our_alerts(prom: SocketAddr) -> Result<Vec<Value>, String> {
         .collect())
 }
 
+/// `Some` once Prometheus has metadata for every metric family scraped from `job="failoverd"`,
+/// each with a non-empty help text and the catalog's type, `process_resident_memory_bytes` and
+/// `process_open_fds` included; an error names a family that is missing from the catalog or
+/// described differently.
+fn described_as_catalogued(prom: SocketAddr) -> Result<Option<()>, String> {
+    let names = api(
+        prom,
+        &format!(
+            "/api/v1/label/__name__/values?match[]={}",
+            url_encode(r#"{job="failoverd"}"#)
+        ),
+    )?;
+    let metadata = api(prom, "/api/v1/metadata")?;
+    let mut families = std::collections::BTreeSet::new();
+    for name in names
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+    {
+        // Prometheus's own series about the target (up, scrape_*, ALERTS) carry its job too.
+        if !name.starts_with("failoverd_") && !name.starts_with("process_") {
+            continue;
+        }
+        let metric = catalog::find(name)
+            .or_else(|| {
+                ["_bucket", "_sum", "_count"]
+                    .iter()
+                    .filter_map(|suffix| name.strip_suffix(suffix))
+                    .find_map(catalog::find)
+                    .filter(|m| m.kind == catalog::Kind::Histogram)
+            })
+            .ok_or_else(|| format!("failoverd exports {name}, which is not in the catalog"))?;
+        families.insert(metric.name);
+        let Some(entry) = metadata[metric.name].as_array().and_then(|m| m.first()) else {
+            return Ok(None);
+        };
+        if entry["type"] != metric.kind.word() || entry["help"] != metric.help {
+            return Err(format!(
+                "{}: prometheus holds {entry}, the catalog says type {} help {:?}",
+                metric.name,
+                metric.kind.word(),
+                metric.help
+            ));
+        }
+    }
+    let process = ["process_resident_memory_bytes", "process_open_fds"];
+    Ok(process.iter().all(|p| families.contains(p)).then_some(()))
+}
+
 /// The last lines of Prometheus's log, for failure messages.
 fn log_tail(log: &Path) -> String {
     let text = std::fs::read_to_string(log).unwrap_or_default();
@@ -343,6 +397,15 @@ fn failover_alert_fires_in_a_real_prometheus() -> TestResult {
             let series = query(prom, "up{job=\"failoverd\"}")?;
             Ok((series.len() == 1 && sample_value(&series[0]) == Some(1.0)).then_some(()))
         },
+    )
+    .map_err(with_log)?;
+    // Every family Prometheus scraped from the daemon came with its HELP and TYPE, as the
+    // catalog says; the process metrics are among them.
+    poll(
+        "prometheus holding HELP and TYPE for every scraped failoverd metric",
+        Duration::from_secs(20),
+        Duration::from_millis(250),
+        || described_as_catalogued(prom),
     )
     .map_err(with_log)?;
     // Start-up is not a failover: two more evaluations with data must not fire.

@@ -1,0 +1,305 @@
+//! The metrics recorder behind `/metrics`: series kept in a `metrics-util` registry, rendered in
+//! the Prometheus text format, and removable one label set at a time.
+//!
+//! metrics-exporter-prometheus 0.18 cannot remove one series: its registry is private, and the
+//! only way it drops series is `idle_timeout`, which drops whatever has not changed for a while
+//! — also the counters failoverd registers at 0 for alerts to see a first increase, and the
+//! gauges of a backend that is simply steady. So failoverd keeps its series in a
+//! `metrics_util::registry::Registry` (whose `retain_*` removes exactly what is asked) and
+//! writes the text format itself, with the exporter's `formatting` helpers for names, label
+//! escaping and the `# HELP`/`# TYPE` lines.
+//!
+//! Histograms are recorded straight into their buckets (under a per-series lock), so nothing
+//! piles up between scrapes and no upkeep is needed.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    fmt::Write as _,
+    sync::{atomic::AtomicU64, atomic::Ordering, Arc, Mutex, PoisonError, RwLock},
+};
+
+use metrics::{Counter, Gauge, Histogram, HistogramFn, Key, KeyName, Metadata, SharedString, Unit};
+use metrics_exporter_prometheus::formatting::{
+    sanitize_label_key, sanitize_label_value, sanitize_metric_name, write_help_line,
+    write_type_line,
+};
+use metrics_util::registry::{Registry, Storage};
+
+/// Prometheus's default histogram buckets, for histograms given none.
+const DEFAULT_BUCKETS: &[f64] = &[
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+/// A histogram series: cumulative bucket counts, sum and count.
+#[derive(Debug)]
+pub struct Buckets(Mutex<metrics_util::storage::Histogram>);
+
+impl HistogramFn for Buckets {
+    fn record(&self, value: f64) {
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .record(value);
+    }
+}
+
+/// Creates each new series: counters and gauges are atomics, histograms get the buckets set for
+/// their name.
+#[derive(Debug)]
+struct SeriesStorage {
+    buckets: HashMap<&'static str, &'static [f64]>,
+}
+
+impl Storage<Key> for SeriesStorage {
+    type Counter = Arc<AtomicU64>;
+    type Gauge = Arc<AtomicU64>;
+    type Histogram = Arc<Buckets>;
+
+    fn counter(&self, _: &Key) -> Self::Counter {
+        Arc::new(AtomicU64::new(0))
+    }
+
+    fn gauge(&self, _: &Key) -> Self::Gauge {
+        Arc::new(AtomicU64::new(0))
+    }
+
+    fn histogram(&self, key: &Key) -> Self::Histogram {
+        let bounds = self
+            .buckets
+            .get(key.name())
+            .copied()
+            .unwrap_or(DEFAULT_BUCKETS);
+        // Only empty bounds give None, and no bucket list here is empty.
+        let histogram = metrics_util::storage::Histogram::new(bounds)
+            .or_else(|| metrics_util::storage::Histogram::new(DEFAULT_BUCKETS))
+            .expect("the default buckets are not empty");
+        Arc::new(Buckets(Mutex::new(histogram)))
+    }
+}
+
+#[derive(Debug)]
+struct Inner {
+    registry: Registry<Key, SeriesStorage>,
+    /// `# HELP` text by metric name (the first description given wins).
+    help: RwLock<HashMap<String, String>>,
+}
+
+/// The recorder: install it with `metrics::set_global_recorder`, read it through [`Handle`].
+#[derive(Debug)]
+pub struct Recorder {
+    inner: Arc<Inner>,
+}
+
+/// Renders and prunes the series of a [`Recorder`]; cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Handle {
+    inner: Arc<Inner>,
+}
+
+impl Recorder {
+    /// A recorder whose histograms named in `buckets` use those bounds (others get Prometheus's
+    /// defaults, 5 ms … 10 s). Every bucket list must be non-empty and ascending.
+    pub fn new(buckets: &[(&'static str, &'static [f64])]) -> Self {
+        Recorder {
+            inner: Arc::new(Inner {
+                registry: Registry::new(SeriesStorage {
+                    buckets: buckets.iter().copied().collect(),
+                }),
+                help: RwLock::new(HashMap::new()),
+            }),
+        }
+    }
+
+    /// A handle to read this recorder.
+    pub fn handle(&self) -> Handle {
+        Handle {
+            inner: Arc::clone(&self.inner),
+        }
+    }
+
+    fn describe(&self, name: KeyName, description: SharedString) {
+        let mut help = self
+            .inner
+            .help
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        help.entry(sanitize_metric_name(name.as_str()))
+            .or_insert_with(|| description.into_owned());
+    }
+}
+
+impl metrics::Recorder for Recorder {
+    fn describe_counter(&self, name: KeyName, _: Option<Unit>, description: SharedString) {
+        self.describe(name, description);
+    }
+
+    fn describe_gauge(&self, name: KeyName, _: Option<Unit>, description: SharedString) {
+        self.describe(name, description);
+    }
+
+    fn describe_histogram(&self, name: KeyName, _: Option<Unit>, description: SharedString) {
+        self.describe(name, description);
+    }
+
+    fn register_counter(&self, key: &Key, _: &Metadata<'_>) -> Counter {
+        self.inner
+            .registry
+            .get_or_create_counter(key, |c| Counter::from_arc(Arc::clone(c)))
+    }
+
+    fn register_gauge(&self, key: &Key, _: &Metadata<'_>) -> Gauge {
+        self.inner
+            .registry
+            .get_or_create_gauge(key, |g| Gauge::from_arc(Arc::clone(g)))
+    }
+
+    fn register_histogram(&self, key: &Key, _: &Metadata<'_>) -> Histogram {
+        self.inner
+            .registry
+            .get_or_create_histogram(key, |h| Histogram::from_arc(Arc::clone(h)))
+    }
+}
+
+/// One metric's series, by rendered label set (sorted, so a render is stable).
+type Series<T> = BTreeMap<String, BTreeMap<String, T>>;
+
+/// A histogram's cumulative buckets, sum and count.
+type HistogramValue = (Vec<(f64, u64)>, f64, u64);
+
+impl Handle {
+    /// Removes every series whose labels `matches` accepts (given as `(name, value)` pairs).
+    /// Handles to removed series stay valid but record into nothing that is rendered; the next
+    /// `counter!`/`gauge!`/`histogram!` with those labels starts a new series.
+    pub fn forget(&self, matches: impl Fn(&[(&str, &str)]) -> bool) {
+        let keep = |key: &Key| {
+            let labels: Vec<(&str, &str)> = key.labels().map(|l| (l.key(), l.value())).collect();
+            !matches(&labels)
+        };
+        let registry = &self.inner.registry;
+        registry.retain_counters(|key, _| keep(key));
+        registry.retain_gauges(|key, _| keep(key));
+        registry.retain_histograms(|key, _| keep(key));
+    }
+
+    /// Every series in the Prometheus text format (version 0.0.4), metrics sorted by name, each
+    /// with its `# HELP` (when described) and `# TYPE` line.
+    pub fn render(&self) -> String {
+        let registry = &self.inner.registry;
+        let mut counters: Series<u64> = BTreeMap::new();
+        registry.visit_counters(|key, c| {
+            let (name, labels) = split(key);
+            counters
+                .entry(name)
+                .or_default()
+                .insert(labels, c.load(Ordering::Acquire));
+        });
+        let mut gauges: Series<f64> = BTreeMap::new();
+        registry.visit_gauges(|key, g| {
+            let (name, labels) = split(key);
+            gauges
+                .entry(name)
+                .or_default()
+                .insert(labels, f64::from_bits(g.load(Ordering::Acquire)));
+        });
+        let mut histograms: Series<HistogramValue> = BTreeMap::new();
+        registry.visit_histograms(|key, h| {
+            let (name, labels) = split(key);
+            let h = h.0.lock().unwrap_or_else(PoisonError::into_inner);
+            histograms
+                .entry(name)
+                .or_default()
+                .insert(labels, (h.buckets(), h.sum(), h.count()));
+        });
+
+        let help = self
+            .inner
+            .help
+            .read()
+            .unwrap_or_else(PoisonError::into_inner);
+        let mut out = String::new();
+        let head = |out: &mut String, name: &str, kind: &str| {
+            if let Some(text) = help.get(name) {
+                write_help_line(out, name, None, None, text);
+            }
+            write_type_line(out, name, None, None, kind);
+        };
+        for (name, series) in &counters {
+            head(&mut out, name, "counter");
+            for (labels, value) in series {
+                line(&mut out, name, "", labels, None, value);
+            }
+        }
+        for (name, series) in &gauges {
+            head(&mut out, name, "gauge");
+            for (labels, value) in series {
+                line(&mut out, name, "", labels, None, Float(*value));
+            }
+        }
+        for (name, series) in &histograms {
+            head(&mut out, name, "histogram");
+            for (labels, (buckets, sum, count)) in series {
+                for (le, n) in buckets {
+                    line(&mut out, name, "_bucket", labels, Some(&le.to_string()), n);
+                }
+                line(&mut out, name, "_bucket", labels, Some("+Inf"), count);
+                line(&mut out, name, "_sum", labels, None, Float(*sum));
+                line(&mut out, name, "_count", labels, None, count);
+            }
+        }
+        out
+    }
+}
+
+/// A key's sanitized name and its labels as `k="v",…` (escaped, in the key's order).
+fn split(key: &Key) -> (String, String) {
+    let labels = key
+        .labels()
+        .map(|l| {
+            format!(
+                "{}=\"{}\"",
+                sanitize_label_key(l.key()),
+                sanitize_label_value(l.value())
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(",");
+    (sanitize_metric_name(key.name()), labels)
+}
+
+/// Writes `name{labels,le="…"} value`.
+fn line(
+    out: &mut String,
+    name: &str,
+    suffix: &str,
+    labels: &str,
+    le: Option<&str>,
+    value: impl std::fmt::Display,
+) {
+    out.push_str(name);
+    out.push_str(suffix);
+    let le = le.map(|le| format!("le=\"{le}\""));
+    let all: Vec<&str> = [Some(labels).filter(|l| !l.is_empty()), le.as_deref()]
+        .into_iter()
+        .flatten()
+        .collect();
+    if !all.is_empty() {
+        out.push('{');
+        out.push_str(&all.join(","));
+        out.push('}');
+    }
+    // Writing to a String does not fail.
+    writeln!(out, " {value}").ok();
+}
+
+/// An f64 as the text format spells it: `+Inf`, `-Inf` and `NaN` where Rust would write `inf`.
+struct Float(f64);
+
+impl std::fmt::Display for Float {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            v if v == f64::INFINITY => f.write_str("+Inf"),
+            v if v == f64::NEG_INFINITY => f.write_str("-Inf"),
+            v => write!(f, "{v}"),
+        }
+    }
+}
