@@ -451,8 +451,17 @@ fn reload_that_removes_a_vip_stops_its_translation() -> TestResult {
     until_table(&env, gone, Duration::from_secs(5), exactly(&[b.addr()]))?;
     let kept_generation = PinnedMaps::open(env.pins.path())?.tables()?[&keep].generation;
 
+    check(d.scrape()?.contains("service=\"gone\""), || {
+        "the service to remove has series before the reload".into()
+    })?;
     d.write_config(&env, "", &service_yaml("keep", keep, &[("a", a.addr(), 0)]))?;
     let out = d.ok(&["reload"])?;
+    // Its series leave with it: alerts cannot keep firing for a service that is gone.
+    let metrics = d.scrape()?;
+    check(
+        !metrics.contains("service=\"gone\"") && metrics.contains("service=\"keep\""),
+        || "the removed service's series must leave /metrics, the kept one's stay".into(),
+    )?;
     check(out.contains("gone"), || {
         format!("reload should report the removed service: {out}")
     })?;

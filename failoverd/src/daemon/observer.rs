@@ -136,6 +136,8 @@ impl Observer {
             }
             Transition::AddressRemoved { backend, why } => {
                 tracing::info!(service, backend = %backend, why, "address removed");
+                // The core no longer lists it and its probes are gone: its series go too.
+                metrics::forget_backend(service, backend);
             }
             Transition::AddressRefused { addr, why } => {
                 tracing::error!(service, addr = %addr, error = %why, "address left out");

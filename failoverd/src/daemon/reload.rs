@@ -49,6 +49,9 @@ impl DaemonHandle {
             }
             let handle = services.remove(&name).expect("listed");
             let last = stop_service(handle).await;
+            // Its task has stopped recording: its series go (a changed service's new task
+            // registers its own, so a backend dropped from its config leaves no stale series).
+            crate::metrics::forget_service(&name);
             match (keep, last) {
                 (Some(next), Some(table)) if table.vip == next.vip() => {
                     adopt.insert(name.clone(), table);

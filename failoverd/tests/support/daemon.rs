@@ -213,6 +213,29 @@ impl DaemonProcess {
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
     }
 
+    /// `GET /metrics` from the running daemon (its listener found with `ss`: the trial's
+    /// config asks for port 0), the whole response as text; bounded by socket timeouts.
+    pub fn scrape(&self) -> io::Result<String> {
+        use std::io::{Read, Write};
+        let pid = self
+            .pid()
+            .ok_or_else(|| io::Error::other("the daemon is not running"))?;
+        let out = Command::new("ss").args(["-Hltnp"]).output()?;
+        let owner = format!("pid={pid},");
+        let text = String::from_utf8_lossy(&out.stdout);
+        let addr: std::net::SocketAddr = text
+            .lines()
+            .filter(|l| l.contains(&owner))
+            .find_map(|l| l.split_whitespace().nth(3)?.parse().ok())
+            .ok_or_else(|| io::Error::other(format!("no TCP listener of pid {pid} in ss")))?;
+        let mut stream = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+        stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+        stream.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")?;
+        let mut body = String::new();
+        stream.read_to_string(&mut body)?;
+        Ok(body)
+    }
+
     /// The last `n` lines of the daemon's log, for error messages and reports.
     pub fn log_tail(&self, n: usize) -> String {
         let text = std::fs::read_to_string(&self.log).unwrap_or_default();
