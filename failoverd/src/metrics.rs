@@ -178,6 +178,7 @@ pub fn zero_service(service: &str, priorities: &[u8]) {
         }
     }
     counter!(names::CONNECTS_REJECTED, "service" => service.to_string()).increment(0);
+    gauge!(names::SPLIT_BRAIN, "service" => service.to_string()).set(0.0);
     for kind in KERNEL_ERROR_KINDS {
         counter!(names::KERNEL_ERRORS, "service" => service.to_string(), "kind" => kind)
             .increment(0);
@@ -282,6 +283,11 @@ pub fn service(service: &str, active: Option<u8>, live: usize) {
     gauge!(names::SERVICE_ACTIVE_PRIORITY, "service" => service.to_string())
         .set(active.map_or(-1.0, f64::from));
     gauge!(names::SERVICE_LIVE_BACKENDS, "service" => service.to_string()).set(live as f64);
+}
+
+/// Whether a `role: primary` service sees more than one primary now.
+pub fn split_brain(service: &str, split: bool) {
+    gauge!(names::SPLIT_BRAIN, "service" => service.to_string()).set(f64::from(u8::from(split)));
 }
 
 /// A datapath write, successful or not.

@@ -182,6 +182,7 @@ fn status_fixture() -> StatusReport {
             active_priority: Some(0),
             ready: true,
             panic: false,
+            split_brain: Vec::new(),
             datapath_error: None,
             on_all_down: "reject".into(),
             failback: "auto".into(),

@@ -33,6 +33,10 @@ pub struct ServiceReport {
     /// of the lowest priority, whatever their health.
     #[serde(default)]
     pub panic: bool,
+    /// While more than one backend answers primary (`role: primary`): their names. The VIP
+    /// sends to one of them only (see each backend's `in_table`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub split_brain: Vec<String>,
     /// Set when the kernel does not hold the table the daemon decided for this VIP: the
     /// write failed (with its errno) or the datapath was taken apart. `ready` is then false.
     #[serde(default, skip_serializing_if = "Option::is_none")]

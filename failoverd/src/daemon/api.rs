@@ -121,6 +121,7 @@ impl DaemonApi {
             active_priority: s.active_priority,
             ready: s.ready && datapath_error.is_none(),
             panic: s.panic,
+            split_brain: s.split_brain,
             datapath_error,
             on_all_down: service
                 .map(|c| c.on_all_down.to_string())
@@ -184,6 +185,13 @@ fn out_sentence(reason: &OutReason) -> String {
         OutReason::WeightZero => "weight 0".to_string(),
         OutReason::Standby { priority, active } => {
             format!("standby: priority {priority} while priority {active} takes connections")
+        }
+        OutReason::SplitBrain { kept: Some(kept) } => {
+            format!("split brain: it answers primary too; connections stay on {kept}")
+        }
+        OutReason::SplitBrain { kept: None } => {
+            "split brain: it answers primary too, and nothing says which is the real primary"
+                .to_string()
         }
         OutReason::NotManagedYet => {
             "not managed yet: waiting for every backend's first verdict".to_string()

@@ -206,6 +206,31 @@ impl Observer {
                 );
                 tracing::error!(service, vip = %vip, priority, "no live backend: panic mode, using every backend of the lowest priority");
             }
+            Transition::SplitBrain { primaries, kept } => {
+                metrics::split_brain(service, true);
+                let kept_word = kept.as_deref().unwrap_or("none: connects are refused");
+                emit(
+                    "split_brain",
+                    None,
+                    None,
+                    Some(primaries.join(", ")),
+                    format!(
+                        "more than one backend answers primary; connections stay on: {kept_word}"
+                    ),
+                );
+                tracing::error!(service, vip = %vip, primaries = %primaries.join(", "), kept = kept_word, "split brain: more than one backend answers primary; the others get no connections");
+            }
+            Transition::SplitBrainEnded => {
+                metrics::split_brain(service, false);
+                emit(
+                    "split_brain",
+                    None,
+                    None,
+                    Some("ended".into()),
+                    "one backend answers primary again".into(),
+                );
+                tracing::info!(service, vip = %vip, "split brain over: one backend answers primary");
+            }
             Transition::FailbackRequested { from } => {
                 tracing::info!(service, from_priority = %priority_label(*from), "failback requested");
             }

@@ -33,6 +33,8 @@ pub struct ServiceStatus {
     /// Config entries with no address yet (hostnames that do not resolve): name and
     /// `host:port`.
     pub unresolved: Vec<(String, String)>,
+    /// While more than one backend answers primary (`role: primary`): their names.
+    pub split_brain: Vec<String>,
 }
 
 /// A backend as status shows it.
@@ -108,6 +110,11 @@ pub enum OutReason {
         /// The priority that takes connections.
         active: u8,
     },
+    /// Healthy, but it claims primary beside another (split brain) and is not the one kept.
+    SplitBrain {
+        /// The backend that keeps the connections, if any.
+        kept: Option<String>,
+    },
     /// Healthy, but the table is not managed yet (waiting for every first verdict).
     NotManagedYet,
     /// Healthy and not in the table for another reason (e.g. the table is full).
@@ -132,6 +139,10 @@ impl ServiceState {
             ready: self.managed,
             panic: self.managed && self.panic,
             unresolved: self.unresolved(),
+            split_brain: self
+                .split_brain()
+                .map(|(all, _)| all.into_iter().map(str::to_string).collect())
+                .unwrap_or_default(),
             backends: self
                 .backends
                 .values()
@@ -174,8 +185,19 @@ impl ServiceState {
                 reachable.push((b.name.clone(), b.key.addr, percent));
                 continue;
             }
+            let split = self
+                .split
+                .as_ref()
+                .filter(|(all, kept)| all.contains(&b.key) && kept.as_ref() != Some(&b.key));
             let reason = if let Some(d) = &b.drain {
                 OutReason::Drained(d.clone())
+            } else if let Some((_, kept)) = split {
+                OutReason::SplitBrain {
+                    kept: kept
+                        .as_ref()
+                        .and_then(|k| self.backends.get(k))
+                        .map(|k| k.name.clone()),
+                }
             } else if b.breaker.is_open() {
                 OutReason::Ejected {
                     ejections: b.breaker.ejections(),

@@ -49,6 +49,10 @@ pub struct ServiceState {
     /// After this, a service none of whose backends has an address yet (unresolved
     /// hostnames) stops holding up readiness.
     resolve_due: Instant,
+    /// `role: primary`: never spread over two backends that both claim primary.
+    pub(super) one_primary: bool,
+    /// While more than one backend claims primary: them, and the one kept.
+    pub(super) split: Option<(Vec<BackendKey>, Option<BackendKey>)>,
 }
 
 impl ServiceState {
@@ -67,6 +71,8 @@ impl ServiceState {
     ) -> Self {
         ServiceState {
             resolve_due: after(now, first_verdict_wait(&config)),
+            one_primary: crate::health::Probe::for_config(&config.health).wants_one_primary(),
+            split: None,
             vip: config.vip(),
             vip_id,
             backends: BTreeMap::new(),
@@ -126,6 +132,16 @@ impl ServiceState {
     /// Whether panic mode is in force.
     pub fn is_panicking(&self) -> bool {
         self.managed && self.panic
+    }
+
+    /// Every backend that claims primary while more than one does, and the one kept.
+    pub fn split_brain(&self) -> Option<(Vec<&str>, Option<&str>)> {
+        let (claimants, kept) = self.split.as_ref()?;
+        let name = |k: &BackendKey| self.backends.get(k).map(|b| b.name.as_str());
+        Some((
+            claimants.iter().filter_map(name).collect(),
+            kept.as_ref().and_then(name),
+        ))
     }
 
     /// The table last decided or adopted.
@@ -279,7 +295,13 @@ impl ServiceState {
             result: Arc::clone(&result),
         });
         let mut changed = false;
-        if let Some(to) = b.health.observe(passed) {
+        // A definite "I am not what you want" (a demoted primary) is acted on at once: a
+        // demotion is not a flake to wait `fall` probes for.
+        let verdict = match &*result {
+            Err(e) if e.is_wrong_role() => b.health.fail_now(),
+            _ => b.health.observe(passed),
+        };
+        if let Some(to) = verdict {
             changed = true;
             b.since = now;
             out.push(Transition::Health {
@@ -346,17 +368,70 @@ impl ServiceState {
     }
 
     /// The selection candidates, in `self.backends` order. `also_drained` counts as drained,
-    /// to ask what a drain would do before doing it.
+    /// to ask what a drain would do before doing it. A backend held out by a split brain is
+    /// not live.
     fn candidates(&self, also_drained: Option<&BackendKey>) -> Vec<Candidate> {
+        let held_out = |key: &BackendKey| {
+            self.split.as_ref().is_some_and(|(claimants, kept)| {
+                claimants.contains(key) && kept.as_ref() != Some(key)
+            })
+        };
         self.backends
             .iter()
             .map(|(key, b)| Candidate {
                 priority: b.priority,
                 weight: b.weight,
-                live: b.is_live(),
+                live: b.is_live() && !held_out(key),
                 drained: b.drain.is_some() || also_drained == Some(key),
             })
             .collect()
+    }
+
+    /// Looks for more than one live backend answering "primary" (`role: primary`) and
+    /// decides which keeps the connections: the one the table sends to now, never a newcomer.
+    fn watch_for_split_brain(&mut self, out: &mut Vec<Transition>) {
+        if !self.one_primary {
+            return;
+        }
+        let claimants: Vec<BackendKey> = self
+            .backends
+            .iter()
+            .filter(|(_, b)| {
+                b.is_live()
+                    && b.last_probe.as_ref().is_some_and(|p| {
+                        crate::health::role_seen(&p.result) == Some(crate::health::Role::Primary)
+                    })
+            })
+            .map(|(k, _)| *k)
+            .collect();
+        if claimants.len() < 2 {
+            if self.split.take().is_some() {
+                out.push(Transition::SplitBrainEnded);
+            }
+            return;
+        }
+        let in_table = |k: &BackendKey| {
+            self.table
+                .as_ref()
+                .is_some_and(|t| t.backends.iter().any(|b| b.addr == k.addr))
+        };
+        // Keep whoever keeps the connections already; else the one the table sends to.
+        let kept = match &self.split {
+            Some((_, Some(kept))) if claimants.contains(kept) => Some(*kept),
+            _ => claimants.iter().find(|k| in_table(k)).copied(),
+        };
+        let changed = self
+            .split
+            .as_ref()
+            .is_none_or(|(was, was_kept)| *was != claimants || *was_kept != kept);
+        if changed {
+            let name = |k: &BackendKey| self.backends[k].name.clone();
+            out.push(Transition::SplitBrain {
+                primaries: claimants.iter().map(name).collect(),
+                kept: kept.as_ref().map(name),
+            });
+        }
+        self.split = Some((claimants, kept));
     }
 
     /// What traffic goes to, given `candidates`, the service's policies and where traffic
@@ -415,6 +490,7 @@ impl ServiceState {
             self.active = self.adopted_priority();
             out.push(Transition::Managed);
         }
+        self.watch_for_split_brain(out);
         let candidates = self.candidates(None);
         let selection = self.select(&candidates);
         self.report_traffic_move(&selection, out);

@@ -505,3 +505,125 @@ fn a_backend_that_never_completes_a_streak_is_overdue_not_blocking() {
     let status = r.state.status(r.now);
     assert_eq!(status.backends[0].health, HealthStatus::Unknown);
 }
+
+fn answers(role: crate::health::Role) -> Arc<crate::health::ProbeResult> {
+    Arc::new(Ok(ProbeOk {
+        latency: Duration::from_millis(1),
+        detail: role.to_string(),
+        role: Some(role),
+    }))
+}
+
+fn demoted(a: SocketAddr) -> Arc<crate::health::ProbeResult> {
+    Arc::new(Err(ProbeError::WrongRole {
+        addr: a,
+        wanted: crate::health::RoleWanted::Primary,
+        actual: crate::health::Role::Replica,
+    }))
+}
+
+impl Rig {
+    /// One probe result for one backend, one interval later.
+    fn probe_with(&mut self, a: &str, result: Arc<crate::health::ProbeResult>) -> Decision {
+        self.now += INTERVAL;
+        let key = self.key(a);
+        self.feed(Input::Probe {
+            key,
+            started: self.now,
+            result,
+        })
+    }
+}
+
+const TWO_DATABASES: [&str; 2] = [
+    "{ name: a, address: '127.0.0.1:7001' }",
+    "{ name: b, address: '127.0.0.1:7002' }",
+];
+
+#[test]
+fn a_demoted_primary_is_out_at_once_not_after_fall_probes() {
+    use crate::health::Role::Primary;
+    let mut r = rig("", &PRIMARY_AND_BACKUP);
+    r.state.one_primary = true;
+    for _ in 0..2 {
+        r.probe_with(A, answers(Primary));
+        r.probe_with(B, demoted(addr(B)));
+    }
+    assert_eq!(r.table_addrs(), vec![addr(A)]);
+    // One "I am a replica" from A: out now, though fall is 3.
+    let d = r.probe_with(A, demoted(addr(A)));
+    assert!(d.transitions.iter().any(|t| matches!(
+        t,
+        Transition::Health {
+            to: HealthStatus::Unhealthy,
+            ..
+        }
+    )));
+    assert!(
+        r.state.table().unwrap().slots.is_empty(),
+        "no primary left: refused rather than sent to a replica"
+    );
+}
+
+#[test]
+fn two_primaries_keep_the_vip_on_the_one_that_had_it() {
+    use crate::health::Role::Primary;
+    let mut r = rig("", &TWO_DATABASES);
+    r.state.one_primary = true;
+    for _ in 0..2 {
+        r.probe_with(A, answers(Primary));
+        r.probe_with(B, demoted(addr(B)));
+    }
+    assert_eq!(r.table_addrs(), vec![addr(A)]);
+    // B is promoted while A still answers primary: B is the newcomer.
+    r.probe_with(B, answers(Primary));
+    let d = r.probe_with(B, answers(Primary));
+    assert_eq!(
+        r.table_addrs(),
+        vec![addr(A)],
+        "never both, never the newcomer"
+    );
+    assert!(d.transitions.iter().any(|t| matches!(
+        t,
+        Transition::SplitBrain { primaries, kept: Some(kept) } if primaries.len() == 2 && kept == "a"
+    )));
+    assert_eq!(r.state.status(r.now).split_brain, vec!["a", "b"]);
+    let e = r.state.explain();
+    assert!(e.out.iter().any(|(name, _, why)| name == "b"
+        && matches!(why, OutReason::SplitBrain { kept: Some(k) } if k == "a")));
+    // A is demoted: the split is over and B, the only primary, takes the VIP.
+    let d = r.probe_with(A, demoted(addr(A)));
+    assert!(d.transitions.contains(&Transition::SplitBrainEnded));
+    assert_eq!(r.table_addrs(), vec![addr(B)]);
+}
+
+#[test]
+fn two_primaries_at_a_first_start_get_no_connection() {
+    use crate::health::Role::Primary;
+    let mut r = rig("", &TWO_DATABASES);
+    r.state.one_primary = true;
+    let mut last = Decision::default();
+    for _ in 0..2 {
+        r.probe_with(A, answers(Primary));
+        last = r.probe_with(B, answers(Primary));
+    }
+    assert!(
+        r.state.table().unwrap().slots.is_empty(),
+        "without history, neither: writes to the wrong primary would be lost"
+    );
+    assert!(last
+        .transitions
+        .iter()
+        .any(|t| matches!(t, Transition::SplitBrain { kept: None, .. })));
+}
+
+#[test]
+fn without_role_primary_two_primaries_share_the_vip() {
+    use crate::health::Role::Primary;
+    let mut r = rig("", &TWO_DATABASES);
+    for _ in 0..2 {
+        r.probe_with(A, answers(Primary));
+        r.probe_with(B, answers(Primary));
+    }
+    assert_eq!(r.table_addrs(), vec![addr(A), addr(B)]);
+}

@@ -119,6 +119,18 @@ pub enum Transition {
         /// The lowest priority, now used whatever its health.
         priority: u8,
     },
+    /// More than one backend of a `role: primary` service answers "primary". Connections
+    /// stay on the one that had them (`kept`); the others get none. With no such backend
+    /// (a first start with two claimants) `kept` is `None` and connects are refused: without
+    /// history nothing says which is the real primary, and writes to the wrong one are lost.
+    SplitBrain {
+        /// Every backend that claims primary.
+        primaries: Vec<String>,
+        /// The one that keeps the connections, if any.
+        kept: Option<String>,
+    },
+    /// Only one backend claims primary again.
+    SplitBrainEnded,
     /// An operator asked for a manual failback.
     FailbackRequested {
         /// The priority traffic was held on.

@@ -379,6 +379,22 @@ impl Probe {
     }
 }
 
+/// Which probes ask for a role, for the decision core's "one primary, always" rule.
+impl Probe {
+    /// Whether this probe passes only a primary (`role: primary` of a database check): then
+    /// two backends that both answer "primary" are a split brain, and the VIP must never
+    /// spread over both.
+    pub fn wants_one_primary(&self) -> bool {
+        let wanted = match self {
+            Probe::Postgres(c) => c.role,
+            Probe::Mysql(c) => c.role,
+            Probe::Redis(c) => c.role,
+            Probe::Tcp | Probe::Http(_) | Probe::Expect(_) | Probe::Exec(_) => return false,
+        };
+        wanted == RoleWanted::Primary
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

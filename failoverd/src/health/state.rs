@@ -59,6 +59,18 @@ impl HealthState {
         self.status
     }
 
+    /// Makes the verdict unhealthy at once, whatever the streak: for a definite answer that
+    /// the backend is not what the check wants (a demoted primary is not a flake). Returns
+    /// the new verdict when it flips.
+    pub fn fail_now(&mut self) -> Option<HealthStatus> {
+        self.passes = 0;
+        self.failures = self.failures.max(self.fall);
+        (self.status != HealthStatus::Unhealthy).then(|| {
+            self.status = HealthStatus::Unhealthy;
+            HealthStatus::Unhealthy
+        })
+    }
+
     /// Feeds one probe result; returns the new verdict when it flips.
     pub fn observe(&mut self, passed: bool) -> Option<HealthStatus> {
         let next = if passed {

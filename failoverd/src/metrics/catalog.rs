@@ -51,6 +51,8 @@ pub mod names {
     pub const SERVICE_ACTIVE_PRIORITY: &str = "failoverd_service_active_priority";
     /// Live backends of the service.
     pub const SERVICE_LIVE_BACKENDS: &str = "failoverd_service_live_backends";
+    /// 1 while more than one backend of a `role: primary` service answers "primary".
+    pub const SPLIT_BRAIN: &str = "failoverd_split_brain";
     /// Changes of the active priority (failovers and failbacks).
     pub const FAILOVERS: &str = "failoverd_failovers_total";
     /// Probe latency.
@@ -180,6 +182,12 @@ pub const METRICS: &[Metric] = &[
         kind: Gauge,
         labels: &["service"],
         help: "backends that are healthy, not ejected, not drained, weight > 0",
+    },
+    Metric {
+        name: SPLIT_BRAIN,
+        kind: Gauge,
+        labels: &["service"],
+        help: "1 while more than one backend of a role: primary service answers primary",
     },
     Metric {
         name: FAILOVERS,

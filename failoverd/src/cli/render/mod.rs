@@ -48,6 +48,15 @@ pub fn status_table(report: &StatusReport, now_unix: u64) -> String {
         for header in service_header(service) {
             line(&mut out, &header);
         }
+        if !service.split_brain.is_empty() {
+            line(
+                &mut out,
+                &format!(
+                    "{INDENT}SPLIT BRAIN: {} all answer primary; new connections stay on the one in the table",
+                    safe(&service.split_brain.join(", "))
+                ),
+            );
+        }
         if let Some(error) = &service.datapath_error {
             line(
                 &mut out,
