@@ -5,14 +5,8 @@
 
 use std::{
     fs::{self, DirBuilder, Permissions},
-    io, mem,
-    os::{
-        fd::{AsRawFd, FromRawFd, OwnedFd},
-        unix::{
-            ffi::OsStrExt,
-            fs::{DirBuilderExt, FileTypeExt, PermissionsExt},
-        },
-    },
+    io,
+    os::unix::fs::{DirBuilderExt, FileTypeExt, PermissionsExt},
     path::{Path, PathBuf},
     sync::Arc,
     time::Duration,
@@ -293,54 +287,16 @@ enum Answer {
 /// exactly when a wedged daemon still holds the socket; a non-blocking one
 /// says EAGAIN and that counts as live.
 fn probe(path: &Path) -> io::Result<Answer> {
-    // SAFETY: sockaddr_un is plain data; all-zero is a valid (empty) address.
-    let mut addr: libc::sockaddr_un = unsafe { mem::zeroed() };
-    addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
-    let bytes = path.as_os_str().as_bytes();
-    // Keep the last byte NUL.
-    if bytes.len() >= addr.sun_path.len() {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            format!(
-                "the path is {} bytes long; a Unix socket path has at most {}",
-                bytes.len(),
-                addr.sun_path.len() - 1
-            ),
-        ));
-    }
-    for (dst, src) in addr.sun_path.iter_mut().zip(bytes) {
-        *dst = *src as libc::c_char;
-    }
-    // SAFETY: socket() has no memory preconditions.
-    let fd = unsafe {
-        libc::socket(
-            libc::AF_UNIX,
-            libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
-            0,
-        )
-    };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: `fd` was just returned by socket() and nothing else owns it.
-    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-    let len = mem::size_of::<libc::sa_family_t>() + bytes.len() + 1;
-    // SAFETY: `addr` is a valid sockaddr_un that outlives the call and `len` does not exceed its size.
-    let rc = unsafe {
-        libc::connect(
-            fd.as_raw_fd(),
-            std::ptr::from_ref(&addr).cast(),
-            len as libc::socklen_t,
-        )
-    };
-    if rc == 0 {
-        return Ok(Answer::Live);
-    }
-    let e = io::Error::last_os_error();
-    match e.raw_os_error() {
-        Some(libc::EAGAIN | libc::EINPROGRESS) => Ok(Answer::Live),
-        Some(libc::ECONNREFUSED | libc::ENOENT) => Ok(Answer::Nobody),
-        _ => Err(e),
+    use socket2::{Domain, SockAddr, Socket, Type};
+    let addr = SockAddr::unix(path)?;
+    let socket = Socket::new(Domain::UNIX, Type::STREAM.nonblocking().cloexec(), None)?;
+    match socket.connect(&addr) {
+        Ok(()) => Ok(Answer::Live),
+        Err(e) => match e.raw_os_error() {
+            Some(libc::EAGAIN | libc::EINPROGRESS) => Ok(Answer::Live),
+            Some(libc::ECONNREFUSED | libc::ENOENT) => Ok(Answer::Nobody),
+            _ => Err(e),
+        },
     }
 }
 
