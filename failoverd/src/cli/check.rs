@@ -9,7 +9,8 @@ use crate::{
         command::{print, CommandError},
         output::{self, Output, OutputArgs},
     },
-    config::{self, BackendConfig, Config, ConfigError, HealthKind, ServiceConfig},
+    config::{self, BackendConfig, Config, ConfigError, HealthConfig, ServiceConfig},
+    health::Probe,
 };
 
 /// Arguments of `failoverd check`.
@@ -20,7 +21,7 @@ use crate::{
     detection time) and exits 0. An invalid one prints FILE:LINE:COLUMN: KEY: MESSAGE\n\
     for the first problem in the file and exits 4. Nothing is opened or resolved.\n\
     With -o json a valid file prints {\"file\", \"services\": [{\"name\", \"vip\", \"protocol\",\n\
-    \"backends\", \"detection_bound_ms\"}]}.")]
+    \"backends\", \"detection_bound_ms\", \"health_kind\", \"role\"}]}.")]
 pub struct CheckArgs {
     /// The configuration file to check.
     #[arg(long, env = "FAILOVERD_CONFIG", default_value = crate::dirs::DEFAULT_CONFIG)]
@@ -63,6 +64,11 @@ pub struct JsonService {
     pub backends: usize,
     /// `fall × interval + timeout`, in milliseconds.
     pub detection_bound_ms: u128,
+    /// `health.kind`: `tcp`, `http`, `postgres`, `mysql`, `redis` or `exec`.
+    pub health_kind: String,
+    /// The role the check wants (`primary`, `replica`, `any`) for postgres, mysql and
+    /// redis; `null` for the other kinds.
+    pub role: Option<String>,
 }
 
 /// Runs `failoverd check`: loads and validates the file, then prints [`Summary`].
@@ -81,6 +87,12 @@ pub fn run(args: &CheckArgs) -> Result<(), CheckError> {
                     protocol: s.protocol.to_string(),
                     backends: s.backends.len(),
                     detection_bound_ms: s.detection_bound().as_millis(),
+                    health_kind: s.health.kind.to_string(),
+                    role: s
+                        .health
+                        .kind
+                        .has_role()
+                        .then(|| s.health.db.role.to_string()),
                 })
                 .collect(),
         })?,
@@ -150,18 +162,7 @@ fn write_service(f: &mut fmt::Formatter<'_>, s: &ServiceConfig) -> fmt::Result {
     let port = h
         .port
         .map_or("the backend's port".to_owned(), |p| format!("port {p}"));
-    let probe = match h.kind {
-        HealthKind::Tcp => format!("tcp connect to {port}"),
-        HealthKind::Http => format!(
-            "http GET {} on {port}, status {}{}",
-            h.http.path,
-            h.http.expect_status,
-            h.http
-                .expect_body
-                .as_ref()
-                .map_or(String::new(), |b| format!(", body containing {b:?}"))
-        ),
-    };
+    let probe = describe_probe(h, &port);
     writeln!(
         f,
         "  health:    {probe}; every {}, timeout {}, rise {}, fall {}",
@@ -214,6 +215,84 @@ fn write_service(f: &mut fmt::Formatter<'_>, s: &ServiceConfig) -> fmt::Result {
         }
     }
     Ok(())
+}
+
+/// The probe as it will run (what [`Probe::for_config`] makes of the section), in words:
+/// its kind first and, for the database kinds, the role it wants.
+fn describe_probe(h: &HealthConfig, port: &str) -> String {
+    let password = |file: &Option<PathBuf>| {
+        file.as_ref().map_or(String::new(), |p| {
+            format!(", password from {}", p.display())
+        })
+    };
+    let max_lag = |lag: Option<std::time::Duration>| {
+        lag.map_or(String::new(), |l| {
+            format!(", max lag {}", format_duration(l))
+        })
+    };
+    match Probe::for_config(h) {
+        Probe::Tcp => format!("tcp connect to {port}"),
+        Probe::Http(http) => format!(
+            "http GET {} on {port}, status {}{}",
+            http.path,
+            h.http.expect_status,
+            http.expect_body
+                .as_ref()
+                .map_or(String::new(), |b| format!(", body containing {b:?}"))
+        ),
+        Probe::Expect(e) => {
+            let send = if e.send.is_empty() {
+                String::new()
+            } else {
+                format!(" sending {:?},", String::from_utf8_lossy(&e.send))
+            };
+            format!("tcp to {port},{send} expecting {}", e.expect)
+        }
+        Probe::Postgres(pg) => format!(
+            "postgres on {port}, role {}, user {}, database {}, tls {}{}{}",
+            pg.role,
+            pg.user,
+            pg.database.as_deref().unwrap_or(&pg.user),
+            match pg.tls {
+                crate::health::PgTls::Off => "off",
+                crate::health::PgTls::Prefer => "prefer",
+                crate::health::PgTls::Require => "require",
+            },
+            max_lag(pg.max_lag),
+            password(&pg.password_file)
+        ),
+        Probe::Mysql(my) => format!(
+            "mysql on {port}, role {}, user {}{}{}{}",
+            my.role,
+            my.user,
+            my.database
+                .as_ref()
+                .map_or(String::new(), |d| format!(", database {d}")),
+            max_lag(my.max_lag),
+            password(&my.password_file)
+        ),
+        Probe::Redis(r) => format!(
+            "redis on {port}, role {}{}{}{}",
+            r.role,
+            r.username
+                .as_ref()
+                .map_or(String::new(), |u| format!(", user {u}")),
+            max_lag(r.max_lag),
+            password(&r.password_file)
+        ),
+        Probe::Exec(x) => {
+            let env: Vec<&str> = x.env.iter().map(|(k, _)| k.as_str()).collect();
+            format!(
+                "exec {:?}{}",
+                x.command,
+                if env.is_empty() {
+                    ", empty environment".to_owned()
+                } else {
+                    format!(", environment {}", env.join(" "))
+                }
+            )
+        }
+    }
 }
 
 #[cfg(test)]

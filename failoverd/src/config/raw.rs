@@ -5,6 +5,7 @@
 //! relate keys to each other live in `lower`.
 
 use std::{
+    collections::BTreeMap,
     fmt,
     marker::PhantomData,
     net::{IpAddr, SocketAddr},
@@ -15,7 +16,10 @@ use std::{
 use serde::{de, Deserialize, Deserializer};
 
 use super::{BackendAddress, Failback, HealthKind, OnAllDown};
-use crate::datapath::Protocol;
+use crate::{
+    datapath::Protocol,
+    health::{PgTls, RoleWanted},
+};
 
 /// The whole file.
 #[derive(Debug, Deserialize)]
@@ -92,6 +96,30 @@ pub(super) struct RawHealth {
     pub host: Option<String>,
     pub expect_status: Option<RawStatus>,
     pub expect_body: Option<String>,
+    // tcp with send/expect.
+    pub send: Option<Parsed<Escaped>>,
+    pub expect: Option<Parsed<EscapedText>>,
+    pub expect_regex: Option<Parsed<regex::Regex>>,
+    // postgres, mysql, redis.
+    pub role: Option<Parsed<RoleWanted>>,
+    pub user: Option<String>,
+    pub username: Option<String>,
+    pub database: Option<String>,
+    pub password_file: Option<PathBuf>,
+    /// Only ever refused: true when the key is written, whatever its value
+    /// (even null), and the value itself is dropped unread.
+    #[serde(default, deserialize_with = "present")]
+    pub password: bool,
+    pub max_lag: Option<Parsed<Duration>>,
+    pub tls: Option<Parsed<PgTls>>,
+    // exec.
+    pub command: Option<Vec<String>>,
+    pub env: Option<BTreeMap<String, String>>,
+}
+
+/// A key that is refused whatever it holds: its value is skipped, not kept.
+fn present<'de, D: Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
+    de::IgnoredAny::deserialize(d).map(|_| true)
 }
 
 /// `breaker`, in `defaults` or in a service.
@@ -263,6 +291,137 @@ impl Scalar for BackendAddress {
     }
 }
 
+/// `send` as written, with `\r`, `\n`, `\t`, `\\` and `\xNN` turned into the bytes they stand for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(super) struct Escaped(pub Vec<u8>);
+
+impl Scalar for Escaped {
+    const EXPECTING: &'static str = "text with \\r, \\n, \\t, \\\\ or \\xNN escapes";
+
+    fn parse(text: &str) -> Result<Self, String> {
+        unescape(text).map(Escaped)
+    }
+}
+
+/// `expect`: unescaped as [`Escaped`], and text (the probe compares it as UTF-8).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(super) struct EscapedText(pub String);
+
+impl Scalar for EscapedText {
+    const EXPECTING: &'static str = "text with \\r, \\n, \\t, \\\\ or \\xNN escapes";
+
+    fn parse(text: &str) -> Result<Self, String> {
+        String::from_utf8(unescape(text)?)
+            .map(EscapedText)
+            .map_err(|_| {
+                format!(
+                    "`{}` is not UTF-8 once unescaped; match other bytes with expect_regex",
+                    text.escape_debug()
+                )
+            })
+    }
+}
+
+/// The bytes `text` stands for: `\r`, `\n`, `\t`, `\\` and `\xNN` (two hex digits)
+/// are unescaped, every other character is kept as its UTF-8.
+pub(super) fn unescape(text: &str) -> Result<Vec<u8>, String> {
+    let shown = || text.escape_debug().to_string();
+    let mut out = Vec::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c != '\\' {
+            let mut buf = [0u8; 4];
+            out.extend_from_slice(c.encode_utf8(&mut buf).as_bytes());
+            continue;
+        }
+        match chars.next() {
+            Some('r') => out.push(b'\r'),
+            Some('n') => out.push(b'\n'),
+            Some('t') => out.push(b'\t'),
+            Some('\\') => out.push(b'\\'),
+            Some('x') => {
+                let hex: String = chars.by_ref().take(2).collect();
+                match u8::from_str_radix(&hex, 16) {
+                    Ok(byte) if hex.len() == 2 && hex.chars().all(|h| h.is_ascii_hexdigit()) => {
+                        out.push(byte);
+                    }
+                    _ => {
+                        return Err(format!(
+                            "invalid escape `\\x{}` in `{}`: \\x takes two hex digits, as in \\x00",
+                            hex.escape_debug(),
+                            shown()
+                        ))
+                    }
+                }
+            }
+            Some(other) => {
+                return Err(format!(
+                    "invalid escape `\\{}` in `{}`: write \\r, \\n, \\t, \\\\ or \\xNN",
+                    other.escape_debug(),
+                    shown()
+                ))
+            }
+            None => {
+                return Err(format!(
+                    "`{}` ends in a lone backslash: write \\\\ for a backslash",
+                    shown()
+                ))
+            }
+        }
+    }
+    Ok(out)
+}
+
+impl Scalar for regex::Regex {
+    const EXPECTING: &'static str = "a regular expression";
+
+    fn parse(text: &str) -> Result<Self, String> {
+        regex::Regex::new(text).map_err(|e| {
+            // A syntax error is a small drawing over several lines; its last line says what.
+            let shown = e.to_string();
+            let why = shown
+                .lines()
+                .rev()
+                .find_map(|l| l.strip_prefix("error: "))
+                .map_or_else(
+                    || shown.lines().collect::<Vec<_>>().join(" "),
+                    str::to_owned,
+                );
+            format!("invalid regex `{}`: {why}", text.escape_debug())
+        })
+    }
+}
+
+impl Scalar for RoleWanted {
+    const EXPECTING: &'static str = "primary, replica or any";
+
+    fn parse(text: &str) -> Result<Self, String> {
+        match text {
+            "primary" => Ok(RoleWanted::Primary),
+            "replica" => Ok(RoleWanted::Replica),
+            "any" => Ok(RoleWanted::Any),
+            other => Err(format!(
+                "unknown role `{other}`: expected primary, replica or any"
+            )),
+        }
+    }
+}
+
+impl Scalar for PgTls {
+    const EXPECTING: &'static str = "off, prefer or require";
+
+    fn parse(text: &str) -> Result<Self, String> {
+        match text {
+            "off" => Ok(PgTls::Off),
+            "prefer" => Ok(PgTls::Prefer),
+            "require" => Ok(PgTls::Require),
+            other => Err(format!(
+                "unknown tls `{other}`: expected off, prefer or require"
+            )),
+        }
+    }
+}
+
 macro_rules! from_str_scalar {
     ($($ty:ty => $expecting:literal),+ $(,)?) => {$(
         impl Scalar for $ty {
@@ -279,7 +438,7 @@ from_str_scalar!(
     Protocol => "tcp or udp",
     OnAllDown => "reject or panic",
     Failback => "auto or manual",
-    HealthKind => "tcp or http",
+    HealthKind => "tcp, http, postgres, mysql, redis or exec",
 );
 
 #[cfg(test)]
