@@ -325,7 +325,19 @@ impl Scalar for EscapedText {
 /// The bytes `text` stands for: `\r`, `\n`, `\t`, `\\` and `\xNN` (two hex digits)
 /// are unescaped, every other character is kept as its UTF-8.
 pub(super) fn unescape(text: &str) -> Result<Vec<u8>, String> {
-    let shown = || text.escape_debug().to_string();
+    // Backslashes shown as written; only control characters (from YAML's own
+    // double-quoted escapes) are escaped, to keep the message on one line.
+    let shown = || {
+        text.chars()
+            .map(|c| {
+                if c.is_control() {
+                    c.escape_default().to_string()
+                } else {
+                    c.to_string()
+                }
+            })
+            .collect::<String>()
+    };
     let mut out = Vec::with_capacity(text.len());
     let mut chars = text.chars();
     while let Some(c) = chars.next() {
@@ -484,6 +496,63 @@ mod tests {
             "[::1]:5353".parse().unwrap()
         );
         assert!(Nameserver::parse("dns.example").is_err());
+    }
+
+    #[test]
+    fn send_escapes_become_bytes() {
+        assert_eq!(unescape(r"PING\r\n").unwrap(), b"PING\r\n");
+        assert_eq!(unescape(r"a\tb\\c").unwrap(), b"a\tb\\c");
+        assert_eq!(unescape(r"\x00\xff\x7F").unwrap(), [0, 0xff, 0x7f]);
+        assert_eq!(unescape("é").unwrap(), "é".as_bytes());
+        assert_eq!(
+            unescape(r"a\q").unwrap_err(),
+            r"invalid escape `\q` in `a\q`: write \r, \n, \t, \\ or \xNN"
+        );
+        assert_eq!(
+            unescape(r"\x4").unwrap_err(),
+            r"invalid escape `\x4` in `\x4`: \x takes two hex digits, as in \x00"
+        );
+        assert_eq!(
+            unescape(r"\x+1").unwrap_err(),
+            r"invalid escape `\x+1` in `\x+1`: \x takes two hex digits, as in \x00"
+        );
+        assert_eq!(
+            unescape("ab\\").unwrap_err(),
+            r"`ab\` ends in a lone backslash: write \\ for a backslash"
+        );
+    }
+
+    #[test]
+    fn expect_must_stay_text_once_unescaped() {
+        assert_eq!(EscapedText::parse(r"\xc3\xa9").unwrap().0, "é");
+        assert!(EscapedText::parse(r"\xff")
+            .unwrap_err()
+            .contains("is not UTF-8 once unescaped"));
+    }
+
+    #[test]
+    fn a_bad_regex_says_why_on_one_line() {
+        let err = regex::Regex::parse("(a").unwrap_err();
+        assert_eq!(err, "invalid regex `(a`: unclosed group");
+    }
+
+    #[test]
+    fn role_and_tls_are_keywords() {
+        assert_eq!(RoleWanted::parse("any").unwrap(), RoleWanted::Any);
+        assert_eq!(PgTls::parse("off").unwrap(), PgTls::Off);
+        assert_eq!(
+            health("tls: off").unwrap().tls,
+            Some(Parsed(PgTls::Off)),
+            "YAML 1.2: off is a string, not a boolean"
+        );
+        assert!(RoleWanted::parse("master").is_err());
+    }
+
+    #[test]
+    fn a_password_key_is_noticed_whatever_its_value() {
+        assert!(health("password: hunter2").unwrap().password);
+        assert!(health("password:").unwrap().password);
+        assert!(!health("user: a").unwrap().password);
     }
 
     #[test]
