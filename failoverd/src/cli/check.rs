@@ -78,26 +78,27 @@ pub fn run(args: &CheckArgs) -> Result<(), CheckError> {
         Output::Table => Summary(&config).to_string(),
         Output::Json => output::json(&JsonSummary {
             file: config.source.display().to_string(),
-            services: config
-                .services
-                .iter()
-                .map(|s| JsonService {
-                    name: s.name.clone(),
-                    vip: s.vip.to_string(),
-                    protocol: s.protocol.to_string(),
-                    backends: s.backends.len(),
-                    detection_bound_ms: s.detection_bound().as_millis(),
-                    health_kind: s.health.kind.to_string(),
-                    role: s
-                        .health
-                        .kind
-                        .has_role()
-                        .then(|| s.health.db.role.to_string()),
-                })
-                .collect(),
+            services: config.services.iter().map(json_service).collect(),
         })?,
     };
     Ok(print(&text)?)
+}
+
+/// One service as `check -o json` prints it.
+fn json_service(s: &ServiceConfig) -> JsonService {
+    JsonService {
+        name: s.name.clone(),
+        vip: s.vip.to_string(),
+        protocol: s.protocol.to_string(),
+        backends: s.backends.len(),
+        detection_bound_ms: s.detection_bound().as_millis(),
+        health_kind: s.health.kind.to_string(),
+        role: s
+            .health
+            .kind
+            .has_role()
+            .then(|| s.health.db.role.to_string()),
+    }
 }
 
 /// What a valid configuration will do, for a person to read.
@@ -323,6 +324,59 @@ services:
         );
         let backends = "  priority 0:\n    a 10.0.0.5:5432 weight 300 (75%)\n    b 10.0.0.6:5432 weight 100 (25%)\n  priority 1:\n    c 10.0.0.7:5432 weight 100 (100%)\n";
         assert!(shown.contains(backends), "{shown}");
+    }
+
+    #[test]
+    fn the_summary_names_the_kind_and_the_role() {
+        let text = "\
+services:
+  - name: pg
+    vip: 10.96.0.10:5432
+    health: { kind: postgres, role: replica, max_lag: 10s, password_file: /etc/failoverd/pw }
+    backends: [{ address: 10.0.0.5:5432 }]
+  - name: my
+    vip: 10.96.0.11:3306
+    health: { kind: mysql, port: 3307 }
+    backends: [{ address: 10.0.0.5:3306 }]
+  - name: rd
+    vip: 10.96.0.12:6379
+    health: { kind: redis, role: any, username: probe }
+    backends: [{ address: 10.0.0.5:6379 }]
+  - name: smtp
+    vip: 10.96.0.13:25
+    health: { send: 'EHLO x\\r\\n', expect_regex: '^250' }
+    backends: [{ address: 10.0.0.5:25 }]
+  - name: app
+    vip: 10.96.0.14:80
+    health: { kind: exec, command: [/bin/true, '{address}'], env: { LANG: C } }
+    backends: [{ address: 10.0.0.5:80 }]
+";
+        let config = config::parse(text, Path::new("f.yaml")).unwrap();
+        let shown = Summary(&config).to_string();
+        for line in [
+            "  health:    postgres on the backend's port, role replica, user postgres, database postgres, tls prefer, max lag 10s, password from /etc/failoverd/pw; every 1s",
+            "  health:    mysql on port 3307, role primary, user root; every 1s",
+            "  health:    redis on the backend's port, role any, user probe; every 1s",
+            "  health:    tcp to the backend's port, sending \"EHLO x\\r\\n\", expecting /^250/; every 1s",
+            "  health:    exec [\"/bin/true\", \"{address}\"], environment LANG; every 1s",
+        ] {
+            assert!(shown.contains(line), "{line}\nnot in\n{shown}");
+        }
+        let kinds: Vec<(String, Option<String>)> = config
+            .services
+            .iter()
+            .map(json_service)
+            .map(|j| (j.health_kind, j.role))
+            .collect();
+        let want = [
+            ("postgres", Some("replica")),
+            ("mysql", Some("primary")),
+            ("redis", Some("any")),
+            ("tcp", None),
+            ("exec", None),
+        ]
+        .map(|(k, r)| (k.to_owned(), r.map(str::to_owned)));
+        assert_eq!(kinds, want);
     }
 
     #[test]
