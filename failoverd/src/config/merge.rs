@@ -432,7 +432,7 @@ fn exec_check(
                 |h| {
                     h.env
                         .as_ref()
-                        .map(|e| e.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+                        .map(|e| e.0.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
                 },
                 Vec::new(),
             )
@@ -625,7 +625,7 @@ fn check_exec_values(s: Section<'_, RawHealth>, issues: &mut Issues) {
             }
         }
     }
-    for (name, value) in s.raw.env.iter().flatten() {
+    for (name, value) in s.raw.env.iter().flat_map(|e| &e.0) {
         let valid = name.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
             && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
         if !valid {

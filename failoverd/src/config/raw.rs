@@ -114,7 +114,38 @@ pub(super) struct RawHealth {
     pub tls: Option<Parsed<PgTls>>,
     // exec.
     pub command: Option<Vec<String>>,
-    pub env: Option<BTreeMap<String, String>>,
+    pub env: Option<RawEnv>,
+}
+
+/// `env` as written: names to values, sorted by name. A name given twice is
+/// refused (a plain map would keep the last one without a word).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(super) struct RawEnv(pub BTreeMap<String, String>);
+
+impl<'de> Deserialize<'de> for RawEnv {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> de::Visitor<'de> for V {
+            type Value = RawEnv;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a mapping of variable names to values")
+            }
+
+            fn visit_map<A: de::MapAccess<'de>>(self, mut map: A) -> Result<RawEnv, A::Error> {
+                let mut env = BTreeMap::new();
+                while let Some((name, value)) = map.next_entry::<String, String>()? {
+                    if env.contains_key(&name) {
+                        // Worded as serde's own, so that the error names and points at it.
+                        return Err(de::Error::custom(format!("duplicate field `{name}`")));
+                    }
+                    env.insert(name, value);
+                }
+                Ok(RawEnv(env))
+            }
+        }
+        d.deserialize_map(V)
+    }
 }
 
 /// A key that is refused whatever it holds: its value is skipped, not kept.

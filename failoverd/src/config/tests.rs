@@ -1119,3 +1119,11 @@ fn probes_are_built_from_every_kind() {
         })
     );
 }
+
+#[test]
+fn an_env_name_given_twice_is_refused_at_the_second() {
+    let got = err(&service_with(
+        "    health:\n      kind: exec\n      command: [/bin/true]\n      env:\n        A: b\n        A: c\n",
+    ));
+    assert_eq!(got, "11:9: services[0].health.env.A: duplicate key `A`");
+}
