@@ -1,5 +1,6 @@
 //! Every broken config under `tests/fixtures/bad` fails where its first line
-//! says, and every file in `configs/` parses.
+//! says, every file under `tests/fixtures/good` and in `configs/` parses (the
+//! commented examples of `configs/failoverd.yaml` too).
 //!
 //! A fixture starts with `# expect: LINE:COLUMN: KEY`: the position and key
 //! path the error must name (1-based, counting that comment line).
@@ -12,10 +13,11 @@ use std::{
 use failoverd::{
     config::{self, BackendAddress, ConfigError, HealthKind, StatusMatch},
     datapath::Protocol,
+    health::{ExecCheck, Expect, MysqlCheck, PgCheck, PgTls, Probe, RedisCheck, RoleWanted},
 };
 
 /// Every fixture must fail, and there must be at least this many.
-const MIN_FIXTURES: usize = 14;
+const MIN_FIXTURES: usize = 22;
 
 fn manifest_dir() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -160,6 +162,111 @@ fn every_yaml_file_in_configs_parses() {
         }
     }
     assert!(checked >= 1, "no failoverd*.yaml in {}", dir.display());
+}
+
+#[test]
+fn the_database_fixture_builds_the_probes_it_says() {
+    let path = manifest_dir().join("tests/fixtures/good/databases.yaml");
+    let c = config::load(&path).unwrap_or_else(|e| panic!("{e}"));
+    let probe = |name: &str| {
+        let s = c.services.iter().find(|s| s.name == name).expect(name);
+        Probe::for_config(&s.health)
+    };
+    let password_file = Some("/etc/failoverd/probe.pw".into());
+    assert_eq!(
+        probe("orders-pg"),
+        Probe::Postgres(PgCheck {
+            user: "failoverd".into(),
+            database: Some("postgres".into()),
+            password_file: password_file.clone(),
+            tls: PgTls::Require,
+            ..PgCheck::default()
+        })
+    );
+    assert_eq!(
+        probe("orders-pg-ro"),
+        Probe::Postgres(PgCheck {
+            role: RoleWanted::Replica,
+            user: "failoverd".into(),
+            password_file: password_file.clone(),
+            max_lag: Some(Duration::from_secs(10)),
+            ..PgCheck::default()
+        })
+    );
+    assert!(matches!(probe("orders-patroni"), Probe::Http(h) if h.path == "/primary"));
+    assert_eq!(
+        probe("shop-mysql"),
+        Probe::Mysql(MysqlCheck {
+            user: "failoverd".into(),
+            password_file: password_file.clone(),
+            ..MysqlCheck::default()
+        })
+    );
+    assert_eq!(
+        probe("sessions-redis"),
+        Probe::Redis(RedisCheck {
+            username: Some("failoverd".into()),
+            password_file,
+            ..RedisCheck::default()
+        })
+    );
+    match probe("smtp") {
+        Probe::Expect(e) => {
+            assert_eq!(e.send, b"EHLO failoverd\r\n");
+            assert!(matches!(e.expect, Expect::Regex(r) if r.as_str() == "^250[ -]"));
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(
+        probe("app"),
+        Probe::Exec(ExecCheck {
+            command: ["/bin/sh", "-c", "exit 0", "check", "{address}"]
+                .map(String::from)
+                .to_vec(),
+            env: vec![("LANG".into(), "C".into())],
+        })
+    );
+}
+
+/// `configs/failoverd.yaml` carries commented examples between `# example: NAME` and
+/// `# end example` lines; uncommented and appended to the file's services, each parses.
+#[test]
+fn the_commented_examples_in_the_example_config_parse() {
+    let path = manifest_dir().join("../configs/failoverd.yaml");
+    let text = std::fs::read_to_string(&path).expect("configs/failoverd.yaml");
+    let mut examples: Vec<(String, String)> = Vec::new();
+    let mut current: Option<(String, String)> = None;
+    for line in text.lines() {
+        let trimmed = line.trim_start();
+        if let Some(name) = trimmed.strip_prefix("# example: ") {
+            current = Some((name.to_owned(), String::new()));
+        } else if trimmed == "# end example" {
+            examples.extend(current.take());
+        } else if let Some((_, body)) = current.as_mut() {
+            // `  # - name: x` becomes `  - name: x`: the `# ` after the indentation goes.
+            let indent = line.len() - trimmed.len();
+            let uncommented = trimmed
+                .strip_prefix("# ")
+                .or_else(|| trimmed.strip_prefix('#'))
+                .unwrap_or(trimmed);
+            body.push_str(&format!("{}{uncommented}\n", " ".repeat(indent)));
+        }
+    }
+    assert!(current.is_none(), "an example without `# end example`");
+    assert!(
+        examples.iter().any(|(name, _)| name == "postgres"),
+        "no postgres example in {}",
+        path.display()
+    );
+    for (name, body) in examples {
+        let full = format!("{text}\n{body}");
+        let c = config::parse(&full, &path).unwrap_or_else(|e| panic!("example {name}: {e}"));
+        let last = c.services.last().expect("a service");
+        if name == "postgres" {
+            assert_eq!(last.health.kind, HealthKind::Postgres);
+            assert_eq!(last.health.db.role, RoleWanted::Primary);
+        }
+    }
 }
 
 /// The systemd unit: a notify service with a watchdog that checks its config first, reloads

@@ -9,7 +9,8 @@ use crate::{
         command::{print, CommandError},
         output::{self, Output, OutputArgs},
     },
-    config::{self, BackendConfig, Config, ConfigError, HealthKind, ServiceConfig},
+    config::{self, BackendConfig, Config, ConfigError, HealthConfig, ServiceConfig},
+    health::Probe,
 };
 
 /// Arguments of `failoverd check`.
@@ -20,7 +21,7 @@ use crate::{
     detection time) and exits 0. An invalid one prints FILE:LINE:COLUMN: KEY: MESSAGE\n\
     for the first problem in the file and exits 4. Nothing is opened or resolved.\n\
     With -o json a valid file prints {\"file\", \"services\": [{\"name\", \"vip\", \"protocol\",\n\
-    \"backends\", \"detection_bound_ms\"}]}.")]
+    \"backends\", \"detection_bound_ms\", \"health_kind\", \"role\"}]}.")]
 pub struct CheckArgs {
     /// The configuration file to check.
     #[arg(long, env = "FAILOVERD_CONFIG", default_value = crate::dirs::DEFAULT_CONFIG)]
@@ -63,6 +64,11 @@ pub struct JsonService {
     pub backends: usize,
     /// `fall × interval + timeout`, in milliseconds.
     pub detection_bound_ms: u128,
+    /// `health.kind`: `tcp`, `http`, `postgres`, `mysql`, `redis` or `exec`.
+    pub health_kind: String,
+    /// The role the check wants (`primary`, `replica`, `any`) for postgres, mysql and
+    /// redis; `null` for the other kinds.
+    pub role: Option<String>,
 }
 
 /// Runs `failoverd check`: loads and validates the file, then prints [`Summary`].
@@ -72,20 +78,27 @@ pub fn run(args: &CheckArgs) -> Result<(), CheckError> {
         Output::Table => Summary(&config).to_string(),
         Output::Json => output::json(&JsonSummary {
             file: config.source.display().to_string(),
-            services: config
-                .services
-                .iter()
-                .map(|s| JsonService {
-                    name: s.name.clone(),
-                    vip: s.vip.to_string(),
-                    protocol: s.protocol.to_string(),
-                    backends: s.backends.len(),
-                    detection_bound_ms: s.detection_bound().as_millis(),
-                })
-                .collect(),
+            services: config.services.iter().map(json_service).collect(),
         })?,
     };
     Ok(print(&text)?)
+}
+
+/// One service as `check -o json` prints it.
+fn json_service(s: &ServiceConfig) -> JsonService {
+    JsonService {
+        name: s.name.clone(),
+        vip: s.vip.to_string(),
+        protocol: s.protocol.to_string(),
+        backends: s.backends.len(),
+        detection_bound_ms: s.detection_bound().as_millis(),
+        health_kind: s.health.kind.to_string(),
+        role: s
+            .health
+            .kind
+            .has_role()
+            .then(|| s.health.db.role.to_string()),
+    }
 }
 
 /// What a valid configuration will do, for a person to read.
@@ -150,18 +163,7 @@ fn write_service(f: &mut fmt::Formatter<'_>, s: &ServiceConfig) -> fmt::Result {
     let port = h
         .port
         .map_or("the backend's port".to_owned(), |p| format!("port {p}"));
-    let probe = match h.kind {
-        HealthKind::Tcp => format!("tcp connect to {port}"),
-        HealthKind::Http => format!(
-            "http GET {} on {port}, status {}{}",
-            h.http.path,
-            h.http.expect_status,
-            h.http
-                .expect_body
-                .as_ref()
-                .map_or(String::new(), |b| format!(", body containing {b:?}"))
-        ),
-    };
+    let probe = describe_probe(h, &port);
     writeln!(
         f,
         "  health:    {probe}; every {}, timeout {}, rise {}, fall {}",
@@ -216,6 +218,84 @@ fn write_service(f: &mut fmt::Formatter<'_>, s: &ServiceConfig) -> fmt::Result {
     Ok(())
 }
 
+/// The probe as it will run (what [`Probe::for_config`] makes of the section), in words:
+/// its kind first and, for the database kinds, the role it wants.
+fn describe_probe(h: &HealthConfig, port: &str) -> String {
+    let password = |file: &Option<PathBuf>| {
+        file.as_ref().map_or(String::new(), |p| {
+            format!(", password from {}", p.display())
+        })
+    };
+    let max_lag = |lag: Option<std::time::Duration>| {
+        lag.map_or(String::new(), |l| {
+            format!(", max lag {}", format_duration(l))
+        })
+    };
+    match Probe::for_config(h) {
+        Probe::Tcp => format!("tcp connect to {port}"),
+        Probe::Http(http) => format!(
+            "http GET {} on {port}, status {}{}",
+            http.path,
+            h.http.expect_status,
+            http.expect_body
+                .as_ref()
+                .map_or(String::new(), |b| format!(", body containing {b:?}"))
+        ),
+        Probe::Expect(e) => {
+            let send = if e.send.is_empty() {
+                String::new()
+            } else {
+                format!(" sending {:?},", String::from_utf8_lossy(&e.send))
+            };
+            format!("tcp to {port},{send} expecting {}", e.expect)
+        }
+        Probe::Postgres(pg) => format!(
+            "postgres on {port}, role {}, user {}, database {}, tls {}{}{}",
+            pg.role,
+            pg.user,
+            pg.database.as_deref().unwrap_or(&pg.user),
+            match pg.tls {
+                crate::health::PgTls::Off => "off",
+                crate::health::PgTls::Prefer => "prefer",
+                crate::health::PgTls::Require => "require",
+            },
+            max_lag(pg.max_lag),
+            password(&pg.password_file)
+        ),
+        Probe::Mysql(my) => format!(
+            "mysql on {port}, role {}, user {}{}{}{}",
+            my.role,
+            my.user,
+            my.database
+                .as_ref()
+                .map_or(String::new(), |d| format!(", database {d}")),
+            max_lag(my.max_lag),
+            password(&my.password_file)
+        ),
+        Probe::Redis(r) => format!(
+            "redis on {port}, role {}{}{}{}",
+            r.role,
+            r.username
+                .as_ref()
+                .map_or(String::new(), |u| format!(", user {u}")),
+            max_lag(r.max_lag),
+            password(&r.password_file)
+        ),
+        Probe::Exec(x) => {
+            let env: Vec<&str> = x.env.iter().map(|(k, _)| k.as_str()).collect();
+            format!(
+                "exec {:?}{}",
+                x.command,
+                if env.is_empty() {
+                    ", empty environment".to_owned()
+                } else {
+                    format!(", environment {}", env.join(" "))
+                }
+            )
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::path::Path;
@@ -244,6 +324,59 @@ services:
         );
         let backends = "  priority 0:\n    a 10.0.0.5:5432 weight 300 (75%)\n    b 10.0.0.6:5432 weight 100 (25%)\n  priority 1:\n    c 10.0.0.7:5432 weight 100 (100%)\n";
         assert!(shown.contains(backends), "{shown}");
+    }
+
+    #[test]
+    fn the_summary_names_the_kind_and_the_role() {
+        let text = "\
+services:
+  - name: pg
+    vip: 10.96.0.10:5432
+    health: { kind: postgres, role: replica, max_lag: 10s, password_file: /etc/failoverd/pw }
+    backends: [{ address: 10.0.0.5:5432 }]
+  - name: my
+    vip: 10.96.0.11:3306
+    health: { kind: mysql, port: 3307 }
+    backends: [{ address: 10.0.0.5:3306 }]
+  - name: rd
+    vip: 10.96.0.12:6379
+    health: { kind: redis, role: any, username: probe }
+    backends: [{ address: 10.0.0.5:6379 }]
+  - name: smtp
+    vip: 10.96.0.13:25
+    health: { send: 'EHLO x\\r\\n', expect_regex: '^250' }
+    backends: [{ address: 10.0.0.5:25 }]
+  - name: app
+    vip: 10.96.0.14:80
+    health: { kind: exec, command: [/bin/true, '{address}'], env: { LANG: C } }
+    backends: [{ address: 10.0.0.5:80 }]
+";
+        let config = config::parse(text, Path::new("f.yaml")).unwrap();
+        let shown = Summary(&config).to_string();
+        for line in [
+            "  health:    postgres on the backend's port, role replica, user postgres, database postgres, tls prefer, max lag 10s, password from /etc/failoverd/pw; every 1s",
+            "  health:    mysql on port 3307, role primary, user root; every 1s",
+            "  health:    redis on the backend's port, role any, user probe; every 1s",
+            "  health:    tcp to the backend's port, sending \"EHLO x\\r\\n\", expecting /^250/; every 1s",
+            "  health:    exec [\"/bin/true\", \"{address}\"], environment LANG; every 1s",
+        ] {
+            assert!(shown.contains(line), "{line}\nnot in\n{shown}");
+        }
+        let kinds: Vec<(String, Option<String>)> = config
+            .services
+            .iter()
+            .map(json_service)
+            .map(|j| (j.health_kind, j.role))
+            .collect();
+        let want = [
+            ("postgres", Some("replica")),
+            ("mysql", Some("primary")),
+            ("redis", Some("any")),
+            ("tcp", None),
+            ("exec", None),
+        ]
+        .map(|(k, r)| (k.to_owned(), r.map(str::to_owned)));
+        assert_eq!(kinds, want);
     }
 
     #[test]

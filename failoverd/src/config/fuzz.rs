@@ -15,6 +15,7 @@ use super::{read::parse_bytes, BackendAddress, Config, ConfigError};
 use crate::{
     cli::check::Summary,
     datapath::{TableBackend, Vip, VipTable},
+    health::Probe,
 };
 
 /// Cases per strategy: together about a few seconds in a debug build.
@@ -29,10 +30,10 @@ fn settings() -> ProptestConfig {
     }
 }
 
-/// Loads `bytes` and checks what came out; `Ok(n)`: accepted with `n` services.
-fn check(bytes: &[u8]) -> Result<Option<usize>, TestCaseError> {
+/// Loads `bytes` and checks what came out; `Ok(Some(config))`: accepted.
+fn check(bytes: &[u8]) -> Result<Option<Config>, TestCaseError> {
     match parse_bytes(bytes, Path::new("fuzz.yaml")) {
-        Ok(config) => accepted_is_applicable(&config).map(|()| Some(config.services.len())),
+        Ok(config) => accepted_is_applicable(&config).map(|()| Some(config)),
         Err(ConfigError::Invalid {
             line,
             column,
@@ -67,6 +68,22 @@ fn accepted_is_applicable(config: &Config) -> Result<(), TestCaseError> {
         let vip = s.vip();
         prop_assert_eq!(Vip::from_key(&vip.key()), Some(vip));
         prop_assert!(keys.insert(vip.key()), "{} twice", vip);
+        // The daemon builds the probe from the section: of the kind written, and an
+        // exec program that `check` found runnable.
+        let probe = Probe::for_config(h);
+        let kind_matches = match (&probe, h.kind) {
+            (Probe::Tcp | Probe::Expect(_), super::HealthKind::Tcp) => true,
+            (Probe::Http(_), super::HealthKind::Http) => true,
+            (Probe::Postgres(_), super::HealthKind::Postgres) => true,
+            (Probe::Mysql(_), super::HealthKind::Mysql) => true,
+            (Probe::Redis(_), super::HealthKind::Redis) => true,
+            (Probe::Exec(e), super::HealthKind::Exec) => e
+                .command
+                .first()
+                .is_some_and(|p| crate::health::validate_exec(Path::new(p)).is_ok()),
+            _ => false,
+        };
+        prop_assert!(kind_matches, "{:?} for kind {}", probe, h.kind);
         let backends: Vec<TableBackend> = s
             .backends
             .iter()
@@ -137,6 +154,22 @@ fn token() -> impl Strategy<Value = &'static str> {
         "1e400",
         "rise: 4294967295",
         "kind: http",
+        "kind: postgres",
+        "kind: mysql",
+        "kind: redis",
+        "kind: exec",
+        "role: replica",
+        "max_lag: 1s",
+        "tls: off",
+        "password: x",
+        "password_file: /pw",
+        "command: [/bin/true]",
+        "command: [/nonexistent]",
+        "env: { A: b }",
+        "send: 'PING\\r\\n'",
+        "expect: '+PONG'",
+        "expect_regex: '^(a|b'",
+        "\\x",
         "path: /",
         "\"/a\\r\\nb\"",
         "breaker:",
@@ -215,23 +248,128 @@ fn quoted(text: &str) -> String {
     serde_json::to_string(text).unwrap_or_default()
 }
 
+/// The keys of one kind, written right or hostile; some belong to another kind.
+fn kind_keys(kind: &'static str) -> BoxedStrategy<String> {
+    let lag = duration(prop_oneof![10 => seconds(1..100), 1 => Just("0s".to_owned())].boxed());
+    let role = prop_oneof![
+        10 => prop::sample::select(vec!["primary", "replica", "any"]),
+        1 => Just("master"),
+    ];
+    let user = text(&["postgres", "failoverd", "root"]);
+    let password_file = text(&["/etc/failoverd/pw", "/run/secrets/db"]);
+    let stray = prop_oneof![12 => Just(""), 1 => prop::sample::select(vec![
+        ", path: /x",
+        ", role: any",
+        ", user: u",
+        ", username: u",
+        ", tls: require",
+        ", command: [/bin/true]",
+        ", expect: ok",
+        ", password: hunter2",
+    ])];
+    match kind {
+        "http" => (text(&["/", "/health", "/a?b=c%20d"]), text(&["db.internal", "db.internal:8008", "[::1]:80"]), stray)
+            .prop_map(|(path, host, stray)| {
+                format!(", path: {}, host: {}{stray}", quoted(&path), quoted(&host))
+            })
+            .boxed(),
+        "tcp" => (
+            prop::option::of(text(&["PING\\r\\n", "\\x00\\x01", "QUIT\\n"])),
+            prop_oneof![
+                1 => Just(String::new()),
+                1 => text(&["+PONG", "220 ", "\\r\\n"]).prop_map(|e| format!(", expect: {}", quoted(&e))),
+                1 => text(&["^220 ", "^\\+PONG\\r\\n", "a+"]).prop_map(|e| format!(", expect_regex: {}", quoted(&e))),
+            ],
+            stray,
+        )
+            .prop_map(|(send, expect, stray)| {
+                let send = send.map_or(String::new(), |s| format!(", send: {}", quoted(&s)));
+                format!("{send}{expect}{stray}")
+            })
+            .boxed(),
+        "exec" => (
+            prop_oneof![
+                8 => Just(Some(vec!["/bin/true".to_owned(), "{address}".to_owned()])),
+                1 => prop::option::of(prop::collection::vec(
+                    text(&["/bin/true", "/bin/sh", "/nonexistent/x", "bin/true", "/", "{address}", "-c"]),
+                    0..4,
+                )),
+            ],
+            prop::collection::vec(
+                (
+                    prop_oneof![10 => "[A-Za-z_][A-Za-z0-9_]{0,6}", 1 => "[0-9-]{1,3}"],
+                    text(&["C", "5432", ""]),
+                ),
+                0..3,
+            ),
+            stray,
+        )
+            .prop_map(|(command, env, stray)| {
+                let command = command.map_or(String::new(), |c| {
+                    let items: Vec<String> = c.iter().map(|a| quoted(a)).collect();
+                    format!(", command: [{}]", items.join(", "))
+                });
+                let env = if env.is_empty() {
+                    String::new()
+                } else {
+                    let items: Vec<String> = env
+                        .iter()
+                        .map(|(k, v)| format!("{}: {}", quoted(k), quoted(v)))
+                        .collect();
+                    format!(", env: {{ {} }}", items.join(", "))
+                };
+                format!("{command}{env}{stray}")
+            })
+            .boxed(),
+        database => (
+            role,
+            prop::option::of(user),
+            prop::option::of(password_file),
+            prop::option::of(lag),
+            prop_oneof![
+                10 => prop::sample::select(vec!["off", "prefer", "require"]),
+                1 => Just("verify-full"),
+            ],
+            stray,
+        )
+            .prop_map(move |(role, user, password_file, lag, tls, stray)| {
+                let mut keys = format!(", role: {role}");
+                let login = if database == "redis" { "username" } else { "user" };
+                if let Some(u) = user {
+                    keys.push_str(&format!(", {login}: {}", quoted(&u)));
+                }
+                if let Some(p) = password_file {
+                    keys.push_str(&format!(", password_file: {}", quoted(&p)));
+                }
+                if let Some(l) = lag {
+                    keys.push_str(&format!(", max_lag: {}", quoted(&l)));
+                }
+                if database == "postgres" {
+                    keys.push_str(&format!(", tls: {tls}, database: app"));
+                }
+                format!("{keys}{stray}")
+            })
+            .boxed(),
+    }
+}
+
 prop_compose! {
     fn health()(
-        kind in prop::sample::select(vec!["tcp", "http"]),
+        kind in prop::sample::select(vec!["tcp", "http", "postgres", "mysql", "redis", "exec"]),
         interval in duration(seconds(1..3600)),
         timeout in duration((1u64..1000).prop_map(|n| format!("{n}ms"))),
         rise in count(),
         fall in count(),
-        path in text(&["/", "/health", "/a?b=c%20d"]),
-        host in text(&["db.internal", "db.internal:8008", "[::1]:80"]),
+    )(
+        keys in kind_keys(kind),
+        kind in Just(kind),
+        interval in Just(interval),
+        timeout in Just(timeout),
+        rise in Just(rise),
+        fall in Just(fall),
     ) -> String {
-        let http = if kind == "http" {
-            format!(", path: {}, host: {}", quoted(&path), quoted(&host))
-        } else {
-            String::new()
-        };
         format!(
-            "{{ kind: {kind}, interval: {}, timeout: {}, rise: {rise}, fall: {fall}{http} }}",
+            "{{ kind: {kind}, interval: {}, timeout: {}, rise: {rise}, fall: {fall}{keys} }}",
             quoted(&interval), quoted(&timeout)
         )
     }
@@ -316,14 +454,27 @@ proptest! {
 #[test]
 fn generated_configs_load_or_fail_with_a_location() {
     let with_services = AtomicUsize::new(0);
+    let kinds = std::sync::Mutex::new(std::collections::BTreeSet::new());
     proptest::test_runner::TestRunner::new(settings())
         .run(&config(), |text| {
-            if check(text.as_bytes())?.is_some_and(|n| n > 0) {
+            if let Some(config) = check(text.as_bytes())?.filter(|c| !c.services.is_empty()) {
                 with_services.fetch_add(1, Ordering::Relaxed);
+                let mut kinds = kinds
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                kinds.extend(config.services.iter().map(|s| s.health.kind.to_string()));
             }
             Ok(())
         })
         .unwrap_or_else(|e| panic!("{e}"));
+    // Every kind is among the accepted configs, so the checks above ran on each.
+    let kinds = kinds
+        .into_inner()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    assert_eq!(
+        kinds.into_iter().collect::<Vec<_>>(),
+        ["exec", "http", "mysql", "postgres", "redis", "tcp"]
+    );
     // Without accepted configs the checks on them would check nothing; about
     // a tenth of the cases are accepted with at least one service.
     let accepted = with_services.into_inner();

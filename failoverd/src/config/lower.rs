@@ -132,6 +132,7 @@ pub(super) fn lower(raw: RawConfig, source: &Path, issues: &mut Issues) -> Confi
                     path: &health_path,
                 }),
                 inherited: default_health,
+                at: &health_path,
             },
             issues,
         );
@@ -143,6 +144,7 @@ pub(super) fn lower(raw: RawConfig, source: &Path, issues: &mut Issues) -> Confi
                     path: &breaker_path,
                 }),
                 inherited: default_breaker,
+                at: &breaker_path,
             },
             issues,
         );

@@ -13,10 +13,12 @@ use humantime::format_duration;
 use super::{
     issues::Issues,
     locate::join,
-    model::{MAX_INTERVAL, MAX_OPEN_FOR, MAX_THRESHOLD, MIN_INTERVAL},
+    model::{MAX_INTERVAL, MAX_LAG, MAX_OPEN_FOR, MAX_THRESHOLD, MIN_INTERVAL},
     raw::{RawBreaker, RawHealth, RawStatus},
-    BreakerConfig, HealthConfig, HealthKind, HttpCheckConfig, StatusMatch,
+    BreakerConfig, DatabaseCheckConfig, ExecCheckConfig, HealthConfig, HealthKind, HttpCheckConfig,
+    StatusMatch, TcpCheckConfig,
 };
+use crate::health::{Expect, RoleWanted};
 
 /// One `health` or `breaker` mapping and its key path.
 pub(super) struct Section<'a, R> {
@@ -40,6 +42,9 @@ pub(super) enum Scope<'a, R> {
     Service {
         own: Option<Section<'a, R>>,
         inherited: Option<Section<'a, R>>,
+        /// Where the service's section is or would be written: a required key
+        /// missing from it is reported there.
+        at: &'a str,
     },
 }
 
@@ -156,28 +161,34 @@ pub(super) fn health(scope: Scope<'_, RawHealth>, issues: &mut Issues) -> Health
         );
     }
 
-    if let (Scope::Service { own: Some(own), .. }, HealthKind::Tcp) = (scope, kind.value) {
-        // In `defaults` the http keys are fine: they serve the http services only.
-        let r = own.raw;
-        let written = [
-            ("path", r.path.is_some()),
-            ("host", r.host.is_some()),
-            ("expect_status", r.expect_status.is_some()),
-            ("expect_body", r.expect_body.is_some()),
-        ];
-        for (key, _) in written.iter().filter(|(_, is_set)| *is_set) {
+    if let Scope::Service { own: Some(own), .. } = scope {
+        // In `defaults` every kind's keys are fine: each serves the services of its kind.
+        for key in written_keys(own.raw) {
+            let Some(kinds) = kinds_of(key).filter(|k| !k.contains(&kind.value)) else {
+                continue;
+            };
             let why = scope.note(&kind);
+            let hint = match (key, kind.value) {
+                ("user", HealthKind::Redis) => "; a redis check names its ACL user with username",
+                ("username", HealthKind::Postgres | HealthKind::Mysql) => {
+                    "; postgres and mysql checks name their login with user"
+                }
+                _ => "",
+            };
             issues.key(
                 join(own.path, key),
-                format!("{key} applies to http checks only, and this check's kind is tcp{why}"),
+                format!(
+                    "{key} applies to {} checks only, and this check's kind is {}{why}{hint}",
+                    kinds_words(kinds),
+                    kind.value
+                ),
             );
         }
     }
 
     let http = match kind.value {
-        // A tcp check carries the http defaults, so that an http key in
+        // Another kind carries the http defaults, so that an http key in
         // `defaults` does not make two tcp services look different.
-        HealthKind::Tcp => HttpCheckConfig::default(),
         HealthKind::Http => {
             let d = HttpCheckConfig::default();
             HttpCheckConfig {
@@ -201,6 +212,20 @@ pub(super) fn health(scope: Scope<'_, RawHealth>, issues: &mut Issues) -> Health
                     .value,
             }
         }
+        _ => HttpCheckConfig::default(),
+    };
+    let tcp = match kind.value {
+        HealthKind::Tcp => tcp_check(scope, &kind, issues),
+        _ => TcpCheckConfig::default(),
+    };
+    let db = if kind.value.has_role() {
+        db_check(scope, kind.value, issues)
+    } else {
+        DatabaseCheckConfig::default()
+    };
+    let exec = match kind.value {
+        HealthKind::Exec => exec_check(scope, &kind, issues),
+        _ => ExecCheckConfig::default(),
     };
 
     HealthConfig {
@@ -211,6 +236,207 @@ pub(super) fn health(scope: Scope<'_, RawHealth>, issues: &mut Issues) -> Health
         fall: scope.get("fall", |h| h.fall, builtin.fall).value,
         port: scope.get("port", |h| h.port.map(Some), builtin.port).value,
         http,
+        tcp,
+        db,
+        exec,
+    }
+}
+
+/// The keys of `health` that belong to some kinds only, and those kinds.
+const KIND_KEYS: &[(&str, &[HealthKind])] = {
+    use HealthKind::{Exec, Http, Mysql, Postgres, Redis, Tcp};
+    &[
+        ("path", &[Http]),
+        ("host", &[Http]),
+        ("expect_status", &[Http]),
+        ("expect_body", &[Http]),
+        ("send", &[Tcp]),
+        ("expect", &[Tcp]),
+        ("expect_regex", &[Tcp]),
+        ("role", &[Postgres, Mysql, Redis]),
+        ("user", &[Postgres, Mysql]),
+        ("database", &[Postgres, Mysql]),
+        ("password_file", &[Postgres, Mysql, Redis]),
+        ("max_lag", &[Postgres, Mysql, Redis]),
+        ("tls", &[Postgres]),
+        ("username", &[Redis]),
+        ("command", &[Exec]),
+        ("env", &[Exec]),
+    ]
+};
+
+fn kinds_of(key: &str) -> Option<&'static [HealthKind]> {
+    KIND_KEYS
+        .iter()
+        .find(|(k, _)| *k == key)
+        .map(|(_, kinds)| *kinds)
+}
+
+/// `http`, `postgres and mysql`, `postgres, mysql and redis`.
+fn kinds_words(kinds: &[HealthKind]) -> String {
+    let words: Vec<String> = kinds.iter().map(ToString::to_string).collect();
+    match words.split_last() {
+        Some((last, rest)) if !rest.is_empty() => format!("{} and {last}", rest.join(", ")),
+        _ => words.concat(),
+    }
+}
+
+/// The kind-specific keys a section writes, in [`KIND_KEYS`] order.
+fn written_keys(h: &RawHealth) -> Vec<&'static str> {
+    let written = [
+        h.path.is_some(),
+        h.host.is_some(),
+        h.expect_status.is_some(),
+        h.expect_body.is_some(),
+        h.send.is_some(),
+        h.expect.is_some(),
+        h.expect_regex.is_some(),
+        h.role.is_some(),
+        h.user.is_some(),
+        h.database.is_some(),
+        h.password_file.is_some(),
+        h.max_lag.is_some(),
+        h.tls.is_some(),
+        h.username.is_some(),
+        h.command.is_some(),
+        h.env.is_some(),
+    ];
+    KIND_KEYS
+        .iter()
+        .zip(written)
+        .filter_map(|((key, _), is_set)| is_set.then_some(*key))
+        .collect()
+}
+
+/// What a section's `expect` or `expect_regex` says; a section writing both is refused
+/// where it is written.
+fn expect_of(h: &RawHealth) -> Option<Expect> {
+    match (&h.expect, &h.expect_regex) {
+        (Some(text), _) => Some(Expect::Substring(text.0 .0.clone())),
+        (None, Some(re)) => Some(Expect::Regex(re.0.clone())),
+        (None, None) => None,
+    }
+}
+
+/// `send` and `expect`/`expect_regex`. The two expect keys are one choice: a
+/// service that writes either replaces whichever `defaults` wrote.
+fn tcp_check(
+    scope: Scope<'_, RawHealth>,
+    kind: &Merged<HealthKind>,
+    issues: &mut Issues,
+) -> TcpCheckConfig {
+    let send = scope.get(
+        "send",
+        |h| h.send.as_ref().map(|s| s.0 .0.clone()),
+        Vec::new(),
+    );
+    let expect = scope.get("expect", |h| expect_of(h).map(Some), None);
+    if !send.value.is_empty() && expect.value.is_none() && (scope.wrote(&send) || scope.wrote(kind))
+    {
+        let at = if scope.wrote(&send) {
+            send.from.clone()
+        } else {
+            kind.from.clone()
+        };
+        issues.value(
+            at.unwrap_or_default(),
+            format!(
+                "send{} needs expect or expect_regex: without one the reply is not looked at",
+                scope.note(&send)
+            ),
+        );
+    }
+    TcpCheckConfig {
+        send: send.value,
+        expect: expect.value,
+    }
+}
+
+fn db_check(
+    scope: Scope<'_, RawHealth>,
+    kind: HealthKind,
+    issues: &mut Issues,
+) -> DatabaseCheckConfig {
+    let d = DatabaseCheckConfig::default();
+    let role = scope.get("role", |h| h.role.as_ref().map(|r| r.0), d.role);
+    let max_lag = scope.get(
+        "max_lag",
+        |h| h.max_lag.as_ref().map(|l| Some(l.0)),
+        d.max_lag,
+    );
+    if role.value == RoleWanted::Primary && max_lag.value.is_some() {
+        // Only what the service wrote: a `defaults` max_lag serves its replica checks.
+        if let (Scope::Service { .. }, true) = (scope, scope.wrote(&max_lag)) {
+            issues.key(
+                max_lag.from.clone().unwrap_or_default(),
+                format!(
+                    "max_lag applies to role replica or any, and this check's role is primary{}: a primary has no lag",
+                    scope.note(&role)
+                ),
+            );
+        }
+    }
+    let with = |key: &str| kinds_of(key).is_some_and(|k| k.contains(&kind));
+    DatabaseCheckConfig {
+        role: role.value,
+        user: with("user")
+            .then(|| scope.get("user", |h| h.user.clone().map(Some), None))
+            .and_then(|m| m.value),
+        username: with("username")
+            .then(|| scope.get("username", |h| h.username.clone().map(Some), None))
+            .and_then(|m| m.value),
+        database: with("database")
+            .then(|| scope.get("database", |h| h.database.clone().map(Some), None))
+            .and_then(|m| m.value),
+        password_file: scope
+            .get(
+                "password_file",
+                |h| h.password_file.clone().map(Some),
+                d.password_file,
+            )
+            .value,
+        max_lag: max_lag.value,
+        tls: if with("tls") {
+            scope
+                .get("tls", |h| h.tls.as_ref().map(|t| t.0), d.tls)
+                .value
+        } else {
+            d.tls
+        },
+    }
+}
+
+fn exec_check(
+    scope: Scope<'_, RawHealth>,
+    kind: &Merged<HealthKind>,
+    issues: &mut Issues,
+) -> ExecCheckConfig {
+    let command = scope.get("command", |h| h.command.clone(), Vec::new());
+    if let Scope::Service { at, .. } = scope {
+        // `defaults` may set kind exec and leave each service its own command.
+        if command.from.is_none() {
+            issues.value(
+                join(at, "command"),
+                format!(
+                    "an exec check needs command: [path, args...]; this check's kind is exec{}",
+                    scope.note(kind)
+                ),
+            );
+        }
+    }
+    ExecCheckConfig {
+        command: command.value,
+        env: scope
+            .get(
+                "env",
+                |h| {
+                    h.env
+                        .as_ref()
+                        .map(|e| e.0.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+                },
+                Vec::new(),
+            )
+            .value,
     }
 }
 
@@ -286,6 +512,136 @@ fn check_health_values(s: Section<'_, RawHealth>, issues: &mut Issues) {
             at("expect_body"),
             "expect_body is empty, which every body contains; leave the key out instead",
         );
+    }
+    check_role_values(s, issues);
+    check_tcp_values(s, issues);
+    check_exec_values(s, issues);
+}
+
+/// The values of the send/expect keys.
+fn check_tcp_values(s: Section<'_, RawHealth>, issues: &mut Issues) {
+    let at = |key| join(s.path, key);
+    let h = s.raw;
+    if h.send.as_ref().is_some_and(|b| b.0 .0.is_empty()) {
+        issues.value(
+            at("send"),
+            "send is empty; leave the key out for a server that speaks first",
+        );
+    }
+    if h.expect.as_ref().is_some_and(|t| t.0 .0.is_empty()) {
+        issues.value(
+            at("expect"),
+            "expect is empty, which every reply contains; give the text the reply must contain",
+        );
+    }
+    if let Some(re) = &h.expect_regex {
+        if h.expect.is_some() {
+            issues.key(at("expect_regex"), "give expect or expect_regex, not both");
+        } else if re.0.is_match("") {
+            issues.value(
+                at("expect_regex"),
+                format!(
+                    "expect_regex `{}` matches an empty reply, so every reply (even none) would pass",
+                    re.0.as_str().escape_debug()
+                ),
+            );
+        }
+    }
+}
+
+/// The values of the role-aware checks' keys.
+fn check_role_values(s: Section<'_, RawHealth>, issues: &mut Issues) {
+    let at = |key| join(s.path, key);
+    let h = s.raw;
+    if h.password {
+        issues.key(
+            at("password"),
+            "an inline password is not accepted: put it in a file only failoverd's user can read and name that file with password_file",
+        );
+    }
+    for (key, value) in [
+        ("user", &h.user),
+        ("username", &h.username),
+        ("database", &h.database),
+    ] {
+        let Some(value) = value else { continue };
+        if value.is_empty() {
+            issues.value(
+                at(key),
+                format!("{key} is empty; leave the key out for the default"),
+            );
+        } else if let Some(c) = control_char(value) {
+            issues.value(
+                at(key),
+                format!(
+                    "{key} `{}` contains the control character `{c}`",
+                    value.escape_debug()
+                ),
+            );
+        }
+    }
+    if let Some(path) = h.password_file.as_ref().filter(|p| !p.is_absolute()) {
+        issues.value(
+            at("password_file"),
+            format!(
+                "password_file `{}` must be an absolute path",
+                path.display()
+            ),
+        );
+    }
+    if let Some(lag) = &h.max_lag {
+        if lag.0.is_zero() {
+            issues.value(at("max_lag"), "max_lag must be longer than zero");
+        } else if lag.0 > MAX_LAG {
+            issues.value(at("max_lag"), longer_than_max("max_lag", lag.0, MAX_LAG));
+        }
+    }
+}
+
+/// The values of the exec keys: the program must be runnable now, so that a typo
+/// is this error instead of a probe that always fails.
+fn check_exec_values(s: Section<'_, RawHealth>, issues: &mut Issues) {
+    let at = |key: &str| join(s.path, key);
+    if let Some(command) = &s.raw.command {
+        match command.first() {
+            None => issues.value(
+                at("command"),
+                "command is empty: give [path, args...], the path absolute",
+            ),
+            Some(program) => {
+                if let Err(e) = crate::health::validate_exec(std::path::Path::new(program)) {
+                    let cause =
+                        std::error::Error::source(&e).map_or(String::new(), |c| format!(" ({c})"));
+                    issues.value(at("command[0]"), format!("{e}{cause}"));
+                }
+            }
+        }
+        for (i, arg) in command.iter().enumerate() {
+            if arg.contains('\0') {
+                issues.value(
+                    at(&format!("command[{i}]")),
+                    "a NUL byte cannot be passed to a program",
+                );
+            }
+        }
+    }
+    for (name, value) in s.raw.env.iter().flat_map(|e| &e.0) {
+        let valid = name.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
+            && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+        if !valid {
+            issues.key(
+                at(&format!("env.{name}")),
+                format!(
+                    "`{}` is not an environment variable name: letters, digits and _, not starting with a digit",
+                    name.escape_debug()
+                ),
+            );
+        } else if value.contains('\0') {
+            issues.value(
+                at(&format!("env.{name}")),
+                "a NUL byte cannot be passed in the environment",
+            );
+        }
     }
 }
 
@@ -475,6 +831,7 @@ mod tests {
                 raw,
                 path: "defaults.health",
             }),
+            at: "services[0].health",
         };
         (health(scope, &mut issues), issues)
     }
@@ -495,6 +852,7 @@ mod tests {
             Scope::Service {
                 own: None,
                 inherited: None,
+                at: "services[0].breaker",
             },
             &mut issues,
         );
@@ -530,6 +888,7 @@ mod tests {
                     raw: &defaults,
                     path: "defaults.breaker",
                 }),
+                at: "services[0].breaker",
             },
             &mut issues,
         );
@@ -619,6 +978,7 @@ mod tests {
                     path: "services[0].breaker",
                 }),
                 inherited: None,
+                at: "services[0].breaker",
             },
             &mut issues,
         );

@@ -32,17 +32,20 @@ pub use address::{AddressError, BackendAddress};
 pub use depth::MAX_DEPTH;
 pub use error::ConfigError;
 pub use model::{
-    BackendConfig, BreakerConfig, Config, ControlSection, DatapathSection, Failback, HealthConfig,
-    HealthKind, HttpCheckConfig, MetricsSection, OnAllDown, ResolverSection, ServiceConfig,
-    DEFAULT_CONTROL_SOCKET, DEFAULT_METRICS_LISTEN, DEFAULT_STATE_DIR, DEFAULT_WEIGHT,
-    MAX_INTERVAL, MAX_OPEN_FOR, MAX_THRESHOLD, MAX_TTL, MAX_WEIGHT, MIN_INTERVAL,
+    BackendConfig, BreakerConfig, Config, ControlSection, DatabaseCheckConfig, DatapathSection,
+    ExecCheckConfig, Failback, HealthConfig, HealthKind, HttpCheckConfig, MetricsSection,
+    OnAllDown, ResolverSection, ServiceConfig, TcpCheckConfig, DEFAULT_CONTROL_SOCKET,
+    DEFAULT_METRICS_LISTEN, DEFAULT_STATE_DIR, DEFAULT_WEIGHT, MAX_INTERVAL, MAX_LAG, MAX_OPEN_FOR,
+    MAX_THRESHOLD, MAX_TTL, MAX_WEIGHT, MIN_INTERVAL,
 };
 pub use read::{load, load_async, MAX_FILE_SIZE};
 pub use status::StatusMatch;
 pub use syntax::MAX_NAME_LEN;
 
 /// Checks configuration `text`; `source` is the file it came from, for
-/// [`Config::source`] and error messages. Nothing is opened or resolved.
+/// [`Config::source`] and error messages. Nothing is opened or resolved; the
+/// one look at the file system is at each exec check's program
+/// ([`crate::health::validate_exec`]), so that a typo there is a located error.
 ///
 /// Text over [`MAX_FILE_SIZE`] or nested deeper than [`MAX_DEPTH`] is refused
 /// before it is parsed (both would cost the parsers time or stack out of

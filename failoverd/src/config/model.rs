@@ -8,7 +8,10 @@ use std::{
     time::Duration,
 };
 
-use crate::datapath::{CgroupSpec, DatapathConfig, Protocol, Vip};
+use crate::{
+    datapath::{CgroupSpec, DatapathConfig, Protocol, Vip},
+    health::{Expect, PgTls, RoleWanted},
+};
 
 use super::{BackendAddress, StatusMatch};
 
@@ -38,6 +41,8 @@ pub const MAX_THRESHOLD: u32 = 1000;
 pub const MAX_OPEN_FOR: Duration = Duration::from_secs(86_400);
 /// Longest `min_ttl` and `max_ttl`: 1 day.
 pub const MAX_TTL: Duration = Duration::from_secs(86_400);
+/// Longest `max_lag`: 1 day, room for a replica delayed on purpose.
+pub const MAX_LAG: Duration = Duration::from_secs(86_400);
 
 /// A whole configuration file, defaults filled in and validated.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -216,8 +221,14 @@ pub struct HealthConfig {
     pub fall: u32,
     /// `port`: probe this port instead of the backend's. Default: `None`, the backend's port.
     pub port: Option<u16>,
-    /// The http-only keys; their defaults when `kind` is tcp.
+    /// The http-only keys; their defaults when `kind` is another.
     pub http: HttpCheckConfig,
+    /// The tcp-only keys (`send`, `expect`, `expect_regex`); their defaults when `kind` is another.
+    pub tcp: TcpCheckConfig,
+    /// The keys of the role-aware checks (postgres, mysql, redis); their defaults when `kind` is another.
+    pub db: DatabaseCheckConfig,
+    /// The exec-only keys; their defaults when `kind` is another.
+    pub exec: ExecCheckConfig,
 }
 
 impl Default for HealthConfig {
@@ -230,6 +241,9 @@ impl Default for HealthConfig {
             fall: 3,
             port: None,
             http: HttpCheckConfig::default(),
+            tcp: TcpCheckConfig::default(),
+            db: DatabaseCheckConfig::default(),
+            exec: ExecCheckConfig::default(),
         }
     }
 }
@@ -271,6 +285,24 @@ pub enum HealthKind {
     Tcp,
     /// `http`: a GET whose status (and optionally body) match.
     Http,
+    /// `postgres`: a login and `pg_is_in_recovery()`.
+    Postgres,
+    /// `mysql`: a login (MySQL or MariaDB) and `@@global.read_only`.
+    Mysql,
+    /// `redis`: `INFO replication` (after `AUTH` with a password file).
+    Redis,
+    /// `exec`: a local command; exit 0 passes.
+    Exec,
+}
+
+impl HealthKind {
+    /// Whether the check asks the backend its role (postgres, mysql, redis).
+    pub fn has_role(self) -> bool {
+        matches!(
+            self,
+            HealthKind::Postgres | HealthKind::Mysql | HealthKind::Redis
+        )
+    }
 }
 
 /// The http-only keys of `health`.
@@ -295,6 +327,49 @@ impl Default for HttpCheckConfig {
             expect_body: None,
         }
     }
+}
+
+/// The tcp-only keys of `health`: a send/expect exchange instead of a bare connect.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TcpCheckConfig {
+    /// `send`: bytes written after the connect, `\r`, `\n`, `\t`, `\\` and `\xNN` unescaped.
+    /// Default: empty, nothing is sent (for servers that speak first).
+    pub send: Vec<u8>,
+    /// `expect` (a substring, unescaped as `send`) or `expect_regex` (compiled at load): what
+    /// the reply must contain. Default: `None`, a bare connect.
+    pub expect: Option<Expect>,
+}
+
+/// The keys of the role-aware checks (postgres, mysql, redis).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DatabaseCheckConfig {
+    /// `role`: the role that passes. Default: primary.
+    pub role: RoleWanted,
+    /// `user` (postgres, mysql): the login. Default: `None`, the check's own: `postgres`
+    /// for postgres, `root` for mysql.
+    pub user: Option<String>,
+    /// `username` (redis): the ACL user for `AUTH`. Default: `None`, the `default` user.
+    pub username: Option<String>,
+    /// `database` (postgres, mysql). Default: `None`: postgres connects to the database
+    /// named like the user, mysql selects none.
+    pub database: Option<String>,
+    /// `password_file`: an absolute path, read at every probe. Default: `None`, no password.
+    pub password_file: Option<PathBuf>,
+    /// `max_lag`: for a replica, the most lag that passes, above zero, at most 1 day. Only
+    /// with `role` replica or any. Default: `None`, any lag.
+    pub max_lag: Option<Duration>,
+    /// `tls` (postgres): off, prefer or require. Default: prefer.
+    pub tls: PgTls,
+}
+
+/// The exec-only keys of `health`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ExecCheckConfig {
+    /// `command`: an absolute path to an executable file, then its arguments (`{address}`,
+    /// `{host}`, `{port}` substituted at each probe). Required with kind exec.
+    pub command: Vec<String>,
+    /// `env`: the command's whole environment, by name. Default: empty.
+    pub env: Vec<(String, String)>,
 }
 
 /// `breaker`: ejects a backend that keeps failing, for growing periods.
@@ -359,7 +434,17 @@ macro_rules! keyword_enum {
 
 keyword_enum!(OnAllDown, "on_all_down", "reject or panic", "reject" => Reject, "panic" => Panic);
 keyword_enum!(Failback, "failback", "auto or manual", "auto" => Auto, "manual" => Manual);
-keyword_enum!(HealthKind, "health kind", "tcp or http", "tcp" => Tcp, "http" => Http);
+keyword_enum!(
+    HealthKind,
+    "health kind",
+    "tcp, http, postgres, mysql, redis or exec",
+    "tcp" => Tcp,
+    "http" => Http,
+    "postgres" => Postgres,
+    "mysql" => Mysql,
+    "redis" => Redis,
+    "exec" => Exec
+);
 
 #[cfg(test)]
 mod tests {

@@ -5,6 +5,7 @@
 //! relate keys to each other live in `lower`.
 
 use std::{
+    collections::BTreeMap,
     fmt,
     marker::PhantomData,
     net::{IpAddr, SocketAddr},
@@ -15,7 +16,10 @@ use std::{
 use serde::{de, Deserialize, Deserializer};
 
 use super::{BackendAddress, Failback, HealthKind, OnAllDown};
-use crate::datapath::Protocol;
+use crate::{
+    datapath::Protocol,
+    health::{PgTls, RoleWanted},
+};
 
 /// The whole file.
 #[derive(Debug, Deserialize)]
@@ -92,6 +96,61 @@ pub(super) struct RawHealth {
     pub host: Option<String>,
     pub expect_status: Option<RawStatus>,
     pub expect_body: Option<String>,
+    // tcp with send/expect.
+    pub send: Option<Parsed<Escaped>>,
+    pub expect: Option<Parsed<EscapedText>>,
+    pub expect_regex: Option<Parsed<regex::Regex>>,
+    // postgres, mysql, redis.
+    pub role: Option<Parsed<RoleWanted>>,
+    pub user: Option<String>,
+    pub username: Option<String>,
+    pub database: Option<String>,
+    pub password_file: Option<PathBuf>,
+    /// Only ever refused: true when the key is written, whatever its value
+    /// (even null), and the value itself is dropped unread.
+    #[serde(default, deserialize_with = "present")]
+    pub password: bool,
+    pub max_lag: Option<Parsed<Duration>>,
+    pub tls: Option<Parsed<PgTls>>,
+    // exec.
+    pub command: Option<Vec<String>>,
+    pub env: Option<RawEnv>,
+}
+
+/// `env` as written: names to values, sorted by name. A name given twice is
+/// refused (a plain map would keep the last one without a word).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(super) struct RawEnv(pub BTreeMap<String, String>);
+
+impl<'de> Deserialize<'de> for RawEnv {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> de::Visitor<'de> for V {
+            type Value = RawEnv;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a mapping of variable names to values")
+            }
+
+            fn visit_map<A: de::MapAccess<'de>>(self, mut map: A) -> Result<RawEnv, A::Error> {
+                let mut env = BTreeMap::new();
+                while let Some((name, value)) = map.next_entry::<String, String>()? {
+                    if env.contains_key(&name) {
+                        // Worded as serde's own, so that the error names and points at it.
+                        return Err(de::Error::custom(format!("duplicate field `{name}`")));
+                    }
+                    env.insert(name, value);
+                }
+                Ok(RawEnv(env))
+            }
+        }
+        d.deserialize_map(V)
+    }
+}
+
+/// A key that is refused whatever it holds: its value is skipped, not kept.
+fn present<'de, D: Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
+    de::IgnoredAny::deserialize(d).map(|_| true)
 }
 
 /// `breaker`, in `defaults` or in a service.
@@ -263,6 +322,149 @@ impl Scalar for BackendAddress {
     }
 }
 
+/// `send` as written, with `\r`, `\n`, `\t`, `\\` and `\xNN` turned into the bytes they stand for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(super) struct Escaped(pub Vec<u8>);
+
+impl Scalar for Escaped {
+    const EXPECTING: &'static str = "text with \\r, \\n, \\t, \\\\ or \\xNN escapes";
+
+    fn parse(text: &str) -> Result<Self, String> {
+        unescape(text).map(Escaped)
+    }
+}
+
+/// `expect`: unescaped as [`Escaped`], and text (the probe compares it as UTF-8).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(super) struct EscapedText(pub String);
+
+impl Scalar for EscapedText {
+    const EXPECTING: &'static str = "text with \\r, \\n, \\t, \\\\ or \\xNN escapes";
+
+    fn parse(text: &str) -> Result<Self, String> {
+        String::from_utf8(unescape(text)?)
+            .map(EscapedText)
+            .map_err(|_| {
+                format!(
+                    "`{}` is not UTF-8 once unescaped; match other bytes with expect_regex",
+                    text.escape_debug()
+                )
+            })
+    }
+}
+
+/// The bytes `text` stands for: `\r`, `\n`, `\t`, `\\` and `\xNN` (two hex digits)
+/// are unescaped, every other character is kept as its UTF-8.
+pub(super) fn unescape(text: &str) -> Result<Vec<u8>, String> {
+    // Backslashes shown as written; only control characters (from YAML's own
+    // double-quoted escapes) are escaped, to keep the message on one line.
+    let shown = || {
+        text.chars()
+            .map(|c| {
+                if c.is_control() {
+                    c.escape_default().to_string()
+                } else {
+                    c.to_string()
+                }
+            })
+            .collect::<String>()
+    };
+    let mut out = Vec::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c != '\\' {
+            let mut buf = [0u8; 4];
+            out.extend_from_slice(c.encode_utf8(&mut buf).as_bytes());
+            continue;
+        }
+        match chars.next() {
+            Some('r') => out.push(b'\r'),
+            Some('n') => out.push(b'\n'),
+            Some('t') => out.push(b'\t'),
+            Some('\\') => out.push(b'\\'),
+            Some('x') => {
+                let hex: String = chars.by_ref().take(2).collect();
+                match u8::from_str_radix(&hex, 16) {
+                    Ok(byte) if hex.len() == 2 && hex.chars().all(|h| h.is_ascii_hexdigit()) => {
+                        out.push(byte);
+                    }
+                    _ => {
+                        return Err(format!(
+                            "invalid escape `\\x{}` in `{}`: \\x takes two hex digits, as in \\x00",
+                            hex.escape_debug(),
+                            shown()
+                        ))
+                    }
+                }
+            }
+            Some(other) => {
+                return Err(format!(
+                    "invalid escape `\\{}` in `{}`: write \\r, \\n, \\t, \\\\ or \\xNN",
+                    other.escape_debug(),
+                    shown()
+                ))
+            }
+            None => {
+                return Err(format!(
+                    "`{}` ends in a lone backslash: write \\\\ for a backslash",
+                    shown()
+                ))
+            }
+        }
+    }
+    Ok(out)
+}
+
+impl Scalar for regex::Regex {
+    const EXPECTING: &'static str = "a regular expression";
+
+    fn parse(text: &str) -> Result<Self, String> {
+        regex::Regex::new(text).map_err(|e| {
+            // A syntax error is a small drawing over several lines; its last line says what.
+            let shown = e.to_string();
+            let why = shown
+                .lines()
+                .rev()
+                .find_map(|l| l.strip_prefix("error: "))
+                .map_or_else(
+                    || shown.lines().collect::<Vec<_>>().join(" "),
+                    str::to_owned,
+                );
+            format!("invalid regex `{}`: {why}", text.escape_debug())
+        })
+    }
+}
+
+impl Scalar for RoleWanted {
+    const EXPECTING: &'static str = "primary, replica or any";
+
+    fn parse(text: &str) -> Result<Self, String> {
+        match text {
+            "primary" => Ok(RoleWanted::Primary),
+            "replica" => Ok(RoleWanted::Replica),
+            "any" => Ok(RoleWanted::Any),
+            other => Err(format!(
+                "unknown role `{other}`: expected primary, replica or any"
+            )),
+        }
+    }
+}
+
+impl Scalar for PgTls {
+    const EXPECTING: &'static str = "off, prefer or require";
+
+    fn parse(text: &str) -> Result<Self, String> {
+        match text {
+            "off" => Ok(PgTls::Off),
+            "prefer" => Ok(PgTls::Prefer),
+            "require" => Ok(PgTls::Require),
+            other => Err(format!(
+                "unknown tls `{other}`: expected off, prefer or require"
+            )),
+        }
+    }
+}
+
 macro_rules! from_str_scalar {
     ($($ty:ty => $expecting:literal),+ $(,)?) => {$(
         impl Scalar for $ty {
@@ -279,7 +481,7 @@ from_str_scalar!(
     Protocol => "tcp or udp",
     OnAllDown => "reject or panic",
     Failback => "auto or manual",
-    HealthKind => "tcp or http",
+    HealthKind => "tcp, http, postgres, mysql, redis or exec",
 );
 
 #[cfg(test)]
@@ -325,6 +527,63 @@ mod tests {
             "[::1]:5353".parse().unwrap()
         );
         assert!(Nameserver::parse("dns.example").is_err());
+    }
+
+    #[test]
+    fn send_escapes_become_bytes() {
+        assert_eq!(unescape(r"PING\r\n").unwrap(), b"PING\r\n");
+        assert_eq!(unescape(r"a\tb\\c").unwrap(), b"a\tb\\c");
+        assert_eq!(unescape(r"\x00\xff\x7F").unwrap(), [0, 0xff, 0x7f]);
+        assert_eq!(unescape("é").unwrap(), "é".as_bytes());
+        assert_eq!(
+            unescape(r"a\q").unwrap_err(),
+            r"invalid escape `\q` in `a\q`: write \r, \n, \t, \\ or \xNN"
+        );
+        assert_eq!(
+            unescape(r"\x4").unwrap_err(),
+            r"invalid escape `\x4` in `\x4`: \x takes two hex digits, as in \x00"
+        );
+        assert_eq!(
+            unescape(r"\x+1").unwrap_err(),
+            r"invalid escape `\x+1` in `\x+1`: \x takes two hex digits, as in \x00"
+        );
+        assert_eq!(
+            unescape("ab\\").unwrap_err(),
+            r"`ab\` ends in a lone backslash: write \\ for a backslash"
+        );
+    }
+
+    #[test]
+    fn expect_must_stay_text_once_unescaped() {
+        assert_eq!(EscapedText::parse(r"\xc3\xa9").unwrap().0, "é");
+        assert!(EscapedText::parse(r"\xff")
+            .unwrap_err()
+            .contains("is not UTF-8 once unescaped"));
+    }
+
+    #[test]
+    fn a_bad_regex_says_why_on_one_line() {
+        let err = regex::Regex::parse("(a").unwrap_err();
+        assert_eq!(err, "invalid regex `(a`: unclosed group");
+    }
+
+    #[test]
+    fn role_and_tls_are_keywords() {
+        assert_eq!(RoleWanted::parse("any").unwrap(), RoleWanted::Any);
+        assert_eq!(PgTls::parse("off").unwrap(), PgTls::Off);
+        assert_eq!(
+            health("tls: off").unwrap().tls,
+            Some(Parsed(PgTls::Off)),
+            "YAML 1.2: off is a string, not a boolean"
+        );
+        assert!(RoleWanted::parse("master").is_err());
+    }
+
+    #[test]
+    fn a_password_key_is_noticed_whatever_its_value() {
+        assert!(health("password: hunter2").unwrap().password);
+        assert!(health("password:").unwrap().password);
+        assert!(!health("user: a").unwrap().password);
     }
 
     #[test]

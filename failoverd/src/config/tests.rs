@@ -791,3 +791,339 @@ fn a_control_socket_path_longer_than_sun_path_is_refused() {
         Path::new(&longest)
     );
 }
+
+#[test]
+fn each_database_kind_takes_its_keys() {
+    let c = ok(&service_with(
+        "    health:\n      kind: postgres\n      role: replica\n      user: probe\n      database: app\n      password_file: /etc/failoverd/pg.pw\n      max_lag: 10s\n      tls: require\n",
+    ));
+    let h = &c.services[0].health;
+    assert_eq!(h.kind, HealthKind::Postgres);
+    assert_eq!(
+        h.db,
+        DatabaseCheckConfig {
+            role: crate::health::RoleWanted::Replica,
+            user: Some("probe".into()),
+            username: None,
+            database: Some("app".into()),
+            password_file: Some("/etc/failoverd/pg.pw".into()),
+            max_lag: Some(Duration::from_secs(10)),
+            tls: crate::health::PgTls::Require,
+        }
+    );
+    let h = &ok(&service_with("    health: { kind: mysql }\n")).services[0].health;
+    assert_eq!(h.db, DatabaseCheckConfig::default());
+    let h = &ok(&service_with(
+        "    health: { kind: redis, role: any, username: probe, password_file: /run/pw, max_lag: 15s }\n",
+    ))
+    .services[0]
+        .health;
+    assert_eq!(h.db.role, crate::health::RoleWanted::Any);
+    assert_eq!(h.db.username.as_deref(), Some("probe"));
+}
+
+#[test]
+fn tcp_send_and_expect_are_unescaped_and_compiled_at_load() {
+    let h = &ok(&service_with(
+        "    health: { send: 'PING\\r\\n\\x00', expect: '+PONG\\r\\n' }\n",
+    ))
+    .services[0]
+        .health;
+    assert_eq!(h.tcp.send, b"PING\r\n\0");
+    assert_eq!(
+        h.tcp.expect,
+        Some(crate::health::Expect::Substring("+PONG\r\n".into()))
+    );
+    let h = &ok(&service_with(
+        "    health: { kind: tcp, expect_regex: '^SSH-2\\.0' }\n",
+    ))
+    .services[0]
+        .health;
+    assert!(h.tcp.send.is_empty());
+    assert!(
+        matches!(&h.tcp.expect, Some(crate::health::Expect::Regex(r)) if r.as_str() == "^SSH-2\\.0")
+    );
+}
+
+#[test]
+fn an_exec_check_takes_an_executable_and_its_environment() {
+    let h = &ok(&service_with(
+        "    health:\n      kind: exec\n      command: [/bin/sh, -c, 'exit 0', '{address}']\n      env: { PGPORT: 5432, LANG: C }\n",
+    ))
+    .services[0]
+        .health;
+    assert_eq!(h.exec.command, ["/bin/sh", "-c", "exit 0", "{address}"]);
+    assert_eq!(
+        h.exec.env,
+        [
+            ("LANG".to_owned(), "C".to_owned()),
+            ("PGPORT".to_owned(), "5432".to_owned())
+        ]
+    );
+}
+
+#[test]
+fn every_role_check_rule_has_its_own_message() {
+    let not_executable = concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml");
+    let cases: Vec<(String, String)> = [
+        (
+            "    health: { kind: postgres, path: /x }\n",
+            "6:31: services[0].health.path: path applies to http checks only, and this check's kind is postgres",
+        ),
+        (
+            "    health: { kind: http, role: primary }\n",
+            "6:27: services[0].health.role: role applies to postgres, mysql and redis checks only, and this check's kind is http",
+        ),
+        (
+            "    health: { kind: redis, user: probe }\n",
+            "6:28: services[0].health.user: user applies to postgres and mysql checks only, and this check's kind is redis; a redis check names its ACL user with username",
+        ),
+        (
+            "    health: { kind: postgres, username: probe }\n",
+            "6:31: services[0].health.username: username applies to redis checks only, and this check's kind is postgres; postgres and mysql checks name their login with user",
+        ),
+        (
+            "    health: { kind: mysql, tls: require }\n",
+            "6:28: services[0].health.tls: tls applies to postgres checks only, and this check's kind is mysql",
+        ),
+        (
+            "    health: { command: [/bin/true] }\n",
+            "6:15: services[0].health.command: command applies to exec checks only, and this check's kind is tcp (the built-in default)",
+        ),
+        (
+            "    health: { kind: http, expect: ok }\n",
+            "6:27: services[0].health.expect: expect applies to tcp checks only, and this check's kind is http",
+        ),
+        (
+            "    health: { kind: oracle }\n",
+            "6:21: services[0].health.kind: unknown health kind `oracle`: expected tcp, http, postgres, mysql, redis or exec",
+        ),
+        (
+            "    health: { kind: postgres, password: hunter2 }\n",
+            "6:31: services[0].health.password: an inline password is not accepted: put it in a file only failoverd's user can read and name that file with password_file",
+        ),
+        (
+            "    health: { kind: postgres, role: leader }\n",
+            "6:37: services[0].health.role: unknown role `leader`: expected primary, replica or any",
+        ),
+        (
+            "    health: { kind: postgres, tls: verify-full }\n",
+            "6:36: services[0].health.tls: unknown tls `verify-full`: expected off, prefer or require",
+        ),
+        (
+            "    health: { kind: postgres, user: '' }\n",
+            "6:37: services[0].health.user: user is empty; leave the key out for the default",
+        ),
+        (
+            "    health: { kind: postgres, max_lag: 1s }\n",
+            "6:31: services[0].health.max_lag: max_lag applies to role replica or any, and this check's role is primary (the built-in default): a primary has no lag",
+        ),
+        (
+            "    health: { kind: mysql, role: replica, max_lag: 0s }\n",
+            "6:52: services[0].health.max_lag: max_lag must be longer than zero",
+        ),
+        (
+            "    health: { kind: mysql, role: any, max_lag: 2days }\n",
+            "6:48: services[0].health.max_lag: max_lag 2days is longer than the maximum of 1day",
+        ),
+        (
+            "    health: { kind: redis, password_file: secrets/pw }\n",
+            "6:43: services[0].health.password_file: password_file `secrets/pw` must be an absolute path",
+        ),
+        (
+            "    health: { send: 'PING\\r\\n' }\n",
+            "6:21: services[0].health.send: send needs expect or expect_regex: without one the reply is not looked at",
+        ),
+        (
+            "    health: { send: '', expect: x }\n",
+            "6:21: services[0].health.send: send is empty; leave the key out for a server that speaks first",
+        ),
+        (
+            "    health: { expect: '' }\n",
+            "6:23: services[0].health.expect: expect is empty, which every reply contains; give the text the reply must contain",
+        ),
+        (
+            "    health: { send: 'a\\q', expect: ok }\n",
+            "6:21: services[0].health.send: invalid escape `\\q` in `a\\q`: write \\r, \\n, \\t, \\\\ or \\xNN",
+        ),
+        (
+            "    health: { expect_regex: '(' }\n",
+            "6:29: services[0].health.expect_regex: invalid regex `(`: unclosed group",
+        ),
+        (
+            "    health: { expect_regex: 'a*' }\n",
+            "6:29: services[0].health.expect_regex: expect_regex `a*` matches an empty reply, so every reply (even none) would pass",
+        ),
+        (
+            "    health: { expect: ok, expect_regex: ok }\n",
+            "6:27: services[0].health.expect_regex: give expect or expect_regex, not both",
+        ),
+        (
+            "    health: { kind: exec }\n",
+            "6:13: services[0].health.command: an exec check needs command: [path, args...]; this check's kind is exec",
+        ),
+        (
+            "    health: { kind: exec, command: [] }\n",
+            "6:36: services[0].health.command: command is empty: give [path, args...], the path absolute",
+        ),
+        (
+            "    health: { kind: exec, command: [bin/check] }\n",
+            "6:37: services[0].health.command[0]: bin/check is not an absolute path",
+        ),
+        (
+            "    health: { kind: exec, command: [/nonexistent/failoverd-check] }\n",
+            "6:37: services[0].health.command[0]: /nonexistent/failoverd-check cannot be found (No such file or directory (os error 2))",
+        ),
+        (
+            "    health: { kind: exec, command: [/dev/null] }\n",
+            "6:37: services[0].health.command[0]: /dev/null is not a regular file",
+        ),
+        (
+            "    health: { kind: exec, command: [/bin/true, \"a\\0b\"] }\n",
+            "6:48: services[0].health.command[1]: a NUL byte cannot be passed to a program",
+        ),
+        (
+            "    health: { kind: exec, command: [/bin/true], env: { 1X: a } }\n",
+            "6:56: services[0].health.env.1X: `1X` is not an environment variable name: letters, digits and _, not starting with a digit",
+        ),
+    ]
+    .into_iter()
+    .map(|(a, b)| (a.to_owned(), b.to_owned()))
+    .chain([(
+        format!("    health: {{ kind: exec, command: [{not_executable}] }}\n"),
+        format!("6:37: services[0].health.command[0]: {not_executable} is not executable"),
+    )])
+    .collect();
+    let mut wrong = Vec::new();
+    for (extra, want) in &cases {
+        let got = err(&service_with(extra));
+        if &got != want {
+            wrong.push(format!("for {extra:?}\n  want {want}\n   got {got}"));
+        }
+    }
+    assert!(wrong.is_empty(), "\n{}", wrong.join("\n"));
+}
+
+#[test]
+fn defaults_serve_each_kind_with_its_own_keys() {
+    // Keys of every kind in `defaults`: each service takes those of its kind.
+    let c = ok(&format!(
+        "defaults:\n  health: {{ role: replica, user: probe, path: /ready, command: [/bin/true], expect: '+OK' }}\n{MINIMAL}    health: {{ kind: mysql }}\n  - name: api\n    vip: 10.96.0.81:80\n    health: {{ kind: http }}\n    backends: [{{ address: 10.0.0.2:80 }}]\n  - name: cache\n    vip: 10.96.0.82:80\n    health: {{ expect_regex: '^\\+OK' }}\n    backends: [{{ address: 10.0.0.3:80 }}]\n"
+    ));
+    let mysql = &c.services[0].health;
+    assert_eq!(mysql.db.role, crate::health::RoleWanted::Replica);
+    assert_eq!(mysql.db.user.as_deref(), Some("probe"));
+    assert_eq!(mysql.http, HttpCheckConfig::default());
+    assert_eq!(mysql.exec, ExecCheckConfig::default());
+    let http = &c.services[1].health;
+    assert_eq!(http.http.path, "/ready");
+    assert_eq!(http.db, DatabaseCheckConfig::default());
+    // A service's expect_regex replaces defaults' expect: the two are one choice.
+    assert!(matches!(
+        &c.services[2].health.tcp.expect,
+        Some(crate::health::Expect::Regex(_))
+    ));
+
+    // kind exec in defaults, each service with its own command.
+    let text = format!(
+        "defaults:\n  health: {{ kind: exec, env: {{ A: b }} }}\n{MINIMAL}    health: {{ command: [/bin/true] }}\n"
+    );
+    let h = &ok(&text).services[0].health;
+    assert_eq!(h.exec.command, ["/bin/true"]);
+    assert_eq!(h.exec.env, [("A".to_owned(), "b".to_owned())]);
+    assert_eq!(
+        err(&format!("defaults:\n  health: {{ kind: exec }}\n{MINIMAL}")),
+        "4:5: services[0].health.command: an exec check needs command: [path, args...]; this check's kind is exec (from defaults.health.kind)"
+    );
+    // Refused where written, in defaults too.
+    assert_eq!(
+        err(&format!("defaults:\n  health: {{ password: x }}\n{MINIMAL}")),
+        "2:13: defaults.health.password: an inline password is not accepted: put it in a file only failoverd's user can read and name that file with password_file"
+    );
+}
+
+#[test]
+fn probes_are_built_from_every_kind() {
+    use crate::health::{
+        ExecCheck, Expect, ExpectCheck, MysqlCheck, PgCheck, PgTls, Probe, RedisCheck, RoleWanted,
+    };
+    let probe = |health: &str| {
+        let c = ok(&service_with(&format!("    health: {health}\n")));
+        Probe::for_config(&c.services[0].health)
+    };
+    assert_eq!(probe("{ kind: tcp }"), Probe::Tcp);
+    assert!(
+        matches!(probe("{ kind: http, path: /primary }"), Probe::Http(h) if h.path == "/primary")
+    );
+    assert_eq!(
+        probe("{ send: 'PING\\r\\n', expect: '+PONG' }"),
+        Probe::Expect(ExpectCheck {
+            send: b"PING\r\n".to_vec(),
+            expect: Expect::Substring("+PONG".into()),
+        })
+    );
+    assert_eq!(
+        probe("{ expect_regex: '^220 ' }"),
+        Probe::Expect(ExpectCheck {
+            send: vec![],
+            expect: Expect::Regex(regex::Regex::new("^220 ").unwrap()),
+        })
+    );
+    assert_eq!(
+        probe("{ kind: postgres }"),
+        Probe::Postgres(PgCheck::default())
+    );
+    assert_eq!(
+        probe("{ kind: postgres, role: replica, user: probe, database: app, password_file: /pw, max_lag: 5s, tls: off }"),
+        Probe::Postgres(PgCheck {
+            role: RoleWanted::Replica,
+            user: "probe".into(),
+            database: Some("app".into()),
+            password_file: Some("/pw".into()),
+            tls: PgTls::Off,
+            max_lag: Some(Duration::from_secs(5)),
+        })
+    );
+    assert_eq!(
+        probe("{ kind: mysql }"),
+        Probe::Mysql(MysqlCheck::default())
+    );
+    assert_eq!(
+        probe("{ kind: mysql, role: any, user: probe, database: app, password_file: /pw, max_lag: 3s }"),
+        Probe::Mysql(MysqlCheck {
+            role: RoleWanted::Any,
+            user: "probe".into(),
+            database: Some("app".into()),
+            password_file: Some("/pw".into()),
+            max_lag: Some(Duration::from_secs(3)),
+        })
+    );
+    assert_eq!(
+        probe("{ kind: redis }"),
+        Probe::Redis(RedisCheck::default())
+    );
+    assert_eq!(
+        probe("{ kind: redis, role: replica, username: probe, password_file: /pw, max_lag: 20s }"),
+        Probe::Redis(RedisCheck {
+            role: RoleWanted::Replica,
+            username: Some("probe".into()),
+            password_file: Some("/pw".into()),
+            max_lag: Some(Duration::from_secs(20)),
+        })
+    );
+    assert_eq!(
+        probe("{ kind: exec, command: [/bin/true, '{host}'], env: { X: y } }"),
+        Probe::Exec(ExecCheck {
+            command: vec!["/bin/true".into(), "{host}".into()],
+            env: vec![("X".into(), "y".into())],
+        })
+    );
+}
+
+#[test]
+fn an_env_name_given_twice_is_refused_at_the_second() {
+    let got = err(&service_with(
+        "    health:\n      kind: exec\n      command: [/bin/true]\n      env:\n        A: b\n        A: c\n",
+    ));
+    assert_eq!(got, "11:9: services[0].health.env.A: duplicate key `A`");
+}

@@ -347,11 +347,20 @@ pub enum Probe {
 }
 
 impl Probe {
-    /// The probe a service's `health` section describes.
+    /// The probe a service's `health` section describes: `tcp` with an `expect` is a
+    /// send/expect exchange, the database kinds take the probe types' defaults for what
+    /// the config leaves out (`user`: `postgres` for postgres, `root` for mysql).
     pub fn for_config(health: &crate::config::HealthConfig) -> Probe {
         use crate::config::{HealthKind, StatusMatch};
+        let db = &health.db;
         match health.kind {
-            HealthKind::Tcp => Probe::Tcp,
+            HealthKind::Tcp => match &health.tcp.expect {
+                None => Probe::Tcp,
+                Some(expect) => Probe::Expect(ExpectCheck {
+                    send: health.tcp.send.clone(),
+                    expect: expect.clone(),
+                }),
+            },
             HealthKind::Http => Probe::Http(HttpCheck {
                 path: health.http.path.clone(),
                 host: health.http.host.clone(),
@@ -360,6 +369,37 @@ impl Probe {
                     StatusMatch::List(codes) => codes.iter().map(|&c| (c, c)).collect(),
                 },
                 expect_body: health.http.expect_body.clone(),
+            }),
+            HealthKind::Postgres => {
+                let d = PgCheck::default();
+                Probe::Postgres(PgCheck {
+                    role: db.role,
+                    user: db.user.clone().unwrap_or(d.user),
+                    database: db.database.clone(),
+                    password_file: db.password_file.clone(),
+                    tls: db.tls,
+                    max_lag: db.max_lag,
+                })
+            }
+            HealthKind::Mysql => {
+                let d = MysqlCheck::default();
+                Probe::Mysql(MysqlCheck {
+                    role: db.role,
+                    user: db.user.clone().unwrap_or(d.user),
+                    database: db.database.clone(),
+                    password_file: db.password_file.clone(),
+                    max_lag: db.max_lag,
+                })
+            }
+            HealthKind::Redis => Probe::Redis(RedisCheck {
+                role: db.role,
+                username: db.username.clone(),
+                password_file: db.password_file.clone(),
+                max_lag: db.max_lag,
+            }),
+            HealthKind::Exec => Probe::Exec(ExecCheck {
+                command: health.exec.command.clone(),
+                env: health.exec.env.clone(),
             }),
         }
     }
