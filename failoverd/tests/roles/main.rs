@@ -967,3 +967,122 @@ async fn exec_timeout_kills_the_whole_process_group_and_reaps_the_command() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// The whole daemon over real Redis servers (an in-memory datapath: the kernel side is the
+/// datapath tests' job): the VIP reaches only the primary; when the replica is promoted
+/// while the old primary still answers "master", the VIP stays on the old one (split
+/// brain, never both); when the old one is demoted, the VIP moves to the new primary at
+/// once — a demotion is acted on without waiting `fall` probes.
+#[tokio::test]
+async fn the_vip_follows_the_redis_primary_and_never_spreads_over_two() {
+    use failoverd::{
+        config,
+        daemon::{self, api::DaemonApi, DrainStore},
+        datapath::{FakeDatapath, Protocol, Vip},
+        health::NetworkCheck,
+    };
+    if let Some(absent) = missing(&["/usr/bin/redis-server", "/usr/bin/redis-cli"]) {
+        return skip(
+            "the_vip_follows_the_redis_primary_and_never_spreads_over_two",
+            &absent,
+        );
+    }
+    let a = Redis::start("vip-redis-a", &[]);
+    let a_port = a.addr().port().to_string();
+    let b = Redis::start("vip-redis-b", &["--replicaof", "127.0.0.1", &a_port]);
+    let state = TempDir::new("vip-redis-state");
+    let yaml = format!(
+        "control: {{ state_dir: {} }}\nservices:\n  - name: cache\n    vip: 127.66.20.1:6379\n    health: {{ kind: redis, role: primary, interval: 200ms, timeout: 150ms, rise: 2, fall: 3 }}\n    backends:\n      - {{ name: a, address: '{}' }}\n      - {{ name: b, address: '{}' }}\n",
+        state.path().join("state").display(),
+        a.addr(),
+        b.addr()
+    );
+    let config = config::parse(&yaml, std::path::Path::new("<test>")).expect("config");
+    let fake = FakeDatapath::new();
+    let kernel = fake.handle();
+    let vip = Vip {
+        addr: "127.66.20.1:6379".parse().unwrap(),
+        protocol: Protocol::Tcp,
+    };
+    let table = || -> Vec<SocketAddr> {
+        kernel
+            .tables()
+            .get(&vip)
+            .map(|t| t.table.backends.iter().map(|b| b.addr).collect())
+            .unwrap_or_default()
+    };
+    let running = daemon::start_with(
+        &config,
+        fake,
+        daemon::Drains::new(),
+        std::sync::Arc::new(NetworkCheck),
+    )
+    .await
+    .expect("daemon");
+    let until = |limit: Duration, what: &'static str, want: Vec<SocketAddr>| {
+        let table = &table;
+        async move {
+            let start = Instant::now();
+            while table() != want {
+                assert!(start.elapsed() < limit, "{what}: table {:?}", table());
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            start.elapsed()
+        }
+    };
+    until(Duration::from_secs(10), "only the primary", vec![a.addr()]).await;
+
+    // Promote b while a still answers master: two primaries.
+    assert_eq!(b.cli(None, &["REPLICAOF", "NO", "ONE"]), "OK");
+    let handle = running.handle();
+    let start = Instant::now();
+    loop {
+        let status = handle.service_status("cache").await.expect("status");
+        if status.split_brain.len() == 2 {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "no split brain seen: {status:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        table(),
+        vec![a.addr()],
+        "the VIP stays on the primary it had"
+    );
+    let api = DaemonApi::new(
+        handle.clone(),
+        DrainStore::new(state.path()),
+        state.path().join("x"),
+        None,
+    );
+    let explained = failoverd::control::ControlHandler::explain(&api, vip.addr.to_string(), None)
+        .await
+        .expect("explain");
+    assert!(
+        explained
+            .out
+            .iter()
+            .any(|o| o.name == "b" && o.reason.contains("split brain")),
+        "{explained:?}"
+    );
+
+    // Demote a: it answers "replica" and the VIP moves to b at once.
+    let b_port = b.addr().port().to_string();
+    assert_eq!(a.cli(None, &["REPLICAOF", "127.0.0.1", &b_port]), "OK");
+    let took = until(
+        Duration::from_secs(10),
+        "the new primary alone",
+        vec![b.addr()],
+    )
+    .await;
+    eprintln!("demotion of a to the VIP on b: {took:?} (fall × interval + timeout is 0.75 s)");
+    let status = handle.service_status("cache").await.expect("status");
+    assert!(
+        status.split_brain.is_empty(),
+        "the split is over: {status:?}"
+    );
+    drop(running.shutdown().await);
+}
