@@ -1086,3 +1086,108 @@ async fn the_vip_follows_the_redis_primary_and_never_spreads_over_two() {
     );
     drop(running.shutdown().await);
 }
+
+/// The whole daemon over a real PostgreSQL primary and streaming replica: the VIP reaches
+/// only the primary; promoting the replica while the old primary runs is a split brain that
+/// keeps the VIP on the old one; stopping the old primary moves the VIP to the promoted one
+/// within `fall × interval + timeout` (plus the `rise` the promoted one already has).
+#[tokio::test]
+async fn the_vip_follows_the_postgres_primary_through_promotion() {
+    use failoverd::{
+        config, daemon,
+        datapath::{FakeDatapath, Protocol, Vip},
+        health::NetworkCheck,
+    };
+    let programs = [
+        format!("{PG_BIN}/initdb"),
+        format!("{PG_BIN}/pg_ctl"),
+        format!("{PG_BIN}/pg_basebackup"),
+        format!("{PG_BIN}/psql"),
+        "/usr/bin/openssl".to_owned(),
+    ];
+    let programs: Vec<&str> = programs.iter().map(String::as_str).collect();
+    if let Some(absent) = missing(&programs) {
+        return skip(
+            "the_vip_follows_the_postgres_primary_through_promotion",
+            &absent,
+        );
+    }
+    let secrets = TempDir::new("vip-pg-secrets");
+    let password = secrets.file("password", "s3cret\n", 0o600);
+    let primary = Postgres::primary("vip-pg-primary", "s3cret", false);
+    let replica = primary.replica("vip-pg-replica");
+    let (p, r) = (primary.addr(), replica.addr());
+    let yaml = format!(
+        "control: {{ state_dir: {} }}\nservices:\n  - name: orders-db\n    vip: 127.66.21.1:5432\n    health: {{ kind: postgres, role: primary, tls: off, password_file: {}, interval: 300ms, timeout: 250ms, rise: 2, fall: 3 }}\n    backends:\n      - {{ name: pg-a, address: '{p}' }}\n      - {{ name: pg-b, address: '{r}' }}\n",
+        secrets.path().join("state").display(),
+        password.display(),
+    );
+    let config = config::parse(&yaml, std::path::Path::new("<test>")).expect("config");
+    let fake = FakeDatapath::new();
+    let kernel = fake.handle();
+    let vip = Vip {
+        addr: "127.66.21.1:5432".parse().unwrap(),
+        protocol: Protocol::Tcp,
+    };
+    let table = || -> Vec<SocketAddr> {
+        kernel
+            .tables()
+            .get(&vip)
+            .map(|t| t.table.backends.iter().map(|b| b.addr).collect())
+            .unwrap_or_default()
+    };
+    let running = daemon::start_with(
+        &config,
+        fake,
+        daemon::Drains::new(),
+        std::sync::Arc::new(NetworkCheck),
+    )
+    .await
+    .expect("daemon");
+    let handle = running.handle();
+    let until = |limit: Duration, what: &'static str, want: Vec<SocketAddr>| {
+        let table = &table;
+        async move {
+            let start = Instant::now();
+            while table() != want {
+                assert!(start.elapsed() < limit, "{what}: table {:?}", table());
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            start.elapsed()
+        }
+    };
+    until(Duration::from_secs(15), "only the primary", vec![p]).await;
+
+    replica.promote();
+    let start = Instant::now();
+    loop {
+        let status = handle.service_status("orders-db").await.expect("status");
+        if status.split_brain.len() == 2 {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "no split brain seen: {status:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        table(),
+        vec![p],
+        "two primaries: the VIP stays on the one it had"
+    );
+
+    drop(primary);
+    let took = until(
+        Duration::from_secs(10),
+        "the promoted primary alone",
+        vec![r],
+    )
+    .await;
+    eprintln!("old primary stopped → VIP on the promoted one: {took:?} (fall × interval + timeout is 1.15 s)");
+    assert!(
+        took < Duration::from_millis(1150 + 1500),
+        "within the detection bound and a scheduling margin: {took:?}"
+    );
+    drop(running.shutdown().await);
+}
