@@ -1191,3 +1191,108 @@ async fn the_vip_follows_the_postgres_primary_through_promotion() {
     );
     drop(running.shutdown().await);
 }
+
+/// The whole daemon over two real MariaDB servers (read_only says which is the primary):
+/// the VIP reaches only the writable one; a second writable one is a split brain that keeps
+/// the VIP where it was; making the first read-only moves the VIP at once.
+#[tokio::test]
+async fn the_vip_follows_the_writable_mariadb() {
+    use failoverd::{
+        config, daemon,
+        datapath::{FakeDatapath, Protocol, Vip},
+        health::NetworkCheck,
+    };
+    let programs = [
+        "/usr/bin/mariadb-install-db",
+        "/usr/sbin/mariadbd",
+        "/usr/bin/mariadb",
+    ];
+    if let Some(absent) = missing(&programs) {
+        return skip("the_vip_follows_the_writable_mariadb", &absent);
+    }
+    let secrets = TempDir::new("vip-mariadb-secrets");
+    let password = secrets.file("password", "probepw\n", 0o600);
+    let template = Mariadb::install("vip-mariadb-template");
+    let a = Mariadb::start(&template, "vip-mariadb-a", &["--server-id=1"]);
+    let b = Mariadb::start(
+        &template,
+        "vip-mariadb-b",
+        &["--server-id=2", "--read-only=ON"],
+    );
+    drop(template);
+    for server in [&a, &b] {
+        server.sql("CREATE USER 'probe'@'%' IDENTIFIED BY 'probepw'");
+    }
+    let yaml = format!(
+        "control: {{ state_dir: {} }}\nservices:\n  - name: shop-db\n    vip: 127.66.22.1:3306\n    health: {{ kind: mysql, role: primary, user: probe, password_file: {}, interval: 300ms, timeout: 250ms, rise: 2, fall: 3 }}\n    backends:\n      - {{ name: db-a, address: '{}' }}\n      - {{ name: db-b, address: '{}' }}\n",
+        secrets.path().join("state").display(),
+        password.display(),
+        a.addr(),
+        b.addr(),
+    );
+    let config = config::parse(&yaml, std::path::Path::new("<test>")).expect("config");
+    let fake = FakeDatapath::new();
+    let kernel = fake.handle();
+    let vip = Vip {
+        addr: "127.66.22.1:3306".parse().unwrap(),
+        protocol: Protocol::Tcp,
+    };
+    let table = || -> Vec<SocketAddr> {
+        kernel
+            .tables()
+            .get(&vip)
+            .map(|t| t.table.backends.iter().map(|b| b.addr).collect())
+            .unwrap_or_default()
+    };
+    let running = daemon::start_with(
+        &config,
+        fake,
+        daemon::Drains::new(),
+        std::sync::Arc::new(NetworkCheck),
+    )
+    .await
+    .expect("daemon");
+    let handle = running.handle();
+    let until = |limit: Duration, what: &'static str, want: Vec<SocketAddr>| {
+        let table = &table;
+        async move {
+            let start = Instant::now();
+            while table() != want {
+                assert!(start.elapsed() < limit, "{what}: table {:?}", table());
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            start.elapsed()
+        }
+    };
+    until(
+        Duration::from_secs(15),
+        "only the writable one",
+        vec![a.addr()],
+    )
+    .await;
+
+    b.sql("SET GLOBAL read_only = OFF");
+    let start = Instant::now();
+    loop {
+        let status = handle.service_status("shop-db").await.expect("status");
+        if status.split_brain.len() == 2 {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "no split brain seen: {status:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(table(), vec![a.addr()], "the VIP stays on the one it had");
+
+    a.sql("SET GLOBAL read_only = ON");
+    let took = until(
+        Duration::from_secs(10),
+        "the writable one alone",
+        vec![b.addr()],
+    )
+    .await;
+    eprintln!("db-a made read-only → VIP on db-b: {took:?}");
+    drop(running.shutdown().await);
+}
