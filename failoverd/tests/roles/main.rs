@@ -968,18 +968,81 @@ async fn exec_timeout_kills_the_whole_process_group_and_reaps_the_command() {
     }
 }
 
-/// The whole daemon over real Redis servers (an in-memory datapath: the kernel side is the
-/// datapath tests' job): the VIP reaches only the primary; when the replica is promoted
-/// while the old primary still answers "master", the VIP stays on the old one (split
-/// brain, never both); when the old one is demoted, the VIP moves to the new primary at
-/// once — a demotion is acted on without waiting `fall` probes.
+/// The whole daemon over real servers, on an in-memory datapath whose table the test reads
+/// (the kernel side is the datapath tests' job).
+struct VipDaemon {
+    running: failoverd::daemon::Running<failoverd::datapath::FakeDatapath>,
+    kernel: failoverd::datapath::FakeHandle,
+    vip: failoverd::datapath::Vip,
+}
+
+impl VipDaemon {
+    /// Starts the daemon on `yaml`, watching the TCP VIP `vip`.
+    async fn start(yaml: &str, vip: &str) -> VipDaemon {
+        let config =
+            failoverd::config::parse(yaml, std::path::Path::new("<test>")).expect("config");
+        let fake = failoverd::datapath::FakeDatapath::new();
+        let kernel = fake.handle();
+        let running = failoverd::daemon::start_with(
+            &config,
+            fake,
+            failoverd::daemon::Drains::new(),
+            std::sync::Arc::new(failoverd::health::NetworkCheck),
+        )
+        .await
+        .expect("daemon");
+        VipDaemon {
+            running,
+            kernel,
+            vip: failoverd::datapath::Vip {
+                addr: vip.parse().expect("vip"),
+                protocol: failoverd::datapath::Protocol::Tcp,
+            },
+        }
+    }
+
+    /// The backends the VIP's table sends to now.
+    fn table(&self) -> Vec<SocketAddr> {
+        self.kernel
+            .tables()
+            .get(&self.vip)
+            .map(|t| t.table.backends.iter().map(|b| b.addr).collect())
+            .unwrap_or_default()
+    }
+
+    /// Waits until the table is `want`; how long that took. Panics after `limit`.
+    async fn until(&self, limit: Duration, what: &str, want: &[SocketAddr]) -> Duration {
+        let start = Instant::now();
+        while self.table() != want {
+            assert!(start.elapsed() < limit, "{what}: table {:?}", self.table());
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        start.elapsed()
+    }
+
+    /// Waits until `service` reports two backends answering primary.
+    async fn until_split_brain(&self, service: &str, limit: Duration) {
+        let start = Instant::now();
+        loop {
+            let status = self.running.service_status(service).await.expect("status");
+            if status.split_brain.len() == 2 {
+                return;
+            }
+            assert!(start.elapsed() < limit, "no split brain seen: {status:?}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+/// The whole daemon over real Redis servers: the VIP reaches only the primary; when the
+/// replica is promoted while the old primary still answers "master", the VIP stays on the
+/// old one (split brain, never both); when the old one is demoted, the VIP moves to the new
+/// primary at once — a demotion is acted on without waiting `fall` probes.
 #[tokio::test]
 async fn the_vip_follows_the_redis_primary_and_never_spreads_over_two() {
     use failoverd::{
-        config,
-        daemon::{self, api::DaemonApi, DrainStore},
-        datapath::{FakeDatapath, Protocol, Vip},
-        health::NetworkCheck,
+        control::ControlHandler,
+        daemon::{api::DaemonApi, DrainStore},
     };
     if let Some(absent) = missing(&["/usr/bin/redis-server", "/usr/bin/redis-cli"]) {
         return skip(
@@ -997,68 +1060,26 @@ async fn the_vip_follows_the_redis_primary_and_never_spreads_over_two() {
         a.addr(),
         b.addr()
     );
-    let config = config::parse(&yaml, std::path::Path::new("<test>")).expect("config");
-    let fake = FakeDatapath::new();
-    let kernel = fake.handle();
-    let vip = Vip {
-        addr: "127.66.20.1:6379".parse().unwrap(),
-        protocol: Protocol::Tcp,
-    };
-    let table = || -> Vec<SocketAddr> {
-        kernel
-            .tables()
-            .get(&vip)
-            .map(|t| t.table.backends.iter().map(|b| b.addr).collect())
-            .unwrap_or_default()
-    };
-    let running = daemon::start_with(
-        &config,
-        fake,
-        daemon::Drains::new(),
-        std::sync::Arc::new(NetworkCheck),
-    )
-    .await
-    .expect("daemon");
-    let until = |limit: Duration, what: &'static str, want: Vec<SocketAddr>| {
-        let table = &table;
-        async move {
-            let start = Instant::now();
-            while table() != want {
-                assert!(start.elapsed() < limit, "{what}: table {:?}", table());
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-            start.elapsed()
-        }
-    };
-    until(Duration::from_secs(10), "only the primary", vec![a.addr()]).await;
+    let d = VipDaemon::start(&yaml, "127.66.20.1:6379").await;
+    d.until(Duration::from_secs(10), "only the primary", &[a.addr()])
+        .await;
 
     // Promote b while a still answers master: two primaries.
     assert_eq!(b.cli(None, &["REPLICAOF", "NO", "ONE"]), "OK");
-    let handle = running.handle();
-    let start = Instant::now();
-    loop {
-        let status = handle.service_status("cache").await.expect("status");
-        if status.split_brain.len() == 2 {
-            break;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(10),
-            "no split brain seen: {status:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    d.until_split_brain("cache", Duration::from_secs(10)).await;
     assert_eq!(
-        table(),
+        d.table(),
         vec![a.addr()],
         "the VIP stays on the primary it had"
     );
     let api = DaemonApi::new(
-        handle.clone(),
+        d.running.handle(),
         DrainStore::new(state.path()),
         state.path().join("x"),
         None,
     );
-    let explained = failoverd::control::ControlHandler::explain(&api, vip.addr.to_string(), None)
+    let explained = api
+        .explain(d.vip.addr.to_string(), None)
         .await
         .expect("explain");
     assert!(
@@ -1072,32 +1093,28 @@ async fn the_vip_follows_the_redis_primary_and_never_spreads_over_two() {
     // Demote a: it answers "replica" and the VIP moves to b at once.
     let b_port = b.addr().port().to_string();
     assert_eq!(a.cli(None, &["REPLICAOF", "127.0.0.1", &b_port]), "OK");
-    let took = until(
-        Duration::from_secs(10),
-        "the new primary alone",
-        vec![b.addr()],
-    )
-    .await;
+    let took = d
+        .until(
+            Duration::from_secs(10),
+            "the new primary alone",
+            &[b.addr()],
+        )
+        .await;
     eprintln!("demotion of a to the VIP on b: {took:?} (fall × interval + timeout is 0.75 s)");
-    let status = handle.service_status("cache").await.expect("status");
+    let status = d.running.service_status("cache").await.expect("status");
     assert!(
         status.split_brain.is_empty(),
         "the split is over: {status:?}"
     );
-    drop(running.shutdown().await);
+    drop(d.running.shutdown().await);
 }
 
 /// The whole daemon over a real PostgreSQL primary and streaming replica: the VIP reaches
 /// only the primary; promoting the replica while the old primary runs is a split brain that
 /// keeps the VIP on the old one; stopping the old primary moves the VIP to the promoted one
-/// within `fall × interval + timeout` (plus the `rise` the promoted one already has).
+/// within `fall × interval + timeout`.
 #[tokio::test]
 async fn the_vip_follows_the_postgres_primary_through_promotion() {
-    use failoverd::{
-        config, daemon,
-        datapath::{FakeDatapath, Protocol, Vip},
-        health::NetworkCheck,
-    };
     let programs = [
         format!("{PG_BIN}/initdb"),
         format!("{PG_BIN}/pg_ctl"),
@@ -1122,74 +1139,29 @@ async fn the_vip_follows_the_postgres_primary_through_promotion() {
         secrets.path().join("state").display(),
         password.display(),
     );
-    let config = config::parse(&yaml, std::path::Path::new("<test>")).expect("config");
-    let fake = FakeDatapath::new();
-    let kernel = fake.handle();
-    let vip = Vip {
-        addr: "127.66.21.1:5432".parse().unwrap(),
-        protocol: Protocol::Tcp,
-    };
-    let table = || -> Vec<SocketAddr> {
-        kernel
-            .tables()
-            .get(&vip)
-            .map(|t| t.table.backends.iter().map(|b| b.addr).collect())
-            .unwrap_or_default()
-    };
-    let running = daemon::start_with(
-        &config,
-        fake,
-        daemon::Drains::new(),
-        std::sync::Arc::new(NetworkCheck),
-    )
-    .await
-    .expect("daemon");
-    let handle = running.handle();
-    let until = |limit: Duration, what: &'static str, want: Vec<SocketAddr>| {
-        let table = &table;
-        async move {
-            let start = Instant::now();
-            while table() != want {
-                assert!(start.elapsed() < limit, "{what}: table {:?}", table());
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-            start.elapsed()
-        }
-    };
-    until(Duration::from_secs(15), "only the primary", vec![p]).await;
+    let d = VipDaemon::start(&yaml, "127.66.21.1:5432").await;
+    d.until(Duration::from_secs(15), "only the primary", &[p])
+        .await;
 
     replica.promote();
-    let start = Instant::now();
-    loop {
-        let status = handle.service_status("orders-db").await.expect("status");
-        if status.split_brain.len() == 2 {
-            break;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(20),
-            "no split brain seen: {status:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    d.until_split_brain("orders-db", Duration::from_secs(20))
+        .await;
     assert_eq!(
-        table(),
+        d.table(),
         vec![p],
         "two primaries: the VIP stays on the one it had"
     );
 
     drop(primary);
-    let took = until(
-        Duration::from_secs(10),
-        "the promoted primary alone",
-        vec![r],
-    )
-    .await;
+    let took = d
+        .until(Duration::from_secs(10), "the promoted primary alone", &[r])
+        .await;
     eprintln!("old primary stopped → VIP on the promoted one: {took:?} (fall × interval + timeout is 1.15 s)");
     assert!(
         took < Duration::from_millis(1150 + 1500),
         "within the detection bound and a scheduling margin: {took:?}"
     );
-    drop(running.shutdown().await);
+    drop(d.running.shutdown().await);
 }
 
 /// The whole daemon over two real MariaDB servers (read_only says which is the primary):
@@ -1197,11 +1169,6 @@ async fn the_vip_follows_the_postgres_primary_through_promotion() {
 /// the VIP where it was; making the first read-only moves the VIP at once.
 #[tokio::test]
 async fn the_vip_follows_the_writable_mariadb() {
-    use failoverd::{
-        config, daemon,
-        datapath::{FakeDatapath, Protocol, Vip},
-        health::NetworkCheck,
-    };
     let programs = [
         "/usr/bin/mariadb-install-db",
         "/usr/sbin/mariadbd",
@@ -1230,69 +1197,27 @@ async fn the_vip_follows_the_writable_mariadb() {
         a.addr(),
         b.addr(),
     );
-    let config = config::parse(&yaml, std::path::Path::new("<test>")).expect("config");
-    let fake = FakeDatapath::new();
-    let kernel = fake.handle();
-    let vip = Vip {
-        addr: "127.66.22.1:3306".parse().unwrap(),
-        protocol: Protocol::Tcp,
-    };
-    let table = || -> Vec<SocketAddr> {
-        kernel
-            .tables()
-            .get(&vip)
-            .map(|t| t.table.backends.iter().map(|b| b.addr).collect())
-            .unwrap_or_default()
-    };
-    let running = daemon::start_with(
-        &config,
-        fake,
-        daemon::Drains::new(),
-        std::sync::Arc::new(NetworkCheck),
-    )
-    .await
-    .expect("daemon");
-    let handle = running.handle();
-    let until = |limit: Duration, what: &'static str, want: Vec<SocketAddr>| {
-        let table = &table;
-        async move {
-            let start = Instant::now();
-            while table() != want {
-                assert!(start.elapsed() < limit, "{what}: table {:?}", table());
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-            start.elapsed()
-        }
-    };
-    until(
+    let d = VipDaemon::start(&yaml, "127.66.22.1:3306").await;
+    d.until(
         Duration::from_secs(15),
         "only the writable one",
-        vec![a.addr()],
+        &[a.addr()],
     )
     .await;
 
     b.sql("SET GLOBAL read_only = OFF");
-    let start = Instant::now();
-    loop {
-        let status = handle.service_status("shop-db").await.expect("status");
-        if status.split_brain.len() == 2 {
-            break;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(10),
-            "no split brain seen: {status:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert_eq!(table(), vec![a.addr()], "the VIP stays on the one it had");
+    d.until_split_brain("shop-db", Duration::from_secs(10))
+        .await;
+    assert_eq!(d.table(), vec![a.addr()], "the VIP stays on the one it had");
 
     a.sql("SET GLOBAL read_only = ON");
-    let took = until(
-        Duration::from_secs(10),
-        "the writable one alone",
-        vec![b.addr()],
-    )
-    .await;
+    let took = d
+        .until(
+            Duration::from_secs(10),
+            "the writable one alone",
+            &[b.addr()],
+        )
+        .await;
     eprintln!("db-a made read-only → VIP on db-b: {took:?}");
-    drop(running.shutdown().await);
+    drop(d.running.shutdown().await);
 }
