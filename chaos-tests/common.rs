@@ -167,7 +167,31 @@ pub fn finish(
     let timeline = Timeline(std::mem::take(&mut report.timeline));
     r.add_load(&report);
     r.keep_failures(&timeline, origin_ns);
+    draw(r, &timeline, origin_ns);
     Ok((report, timeline))
+}
+
+/// Draws every attempt of the load around the fault as `<scenario>.svg` beside the record:
+/// green answered, red failed, from 0.3 s before the fault to 0.5 s past its bound. A figure
+/// that cannot be drawn is reported and changes no verdict.
+fn draw(r: &Record, timeline: &Timeline, origin_ns: u64) {
+    let marks: Vec<(f64, bool)> = timeline
+        .0
+        .iter()
+        .map(|a| ((a.at_ns as f64 - origin_ns as f64) / 1e6, a.errno.is_none()))
+        .collect();
+    let end = r.bound_ms.unwrap_or(1_000.0).max(1_000.0) + 500.0;
+    let file = crate::record::results_dir().join(format!("{}.svg", r.scenario));
+    let title = format!("{}: every connect attempt around the fault", r.scenario);
+    if let Err(e) = crate::figures::failover_timeline(
+        &file,
+        &title,
+        "ms from the fault",
+        &[("VIP", marks)],
+        (-300.0, end),
+    ) {
+        eprintln!("chaos: drawing {} failed: {e}", file.display());
+    }
 }
 
 /// Attempts the load makes before a fault: the "nothing failed before the fault" checks cover

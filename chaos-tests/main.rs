@@ -14,6 +14,10 @@ mod dns;
 mod support;
 
 mod common;
+/// SVG timelines (the benches' figures, shared).
+#[path = "../failoverd/benches/common/figures.rs"]
+#[allow(dead_code)]
+mod figures;
 mod record;
 mod scenarios;
 mod timeline;

@@ -543,6 +543,22 @@ fn bench() -> Result<(), Box<dyn std::error::Error>> {
                 failed[i]
             );
         }
+        let bars: Vec<(&str, f64)> = PATHS
+            .iter()
+            .enumerate()
+            .map(|(i, p)| (p.name, median(rates[i].clone())))
+            .collect();
+        let file = match mode {
+            Mode::ConnectClose => "connect-rate-connect-close.svg",
+            Mode::Echo => "connect-rate-echo.svg",
+        };
+        common::figures::bars(
+            &common::figures::path(file),
+            &format!("connects per second, median of rounds ({mode:?})"),
+            "connects/s",
+            &bars,
+        )?;
+        println!("figure: docs/figures/{file}");
         println!(
             "VIP / direct with the hook running (median of rounds): {:.3}",
             median_ratio(&rates[THROUGH_VIP], &rates[DIRECT_HOOK])

@@ -339,6 +339,8 @@ struct Outcome {
     last_failure_ms: Option<f64>,
     errors: BTreeMap<i64, usize>,
     missed_ticks: u64,
+    /// Every attempt: its start (ms from the kill) and whether it got an answer.
+    marks: Vec<(f64, bool)>,
 }
 
 fn analyse(t: &Timeline, kill_ns: u64) -> Result<Outcome, Box<dyn std::error::Error>> {
@@ -374,6 +376,7 @@ fn analyse(t: &Timeline, kill_ns: u64) -> Result<Outcome, Box<dyn std::error::Er
             .reduce(f64::max),
         errors,
         missed_ticks: t.missed_ticks,
+        marks: t.attempts.iter().map(|a| (ms(a.0), a.2 > 0)).collect(),
     })
 }
 
@@ -488,6 +491,26 @@ fn bench() -> Result<(), Box<dyn std::error::Error>> {
                 results.entry(name(tool)).or_default().push(o);
             }
         }
+        // The first run of each tool, one above the other, around the kill.
+        let figure: Vec<(&str, Vec<(f64, bool)>)> = [Tool::Failoverd, Tool::Haproxy]
+            .into_iter()
+            .map(|tool| (name(tool), results[name(tool)][0].marks.clone()))
+            .collect();
+        let (file, window) = match settings {
+            Settings::Same => ("failover-same-settings.svg", (-50.0, 450.0)),
+            Settings::Defaults => ("failover-defaults.svg", (-200.0, 6_000.0)),
+        };
+        common::figures::failover_timeline(
+            &common::figures::path(file),
+            &format!(
+                "kill -9 of the primary, 1 connect/ms: every attempt (green: answered, red: failed), {}",
+                settings.label()
+            ),
+            "ms from kill -9 of the primary",
+            &figure,
+            window,
+        )?;
+        println!("figure: docs/figures/{file}");
         for tool in [Tool::Failoverd, Tool::Haproxy] {
             let runs = &results[name(tool)];
             let failed: Vec<f64> = runs.iter().map(|o| o.failed as f64).collect();

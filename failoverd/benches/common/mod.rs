@@ -16,6 +16,8 @@ use std::{
     time::{Duration, Instant},
 };
 
+pub mod figures;
+
 use crate::support::{io_context, unique_name, TempDir};
 
 /// Set to anything but `0` to shrink rounds, repetitions and durations for a fast iteration.
