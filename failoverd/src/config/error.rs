@@ -220,11 +220,7 @@ pub(super) fn from_saphyr(err: &serde_saphyr::Error, text: &str, file: PathBuf) 
             unexpected,
             expected,
             ..
-        } => match locator.node_at(pos) {
-            // The node as written says more than what the deserializer saw.
-            Some(node) => format!("invalid type: {}, expected {expected}", node.describe()),
-            None => format!("invalid type: {unexpected}, expected {expected}"),
-        },
+        } => format!("invalid type: {unexpected}, expected {expected}"),
         E::SerdeInvalidValue {
             unexpected,
             expected,

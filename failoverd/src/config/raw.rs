@@ -135,7 +135,14 @@ impl<'de> Deserialize<'de> for RawEnv {
 
             fn visit_map<A: de::MapAccess<'de>>(self, mut map: A) -> Result<RawEnv, A::Error> {
                 let mut env = BTreeMap::new();
-                while let Some((name, value)) = map.next_entry::<String, String>()? {
+                // Option: a null value is refused here, not read as the text `~`.
+                while let Some((name, value)) = map.next_entry::<String, Option<String>>()? {
+                    let Some(value) = value else {
+                        return Err(de::Error::invalid_type(
+                            de::Unexpected::Other("unit value"),
+                            &"a string",
+                        ));
+                    };
                     if env.contains_key(&name) {
                         // serde-saphyr refuses a duplicate key first; kept should it ever not.
                         return Err(de::Error::custom(format!("duplicate key `{name}`")));
