@@ -75,6 +75,8 @@ pub fn parse(text: &str, source: &Path) -> Result<Config, ConfigError> {
             ),
         ));
     }
+    // Nothing left over from an earlier parse on this thread.
+    raw::take_scalar_expecting();
     let raw: raw::RawConfig = from_yaml(text).map_err(|e| {
         // The deserializer works on what was parsed before a syntax error, so a
         // mis-indented line could surface as a "missing key" above it. A pass
@@ -114,7 +116,6 @@ pub fn parse(text: &str, source: &Path) -> Result<Config, ConfigError> {
 pub(super) fn from_yaml<'de, T: serde::Deserialize<'de>>(
     text: &'de str,
 ) -> Result<T, serde_saphyr::Error> {
-    raw::take_scalar_expecting();
     let mut options = serde_saphyr::Options::default();
     options.budget = None;
     options.with_snippet = false;
