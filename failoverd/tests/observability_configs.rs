@@ -66,7 +66,7 @@ fn read(relative: &str) -> String {
 }
 
 fn alert_rules() -> Vec<Rule> {
-    let file: RuleFile = serde_yaml_ng::from_str(&read("configs/prometheus/alerts.yml"))
+    let file: RuleFile = serde_saphyr::from_str(&read("configs/prometheus/alerts.yml"))
         .unwrap_or_else(|e| panic!("configs/prometheus/alerts.yml: {e}"));
     assert_eq!(
         file.groups

@@ -54,15 +54,19 @@ impl SocketArgs {
 /// `control.socket` of a config file that does not validate, read as plain YAML; the
 /// default when the file has none or does not even parse.
 fn socket_of_unvalidated(file: &std::path::Path) -> PathBuf {
+    /// Only the one key; everything else in the file is skipped unread.
+    #[derive(serde::Deserialize)]
+    struct Doc {
+        control: Option<Control>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Control {
+        socket: Option<PathBuf>,
+    }
     std::fs::read_to_string(file)
         .ok()
-        .and_then(|text| serde_yaml_ng::from_str::<serde_yaml_ng::Value>(&text).ok())
-        .and_then(|doc| {
-            doc.get("control")?
-                .get("socket")?
-                .as_str()
-                .map(PathBuf::from)
-        })
+        .and_then(|text| serde_saphyr::from_str::<Doc>(&text).ok())
+        .and_then(|doc| doc.control?.socket)
         .unwrap_or_else(|| PathBuf::from(DEFAULT_CONTROL_SOCKET))
 }
 

@@ -1,11 +1,10 @@
 //! A linear pass over the text, before any YAML parser sees it, that refuses
 //! nesting deeper than [`MAX_DEPTH`].
 //!
-//! Both YAML parsers in use cost more than linear time or stack in the depth:
-//! libyaml (under serde_yaml_ng) rescans its stack of possible keys for every
-//! token, so 500 KB of `{a: {a: …}}` took most of a minute, and yaml-rust2's
-//! loader (under the locator) recurses once per level and overflows its stack
-//! at a few thousand. A config needs five levels.
+//! Parsers cost more than linear time or stack in the depth (libyaml rescanned
+//! its stack of possible keys for every token, so 500 KB of `{a: {a: …}}` took
+//! most of a minute; a recursive loader overflows its stack at a few thousand
+//! levels), and the locator keeps a frame per level. A config needs five.
 //!
 //! The pass counts what the parsers would nest: flow collections (`[`, `{`
 //! outside quotes, comments and block scalars), block collections by their

@@ -1,6 +1,9 @@
-//! Config errors, and the translation of serde_yaml_ng's into `file:line:column: key: message`.
+//! Config errors, and the translation of serde-saphyr's into `file:line:column: key: message`.
 
 use std::{io, path::PathBuf};
+
+use granit_parser::{ErrorKind, ScanError};
+use serde_saphyr::ExternalMessageSource;
 
 use super::locate::{join, Locator, Position, Target};
 
@@ -44,139 +47,227 @@ pub enum ConfigError {
 /// The key path reported for errors about the file as a whole.
 pub(super) const ROOT_KEY: &str = "(root)";
 
-/// serde_yaml_ng's error text, taken apart.
-#[derive(Debug, PartialEq, Eq)]
-pub(super) struct SerdeMessage {
-    /// The key path serde was at, `None` at the root or for syntax errors.
-    pub path: Option<String>,
-    /// The message without path and position.
-    pub message: String,
-}
-
-/// Splits serde_yaml_ng's `path: message at line L column C` into its parts.
-///
-/// `line` and `column` are the error's own location: the position text is
-/// removed only where it matches them, so a message that happens to contain
-/// similar words is left alone. Syntax errors (`problem at line L column C,
-/// context`) carry no path and keep their context.
-pub(super) fn split_serde_message(text: &str, line: usize, column: usize) -> SerdeMessage {
-    let at = format!(" at line {line} column {column}");
-    let text = match text.strip_suffix(&at) {
-        Some(rest) => rest.to_owned(),
-        None => text.replacen(&at, "", 1),
-    };
-    match path_prefix_len(&text) {
-        Some(len) => SerdeMessage {
-            path: Some(text[..len].to_owned()),
-            message: text[len + 2..].to_owned(),
-        },
-        None => SerdeMessage {
-            path: None,
-            message: text,
-        },
-    }
-}
-
-/// Length of a leading key path followed by `: `, if there is one.
-///
-/// A path is what serde_yaml_ng writes: segments of key characters joined by
-/// `.`, each optionally followed by `[index]`; `?` stands for an unknown key.
-/// Messages that open with ordinary words ("invalid type: …") do not match,
-/// because a path never contains a space.
-fn path_prefix_len(text: &str) -> Option<usize> {
-    let end = text.find(": ")?;
-    let path = &text[..end];
-    let well_formed = !path.is_empty()
-        && path.split('.').all(|segment| {
-            let name_len = segment.find('[').unwrap_or(segment.len());
-            let (name, mut indexes) = segment.split_at(name_len);
-            let name_ok = name
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '?'));
-            while let Some(rest) = indexes.strip_prefix('[') {
-                let Some(close) = rest.find(']') else {
-                    return false;
-                };
-                if close == 0 || !rest[..close].chars().all(|c| c.is_ascii_digit()) {
-                    return false;
-                }
-                indexes = &rest[close + 1..];
-            }
-            name_ok && indexes.is_empty() && !segment.is_empty()
-        });
-    well_formed.then_some(end)
-}
-
-/// Turns a serde_yaml_ng error into [`ConfigError::Invalid`], naming the key
-/// that is wrong rather than the mapping serde was in.
-pub(super) fn from_serde(err: &serde_yaml_ng::Error, text: &str, file: PathBuf) -> ConfigError {
-    let serde_pos = err.location().map_or(Position::START, |l| Position {
-        line: l.line(),
-        column: l.column(),
-    });
-    let split = split_serde_message(&err.to_string(), serde_pos.line, serde_pos.column);
-    let parent = split.path.as_deref().unwrap_or("");
-    let mut key = split.path.clone().unwrap_or_else(|| ROOT_KEY.to_owned());
-    let mut message = split.message;
-    let mut pos = serde_pos;
-
-    // Unknown, missing and duplicate keys are reported by serde at the mapping
-    // they are in; the key itself is what the reader has to fix.
-    for (serde_word, ours) in [
-        ("unknown field `", "unknown key `"),
-        ("missing field `", "missing key `"),
-        ("duplicate field `", "duplicate key `"),
-    ] {
-        let Some(rest) = message.strip_prefix(serde_word) else {
-            continue;
-        };
-        let Some(name_end) = rest.find('`') else {
-            continue;
-        };
-        let name = &rest[..name_end];
-        // An empty or null key (`? ` alone, `"": 1`) has no segment of its
-        // own: the mapping it is in is what to point at and name.
-        key = match (name.is_empty(), parent.is_empty()) {
-            (false, _) => join(parent, name),
-            (true, false) => parent.to_owned(),
-            (true, true) => ROOT_KEY.to_owned(),
-        };
-        let locator = Locator::new(text);
-        let better = match ours {
-            // serde points at the root mapping for an unknown top-level key.
-            "unknown key `" => locator
-                .contains(&key)
-                .then(|| locator.find(&key, Target::Key)),
-            // serde points at the mapping; the second occurrence is the one to delete.
-            "duplicate key `" => locator.duplicate(&key),
-            // A missing key has no position of its own: the mapping is right.
-            _ => None,
-        };
-        pos = better.unwrap_or(pos);
-        let hint = match ours {
-            "unknown key `" => did_you_mean(&rest[..name_end], rest)
-                .map(|near| format!(" (did you mean `{near}`?)"))
-                .unwrap_or_default(),
-            _ => String::new(),
-        };
-        let empty = if name.is_empty() {
-            " (an empty or null key)"
-        } else {
-            ""
-        };
-        message = format!("{ours}{name}`{empty}{hint}{}", &rest[name_end + 1..]);
-        break;
-    }
-
-    if err.location().is_none() {
-        // The one error without a position: a second `---` document.
-        if let Some(second) = Locator::new(text).second_document() {
-            pos = second;
-            message = "a config file holds one YAML document; remove this `---` and what follows"
-                .to_owned();
+/// serde's wording of the keys a struct expects, after `expected`.
+fn one_of(names: &[&str]) -> String {
+    match names {
+        [] => "there are no keys".to_owned(),
+        [one] => format!("expected `{one}`"),
+        [a, b] => format!("expected `{a}` or `{b}`"),
+        _ => {
+            let listed: Vec<String> = names.iter().map(|n| format!("`{n}`")).collect();
+            format!("expected one of {}", listed.join(", "))
         }
     }
+}
 
+/// Where a syntax error is and what it is, worded as libyaml worded it (the
+/// collection being parsed, with its position, after the problem).
+fn syntax_error(scan: &ScanError, text: &str, locator: &Locator) -> (Position, String) {
+    let mark = scan.marker();
+    let mut pos = Position {
+        line: mark.line().max(1),
+        column: mark.col() + 1,
+    };
+    let within = |what: &str, sequence: bool| {
+        locator
+            .open_at_error(sequence)
+            .map(|at| {
+                format!(
+                    ", while parsing {what} at line {} column {}",
+                    at.line, at.column
+                )
+            })
+            .unwrap_or_default()
+    };
+    let message = match scan.kind() {
+        ErrorKind::ExpectedBlockSequenceEntry => format!(
+            "did not find expected '-' indicator{}",
+            within("a block collection", true)
+        ),
+        ErrorKind::ExpectedBlockMappingKey => {
+            format!(
+                "did not find expected key{}",
+                within("a block mapping", false)
+            )
+        }
+        ErrorKind::UnclosedFlowCollection { .. }
+        | ErrorKind::UnexpectedEofFlowSequence
+        | ErrorKind::UnexpectedEofFlowMapping
+        | ErrorKind::UnexpectedEofImplicitFlowMapping
+        | ErrorKind::UnexpectedEofBlockSequence
+        | ErrorKind::UnexpectedEofBlockMapping
+        | ErrorKind::UnexpectedEof => {
+            // The text ended where more was needed: point at its end.
+            let lines = text.split('\n').count();
+            let last = text.rsplit('\n').next().unwrap_or("");
+            pos = Position {
+                line: lines,
+                column: last.chars().count() + 1,
+            };
+            let what = match scan.kind() {
+                ErrorKind::UnexpectedEofFlowSequence
+                | ErrorKind::UnclosedFlowCollection { open: '[' } => {
+                    within("a flow sequence", true)
+                }
+                ErrorKind::UnclosedFlowCollection { .. } => within("a flow mapping", false),
+                ErrorKind::UnexpectedEofFlowMapping
+                | ErrorKind::UnexpectedEofImplicitFlowMapping => within("a flow mapping", false),
+                _ => String::new(),
+            };
+            format!("did not find expected node content{what}")
+        }
+        other => other.to_string(),
+    };
+    (pos, message)
+}
+
+/// `invalid type: integer `1`, expected a sequence`, as serde words it.
+fn wrong_type(locator: &Locator, pos: Position, expected: &str) -> String {
+    match locator.node_at(pos) {
+        Some(node) => format!("invalid type: {}, expected {expected}", node.describe()),
+        None => format!("invalid value, expected {expected}"),
+    }
+}
+
+/// The error serde-saphyr reports, without the wrappers that add snippets or
+/// the use site of an alias.
+fn innermost(mut err: &serde_saphyr::Error) -> &serde_saphyr::Error {
+    loop {
+        match err {
+            serde_saphyr::Error::WithSnippet { error, .. }
+            | serde_saphyr::Error::AliasError { error, .. } => err = error,
+            other => return other,
+        }
+    }
+}
+
+/// Turns a serde-saphyr error into [`ConfigError::Invalid`], naming the key
+/// that is wrong rather than the mapping serde was in.
+///
+/// The error's variant says what went wrong and its location where; the key
+/// path is the node the locator finds at that location. No error text is taken apart.
+pub(super) fn from_saphyr(err: &serde_saphyr::Error, text: &str, file: PathBuf) -> ConfigError {
+    use serde_saphyr::Error as E;
+    let err = innermost(err);
+    let locator = Locator::new(text);
+    let mut pos = err
+        .location()
+        .filter(|l| l.line() > 0)
+        .map_or(Position::START, |l| Position {
+            line: usize::try_from(l.line()).unwrap_or(usize::MAX),
+            column: usize::try_from(l.column()).unwrap_or(usize::MAX).max(1),
+        });
+    let key_at = locator.path_at(pos, Target::Key);
+    let value_at = locator.path_at(pos, Target::Value);
+    // The mapping a key at `pos` sits in: the parent of the key written there,
+    // or else the collection that starts there.
+    let mapping = key_at
+        .as_deref()
+        .and_then(super::locate::parent)
+        .map(str::to_owned)
+        .or_else(|| value_at.clone())
+        .unwrap_or_default();
+    let mut key = value_at
+        .clone()
+        .or_else(|| key_at.clone())
+        .unwrap_or_default();
+    let message = match err {
+        E::SerdeUnknownField {
+            field, expected, ..
+        } => {
+            let parent = mapping;
+            // A null key (`? ` alone, `~: 1`) reaches serde as text of its own.
+            let null_key = matches!(
+                key_at.as_deref().and_then(|_| locator.node_at(pos)),
+                Some(super::locate::NodeKind::Scalar { text, quoted: false })
+                    if matches!(text.as_str(), "" | "~" | "null")
+            ) || field.is_empty();
+            let field: &str = if null_key { "" } else { field };
+            key = if field.is_empty() {
+                parent.clone()
+            } else {
+                join(&parent, field)
+            };
+            if locator.contains(&key) {
+                pos = locator.find(&key, Target::Key);
+            }
+            let hint = did_you_mean(field, expected)
+                .map(|near| format!(" (did you mean `{near}`?)"))
+                .unwrap_or_default();
+            let empty = if field.is_empty() {
+                " (an empty or null key)"
+            } else {
+                ""
+            };
+            format!("unknown key `{field}`{empty}{hint}, {}", one_of(expected))
+        }
+        E::SerdeMissingField { field, .. } => {
+            // A missing key has no position of its own: the mapping is right.
+            key = join(value_at.as_deref().unwrap_or(""), field);
+            pos = locator.find(&key, Target::Key);
+            format!("missing key `{field}`")
+        }
+        E::DuplicateMappingKey { key: name, .. } => {
+            let name = name.clone().unwrap_or_default();
+            key = join(&mapping, &name);
+            // The second occurrence is the one to delete.
+            if let Some(second) = locator.duplicate(&key) {
+                pos = second;
+            }
+            format!("duplicate key `{name}`")
+        }
+        E::SerdeInvalidType {
+            unexpected,
+            expected,
+            ..
+        } => format!("invalid type: {unexpected}, expected {expected}"),
+        E::SerdeInvalidValue {
+            unexpected,
+            expected,
+            ..
+        } => format!("invalid value: {unexpected}, expected {expected}"),
+        E::Message { msg, .. } => msg.clone(),
+        E::InvalidBooleanStrict { .. } => wrong_type(&locator, pos, "a boolean"),
+        E::InvalidScalar { ty, .. } => {
+            let expected = match *ty {
+                "boolean" | "bool" => "a boolean",
+                other => other,
+            };
+            wrong_type(&locator, pos, expected)
+        }
+        E::Unexpected { expected, .. } => {
+            let expected = match *expected {
+                // A collection where a scalar belongs: say what the key takes.
+                "string scalar" => super::raw::take_scalar_expecting().unwrap_or("a string"),
+                "sequence start" => "a sequence",
+                "mapping start" | "mapping" => "a mapping",
+                other => other,
+            };
+            wrong_type(&locator, pos, expected)
+        }
+        E::ExternalMessage { source, msg, .. } => {
+            key = String::new();
+            match &**source {
+                ExternalMessageSource::Parser(scan) => {
+                    let (at, message) = syntax_error(scan, text, &locator);
+                    pos = at;
+                    message
+                }
+                _ => msg.clone(),
+            }
+        }
+        E::MultipleDocuments { .. } => {
+            key = String::new();
+            if let Some(second) = locator.second_document() {
+                pos = second;
+            }
+            "a config file holds one YAML document; remove this `---` and what follows".to_owned()
+        }
+        other => other.to_string(),
+    };
+    if key.is_empty() {
+        key = ROOT_KEY.to_owned();
+    }
     ConfigError::Invalid {
         file,
         line: pos.line,
@@ -186,12 +277,11 @@ pub(super) fn from_serde(err: &serde_yaml_ng::Error, text: &str, file: PathBuf) 
     }
 }
 
-/// The expected key closest to a misspelt one, if one is close: serde lists
-/// the expected keys in backticks after the unknown one.
-fn did_you_mean<'a>(unknown: &str, listing: &'a str) -> Option<&'a str> {
-    let expected = listing.split('`').skip(1).skip(1).step_by(2);
+/// The expected key closest to a misspelt one, if one is close.
+fn did_you_mean<'a>(unknown: &str, expected: &[&'a str]) -> Option<&'a str> {
     expected
-        .map(|name| (edit_distance(unknown, name), name))
+        .iter()
+        .map(|&name| (edit_distance(unknown, name), name))
         .filter(|&(d, name)| d <= 2 && d < name.len())
         .min_by_key(|&(d, _)| d)
         .map(|(_, name)| name)
@@ -217,86 +307,6 @@ fn edit_distance(a: &str, b: &str) -> usize {
 mod tests {
     use super::*;
 
-    fn split(text: &str, line: usize, column: usize) -> (Option<String>, String) {
-        let s = split_serde_message(text, line, column);
-        (s.path, s.message)
-    }
-
-    fn parts(path: Option<&str>, message: &str) -> (Option<String>, String) {
-        (path.map(str::to_owned), message.to_owned())
-    }
-
-    #[test]
-    fn splits_path_message_and_position() {
-        assert_eq!(
-            split(
-                "services[0].vip: invalid socket address syntax at line 3 column 10",
-                3,
-                10
-            ),
-            parts(Some("services[0].vip"), "invalid socket address syntax")
-        );
-    }
-
-    #[test]
-    fn keeps_colons_inside_the_message() {
-        assert_eq!(
-            split(
-                "services[0].weight: invalid type: string \"a: b\", expected u32 at line 3 column 13",
-                3,
-                13
-            ),
-            parts(
-                Some("services[0].weight"),
-                "invalid type: string \"a: b\", expected u32"
-            )
-        );
-    }
-
-    #[test]
-    fn a_message_without_path_is_not_mistaken_for_one() {
-        let text = "invalid type: sequence, expected struct RawConfig";
-        assert_eq!(split(text, 1, 1), parts(None, text));
-        let text = "unknown field `bogus`, expected `services`";
-        assert_eq!(split(text, 1, 1), parts(None, text));
-    }
-
-    #[test]
-    fn syntax_errors_keep_their_context() {
-        assert_eq!(
-            split(
-                "did not find expected key at line 3 column 5, while parsing a block mapping at line 1 column 1",
-                3,
-                5
-            ),
-            parts(
-                None,
-                "did not find expected key, while parsing a block mapping at line 1 column 1"
-            )
-        );
-    }
-
-    #[test]
-    fn position_text_that_does_not_match_the_location_stays() {
-        assert_eq!(
-            split("a: bad at line 9 column 9", 2, 4),
-            parts(Some("a"), "bad at line 9 column 9")
-        );
-    }
-
-    #[test]
-    fn recognises_every_path_form() {
-        assert_eq!(path_prefix_len("a: x"), Some(1));
-        assert_eq!(path_prefix_len("a.b_c[0][12].d-e: x"), Some(16));
-        assert_eq!(path_prefix_len("services[0].?: x"), Some(13));
-        assert_eq!(path_prefix_len("a b: x"), None);
-        assert_eq!(path_prefix_len("a[]: x"), None);
-        assert_eq!(path_prefix_len("a[x]: x"), None);
-        assert_eq!(path_prefix_len("a..b: x"), None);
-        assert_eq!(path_prefix_len(": x"), None);
-        assert_eq!(path_prefix_len("no colon here"), None);
-    }
-
     fn invalid(err: ConfigError) -> (usize, usize, String, String) {
         match err {
             ConfigError::Invalid {
@@ -311,8 +321,8 @@ mod tests {
     }
 
     fn serde_error(yaml: &str) -> (usize, usize, String, String) {
-        let err = serde_yaml_ng::from_str::<super::super::raw::RawConfig>(yaml).unwrap_err();
-        invalid(from_serde(&err, yaml, "f.yaml".into()))
+        let err = super::super::from_yaml::<super::super::raw::RawConfig>(yaml).unwrap_err();
+        invalid(from_saphyr(&err, yaml, "f.yaml".into()))
     }
 
     #[test]

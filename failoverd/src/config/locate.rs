@@ -2,17 +2,15 @@
 //! value, by dotted key path (`services[0].health.timeout`).
 //!
 //! serde forgets positions once a value is deserialized, so the rules checked
-//! afterwards ask this map, built from yaml-rust2's marked events, where to point.
+//! afterwards ask this map, built from the spanned events of granit-parser (the
+//! parser under serde-saphyr, so both read the text the same way), where to point.
 
 use std::collections::HashMap;
 
-use yaml_rust2::{
-    parser::{Event, MarkedEventReceiver, Parser},
-    scanner::Marker,
-};
+use granit_parser::{Event, Marker, Parser, ScalarStyle, Span, SpannedEventReceiver};
 
 /// A 1-based line and column.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub(super) struct Position {
     pub line: usize,
     pub column: usize,
@@ -23,7 +21,7 @@ impl Position {
     pub const START: Position = Position { line: 1, column: 1 };
 
     fn from_marker(m: Marker) -> Position {
-        // yaml-rust2 counts lines from 1 and columns from 0.
+        // granit-parser counts lines from 1 and columns from 0.
         Position {
             line: m.line().max(1),
             column: m.col() + 1,
@@ -52,6 +50,47 @@ pub(super) struct Locator {
     /// The key of the second occurrence of a key given twice in one mapping.
     duplicates: HashMap<String, Position>,
     second_document: Option<Position>,
+    /// What starts at each node's position, for describing a value of the wrong type.
+    nodes: HashMap<Position, NodeKind>,
+    /// Collections still open where a syntax error ended the walk, outermost
+    /// first: whether each is a sequence, and where it starts.
+    open: Vec<(bool, Position)>,
+}
+
+/// A node as written, described in serde's words for a type error.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(super) enum NodeKind {
+    /// A scalar's text, and whether it was quoted (a quoted scalar is a string).
+    Scalar {
+        text: String,
+        quoted: bool,
+    },
+    Map,
+    Seq,
+}
+
+impl NodeKind {
+    /// What serde's `Unexpected` would call it: `integer `1``, `string "x"`, `map`.
+    pub fn describe(&self) -> String {
+        match self {
+            NodeKind::Map => "map".to_owned(),
+            NodeKind::Seq => "sequence".to_owned(),
+            NodeKind::Scalar { text, quoted: true } => format!("string {text:?}"),
+            NodeKind::Scalar { text, .. } => {
+                if text.parse::<i128>().is_ok() {
+                    format!("integer `{text}`")
+                } else if matches!(text.as_str(), "true" | "false") {
+                    format!("boolean `{text}`")
+                } else if matches!(text.as_str(), "" | "~" | "null") {
+                    "unit value".to_owned()
+                } else if text.parse::<f64>().is_ok() {
+                    format!("floating point `{text}`")
+                } else {
+                    format!("string {text:?}")
+                }
+            }
+        }
+    }
 }
 
 impl Locator {
@@ -59,11 +98,22 @@ impl Locator {
     /// what came before it is still located.
     pub fn new(text: &str) -> Locator {
         let mut walk = Walk::default();
-        // serde_yaml_ng has already accepted or rejected the syntax and its
+        // serde-saphyr has already accepted or rejected the syntax and its
         // error is the one reported; this parse only looks for positions.
         if let Err(e) = Parser::new_from_str(text).load(&mut walk, true) {
             tracing::debug!(error = %e, "locating config keys stopped early");
         }
+        let open = walk
+            .stack
+            .iter()
+            .filter_map(|frame| match frame {
+                Frame::Map { path, .. } => Some((false, path)),
+                Frame::Seq { path, .. } => Some((true, path)),
+                Frame::ComplexKey { .. } => None,
+            })
+            .filter_map(|(seq, path)| Some((seq, walk.locator.spots.get(path)?.value)))
+            .collect();
+        walk.locator.open = open;
         walk.locator
     }
 
@@ -82,6 +132,41 @@ impl Locator {
             at = parent(p);
         }
         Position::START
+    }
+
+    /// The deepest path whose key (or value) is written at `pos`, if any: the
+    /// other way round from [`Locator::find`].
+    pub fn path_at(&self, pos: Position, target: Target) -> Option<String> {
+        let written = self.spots.iter().filter_map(|(path, spot)| {
+            let here = match target {
+                Target::Key => spot.key == Some(pos),
+                Target::Value => spot.value == pos,
+            };
+            here.then_some(path)
+        });
+        // A key given twice is only recorded once; its second occurrence is a key too.
+        let again = self
+            .duplicates
+            .iter()
+            .filter_map(|(path, &at)| (target == Target::Key && at == pos).then_some(path));
+        written
+            .chain(again)
+            .max_by_key(|path| (path.len(), path.as_str()))
+            .cloned()
+    }
+
+    /// Where the innermost sequence (or mapping) still open at a syntax error starts.
+    pub fn open_at_error(&self, sequence: bool) -> Option<Position> {
+        self.open
+            .iter()
+            .rev()
+            .find(|(seq, _)| *seq == sequence)
+            .map(|&(_, pos)| pos)
+    }
+
+    /// The node that starts at `pos`, if one does.
+    pub fn node_at(&self, pos: Position) -> Option<&NodeKind> {
+        self.nodes.get(&pos)
     }
 
     /// Whether `path` is written in the file.
@@ -155,10 +240,10 @@ enum Node<'a> {
     Seq,
 }
 
-impl MarkedEventReceiver for Walk {
-    fn on_event(&mut self, ev: Event, mark: Marker) {
-        let pos = Position::from_marker(mark);
-        if let Event::DocumentStart = ev {
+impl<'input> SpannedEventReceiver<'input> for Walk {
+    fn on_event(&mut self, ev: Event<'input>, span: Span) {
+        let pos = Position::from_marker(span.start);
+        if let Event::DocumentStart(..) = ev {
             self.documents += 1;
             if self.documents == 2 {
                 self.locator.second_document = Some(pos);
@@ -167,6 +252,18 @@ impl MarkedEventReceiver for Walk {
         }
         if self.documents > 1 {
             return; // only the first document is configuration
+        }
+        let kind = match ev {
+            Event::Scalar(ref text, style, ..) => Some(NodeKind::Scalar {
+                text: text.to_string(),
+                quoted: !matches!(style, ScalarStyle::Plain),
+            }),
+            Event::MappingStart(..) => Some(NodeKind::Map),
+            Event::SequenceStart(..) => Some(NodeKind::Seq),
+            _ => None,
+        };
+        if let Some(kind) = kind {
+            self.locator.nodes.entry(pos).or_insert(kind);
         }
         match ev {
             Event::Scalar(ref text, ..) => self.node(pos, Node::Scalar(text)),

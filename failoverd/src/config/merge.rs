@@ -810,11 +810,11 @@ mod tests {
     use super::*;
 
     fn raw_health(yaml: &str) -> RawHealth {
-        serde_yaml_ng::from_str(yaml).unwrap()
+        serde_saphyr::from_str(yaml).unwrap()
     }
 
     fn raw_breaker(yaml: &str) -> RawBreaker {
-        serde_yaml_ng::from_str(yaml).unwrap()
+        serde_saphyr::from_str(yaml).unwrap()
     }
 
     fn merged_health(

@@ -6,12 +6,13 @@
 //! `file:line:column: key: message`.
 //! The keys, their defaults and their rules are listed in `docs/configuration.md`.
 //!
-//! Checking happens in two passes. serde_yaml_ng deserializes into structs
-//! that refuse unknown keys and parse each scalar (durations, addresses), and
-//! its errors already carry key path and position. The rules that relate
-//! values to each other (timeout < interval, unique names and VIPs, address
-//! families) run afterwards on the deserialized values, and a locator built
-//! from yaml-rust2's marked events turns their key paths back into positions.
+//! Checking happens in two passes. serde-saphyr deserializes into structs
+//! that refuse unknown keys and parse each scalar (durations, addresses); its
+//! errors are typed and carry their position. The rules that relate values to
+//! each other (timeout < interval, unique names and VIPs, address families)
+//! run afterwards on the deserialized values. For both, a locator built from
+//! the spanned events of granit-parser (the parser under serde-saphyr) turns
+//! key paths into positions and positions into key paths.
 
 mod address;
 mod depth;
@@ -64,7 +65,7 @@ pub fn parse(text: &str, source: &Path) -> Result<Config, ConfigError> {
             read::too_large_message(text.len() as u64),
         ));
     }
-    // Editors on Windows write one; libyaml would call it a second document.
+    // Editors on Windows write one; it is not part of the configuration.
     let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     if let Some(pos) = depth::too_deep(text) {
         return Err(root_error(
@@ -74,12 +75,21 @@ pub fn parse(text: &str, source: &Path) -> Result<Config, ConfigError> {
             ),
         ));
     }
-    let raw: raw::RawConfig = serde_yaml_ng::from_str(text).map_err(|e| {
-        // serde_yaml_ng deserializes what it parsed before a syntax error, so a
-        // mis-indented line can surface as a "missing key" above it. A pass that
-        // only parses finds the syntax error itself, which is what to fix.
-        let syntax = serde_yaml_ng::from_str::<serde::de::IgnoredAny>(text).err();
-        error::from_serde(syntax.as_ref().unwrap_or(&e), text, source.to_path_buf())
+    // Nothing left over from an earlier parse on this thread.
+    raw::take_scalar_expecting();
+    let raw: raw::RawConfig = from_yaml(text).map_err(|e| {
+        // The deserializer works on what was parsed before a syntax error, so a
+        // mis-indented line could surface as a "missing key" above it. A pass
+        // that only parses finds the syntax error itself, which is what to fix.
+        let syntax = from_yaml::<serde::de::IgnoredAny>(text).err();
+        let e = syntax.unwrap_or(e);
+        if matches!(e, serde_saphyr::Error::Eof { .. }) && text.trim().is_empty() {
+            // An empty file is an empty mapping: what is missing is `services`.
+            if let Err(empty) = from_yaml::<raw::RawConfig>("{}") {
+                return error::from_saphyr(&empty, text, source.to_path_buf());
+            }
+        }
+        error::from_saphyr(&e, text, source.to_path_buf())
     })?;
     let mut issues = issues::Issues::default();
     let config = lower::lower(raw, source, &mut issues);
@@ -98,6 +108,23 @@ pub fn parse(text: &str, source: &Path) -> Result<Config, ConfigError> {
             message: issue.message,
         }),
     }
+}
+
+/// Deserializes `text` with serde-saphyr, without its node budget: the size
+/// and depth checks above bound the work, and a config of 65,536 services has
+/// more nodes than the default budget allows.
+pub(super) fn from_yaml<'de, T: serde::Deserialize<'de>>(
+    text: &'de str,
+) -> Result<T, serde_saphyr::Error> {
+    let mut options = serde_saphyr::Options::default();
+    options.budget = None;
+    options.with_snippet = false;
+    // A null key (`? ` alone) then reaches the struct as text, which names it as
+    // an unknown key and lists the expected ones.
+    options.null_as_string = true;
+    // YAML 1.2: `yes`, `on` and `off` are text; a boolean is `true` or `false`.
+    options.strict_booleans = true;
+    serde_saphyr::from_str_with_options(text, options)
 }
 
 #[cfg(test)]

@@ -1,10 +1,11 @@
 //! The file as written: serde structs with every key optional and unknown keys refused.
 //!
-//! Only shape and scalar syntax are checked here, so that serde_yaml_ng's
+//! Only shape and scalar syntax are checked here, so that serde-saphyr's
 //! errors (which carry the key path and position) cover them; the rules that
 //! relate keys to each other live in `lower`.
 
 use std::{
+    cell::Cell,
     collections::BTreeMap,
     fmt,
     marker::PhantomData,
@@ -134,10 +135,17 @@ impl<'de> Deserialize<'de> for RawEnv {
 
             fn visit_map<A: de::MapAccess<'de>>(self, mut map: A) -> Result<RawEnv, A::Error> {
                 let mut env = BTreeMap::new();
-                while let Some((name, value)) = map.next_entry::<String, String>()? {
+                // Option: a null value is refused here, not read as the text `~`.
+                while let Some((name, value)) = map.next_entry::<String, Option<String>>()? {
+                    let Some(value) = value else {
+                        return Err(de::Error::invalid_type(
+                            de::Unexpected::Other("unit value"),
+                            &"a string",
+                        ));
+                    };
                     if env.contains_key(&name) {
-                        // Worded as serde's own, so that the error names and points at it.
-                        return Err(de::Error::custom(format!("duplicate field `{name}`")));
+                        // serde-saphyr refuses a duplicate key first; kept should it ever not.
+                        return Err(de::Error::custom(format!("duplicate key `{name}`")));
                     }
                     env.insert(name, value);
                 }
@@ -240,14 +248,26 @@ pub(super) trait Scalar: Sized {
     fn parse(text: &str) -> Result<Self, String>;
 }
 
-/// A [`Scalar`] deserialized from its text; serde_yaml_ng adds key path and position to the error.
+/// A [`Scalar`] deserialized from its text; serde-saphyr adds the position to the error.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(super) struct Parsed<T>(pub T);
 
+thread_local! {
+    /// What the last [`Parsed`] that met no scalar expected, for the error
+    /// translation: serde-saphyr refuses a collection there before any visitor
+    /// runs, and its error says only that a string was expected.
+    static SCALAR_EXPECTING: Cell<Option<&'static str>> = const { Cell::new(None) };
+}
+
+/// Takes what the last [`Parsed`] that met a collection expected, if one did.
+pub(super) fn take_scalar_expecting() -> Option<&'static str> {
+    SCALAR_EXPECTING.with(Cell::take)
+}
+
 impl<'de, T: Scalar> Deserialize<'de> for Parsed<T> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V<T>(PhantomData<T>);
-        impl<'de, T: Scalar> de::Visitor<'de> for V<T> {
+        struct V<'a, T>(&'a Cell<bool>, PhantomData<T>);
+        impl<'de, T: Scalar> de::Visitor<'de> for V<'_, T> {
             type Value = Parsed<T>;
 
             fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -255,12 +275,18 @@ impl<'de, T: Scalar> Deserialize<'de> for Parsed<T> {
             }
 
             fn visit_str<E: de::Error>(self, v: &str) -> Result<Parsed<T>, E> {
+                self.0.set(true);
                 T::parse(v).map(Parsed).map_err(E::custom)
             }
         }
+        let reached = Cell::new(false);
         // deserialize_str hands any plain scalar over as its text, so `interval: 5`
         // reaches the duration parser and gets its message ("time unit needed").
-        d.deserialize_str(V(PhantomData))
+        let result = d.deserialize_str(V(&reached, PhantomData));
+        if result.is_err() && !reached.get() {
+            SCALAR_EXPECTING.with(|e| e.set(Some(T::EXPECTING)));
+        }
+        result
     }
 }
 
@@ -488,8 +514,16 @@ from_str_scalar!(
 mod tests {
     use super::*;
 
+    /// `key: message`, as the config reports it.
     fn health(yaml: &str) -> Result<RawHealth, String> {
-        serde_yaml_ng::from_str(yaml).map_err(|e| e.to_string())
+        super::super::from_yaml(yaml).map_err(|e| {
+            match super::super::error::from_saphyr(&e, yaml, "f.yaml".into()) {
+                super::super::ConfigError::Invalid { key, message, .. } => {
+                    format!("{key}: {message}")
+                }
+                other => other.to_string(),
+            }
+        })
     }
 
     #[test]
