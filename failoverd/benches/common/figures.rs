@@ -38,14 +38,7 @@ pub fn failover_timeline(
         .configure_mesh()
         .x_desc(x_desc)
         .y_labels(rows.len())
-        .y_label_formatter(&|y| {
-            let i = y.round();
-            if (y - i).abs() < 0.01 && i >= 0.0 {
-                names.get(i as usize).cloned().unwrap_or_default()
-            } else {
-                String::new()
-            }
-        })
+        .y_label_formatter(&|y| row_label(&names, *y))
         .disable_y_mesh()
         .draw()?;
     for (row, (_, marks)) in rows.iter().enumerate() {
@@ -66,6 +59,16 @@ pub fn failover_timeline(
     ))?;
     root.present()?;
     Ok(())
+}
+
+/// The name of the row at `y` (rows sit at whole numbers); empty between rows.
+fn row_label(names: &[String], y: f64) -> String {
+    let i = y.round();
+    if (y - i).abs() < 0.01 && i >= 0.0 {
+        names.get(i as usize).cloned().unwrap_or_default()
+    } else {
+        String::new()
+    }
 }
 
 /// Horizontal bars: one per path, its value (e.g. connects/s) written beside it.
@@ -93,14 +96,7 @@ pub fn bars(
         .configure_mesh()
         .x_desc(unit)
         .y_labels(bars.len())
-        .y_label_formatter(&|y| {
-            let i = y.round();
-            if (y - i).abs() < 0.01 && i >= 0.0 {
-                names.get(i as usize).cloned().unwrap_or_default()
-            } else {
-                String::new()
-            }
-        })
+        .y_label_formatter(&|y| row_label(&names, *y))
         .disable_y_mesh()
         .draw()?;
     for (i, (_, v)) in bars.iter().enumerate() {
