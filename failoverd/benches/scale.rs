@@ -868,7 +868,48 @@ fn run_variant(
     })
 }
 
+/// `FO_BENCH_SWEEP=1`: instead of the side-by-side run, the shared variant at growing
+/// numbers of VIPs, drawn as RSS and table-load time against VIPs (docs/figures/).
+const SWEEP_ENV: &str = "FO_BENCH_SWEEP";
+
+/// The sweep's sizes.
+const SWEEP: [usize; 4] = [1_000, 2_500, 5_000, 10_000];
+
+fn sweep(listeners: &Listeners) -> Result<(), Box<dyn std::error::Error>> {
+    let mut rss = Vec::new();
+    let mut load = Vec::new();
+    for vips in SWEEP {
+        let o = run_variant(Variant::Shared, vips, listeners)?;
+        rss.push((vips as f64, o.rss_kb as f64 / 1024.0));
+        load.push((vips as f64, o.all.as_secs_f64()));
+        println!(
+            "sweep: {vips} VIPs: VmRSS {:.1} MiB, every table in the kernel {:.2} s after spawn",
+            o.rss_kb as f64 / 1024.0,
+            o.all.as_secs_f64()
+        );
+    }
+    common::figures::line(
+        &common::figures::path("scale-rss.svg"),
+        "daemon VmRSS against VIPs (× 8 backends, shared probing, per_backend: false)",
+        "VIPs",
+        "MiB",
+        &rss,
+    )?;
+    common::figures::line(
+        &common::figures::path("scale-load.svg"),
+        "spawn → every VIP's table in the kernel, against VIPs",
+        "VIPs",
+        "seconds",
+        &load,
+    )?;
+    println!("figures: docs/figures/scale-rss.svg, docs/figures/scale-load.svg");
+    Ok(())
+}
+
 fn bench() -> Result<(), Box<dyn std::error::Error>> {
+    if std::env::var(SWEEP_ENV).is_ok_and(|v| v == "1") {
+        return sweep(&Listeners::start(BACKENDS)?);
+    }
     let vips = if quick() { 1_000 } else { VIPS };
     println!(
         "scale: {vips} VIPs × {BACKENDS} backends, tcp probes every 1 s; variants: shared (the same 8 addresses in every VIP) and distinct (an address per backend)"

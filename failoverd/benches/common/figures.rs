@@ -114,3 +114,35 @@ pub fn bars(
     root.present()?;
     Ok(())
 }
+
+/// One line of points, `(x, y)`, with a mark on each point.
+pub fn line(
+    file: &Path,
+    title: &str,
+    x_desc: &str,
+    y_desc: &str,
+    points: &[(f64, f64)],
+) -> Result<(), Box<dyn std::error::Error>> {
+    if let Some(dir) = file.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let x_max = points.iter().map(|p| p.0).fold(0.0, f64::max).max(1.0) * 1.05;
+    let y_max = points.iter().map(|p| p.1).fold(0.0, f64::max).max(1e-9) * 1.15;
+    let root = SVGBackend::new(file, (700, 400)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(title, ("sans-serif", 16))
+        .margin(10)
+        .x_label_area_size(35)
+        .y_label_area_size(60)
+        .build_cartesian_2d(0.0..x_max, 0.0..y_max)?;
+    chart.configure_mesh().x_desc(x_desc).y_desc(y_desc).draw()?;
+    chart.draw_series(LineSeries::new(points.iter().copied(), BLUE.stroke_width(2)))?;
+    chart.draw_series(
+        points
+            .iter()
+            .map(|&(x, y)| Circle::new((x, y), 3, BLUE.filled())),
+    )?;
+    root.present()?;
+    Ok(())
+}
