@@ -136,8 +136,15 @@ pub fn line(
         .x_label_area_size(35)
         .y_label_area_size(60)
         .build_cartesian_2d(0.0..x_max, 0.0..y_max)?;
-    chart.configure_mesh().x_desc(x_desc).y_desc(y_desc).draw()?;
-    chart.draw_series(LineSeries::new(points.iter().copied(), BLUE.stroke_width(2)))?;
+    chart
+        .configure_mesh()
+        .x_desc(x_desc)
+        .y_desc(y_desc)
+        .draw()?;
+    chart.draw_series(LineSeries::new(
+        points.iter().copied(),
+        BLUE.stroke_width(2),
+    ))?;
     chart.draw_series(
         points
             .iter()
