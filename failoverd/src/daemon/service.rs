@@ -188,6 +188,8 @@ impl CounterIds for LockedIds<'_> {
 struct Probing {
     _subscription: Subscription<Message>,
     latency: metrics::Histogram,
+    /// The backend's name, for its per-probe series without a search per result.
+    name: String,
 }
 
 /// The shell of one service.
@@ -306,15 +308,9 @@ impl ServiceTask {
 
     async fn on_probe(&mut self, report: ProbeReport) {
         if let Some(p) = self.probing.get(&report.key) {
-            let backend = self
-                .state
-                .backends()
-                .find(|b| b.key == report.key)
-                .map(|b| b.name.as_str())
-                .unwrap_or_default();
             self.shared.observer.probe(
                 &self.state.config().name,
-                backend,
+                &p.name,
                 &p.latency,
                 report.started.elapsed().as_secs_f64(),
                 &Evidence(Arc::clone(&report.result)),
@@ -427,6 +423,7 @@ impl ServiceTask {
                 Probing {
                     _subscription: subscription,
                     latency: crate::metrics::probe_latency(&config.name, &b.name),
+                    name: b.name.clone(),
                 },
             );
         }

@@ -231,6 +231,16 @@ impl ServiceState {
     /// Whether draining `backend` would be refused, without draining it (the shell asks
     /// before it persists the drain).
     pub fn check_drain(&self, backend: &str, force: bool) -> Result<(), Refused> {
+        self.drainable(backend, force).map(drop)
+    }
+
+    /// Whether undraining `backend` would be refused.
+    pub fn check_undrain(&self, backend: &str) -> Result<(), Refused> {
+        self.undrainable(backend).map(drop)
+    }
+
+    /// The key of `backend` if draining it is allowed.
+    fn drainable(&self, backend: &str, force: bool) -> Result<BackendKey, Refused> {
         let key = self.key_of(backend)?;
         if !force && self.drain_leaves_nothing_live(&key) {
             return Err(Refused::LastLive {
@@ -238,11 +248,11 @@ impl ServiceState {
                 backend: backend.to_string(),
             });
         }
-        Ok(())
+        Ok(key)
     }
 
-    /// Whether undraining `backend` would be refused.
-    pub fn check_undrain(&self, backend: &str) -> Result<(), Refused> {
+    /// The key of `backend` if undraining it is allowed.
+    fn undrainable(&self, backend: &str) -> Result<BackendKey, Refused> {
         let key = self.key_of(backend)?;
         if self.backends[&key].drain.is_none() {
             return Err(Refused::NotDrained {
@@ -250,7 +260,7 @@ impl ServiceState {
                 backend: backend.to_string(),
             });
         }
-        Ok(())
+        Ok(key)
     }
 
     fn key_of(&self, backend: &str) -> Result<BackendKey, Refused> {
@@ -336,8 +346,7 @@ impl ServiceState {
         now: Instant,
         out: &mut Vec<Transition>,
     ) -> Result<(), Refused> {
-        self.check_drain(backend, force)?;
-        let key = self.key_of(backend)?;
+        let key = self.drainable(backend, force)?;
         self.drains.insert(backend.to_string(), drain.clone());
         let b = self.backends.get_mut(&key).expect("found by key_of");
         b.drain = Some(drain.clone());
@@ -355,8 +364,7 @@ impl ServiceState {
         now: Instant,
         out: &mut Vec<Transition>,
     ) -> Result<(), Refused> {
-        self.check_undrain(backend)?;
-        let key = self.key_of(backend)?;
+        let key = self.undrainable(backend)?;
         self.drains.remove(backend);
         let b = self.backends.get_mut(&key).expect("found by key_of");
         b.drain = None;
