@@ -384,6 +384,7 @@ mod tests {
                     no_sock_storage: 2,
                     bad_table: 3,
                     family_mismatch: 4,
+                    ..Default::default()
                 },
                 _ => CounterTotals {
                     connects: 10,

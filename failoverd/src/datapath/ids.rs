@@ -148,6 +148,8 @@ mod tests {
                 id: backend_id,
             }],
             slots: vec![0],
+            fallback: Vec::new(),
+            passive_threshold: 0,
         }
     }
 

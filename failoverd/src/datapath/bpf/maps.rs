@@ -195,6 +195,10 @@ impl PinnedMaps {
                 no_sock_storage: acc.no_sock_storage + c.no_sock_storage,
                 bad_table: acc.bad_table + c.bad_table,
                 family_mismatch: acc.family_mismatch + c.family_mismatch,
+                established: acc.established + c.established,
+                connect_failures: acc.connect_failures + c.connect_failures,
+                syn_timeouts: acc.syn_timeouts + c.syn_timeouts,
+                diverted: acc.diverted + c.diverted,
             }))
     }
 }
