@@ -345,6 +345,8 @@ mod pod {
     unsafe impl aya::Pod for super::Reverse {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::Passive {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::ConnectEvent {}
 }
 
 #[cfg(test)]

@@ -317,7 +317,7 @@ fn addr_to_words(ip: IpAddr) -> [u32; 4] {
 }
 
 /// The IP that map address words name: `::ffff:a.b.c.d` is IPv4.
-fn words_to_addr(words: [u32; 4]) -> IpAddr {
+pub(crate) fn words_to_addr(words: [u32; 4]) -> IpAddr {
     let v6 = Ipv6Addr::from(shared::addr_octets(words));
     match v6.to_ipv4_mapped() {
         Some(v4) => IpAddr::V4(v4),

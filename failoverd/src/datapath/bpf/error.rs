@@ -16,6 +16,14 @@ pub enum DatapathError {
         /// Names of the capabilities that are missing.
         missing: Vec<&'static str>,
     },
+    /// This kernel (or this build) cannot do what was asked.
+    #[error("{what} is not available here: {detail}")]
+    Unsupported {
+        /// What was asked.
+        what: &'static str,
+        /// Why it cannot be done.
+        detail: String,
+    },
     /// No cgroup v2 hierarchy is mounted.
     #[error(
         "no cgroup2 mount in /proc/mounts: failoverd needs the unified hierarchy \
