@@ -806,9 +806,10 @@ fn cleanup_detaches_and_unpins() -> TestResult {
         dp.apply(&table(vip, &[(backend.addr(), 51)])?)?;
         // Cleanup while a process still holds the links open: it must detach anyway.
         let report = failoverd::datapath::cleanup(env.pins.path())?;
-        check(report.links == HOOKS && report.maps == failoverd_shared::map_names::ALL.len(), || {
-            format!("cleanup removed {report:?}")
-        })?;
+        check(
+            report.links == HOOKS && report.maps == failoverd_shared::map_names::ALL.len(),
+            || format!("cleanup removed {report:?}"),
+        )?;
         check(hooks_attached(env.cgroup.path())? == 0, || {
             "hooks still attached".into()
         })?;

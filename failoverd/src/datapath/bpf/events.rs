@@ -31,7 +31,10 @@ impl RingBufEvents {
             stale += 1;
         }
         if stale > 0 {
-            tracing::debug!(stale, "dropped connect failures recorded while no daemon ran");
+            tracing::debug!(
+                stale,
+                "dropped connect failures recorded while no daemon ran"
+            );
         }
         RingBufEvents {
             ring: Some(ring),
@@ -74,7 +77,8 @@ impl ConnectEvents for RingBufEvents {
             if let Some(ring) = self.ring.take() {
                 // SAFETY: the ring buffer owns its map fd, which stays open and names the
                 // same map until the AsyncFd (which owns the ring buffer) is dropped.
-                let registered = unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) };
+                let registered =
+                    unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) };
                 self.fd = Some(registered.map_err(|e| io(e.into()))?);
             }
             let fd = self.fd.as_mut().expect("registered above");
@@ -107,7 +111,9 @@ mod tests {
             backend_id: 7,
             vip_id: 3,
             addr_be: failoverd_shared::addr_words(
-                std::net::Ipv4Addr::new(127, 0, 0, 2).to_ipv6_mapped().octets(),
+                std::net::Ipv4Addr::new(127, 0, 0, 2)
+                    .to_ipv6_mapped()
+                    .octets(),
             ),
             port_be: 8080u16.to_be(),
             kind: event_kinds::SYN_TIMEOUT,

@@ -79,12 +79,14 @@ pub enum CgroupProgram<'a> {
 impl<'a> CgroupProgram<'a> {
     /// The program called `name` in `ebpf`, typed by what it is.
     pub fn find(ebpf: &'a mut Ebpf, name: &'static str) -> Result<Self, DatapathError> {
-        let program = ebpf.program_mut(name).ok_or_else(|| missing_program(name))?;
+        let program = ebpf
+            .program_mut(name)
+            .ok_or_else(|| missing_program(name))?;
         Ok(match program {
             Program::SockOps(p) => CgroupProgram::SockOps(p),
-            other => CgroupProgram::SockAddr(
-                other.try_into().map_err(program_error("typing", name))?,
-            ),
+            other => {
+                CgroupProgram::SockAddr(other.try_into().map_err(program_error("typing", name))?)
+            }
         })
     }
 

@@ -118,7 +118,11 @@ impl PinnedMaps {
         let named = usize::from(value.backend_count);
         for (entry, backend) in value.backends[..named].iter_mut().zip(table.all_backends()) {
             entry.flags = self.reverse.claim(&table.vip, table.vip_id, backend)?;
-            self.set_threshold(backend.id, table.passive_threshold, !before.contains(&backend.id))?;
+            self.set_threshold(
+                backend.id,
+                table.passive_threshold,
+                !before.contains(&backend.id),
+            )?;
         }
         self.services
             .insert(table.vip.key(), value, 0)
@@ -138,9 +142,20 @@ impl PinnedMaps {
         if !fresh && self.thresholds.get(&id) == Some(&threshold) {
             return Ok(());
         }
-        let failures = if fresh { 0 } else { self.passive_entry(id)?.failures };
+        let failures = if fresh {
+            0
+        } else {
+            self.passive_entry(id)?.failures
+        };
         self.passive
-            .set(id, Passive { failures, threshold }, 0)
+            .set(
+                id,
+                Passive {
+                    failures,
+                    threshold,
+                },
+                0,
+            )
             .map_err(DatapathError::map("writing", map_names::PASSIVE))?;
         self.thresholds.insert(id, threshold);
         Ok(())
@@ -160,7 +175,14 @@ impl PinnedMaps {
             return Ok(());
         }
         self.passive
-            .set(id, Passive { failures: 0, ..entry }, 0)
+            .set(
+                id,
+                Passive {
+                    failures: 0,
+                    ..entry
+                },
+                0,
+            )
             .map_err(DatapathError::map("writing", map_names::PASSIVE))
     }
 

@@ -135,7 +135,8 @@ impl BpfDatapath {
         let ring = ebpf
             .take_map(map_names::EVENTS)
             .ok_or_else(|| missing(map_names::EVENTS))?;
-        let ring = RingBuf::try_from(ring).map_err(DatapathError::map("opening", map_names::EVENTS))?;
+        let ring =
+            RingBuf::try_from(ring).map_err(DatapathError::map("opening", map_names::EVENTS))?;
         let targets = ebpf
             .take_map(map_names::TERMINATE)
             .ok_or_else(|| missing(map_names::TERMINATE))?;

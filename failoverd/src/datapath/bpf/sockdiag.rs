@@ -163,7 +163,9 @@ impl SockDiag {
             }
             let n = n as usize;
             if n < size_of::<NlMsgHdr>() + 4 {
-                return Err(io::Error::other(format!("short netlink answer ({n} bytes)")));
+                return Err(io::Error::other(format!(
+                    "short netlink answer ({n} bytes)"
+                )));
             }
             // SAFETY: at least a header's worth of bytes were read; unaligned read.
             let header: NlMsgHdr = unsafe { std::ptr::read_unaligned(buf.as_ptr().cast()) };

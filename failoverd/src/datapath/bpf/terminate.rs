@@ -56,7 +56,11 @@ impl Terminator {
     }
 
     /// Aborts every translated socket to one of `backend_ids`, in this network namespace.
-    pub fn run(&mut self, ebpf: &mut Ebpf, backend_ids: &[u32]) -> Result<Terminated, DatapathError> {
+    pub fn run(
+        &mut self,
+        ebpf: &mut Ebpf,
+        backend_ids: &[u32],
+    ) -> Result<Terminated, DatapathError> {
         let mut done = Terminated::default();
         for chunk in backend_ids.chunks(MAX_TERMINATE_TARGETS as usize) {
             for id in chunk {
@@ -95,9 +99,7 @@ fn doomed_sockets(ebpf: &mut Ebpf) -> Result<Vec<DoomedSocket>, DatapathError> {
             })?
             .try_into()
             .map_err(program_error("typing", name))?;
-        let id = program
-            .attach()
-            .map_err(program_error("attaching", name))?;
+        let id = program.attach().map_err(program_error("attaching", name))?;
         let link = program
             .take_link(id)
             .map_err(program_error("taking link of", name))?;
@@ -106,9 +108,7 @@ fn doomed_sockets(ebpf: &mut Ebpf) -> Result<Vec<DoomedSocket>, DatapathError> {
             path: name.into(),
             source,
         };
-        let mut file = link
-            .into_file()
-            .map_err(|e| io(std::io::Error::other(e)))?;
+        let mut file = link.into_file().map_err(|e| io(std::io::Error::other(e)))?;
         let mut bytes = Vec::new();
         file.read_to_end(&mut bytes).map_err(io)?;
         let size = std::mem::size_of::<DoomedSocket>();
