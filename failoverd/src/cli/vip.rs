@@ -272,8 +272,10 @@ pub fn set(
 /// counters where `counters` knows them (`|_| None` for none).
 ///
 /// The VIP line shows every counter of the VIP's id, each meaning one thing
-/// (see docs/metrics.md); a backend line shows its connects, and its
-/// translations without socket storage when there were any.
+/// (see docs/metrics.md); a backend line shows its connects, and each
+/// kernel-observed outcome (established, failed, SYN timeouts, diverted while
+/// suspect, translations without socket storage) when there were any. The
+/// fallback group, if any, follows with no share: only a suspect slot group sends there.
 pub fn describe(
     installed: &InstalledTable,
     counters: impl Fn(u32) -> Option<CounterTotals>,
@@ -298,13 +300,32 @@ pub fn describe(
         let share = 100.0 * slots as f64 / table.slots.len().max(1) as f64;
         let _ = write!(out, "\n  -> {:<40} {share:5.1}%", b.addr.to_string());
         if let Some(c) = counters(b.id) {
-            let _ = write!(out, "  connects {}", c.connects);
-            if c.no_sock_storage > 0 {
-                let _ = write!(out, "  no-sock-storage {}", c.no_sock_storage);
-            }
+            write_backend_counters(&mut out, &c);
+        }
+    }
+    for b in &table.fallback {
+        let _ = write!(out, "\n  -> {:<40} fallback", b.addr.to_string());
+        if let Some(c) = counters(b.id) {
+            write_backend_counters(&mut out, &c);
         }
     }
     out
+}
+
+/// A backend's counters: connects always, the rest only when not zero.
+fn write_backend_counters(out: &mut String, c: &CounterTotals) {
+    let _ = write!(out, "  connects {}", c.connects);
+    for (name, n) in [
+        ("established", c.established),
+        ("connect-failures", c.connect_failures),
+        ("syn-timeouts", c.syn_timeouts),
+        ("diverted", c.diverted),
+        ("no-sock-storage", c.no_sock_storage),
+    ] {
+        if n > 0 {
+            let _ = write!(out, "  {name} {n}");
+        }
+    }
 }
 
 #[cfg(test)]
