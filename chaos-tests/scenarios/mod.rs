@@ -7,6 +7,7 @@ use crate::record::Record;
 
 mod all_down;
 mod daemon_kill;
+mod demotion;
 mod drain;
 mod flapping;
 mod freeze;
@@ -95,6 +96,11 @@ pub fn all() -> Vec<Scenario> {
             name: "s13_drain_terminate",
             title: "drain keeps held connections, drain_after aborts them after the grace, drain --terminate at once",
             run: terminate::drain,
+        },
+        Scenario {
+            name: "s14_redis_demotion",
+            title: "Redis failover with the old primary demoted while running: none left on it",
+            run: demotion::run,
         },
     ]
 }

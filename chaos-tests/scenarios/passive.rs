@@ -54,7 +54,9 @@ pub fn run(r: &mut Record) -> Result<(), Failed> {
             && l.ends_with(" 1")
     });
     check(failed <= CONSECUTIVE + 1, || {
-        format!("{failed} connects failed; passive health should stop at {CONSECUTIVE} (+1 in flight)")
+        format!(
+            "{failed} connects failed; passive health should stop at {CONSECUTIVE} (+1 in flight)"
+        )
     })?;
     check(switched <= bound, || {
         format!("the daemon confirmed the ejection after {switched:?}, bound {bound:?} (probes alone: 2 s+)")

@@ -9,7 +9,7 @@ use std::time::Duration;
 use failoverd::datapath::{PinnedMaps, Vip};
 use libtest_mimic::Failed;
 
-use crate::common::{detection_bound, Pair, TCP_HEALTH, MARGIN};
+use crate::common::{detection_bound, Pair, MARGIN, TCP_HEALTH};
 use crate::record::Record;
 use crate::support::{
     client::{monotonic_ns, spawn_client, ClientChild, ClientReport, ClientSpec, Mode},
@@ -63,7 +63,10 @@ fn until_established(env: &Env, vip: Vip, n: u64) -> Result<(), Failed> {
 
 /// When a holder's connection ended (monotonic ns) and with which errno.
 fn ended(report: &ClientReport) -> Result<(u64, i32), Failed> {
-    let a = report.timeline.first().ok_or("the holder made no attempt")?;
+    let a = report
+        .timeline
+        .first()
+        .ok_or("the holder made no attempt")?;
     let errno = a.errno.ok_or("the holder's connection did not end")?;
     Ok((a.at_ns + u64::from(a.took_us) * 1_000, errno))
 }
@@ -200,7 +203,8 @@ pub fn drain(r: &mut Record) -> Result<(), Failed> {
     let worst = Duration::from_nanos(worst);
     r.note("drain_terminate_ms", ms(worst));
     r.recovery_ms = Some(ms(worst));
-    check(worst <= Duration::from_nanos(returned - asked) + MARGIN, || {
-        format!("drain --terminate took {worst:?} to abort the held connections")
-    })
+    check(
+        worst <= Duration::from_nanos(returned - asked) + MARGIN,
+        || format!("drain --terminate took {worst:?} to abort the held connections"),
+    )
 }

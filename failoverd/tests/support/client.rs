@@ -415,7 +415,10 @@ fn tcp_hold(report: &mut ClientReport, target: SocketAddr, timeout: Duration) ->
     }
     let mut line = Vec::new();
     let mut byte = [0u8; 1];
-    if stream.set_read_timeout(Some(Duration::from_secs(2))).is_err() {
+    if stream
+        .set_read_timeout(Some(Duration::from_secs(2)))
+        .is_err()
+    {
         return report.record_error(libc::EIO);
     }
     while !line.ends_with(b"\n") && line.len() < MAX_REPLY_BYTES as usize {
