@@ -19,7 +19,7 @@ use std::{
 use failoverd::control::{
     client::{ClientError, ControlClient},
     server::{self, ServerError},
-    BackendReport, Caller, ControlError, ControlHandler, DrainRequest, EventRecord, EventsReport,
+    BackendReport, Caller, ControlError, ControlHandler, DrainReport, DrainRequest, EventRecord, EventsReport,
     ExplainReport, FailbackRequest, OutBackend, ProbeReport, ReachableBackend, ReloadReport,
     ServiceReport, StatusReport, UndrainRequest,
 };
@@ -106,8 +106,13 @@ impl ControlHandler for FakeHandler {
         Ok(status_fixture())
     }
 
-    async fn drain(&self, caller: Caller, request: DrainRequest) -> Result<(), ControlError> {
+    async fn drain(
+        &self,
+        caller: Caller,
+        request: DrainRequest,
+    ) -> Result<DrainReport, ControlError> {
         self.record(Call::Drain(caller, request))
+            .map(|()| DrainReport::default())
     }
 
     async fn undrain(&self, caller: Caller, request: UndrainRequest) -> Result<(), ControlError> {
@@ -378,6 +383,7 @@ async fn drain_reaches_the_handler_with_the_request_and_the_caller() {
         backend: "db-a".into(),
         reason: Some("kernel upgrade".into()),
         force: true,
+        terminate: false,
     };
     server.client().drain(&request).await.unwrap();
     assert_eq!(server.handler.calls(), [Call::Drain(me(), request)]);
@@ -495,6 +501,7 @@ async fn handler_errors_map_to_statuses_and_reach_the_client_verbatim() {
         backend: "db-z".into(),
         reason: None,
         force: false,
+        terminate: false,
     };
     let cases = [
         (

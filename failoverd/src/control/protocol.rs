@@ -112,6 +112,28 @@ pub struct DrainRequest {
     /// Allow draining the last live backend of the VIP.
     #[serde(default)]
     pub force: bool,
+    /// Also abort every socket the datapath translated to the backend, at once (after the
+    /// table write that took it out). Sockets that named the backend's own address are
+    /// never touched.
+    #[serde(default)]
+    pub terminate: bool,
+}
+
+/// The answer to `POST /v1/drain` with `terminate` (a plain drain answers 204, no body).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DrainReport {
+    /// What `terminate` aborted; `null` when it was not asked for.
+    #[serde(default)]
+    pub terminated: Option<TerminatedReport>,
+}
+
+/// Sockets aborted.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TerminatedReport {
+    /// TCP sockets.
+    pub tcp: u32,
+    /// Connected UDP sockets.
+    pub udp: u32,
 }
 
 /// `POST /v1/undrain`.
@@ -256,12 +278,13 @@ pub struct Caller {
 pub trait ControlHandler: Send + Sync + 'static {
     /// Every service and backend.
     fn status(&self) -> impl Future<Output = Result<StatusReport, ControlError>> + Send;
-    /// Takes a backend out of new connections; persisted before it returns.
+    /// Takes a backend out of new connections; persisted before it returns. With
+    /// `terminate`, also aborts its translated sockets and reports how many.
     fn drain(
         &self,
         caller: Caller,
         request: DrainRequest,
-    ) -> impl Future<Output = Result<(), ControlError>> + Send;
+    ) -> impl Future<Output = Result<DrainReport, ControlError>> + Send;
     /// Puts a drained backend back; persisted before it returns.
     fn undrain(
         &self,

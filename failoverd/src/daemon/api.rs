@@ -21,7 +21,8 @@ use super::{
 use crate::{
     config::{self, ServiceConfig},
     control::{
-        BackendReport, Caller, ControlError, ControlHandler, DrainInfo, DrainRequest, EventRecord,
+        BackendReport, Caller, ControlError, ControlHandler, DrainInfo, DrainReport, DrainRequest,
+        EventRecord, TerminatedReport,
         EventsReport, ExplainReport, FailbackRequest, OutBackend, ProbeReport, ReachableBackend,
         ServiceReport, StatusReport, UndrainRequest,
     },
@@ -179,6 +180,14 @@ fn out_sentence(reason: &OutReason) -> String {
         OutReason::Ejected { ejections } => {
             format!("ejected by the breaker ({ejections} ejections)")
         }
+        OutReason::PassiveEjected {
+            consecutive,
+            kind,
+            ejections,
+        } => format!(
+            "ejected by passive health: the kernel saw {consecutive} connects in a row fail{} ({ejections} ejections)",
+            kind.map(|k| format!(" ({k})")).unwrap_or_default()
+        ),
         OutReason::Unknown => "unknown: no verdict yet".to_string(),
         OutReason::Unhealthy(Some(evidence)) => format!("unhealthy: {evidence}"),
         OutReason::Unhealthy(None) => HealthStatus::Unhealthy.word().to_string(),
@@ -294,7 +303,11 @@ impl ControlHandler for DaemonApi {
         })
     }
 
-    async fn drain(&self, caller: Caller, request: DrainRequest) -> Result<(), ControlError> {
+    async fn drain(
+        &self,
+        caller: Caller,
+        request: DrainRequest,
+    ) -> Result<DrainReport, ControlError> {
         let change = DrainChange::Drain {
             drain: Drain {
                 by: caller.user,
@@ -302,11 +315,19 @@ impl ControlHandler for DaemonApi {
                 reason: request.reason,
             },
             force: request.force,
+            terminate: request.terminate,
         };
-        self.handle
+        let terminated = self
+            .handle
             .set_drain(&self.store, &request.service, &request.backend, change)
             .await
-            .map_err(drain_error)
+            .map_err(drain_error)?;
+        Ok(DrainReport {
+            terminated: terminated.map(|t| TerminatedReport {
+                tcp: t.tcp,
+                udp: t.udp,
+            }),
+        })
     }
 
     async fn undrain(&self, _caller: Caller, request: UndrainRequest) -> Result<(), ControlError> {
@@ -318,6 +339,7 @@ impl ControlHandler for DaemonApi {
                 DrainChange::Undrain,
             )
             .await
+            .map(drop)
             .map_err(drain_error)
     }
 
