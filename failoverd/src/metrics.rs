@@ -228,9 +228,12 @@ pub fn passive_ejection(service: &str, backend: &str) {
 }
 
 /// The datapath aborted `count` sockets translated to a backend, for `reason` (down,
-/// demoted, removed, failback, drain, drain_after). Per service and backend whatever
-/// `metrics.per_backend` says: terminations are rare, and an operator asks where they went.
+/// demoted, removed, failback, drain, drain_after). A per-backend series like the others:
+/// with `metrics.per_backend: false` only the event and the log line tell.
 pub fn sockets_terminated(service: &str, backend: &str, reason: &'static str, count: u64) {
+    if !per_backend() {
+        return;
+    }
     counter!(names::SOCKETS_TERMINATED, "service" => service.to_string(), "backend" => backend.to_string(), "reason" => reason)
         .increment(count);
 }
