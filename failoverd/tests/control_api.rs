@@ -207,6 +207,7 @@ fn status_fixture() -> StatusReport {
                 ejections: 0,
                 kernel_connects: 42,
                 drain: None,
+                passive: None,
             }],
         }],
     }

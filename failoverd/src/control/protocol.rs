@@ -75,6 +75,26 @@ pub struct BackendReport {
     pub kernel_connects: u64,
     /// Set while it is drained.
     pub drain: Option<DrainInfo>,
+    /// What the kernel has told about its connects (passive health); absent while it has
+    /// told nothing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub passive: Option<PassiveReport>,
+}
+
+/// A backend's kernel-observed connect failures, in a [`BackendReport`].
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PassiveReport {
+    /// Failed connects in a row as of the kernel's last report (an established connect
+    /// resets the kernel's count; the next report says so).
+    pub consecutive_failures: u32,
+    /// The last failed connect: `refused` or `syn_timeout`.
+    pub last_failure: Option<String>,
+    /// Seconds since the last failed connect.
+    pub last_failure_seconds_ago: Option<f64>,
+    /// Times kernel evidence ejected it.
+    pub ejections: u32,
+    /// Whether it is out now because of kernel evidence (until its breaker closes).
+    pub ejected: bool,
 }
 
 /// What the last probe of a backend saw.

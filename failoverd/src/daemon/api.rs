@@ -22,12 +22,12 @@ use crate::{
     config::{self, ServiceConfig},
     control::{
         BackendReport, Caller, ControlError, ControlHandler, DrainInfo, DrainReport, DrainRequest,
-        EventRecord, TerminatedReport,
+        EventRecord, PassiveReport, TerminatedReport,
         EventsReport, ExplainReport, FailbackRequest, OutBackend, ProbeReport, ReachableBackend,
         ServiceReport, StatusReport, UndrainRequest,
     },
     datapath::{PinnedMaps, Protocol},
-    decision::{Drain, Explanation, OutReason, ServiceStatus},
+    decision::{Drain, Explanation, OutReason, PassiveStatus, ServiceStatus},
     health::HealthStatus,
 };
 
@@ -95,6 +95,7 @@ impl DaemonApi {
                 in_state_seconds: b.in_state_for.as_secs_f64(),
                 ejections: b.ejections,
                 drain: b.drain.map(drain_info),
+                passive: passive_report(&b.passive),
             })
             .collect();
         // A backend whose name resolves to nothing shows as such, not as missing.
@@ -112,6 +113,7 @@ impl DaemonApi {
                 ejections: 0,
                 kernel_connects: 0,
                 drain: None,
+                passive: None,
             });
         }
         let datapath_error = self.handle.write_failure(&s.vip).map(|f| f.to_string());
@@ -131,6 +133,20 @@ impl DaemonApi {
             backends,
         }
     }
+}
+
+/// A backend's passive health for status; `None` while the kernel has told nothing.
+fn passive_report(p: &PassiveStatus) -> Option<PassiveReport> {
+    if p.last_failure.is_none() && p.ejections == 0 {
+        return None;
+    }
+    Some(PassiveReport {
+        consecutive_failures: p.consecutive,
+        last_failure: p.last_failure.map(|(_, kind)| kind.to_string()),
+        last_failure_seconds_ago: p.last_failure.map(|(ago, _)| ago.as_secs_f64()),
+        ejections: p.ejections,
+        ejected: p.ejected,
+    })
 }
 
 fn drain_info(d: Drain) -> DrainInfo {
