@@ -19,9 +19,9 @@ use std::{
 use failoverd::control::{
     client::{ClientError, ControlClient},
     server::{self, ServerError},
-    BackendReport, Caller, ControlError, ControlHandler, DrainReport, DrainRequest, EventRecord, EventsReport,
-    ExplainReport, FailbackRequest, OutBackend, ProbeReport, ReachableBackend, ReloadReport,
-    ServiceReport, StatusReport, UndrainRequest,
+    BackendReport, Caller, ControlError, ControlHandler, DrainReport, DrainRequest, EventRecord,
+    EventsReport, ExplainReport, FailbackRequest, OutBackend, ProbeReport, ReachableBackend,
+    ReloadReport, ServiceReport, StatusReport, UndrainRequest,
 };
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},

@@ -480,7 +480,7 @@ fn refusals_are_counted_each_under_its_own_name() -> TestResult {
     value.backends[0] = failoverd_shared::Backend {
         addr_be: failoverd_shared::addr_words(v6),
         port_be: 9u16.to_be(),
-        pad: 0,
+        flags: 0,
         id: 1101,
     };
     maps.write(&mismatch, &value)?;

@@ -140,9 +140,11 @@ impl Rig {
             vip: tcp_vip(vip),
             running,
         };
-        until(Duration::from_secs(5), || rig.backends() == Some(vec![addr(A)]))
-            .await
-            .expect("the primary takes traffic once rise probes pass");
+        until(Duration::from_secs(5), || {
+            rig.backends() == Some(vec![addr(A)])
+        })
+        .await
+        .expect("the primary takes traffic once rise probes pass");
         rig
     }
 
@@ -211,7 +213,10 @@ fn caller() -> Caller {
 async fn refused_connects_reported_by_the_kernel_eject_the_primary_long_before_a_probe() {
     let rig = Rig::start("eject", "127.66.3.1:80", "").await;
     let table = &rig.kernel.tables()[&rig.vip].table;
-    assert_eq!(table.passive_threshold, 3, "the kernel is told the threshold");
+    assert_eq!(
+        table.passive_threshold, 3,
+        "the kernel is told the threshold"
+    );
     assert_eq!(
         table.fallback.iter().map(|b| b.addr).collect::<Vec<_>>(),
         vec![addr(B)],
@@ -220,11 +225,17 @@ async fn refused_connects_reported_by_the_kernel_eject_the_primary_long_before_a
     rig.refused(A, 1, false);
     rig.refused(A, 2, false);
     tokio::time::sleep(Duration::from_millis(50)).await;
-    assert_eq!(rig.backends(), Some(vec![addr(A)]), "two of three: no change");
+    assert_eq!(
+        rig.backends(),
+        Some(vec![addr(A)]),
+        "two of three: no change"
+    );
     rig.refused(A, 3, true);
-    let took = until(Duration::from_secs(1), || rig.backends() == Some(vec![addr(B)]))
-        .await
-        .expect("the table is written without the primary");
+    let took = until(Duration::from_secs(1), || {
+        rig.backends() == Some(vec![addr(B)])
+    })
+    .await
+    .expect("the table is written without the primary");
     assert!(
         took < Duration::from_millis(10),
         "ejected on the kernel's evidence, not after a 1 s probe: {took:?}"
@@ -255,9 +266,11 @@ async fn a_mark_the_daemon_does_not_confirm_is_lifted() {
     .await;
     let a = rig.id(A);
     rig.refused(A, 5, true);
-    until(Duration::from_secs(1), || rig.kernel.suspect_clears() == vec![a])
-        .await
-        .expect("passive health off: the kernel's mark is lifted");
+    until(Duration::from_secs(1), || {
+        rig.kernel.suspect_clears() == vec![a]
+    })
+    .await
+    .expect("passive health off: the kernel's mark is lifted");
     assert_eq!(rig.backends(), Some(vec![addr(A)]));
 
     // A failure for an id no service has (its backend gone meanwhile): lifted too.
@@ -286,11 +299,14 @@ async fn on_down_aborts_the_sockets_of_a_backend_once_the_table_without_it_is_wr
     )
     .await;
     let a = rig.id(A);
-    rig.kernel.set_open_sockets(a, Terminated { tcp: 2, udp: 1 });
+    rig.kernel
+        .set_open_sockets(a, Terminated { tcp: 2, udp: 1 });
     rig.script.set(addr(A), false);
-    until(Duration::from_secs(10), || rig.kernel.terminations() == vec![vec![a]])
-        .await
-        .expect("the primary's sockets are aborted when it goes down");
+    until(Duration::from_secs(10), || {
+        rig.kernel.terminations() == vec![vec![a]]
+    })
+    .await
+    .expect("the primary's sockets are aborted when it goes down");
     assert_eq!(
         rig.backends(),
         Some(vec![addr(B)]),
@@ -318,7 +334,8 @@ async fn drain_terminate_through_the_control_api_reports_what_it_aborted() {
     .await;
     let api = rig.api();
     let a = rig.id(A);
-    rig.kernel.set_open_sockets(a, Terminated { tcp: 4, udp: 0 });
+    rig.kernel
+        .set_open_sockets(a, Terminated { tcp: 4, udp: 0 });
     let request = |terminate| DrainRequest {
         service: "svc".into(),
         backend: "a".into(),
@@ -363,9 +380,11 @@ async fn drain_after_aborts_what_is_left_once_the_grace_is_over() {
     };
     api.drain(caller(), request).await.unwrap();
     let drained = Instant::now();
-    until(Duration::from_secs(60), || rig.kernel.terminations() == vec![vec![a]])
-        .await
-        .expect("aborted after the grace");
+    until(Duration::from_secs(60), || {
+        rig.kernel.terminations() == vec![vec![a]]
+    })
+    .await
+    .expect("aborted after the grace");
     let after = drained.elapsed();
     assert!(
         after >= Duration::from_secs(30) && after < Duration::from_millis(30_100),

@@ -11,8 +11,8 @@ use failoverd_shared::{VipKey, MAX_BACKENDS, MAX_COUNTERS, MAX_SERVICES, RESERVE
 use super::{
     issues::Issues,
     merge::{self, Scope, Section},
-    passive,
     model::{DEFAULT_WEIGHT, MAX_TTL, MAX_WEIGHT},
+    passive,
     raw::{RawBackend, RawConfig, RawControl, RawDatapath, RawResolver, RawService},
     syntax::check_name,
     BackendAddress, BackendConfig, Config, ControlSection, DatapathSection, MetricsSection,

@@ -69,7 +69,12 @@ impl<'a, R> Scope<'a, R> {
         }
     }
 
-    pub(super) fn get<T>(&self, key: &str, field: impl Fn(&'a R) -> Option<T>, builtin: T) -> Merged<T> {
+    pub(super) fn get<T>(
+        &self,
+        key: &str,
+        field: impl Fn(&'a R) -> Option<T>,
+        builtin: T,
+    ) -> Merged<T> {
         let inherited = match *self {
             Scope::Defaults(_) => None,
             Scope::Service { inherited, .. } => inherited,

@@ -18,8 +18,8 @@ use serde::{de::DeserializeOwned, Serialize};
 use tokio::net::UnixStream;
 
 use super::{
-    query, DrainReport, DrainRequest, ErrorBody, EventsReport, ExplainReport, FailbackRequest, ReloadReport,
-    StatusReport, UndrainRequest,
+    query, DrainReport, DrainRequest, ErrorBody, EventsReport, ExplainReport, FailbackRequest,
+    ReloadReport, StatusReport, UndrainRequest,
 };
 
 /// How long one request may take, connecting included: 10 s.

@@ -22,9 +22,9 @@ use crate::{
     config::{self, ServiceConfig},
     control::{
         BackendReport, Caller, ControlError, ControlHandler, DrainInfo, DrainReport, DrainRequest,
-        EventRecord, PassiveReport, TerminatedReport,
-        EventsReport, ExplainReport, FailbackRequest, OutBackend, ProbeReport, ReachableBackend,
-        ServiceReport, StatusReport, UndrainRequest,
+        EventRecord, EventsReport, ExplainReport, FailbackRequest, OutBackend, PassiveReport,
+        ProbeReport, ReachableBackend, ServiceReport, StatusReport, TerminatedReport,
+        UndrainRequest,
     },
     datapath::{PinnedMaps, Protocol},
     decision::{Drain, Explanation, OutReason, PassiveStatus, ServiceStatus},

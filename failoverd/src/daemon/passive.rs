@@ -86,7 +86,10 @@ async fn route(shared: &super::service::Shared, failure: ConnectFailure) {
         // and the kernel's own mark already steers connects away.
         Some(tx) => {
             if tx.send(Message::ConnectFailed(failure)).await.is_err() {
-                tracing::debug!(id = failure.backend_id, "service stopped; connect failure dropped");
+                tracing::debug!(
+                    id = failure.backend_id,
+                    "service stopped; connect failure dropped"
+                );
             }
         }
         None => {

@@ -176,7 +176,11 @@ async fn export_kernel_counters(
                 for backend in &service.backends {
                     match maps.counters(backend.id) {
                         Ok(c) => {
-                            crate::metrics::kernel_connects(&service.name, &backend.name, c.connects);
+                            crate::metrics::kernel_connects(
+                                &service.name,
+                                &backend.name,
+                                c.connects,
+                            );
                             crate::metrics::kernel_outcomes(&service.name, &backend.name, &c);
                         }
                         Err(e) => {

@@ -381,10 +381,7 @@ impl ServiceTask {
 
     /// Feeds one input to the core and acts on its decision; returns, per termination it
     /// asked for, what the datapath aborted (dropping them changes nothing).
-    async fn input(
-        &mut self,
-        input: Input,
-    ) -> Result<Vec<oneshot::Receiver<Terminated>>, Refused> {
+    async fn input(&mut self, input: Input) -> Result<Vec<oneshot::Receiver<Terminated>>, Refused> {
         let addresses_may_change = matches!(input, Input::Addrs { .. });
         let decision = self
             .state

@@ -25,6 +25,4 @@ pub use backend::{Backend, BackendKey, Drain, LastProbe, PassiveState};
 pub use input::{CounterIds, Input, Refused};
 pub use report::{BackendStatus, Explanation, OutReason, PassiveStatus, ServiceStatus};
 pub use service::ServiceState;
-pub use transition::{
-    Decision, Evidence, PassiveHold, TerminateReason, Termination, Transition,
-};
+pub use transition::{Decision, Evidence, PassiveHold, TerminateReason, Termination, Transition};

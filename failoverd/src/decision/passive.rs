@@ -53,7 +53,8 @@ impl ServiceState {
             });
         // Passive ejections alone may take out max_ejected_percent of a group, but always at
         // least one: a group of one (a primary) must be able to fail over on kernel evidence.
-        let room = ejected == 0 || may_eject(group, ejected, self.config.breaker.max_ejected_percent);
+        let room =
+            ejected == 0 || may_eject(group, ejected, self.config.breaker.max_ejected_percent);
         let b = self.backends.get_mut(&key).expect("found above");
         b.passive.last_failure = Some((now, kind));
         b.passive.consecutive = consecutive;
@@ -119,13 +120,22 @@ impl ServiceState {
     /// The fallback group of a table: indexes (into `candidates`) of the live backends of
     /// the next priority after the one `selection` sends to. Where the kernel sends a connect
     /// when it has marked every slot backend suspect, before the daemon has even woken.
-    pub(super) fn fallback_group(&self, selection: &Selection, candidates: &[Candidate]) -> Vec<usize> {
+    pub(super) fn fallback_group(
+        &self,
+        selection: &Selection,
+        candidates: &[Candidate],
+    ) -> Vec<usize> {
         let Selection::Group { priority, .. } = selection else {
             // Panic already uses whatever there is; a refusing table has nothing to fall from.
             return Vec::new();
         };
         let usable = |c: &Candidate| c.live && c.weight > 0 && c.priority > *priority;
-        let Some(next) = candidates.iter().filter(|c| usable(c)).map(|c| c.priority).min() else {
+        let Some(next) = candidates
+            .iter()
+            .filter(|c| usable(c))
+            .map(|c| c.priority)
+            .min()
+        else {
             return Vec::new();
         };
         candidates

@@ -404,7 +404,8 @@ impl ServiceState {
         if terminate {
             // Aborted at once, and not again when the grace is over.
             b.drain_deadline = None;
-            self.effects.terminate(&b.name, b.id, TerminateReason::Drain);
+            self.effects
+                .terminate(&b.name, b.id, TerminateReason::Drain);
         }
         out.push(Transition::Drained {
             backend: backend.to_string(),

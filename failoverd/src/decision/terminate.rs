@@ -25,7 +25,10 @@ impl ServiceState {
             _ => None,
         });
         let mut asks = Vec::new();
-        for left in last.all_backends().filter(|t| !next.backends.iter().any(|n| n.id == t.id)) {
+        for left in last
+            .all_backends()
+            .filter(|t| !next.backends.iter().any(|n| n.id == t.id))
+        {
             let Some(b) = self.backends.values().find(|b| b.id == left.id) else {
                 if policy.on_down {
                     // Removed by a reload or by DNS: named by its address, its name is gone.
@@ -36,9 +39,10 @@ impl ServiceState {
             let reason = if b.drain.is_some() {
                 None // A drain lets connections finish (drain_after and --terminate aside).
             } else if !b.is_live() {
-                let demoted = b.last_probe.as_ref().is_some_and(|p| {
-                    matches!(&*p.result, Err(e) if e.is_wrong_role())
-                });
+                let demoted = b
+                    .last_probe
+                    .as_ref()
+                    .is_some_and(|p| matches!(&*p.result, Err(e) if e.is_wrong_role()));
                 policy.on_down.then_some(if demoted {
                     TerminateReason::Demoted
                 } else {

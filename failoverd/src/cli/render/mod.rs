@@ -3,7 +3,8 @@
 use std::borrow::Cow;
 
 use crate::control::{
-    BackendReport, DrainInfo, ExplainReport, PassiveReport, ProbeReport, ReloadReport, ServiceReport, StatusReport,
+    BackendReport, DrainInfo, ExplainReport, PassiveReport, ProbeReport, ReloadReport,
+    ServiceReport, StatusReport,
 };
 
 /// Width every line of the status table fits in: 80 columns.

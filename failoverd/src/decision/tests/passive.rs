@@ -95,10 +95,19 @@ fn the_threshold_of_refused_connects_ejects_the_primary_at_once() {
     assert!(passive_ejections(&d).is_empty());
     let d = r.refused_connect(A, 3, true);
     assert_eq!(passive_ejections(&d), ["a"]);
-    assert_eq!(r.table_addrs(), vec![addr(B)], "traffic moved to the backup");
-    assert!(moves(&d)
-        .iter()
-        .any(|t| matches!(t, Transition::FailedOver { from: Some(0), to: 1, .. })));
+    assert_eq!(
+        r.table_addrs(),
+        vec![addr(B)],
+        "traffic moved to the backup"
+    );
+    assert!(moves(&d).iter().any(|t| matches!(
+        t,
+        Transition::FailedOver {
+            from: Some(0),
+            to: 1,
+            ..
+        }
+    )));
     assert!(
         d.clear_suspect.is_empty(),
         "the daemon confirms the kernel's mark: nothing to lift"
@@ -204,7 +213,10 @@ fn a_backend_already_out_is_held_and_its_mark_waits_for_its_return() {
     assert_eq!(r.table_addrs(), vec![addr(B)]);
     let d = r.refused_connect(A, 3, true);
     assert_eq!(held(&d), [("a", PassiveHold::AlreadyOut)]);
-    assert!(d.clear_suspect.is_empty(), "not in the table: nothing diverts from it");
+    assert!(
+        d.clear_suspect.is_empty(),
+        "not in the table: nothing diverts from it"
+    );
     // Back after rise probes: the mark goes with the table that names it again.
     let d = r.rounds(2, &[(A, true), (B, true)]);
     assert_eq!(r.table_addrs(), vec![addr(A)]);
@@ -217,7 +229,10 @@ fn a_lone_backend_ejected_follows_on_all_down() {
     let mut r = managed("", &one, &[A]);
     let d = r.refused_run(A, 3, 3);
     assert_eq!(passive_ejections(&d), ["a"]);
-    assert!(r.state.table().unwrap().slots.is_empty(), "reject: refusing");
+    assert!(
+        r.state.table().unwrap().slots.is_empty(),
+        "reject: refusing"
+    );
     assert!(moves(&d)
         .iter()
         .any(|t| matches!(t, Transition::AllDown { .. })));
@@ -227,7 +242,11 @@ fn a_lone_backend_ejected_follows_on_all_down() {
     assert!(moves(&d)
         .iter()
         .any(|t| matches!(t, Transition::Panic { priority: 0, .. })));
-    assert_eq!(r.table_addrs(), vec![addr(A)], "panic uses it whatever its state");
+    assert_eq!(
+        r.table_addrs(),
+        vec![addr(A)],
+        "panic uses it whatever its state"
+    );
     assert_eq!(
         d.clear_suspect,
         vec![r.id(A)],
@@ -244,7 +263,10 @@ fn a_passively_ejected_backend_returns_after_the_open_period_and_rise_probes() {
     );
     let ejected_at = r.now;
     r.refused_run(A, 3, 3);
-    assert_eq!(r.state.next_deadline(), Some(ejected_at + Duration::from_secs(1)));
+    assert_eq!(
+        r.state.next_deadline(),
+        Some(ejected_at + Duration::from_secs(1))
+    );
     // Passing probes during the open period change nothing.
     r.rounds(5, &[(A, true), (B, true)]);
     assert_eq!(r.table_addrs(), vec![addr(B)]);
@@ -263,7 +285,11 @@ fn a_passively_ejected_backend_returns_after_the_open_period_and_rise_probes() {
         .transitions
         .iter()
         .any(|t| matches!(t, Transition::Readmitted { .. })));
-    assert_eq!(d.clear_suspect, vec![r.id(A)], "its mark goes as it returns");
+    assert_eq!(
+        d.clear_suspect,
+        vec![r.id(A)],
+        "its mark goes as it returns"
+    );
     assert!(!r.state.status(r.now).backends[0].passive.ejected);
 }
 
@@ -356,7 +382,10 @@ fn on_down_covers_passive_ejections_and_demotions() {
         &[A, B],
     );
     let d = r.probe_with(A, demoted(addr(A)));
-    assert_eq!(Rig::terminations(&d), [("a".into(), TerminateReason::Demoted)]);
+    assert_eq!(
+        Rig::terminations(&d),
+        [("a".into(), TerminateReason::Demoted)]
+    );
 }
 
 #[test]
@@ -391,7 +420,11 @@ fn a_plain_drain_never_aborts_and_drain_terminate_aborts_at_once() {
     });
     assert_eq!(r.table_addrs(), vec![addr(B)]);
     assert!(d.terminate.is_empty(), "a drain lets connections finish");
-    assert_eq!(r.state.next_deadline(), None, "no drain_after: nothing later either");
+    assert_eq!(
+        r.state.next_deadline(),
+        None,
+        "no drain_after: nothing later either"
+    );
     r.feed(Input::Undrain {
         backend: "a".into(),
     });
@@ -401,7 +434,10 @@ fn a_plain_drain_never_aborts_and_drain_terminate_aborts_at_once() {
         force: false,
         terminate: true,
     });
-    assert_eq!(Rig::terminations(&d), [("a".into(), TerminateReason::Drain)]);
+    assert_eq!(
+        Rig::terminations(&d),
+        [("a".into(), TerminateReason::Drain)]
+    );
 }
 
 #[test]
