@@ -19,9 +19,9 @@ use std::{
 use failoverd::control::{
     client::{ClientError, ControlClient},
     server::{self, ServerError},
-    BackendReport, Caller, ControlError, ControlHandler, DrainRequest, EventRecord, EventsReport,
-    ExplainReport, FailbackRequest, OutBackend, ProbeReport, ReachableBackend, ReloadReport,
-    ServiceReport, StatusReport, UndrainRequest,
+    BackendReport, Caller, ControlError, ControlHandler, DrainReport, DrainRequest, EventRecord,
+    EventsReport, ExplainReport, FailbackRequest, OutBackend, ProbeReport, ReachableBackend,
+    ReloadReport, ServiceReport, StatusReport, UndrainRequest,
 };
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
@@ -106,8 +106,13 @@ impl ControlHandler for FakeHandler {
         Ok(status_fixture())
     }
 
-    async fn drain(&self, caller: Caller, request: DrainRequest) -> Result<(), ControlError> {
+    async fn drain(
+        &self,
+        caller: Caller,
+        request: DrainRequest,
+    ) -> Result<DrainReport, ControlError> {
         self.record(Call::Drain(caller, request))
+            .map(|()| DrainReport::default())
     }
 
     async fn undrain(&self, caller: Caller, request: UndrainRequest) -> Result<(), ControlError> {
@@ -202,6 +207,7 @@ fn status_fixture() -> StatusReport {
                 ejections: 0,
                 kernel_connects: 42,
                 drain: None,
+                passive: None,
             }],
         }],
     }
@@ -378,6 +384,7 @@ async fn drain_reaches_the_handler_with_the_request_and_the_caller() {
         backend: "db-a".into(),
         reason: Some("kernel upgrade".into()),
         force: true,
+        terminate: false,
     };
     server.client().drain(&request).await.unwrap();
     assert_eq!(server.handler.calls(), [Call::Drain(me(), request)]);
@@ -495,6 +502,7 @@ async fn handler_errors_map_to_statuses_and_reach_the_client_verbatim() {
         backend: "db-z".into(),
         reason: None,
         force: false,
+        terminate: false,
     };
     let cases = [
         (

@@ -1,254 +1,394 @@
-//! Passive health end to end, as root: the real daemon over the real datapath, backends that
-//! are real processes, clients in the trial's cgroup. Probes are slow (2 s, fall 3) so that
-//! within a trial only the kernel's evidence can take a backend out; the trials await the
-//! daemon's own counters (its metrics) before they look at the kernel's table.
-
-mod support;
+//! Passive health and socket termination end to end without root: the real service tasks,
+//! writer, connect-failure reader and control handler over the in-memory datapath, kernel
+//! evidence reported through its handle, probes answered by a script, tokio's paused clock.
 
 use std::{
+    collections::HashMap,
     net::SocketAddr,
-    time::{Duration, Instant},
+    path::Path,
+    sync::{Arc, Mutex},
+    time::Duration,
 };
 
-use libtest_mimic::{Arguments, Failed, Trial};
-use support::{
-    client::{run_client, ClientReport, ClientSpec, Mode},
-    daemon::DaemonProcess,
-    env::Env,
-    kernel::{check, exactly, loopback, table, tcp_vip, until_table},
-    server::{BackendProcess, ServerSpec},
+use failoverd::{
+    config::{self, Config},
+    control::{Caller, ControlHandler, DrainRequest, TerminatedReport},
+    daemon::{self, api::DaemonApi, DrainStore, Running},
+    datapath::{
+        ConnectFailure, ConnectFailureKind, FakeDatapath, FakeHandle, Protocol, Terminated, Vip,
+    },
+    health::{HealthCheck, Probe, ProbeError, ProbeOk, ProbeResult},
 };
+use tokio::time::Instant;
 
-type TestResult = Result<(), Failed>;
+/// Probe outcomes by address, set by the test: up (the default) or down.
+#[derive(Default)]
+struct Script(Mutex<HashMap<SocketAddr, bool>>);
 
-/// Probes too slow to take anything out within a trial (three failures take 4 s or more).
-const SLOW: &str = "{ kind: tcp, interval: 2s, timeout: 200ms, rise: 2, fall: 3 }";
-/// Probes fast enough to bring a backend back within a trial.
-const FAST_RISE: &str = "{ kind: tcp, interval: 100ms, timeout: 50ms, rise: 2, fall: 30 }";
-/// How long a trial waits for the daemon.
-const WAIT: Duration = Duration::from_secs(5);
-
-fn main() {
-    support::client::maybe_run_client();
-    support::server::maybe_run_server();
-    let args = Arguments::from_args();
-    let trials: Vec<(&'static str, fn() -> TestResult)> = vec![
-        (
-            "refused_connects_eject_at_the_threshold_and_not_before",
-            refused_connects_eject_at_the_threshold_and_not_before,
-        ),
-        (
-            "a_passively_ejected_backend_returns_after_rise_probes",
-            a_passively_ejected_backend_returns_after_rise_probes,
-        ),
-        (
-            "passive_ejections_stop_at_max_ejected_percent",
-            passive_ejections_stop_at_max_ejected_percent,
-        ),
-        (
-            "a_lone_primary_can_be_ejected_and_on_all_down_decides",
-            a_lone_primary_can_be_ejected_and_on_all_down_decides,
-        ),
-    ];
-    let trials = trials
-        .into_iter()
-        .map(|(name, f)| Trial::test(name, f))
-        .collect();
-    libtest_mimic::run(&args, trials).exit();
+impl Script {
+    fn set(&self, addr: SocketAddr, up: bool) {
+        self.0.lock().unwrap().insert(addr, up);
+    }
 }
 
-/// A service entry: `backends` are (name, address, priority).
-fn service(
-    vip: SocketAddr,
-    health: &str,
-    extra: &str,
-    backends: &[(&str, SocketAddr, u8)],
-) -> String {
-    let mut s =
-        format!("  - name: svc\n    vip: {vip}\n    health: {health}\n{extra}    backends:\n");
-    for (name, addr, priority) in backends {
-        s.push_str(&format!(
-            "      - {{ name: {name}, address: '{addr}', priority: {priority} }}\n"
+impl HealthCheck for Script {
+    fn check<'a>(
+        &'a self,
+        _probe: &'a Probe,
+        addr: SocketAddr,
+        _timeout: Duration,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ProbeResult> + Send + 'a>> {
+        let up = *self.0.lock().unwrap().get(&addr).unwrap_or(&true);
+        Box::pin(async move {
+            if up {
+                Ok(ProbeOk {
+                    latency: Duration::from_millis(1),
+                    detail: "connected".into(),
+                    role: None,
+                })
+            } else {
+                Err(ProbeError::Refused { addr })
+            }
+        })
+    }
+}
+
+const A: &str = "127.0.0.1:7301";
+const B: &str = "127.0.0.1:7302";
+
+fn addr(s: &str) -> SocketAddr {
+    s.parse().unwrap()
+}
+
+fn tcp_vip(s: &str) -> Vip {
+    Vip {
+        addr: addr(s),
+        protocol: Protocol::Tcp,
+    }
+}
+
+/// A directory removed on drop.
+struct Dir(std::path::PathBuf);
+
+impl Dir {
+    fn new(tag: &str) -> Dir {
+        let path = std::env::temp_dir().join(format!(
+            "fo-passive-{tag}-{}-{}",
+            std::process::id(),
+            fastrand::u64(..)
         ));
+        std::fs::create_dir_all(&path).unwrap();
+        Dir(path)
     }
-    s
 }
 
-fn connects(env: &Env, vip: SocketAddr, n: u32) -> Result<ClientReport, Failed> {
-    let spec = ClientSpec {
-        timeout_ms: 500,
-        ..ClientSpec::new(vip, Mode::TcpConnectOnly, n)
+impl Drop for Dir {
+    fn drop(&mut self) {
+        std::fs::remove_dir_all(&self.0).ok();
+    }
+}
+
+/// Probes 1 s apart, so that only the kernel's evidence can explain a fast failover.
+fn config(dir: &Dir, vip: &str, extra: &str) -> Config {
+    let yaml = format!(
+        "control: {{ state_dir: {} }}\nservices:\n  - name: svc\n    vip: {vip}\n    health: {{ kind: tcp, interval: 1s, timeout: 500ms, rise: 2, fall: 3 }}\n{extra}    backends:\n      - {{ name: a, address: '{A}', priority: 0 }}\n      - {{ name: b, address: '{B}', priority: 1 }}\n",
+        dir.0.display()
+    );
+    config::parse(&yaml, Path::new("<test>")).expect("test config")
+}
+
+/// Waits (in paused time: instantly) until `f` holds, at most `limit` of daemon time.
+async fn until(limit: Duration, mut f: impl FnMut() -> bool) -> Result<Duration, String> {
+    let start = Instant::now();
+    while !f() {
+        if start.elapsed() > limit {
+            return Err(format!("not within {limit:?}"));
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    Ok(start.elapsed())
+}
+
+struct Rig {
+    script: Arc<Script>,
+    kernel: FakeHandle,
+    dir: Dir,
+    vip: Vip,
+    running: Running<FakeDatapath>,
+}
+
+impl Rig {
+    /// A daemon on `vip` whose primary has taken the traffic.
+    async fn start(tag: &str, vip: &str, extra: &str) -> Rig {
+        let dir = Dir::new(tag);
+        let config = config(&dir, vip, extra);
+        let datapath = FakeDatapath::new();
+        let kernel = datapath.handle();
+        let script = Arc::new(Script::default());
+        let running = daemon::start_with(
+            &config,
+            datapath,
+            daemon::Drains::new(),
+            Arc::clone(&script) as Arc<dyn HealthCheck>,
+        )
+        .await
+        .expect("daemon starts");
+        let rig = Rig {
+            script,
+            kernel,
+            dir,
+            vip: tcp_vip(vip),
+            running,
+        };
+        until(Duration::from_secs(5), || {
+            rig.backends() == Some(vec![addr(A)])
+        })
+        .await
+        .expect("the primary takes traffic once rise probes pass");
+        rig
+    }
+
+    /// The backends the VIP's table sends to.
+    fn backends(&self) -> Option<Vec<SocketAddr>> {
+        self.kernel
+            .tables()
+            .get(&self.vip)
+            .map(|t| t.table.backends.iter().map(|b| b.addr).collect())
+    }
+
+    /// The counter id the kernel's table gives `a` (in the slots or the fallback group).
+    fn id(&self, a: &str) -> u32 {
+        let tables = self.kernel.tables();
+        let id = tables[&self.vip]
+            .table
+            .all_backends()
+            .find(|b| b.addr == addr(a))
+            .map(|b| b.id);
+        id.expect("the table names it")
+    }
+
+    /// The kernel reports the `consecutive`th refused connect to `a` in a row.
+    fn refused(&self, a: &str, consecutive: u32, suspect: bool) {
+        let tables = self.kernel.tables();
+        self.kernel.connect_failed(ConnectFailure {
+            backend_id: self.id(a),
+            vip_id: tables[&self.vip].table.vip_id,
+            peer: addr(a),
+            kind: ConnectFailureKind::Refused,
+            consecutive,
+            suspect,
+        });
+    }
+
+    fn api(&self) -> DaemonApi {
+        DaemonApi::new(
+            self.running.handle(),
+            DrainStore::new(&self.dir.0),
+            self.dir.0.join("none.yaml"),
+            None,
+        )
+    }
+
+    fn events_of(&self, kind: &str) -> Vec<String> {
+        self.running
+            .handle()
+            .events()
+            .after(0)
+            .events
+            .into_iter()
+            .filter(|e| e.kind == kind)
+            .map(|e| format!("{} {}", e.backend.unwrap_or_default(), e.detail))
+            .collect()
+    }
+}
+
+fn caller() -> Caller {
+    Caller {
+        user: "alice".into(),
+        pid: 1,
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn refused_connects_reported_by_the_kernel_eject_the_primary_long_before_a_probe() {
+    let rig = Rig::start("eject", "127.66.3.1:80", "").await;
+    let table = &rig.kernel.tables()[&rig.vip].table;
+    assert_eq!(
+        table.passive_threshold, 3,
+        "the kernel is told the threshold"
+    );
+    assert_eq!(
+        table.fallback.iter().map(|b| b.addr).collect::<Vec<_>>(),
+        vec![addr(B)],
+        "and where to send connects when it marks the primary"
+    );
+    rig.refused(A, 1, false);
+    rig.refused(A, 2, false);
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(
+        rig.backends(),
+        Some(vec![addr(A)]),
+        "two of three: no change"
+    );
+    rig.refused(A, 3, true);
+    let took = until(Duration::from_secs(1), || {
+        rig.backends() == Some(vec![addr(B)])
+    })
+    .await
+    .expect("the table is written without the primary");
+    assert!(
+        took < Duration::from_millis(10),
+        "ejected on the kernel's evidence, not after a 1 s probe: {took:?}"
+    );
+    assert!(
+        rig.kernel.suspect_clears().is_empty(),
+        "the daemon confirmed the mark"
+    );
+    let events = rig.events_of("backend");
+    assert!(
+        events.iter().any(|e| e.starts_with("a passive:")),
+        "{events:?}"
+    );
+    let status = rig.running.service_status("svc").await.unwrap();
+    let a = &status.backends[0];
+    assert_eq!((a.state, a.passive.consecutive), ("ejected", 3));
+    assert!(a.passive.ejected);
+    drop(rig.running.shutdown().await);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_mark_the_daemon_does_not_confirm_is_lifted() {
+    let rig = Rig::start(
+        "lift",
+        "127.66.3.2:80",
+        "    passive: { consecutive_failures: 0 }\n",
+    )
+    .await;
+    let a = rig.id(A);
+    rig.refused(A, 5, true);
+    until(Duration::from_secs(1), || {
+        rig.kernel.suspect_clears() == vec![a]
+    })
+    .await
+    .expect("passive health off: the kernel's mark is lifted");
+    assert_eq!(rig.backends(), Some(vec![addr(A)]));
+
+    // A failure for an id no service has (its backend gone meanwhile): lifted too.
+    rig.kernel.connect_failed(ConnectFailure {
+        backend_id: 4000,
+        vip_id: 1,
+        peer: addr(A),
+        kind: ConnectFailureKind::SynTimeout,
+        consecutive: 3,
+        suspect: true,
+    });
+    until(Duration::from_secs(1), || {
+        rig.kernel.suspect_clears() == vec![a, 4000]
+    })
+    .await
+    .expect("an unknown id's mark is lifted");
+    drop(rig.running.shutdown().await);
+}
+
+#[tokio::test(start_paused = true)]
+async fn on_down_aborts_the_sockets_of_a_backend_once_the_table_without_it_is_written() {
+    let rig = Rig::start(
+        "on-down",
+        "127.66.3.3:80",
+        "    terminate: { on_down: true }\n",
+    )
+    .await;
+    let a = rig.id(A);
+    rig.kernel
+        .set_open_sockets(a, Terminated { tcp: 2, udp: 1 });
+    rig.script.set(addr(A), false);
+    until(Duration::from_secs(10), || {
+        rig.kernel.terminations() == vec![vec![a]]
+    })
+    .await
+    .expect("the primary's sockets are aborted when it goes down");
+    assert_eq!(
+        rig.backends(),
+        Some(vec![addr(B)]),
+        "after the write that took it out"
+    );
+    until(Duration::from_secs(1), || {
+        !rig.events_of("terminate").is_empty()
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        rig.events_of("terminate"),
+        ["a 2 tcp and 1 udp sockets aborted"]
+    );
+    drop(rig.running.shutdown().await);
+}
+
+#[tokio::test(start_paused = true)]
+async fn drain_terminate_through_the_control_api_reports_what_it_aborted() {
+    let rig = Rig::start(
+        "drain-terminate",
+        "127.66.3.4:80",
+        "    terminate: { on_down: true }\n",
+    )
+    .await;
+    let api = rig.api();
+    let a = rig.id(A);
+    rig.kernel
+        .set_open_sockets(a, Terminated { tcp: 4, udp: 0 });
+    let request = |terminate| DrainRequest {
+        service: "svc".into(),
+        backend: "a".into(),
+        reason: None,
+        force: false,
+        terminate,
     };
-    Ok(run_client(&env.cgroup, None, &spec)?)
-}
 
-/// The sum of a counter's series whose labels contain every one of `labels`.
-fn metric(d: &DaemonProcess, name: &str, labels: &[&str]) -> Result<f64, Failed> {
-    let text = d.scrape()?;
-    Ok(text
-        .lines()
-        .filter(|l| l.starts_with(&format!("{name}{{")) && labels.iter().all(|x| l.contains(x)))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum())
-}
+    // A plain drain never touches open sockets, on_down or not.
+    let report = api.drain(caller(), request(false)).await.unwrap();
+    assert_eq!(report.terminated, None);
+    assert_eq!(rig.backends(), Some(vec![addr(B)]));
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(rig.kernel.terminations().is_empty());
 
-/// Waits (bounded) until the counter reaches `at_least`.
-fn until_metric(
-    d: &DaemonProcess,
-    name: &str,
-    labels: &[&str],
-    at_least: f64,
-) -> Result<(), Failed> {
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let v = metric(d, name, labels)?;
-        if v >= at_least {
-            return Ok(());
-        }
-        if Instant::now() >= deadline {
-            return Err(format!(
-                "{name}{labels:?} is {v} after {WAIT:?}, want ≥ {at_least}\n{}",
-                d.log_tail(15)
-            )
-            .into());
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
-
-fn refused_connects_eject_at_the_threshold_and_not_before() -> TestResult {
-    let env = Env::new("pthreshold")?;
-    let mut a = BackendProcess::spawn(ServerSpec::tcp(loopback(), 1))?;
-    let b = BackendProcess::spawn(ServerSpec::tcp(loopback(), 2))?;
-    let vip = tcp_vip("127.79.1.1:80");
-    let services = service(
-        vip.addr,
-        SLOW,
-        "    passive: { consecutive_failures: 3 }\n",
-        &[("a", a.addr(), 0), ("b", b.addr(), 1)],
+    let report = api.drain(caller(), request(true)).await.unwrap();
+    assert_eq!(
+        report.terminated,
+        Some(TerminatedReport { tcp: 4, udp: 0 }),
+        "answered once aborted"
     );
-    let mut d = DaemonProcess::new(&env, "pthreshold", &services)?;
-    d.start()?;
-    until_table(&env, vip, WAIT, exactly(&[a.addr()]))?;
-    a.kill();
-
-    let r = connects(&env, vip.addr, 2)?;
-    check(r.errno_count(libc::ECONNREFUSED) == 2, || format!("{r:?}"))?;
-    until_metric(
-        &d,
-        "failoverd_passive_failures_total",
-        &["backend=\"a\""],
-        2.0,
-    )?;
-    let now = table(&env, vip)?;
-    check(now == Some(vec![a.addr()]), || {
-        format!("two failures of three must not eject: table {now:?}")
-    })?;
-
-    let r = connects(&env, vip.addr, 1)?;
-    check(r.errno_count(libc::ECONNREFUSED) == 1, || format!("{r:?}"))?;
-    until_table(&env, vip, WAIT, exactly(&[b.addr()]))?;
-    until_metric(
-        &d,
-        "failoverd_passive_ejections_total",
-        &["backend=\"a\""],
-        1.0,
-    )?;
-    // And the kernel sends the next connects to the backup already.
-    let r = connects(&env, vip.addr, 5)?;
-    check(r.ok == 5, || format!("after the ejection: {r:?}"))
+    assert_eq!(rig.kernel.terminations(), vec![vec![a]]);
+    drop(rig.running.shutdown().await);
 }
 
-fn a_passively_ejected_backend_returns_after_rise_probes() -> TestResult {
-    let env = Env::new("prise")?;
-    let mut a = BackendProcess::spawn(ServerSpec::tcp(loopback(), 1))?;
-    let b = BackendProcess::spawn(ServerSpec::tcp(loopback(), 2))?;
-    let vip = tcp_vip("127.79.2.1:80");
-    let services = service(
-        vip.addr,
-        FAST_RISE,
-        "    passive: { consecutive_failures: 1 }\n",
-        &[("a", a.addr(), 0), ("b", b.addr(), 1)],
-    );
-    let mut d = DaemonProcess::new(&env, "prise", &services)?;
-    d.start()?;
-    until_table(&env, vip, WAIT, exactly(&[a.addr()]))?;
-    a.kill();
-    connects(&env, vip.addr, 1)?;
-    until_table(&env, vip, WAIT, exactly(&[b.addr()]))?;
-    until_metric(
-        &d,
-        "failoverd_passive_ejections_total",
-        &["backend=\"a\""],
-        1.0,
-    )?;
-    a.restart()?;
-    // fall 30 keeps the probes from taking it out themselves: only the kernel's evidence
-    // did; `rise` passing probes bring it back (bounded by a breaker period if one opened).
-    let back = until_table(&env, vip, Duration::from_secs(15), exactly(&[a.addr()]))?;
-    eprintln!("passively ejected backend back after {back:?}");
-    Ok(())
-}
-
-fn passive_ejections_stop_at_max_ejected_percent() -> TestResult {
-    let env = Env::new("ppercent")?;
-    let mut group = (1..=4)
-        .map(|id| BackendProcess::spawn(ServerSpec::tcp(loopback(), id)))
-        .collect::<Result<Vec<_>, _>>()?;
-    let addrs: Vec<SocketAddr> = group.iter().map(BackendProcess::addr).collect();
-    let vip = tcp_vip("127.79.3.1:80");
-    let names = ["a", "b", "c", "d"];
-    let backends: Vec<(&str, SocketAddr, u8)> =
-        names.iter().zip(&addrs).map(|(n, a)| (*n, *a, 0)).collect();
-    let services = service(
-        vip.addr,
-        SLOW,
-        "    passive: { consecutive_failures: 2 }\n    breaker: { max_ejected_percent: 50 }\n",
-        &backends,
-    );
-    let mut d = DaemonProcess::new(&env, "ppercent", &services)?;
-    d.start()?;
-    until_table(&env, vip, WAIT, exactly(&addrs))?;
-    // Every backend dies: a storm of refused connects, as a client-side fault would cause.
-    for b in &mut group {
-        b.kill();
-    }
-    connects(&env, vip.addr, 60)?;
-    until_metric(&d, "failoverd_passive_ejections_total", &[], 2.0)?;
-    // Every backend has now failed at least twice in a row (60 draws over 4), yet passive
-    // evidence alone takes out no more than half the group.
-    until_metric(&d, "failoverd_passive_failures_total", &[], 12.0)?;
-    let left = table(&env, vip)?.unwrap_or_default();
-    check(left.len() == 2, || {
-        format!("max_ejected_percent 50 of 4 leaves 2 in the table: {left:?}")
-    })?;
-    let ejected = metric(&d, "failoverd_passive_ejections_total", &[])?;
-    check(ejected == 2.0, || {
-        format!("{ejected} passive ejections, want 2")
+#[tokio::test(start_paused = true)]
+async fn drain_after_aborts_what_is_left_once_the_grace_is_over() {
+    let rig = Rig::start(
+        "drain-after",
+        "127.66.3.5:80",
+        "    terminate: { drain_after: 30s }\n",
+    )
+    .await;
+    let api = rig.api();
+    let a = rig.id(A);
+    let request = DrainRequest {
+        service: "svc".into(),
+        backend: "a".into(),
+        reason: None,
+        force: false,
+        terminate: false,
+    };
+    api.drain(caller(), request).await.unwrap();
+    let drained = Instant::now();
+    until(Duration::from_secs(60), || {
+        rig.kernel.terminations() == vec![vec![a]]
     })
-}
-
-fn a_lone_primary_can_be_ejected_and_on_all_down_decides() -> TestResult {
-    let env = Env::new("plone")?;
-    let mut a = BackendProcess::spawn(ServerSpec::tcp(loopback(), 1))?;
-    let vip = tcp_vip("127.79.4.1:80");
-    let services = service(
-        vip.addr,
-        SLOW,
-        "    passive: { consecutive_failures: 2 }\n    breaker: { max_ejected_percent: 10 }\n    on_all_down: reject\n",
-        &[("a", a.addr(), 0)],
+    .await
+    .expect("aborted after the grace");
+    let after = drained.elapsed();
+    assert!(
+        after >= Duration::from_secs(30) && after < Duration::from_millis(30_100),
+        "{after:?}"
     );
-    let mut d = DaemonProcess::new(&env, "plone", &services)?;
-    d.start()?;
-    until_table(&env, vip, WAIT, exactly(&[a.addr()]))?;
-    a.kill();
-    connects(&env, vip.addr, 2)?;
-    // 10 % of one backend rounds to none, but passive ejection may always take one: the
-    // VIP now refuses at once (the hook's own ECONNREFUSED, counted as `rejected`).
-    until_table(&env, vip, WAIT, |t| t.as_deref() == Some(&[]))?;
-    let r = connects(&env, vip.addr, 3)?;
-    check(r.errno_count(libc::ECONNREFUSED) == 3, || format!("{r:?}"))?;
-    check(r.max_failed_connect_ns < 50_000_000, || {
-        format!("refusals must be immediate: {r:?}")
-    })
+    drop(rig.running.shutdown().await);
 }

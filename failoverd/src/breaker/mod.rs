@@ -144,6 +144,14 @@ impl Breaker {
         observed.or(ticked)
     }
 
+    /// Opens a closed breaker at once, on evidence other than probes (kernel-observed
+    /// connect failures). It counts as an ejection like any other, so repeated ones grow the
+    /// open period toward `max_open_for`, and the backend comes back only after the period
+    /// and `rise` passes. `None` when it is open or half-open already (the backend is out).
+    pub fn eject(&mut self, now: Instant) -> Option<BreakerEvent> {
+        (!self.is_open()).then(|| self.open(now))
+    }
+
     /// Half-opens an open breaker whose period ended by `now`; nothing else
     /// changes without an observation.
     pub fn tick(&mut self, now: Instant) -> Option<BreakerEvent> {

@@ -2,7 +2,7 @@
 
 use crate::{
     cli::command::{block_on, print, CommandError, SocketArgs},
-    control::{DrainRequest, UndrainRequest},
+    control::{DrainRequest, TerminatedReport, UndrainRequest},
 };
 
 /// Arguments of `failoverd drain`.
@@ -10,9 +10,10 @@ use crate::{
 #[command(after_help = "Examples:\n  \
     failoverd drain orders-db db-a --reason 'kernel upgrade'\n  \
     failoverd drain orders-db db-b --force    # even if it is the last live backend\n  \
+    failoverd drain orders-db db-a --terminate  # and abort its open connections now\n  \
     failoverd undrain orders-db db-a\n\n\
     New connects stop going to the backend at once; open connections are left\n\
-    alone. The drain survives daemon restarts and shows in `failoverd status`.\n\
+    alone (unless --terminate, or terminate.drain_after in the config). The drain survives daemon restarts and shows in `failoverd status`.\n\
     Draining the last live backend of a VIP is refused unless --force is given.")]
 pub struct DrainArgs {
     /// The service, as named in the config.
@@ -25,6 +26,11 @@ pub struct DrainArgs {
     /// Drain even the last live backend of the VIP (its connects then follow on_all_down).
     #[arg(long)]
     pub force: bool,
+    /// Also abort every open socket the VIP sent to the backend, at once: applications see
+    /// ECONNABORTED and reconnect to a live backend. Sockets that named the backend's own
+    /// address are never touched.
+    #[arg(long)]
+    pub terminate: bool,
     /// Which daemon to ask.
     #[command(flatten)]
     pub socket: SocketArgs,
@@ -53,12 +59,29 @@ pub fn run(args: &DrainArgs) -> Result<(), CommandError> {
         backend: args.backend.clone(),
         reason: args.reason.clone(),
         force: args.force,
+        terminate: args.terminate,
     };
-    block_on(async { Ok(client.drain(&request).await?) })?;
-    print(&format!(
-        "drained {} of {}: new connections avoid it, open ones are left alone\n",
-        args.backend, args.service
-    ))
+    let report = block_on(async { Ok(client.drain(&request).await?) })?;
+    print(&drained_line(args, report.terminated))
+}
+
+/// What `failoverd drain` says it did.
+fn drained_line(args: &DrainArgs, terminated: Option<TerminatedReport>) -> String {
+    match terminated {
+        Some(t) => format!(
+            "drained {} of {}: new connections avoid it; {} tcp and {} udp sockets to it aborted\n",
+            args.backend, args.service, t.tcp, t.udp
+        ),
+        // Asked for, but a daemon from before --terminate answered: say what is known.
+        None if args.terminate => format!(
+            "drained {} of {}: new connections avoid it; the daemon did not report aborting sockets (is it older than this client?)\n",
+            args.backend, args.service
+        ),
+        None => format!(
+            "drained {} of {}: new connections avoid it, open ones are left alone\n",
+            args.backend, args.service
+        ),
+    }
 }
 
 /// Runs `failoverd undrain`.

@@ -22,6 +22,7 @@ mod locate;
 mod lower;
 mod merge;
 mod model;
+mod passive;
 mod raw;
 mod read;
 mod status;
@@ -35,9 +36,10 @@ pub use error::ConfigError;
 pub use model::{
     BackendConfig, BreakerConfig, Config, ControlSection, DatabaseCheckConfig, DatapathSection,
     ExecCheckConfig, Failback, HealthConfig, HealthKind, HttpCheckConfig, MetricsSection,
-    OnAllDown, ResolverSection, ServiceConfig, TcpCheckConfig, DEFAULT_CONTROL_SOCKET,
-    DEFAULT_METRICS_LISTEN, DEFAULT_STATE_DIR, DEFAULT_WEIGHT, MAX_INTERVAL, MAX_LAG, MAX_OPEN_FOR,
-    MAX_THRESHOLD, MAX_TTL, MAX_WEIGHT, MIN_INTERVAL,
+    OnAllDown, PassiveConfig, ResolverSection, ServiceConfig, TcpCheckConfig, TerminateConfig,
+    DEFAULT_CONTROL_SOCKET, DEFAULT_METRICS_LISTEN, DEFAULT_STATE_DIR, DEFAULT_WEIGHT,
+    MAX_DRAIN_AFTER, MAX_INTERVAL, MAX_LAG, MAX_OPEN_FOR, MAX_THRESHOLD, MAX_TTL, MAX_WEIGHT,
+    MIN_INTERVAL,
 };
 pub use read::{load, load_async, MAX_FILE_SIZE};
 pub use status::StatusMatch;

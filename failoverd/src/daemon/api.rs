@@ -21,12 +21,13 @@ use super::{
 use crate::{
     config::{self, ServiceConfig},
     control::{
-        BackendReport, Caller, ControlError, ControlHandler, DrainInfo, DrainRequest, EventRecord,
-        EventsReport, ExplainReport, FailbackRequest, OutBackend, ProbeReport, ReachableBackend,
-        ServiceReport, StatusReport, UndrainRequest,
+        BackendReport, Caller, ControlError, ControlHandler, DrainInfo, DrainReport, DrainRequest,
+        EventRecord, EventsReport, ExplainReport, FailbackRequest, OutBackend, PassiveReport,
+        ProbeReport, ReachableBackend, ServiceReport, StatusReport, TerminatedReport,
+        UndrainRequest,
     },
     datapath::{PinnedMaps, Protocol},
-    decision::{Drain, Explanation, OutReason, ServiceStatus},
+    decision::{Drain, Explanation, OutReason, PassiveStatus, ServiceStatus},
     health::HealthStatus,
 };
 
@@ -94,6 +95,7 @@ impl DaemonApi {
                 in_state_seconds: b.in_state_for.as_secs_f64(),
                 ejections: b.ejections,
                 drain: b.drain.map(drain_info),
+                passive: passive_report(&b.passive),
             })
             .collect();
         // A backend whose name resolves to nothing shows as such, not as missing.
@@ -111,6 +113,7 @@ impl DaemonApi {
                 ejections: 0,
                 kernel_connects: 0,
                 drain: None,
+                passive: None,
             });
         }
         let datapath_error = self.handle.write_failure(&s.vip).map(|f| f.to_string());
@@ -130,6 +133,20 @@ impl DaemonApi {
             backends,
         }
     }
+}
+
+/// A backend's passive health for status; `None` while the kernel has told nothing.
+fn passive_report(p: &PassiveStatus) -> Option<PassiveReport> {
+    if p.last_failure.is_none() && p.ejections == 0 {
+        return None;
+    }
+    Some(PassiveReport {
+        consecutive_failures: p.consecutive,
+        last_failure: p.last_failure.map(|(_, kind)| kind.to_string()),
+        last_failure_seconds_ago: p.last_failure.map(|(ago, _)| ago.as_secs_f64()),
+        ejections: p.ejections,
+        ejected: p.ejected,
+    })
 }
 
 fn drain_info(d: Drain) -> DrainInfo {
@@ -179,6 +196,14 @@ fn out_sentence(reason: &OutReason) -> String {
         OutReason::Ejected { ejections } => {
             format!("ejected by the breaker ({ejections} ejections)")
         }
+        OutReason::PassiveEjected {
+            consecutive,
+            kind,
+            ejections,
+        } => format!(
+            "ejected by passive health: the kernel saw {consecutive} connects in a row fail{} ({ejections} ejections)",
+            kind.map(|k| format!(" ({k})")).unwrap_or_default()
+        ),
         OutReason::Unknown => "unknown: no verdict yet".to_string(),
         OutReason::Unhealthy(Some(evidence)) => format!("unhealthy: {evidence}"),
         OutReason::Unhealthy(None) => HealthStatus::Unhealthy.word().to_string(),
@@ -294,7 +319,11 @@ impl ControlHandler for DaemonApi {
         })
     }
 
-    async fn drain(&self, caller: Caller, request: DrainRequest) -> Result<(), ControlError> {
+    async fn drain(
+        &self,
+        caller: Caller,
+        request: DrainRequest,
+    ) -> Result<DrainReport, ControlError> {
         let change = DrainChange::Drain {
             drain: Drain {
                 by: caller.user,
@@ -302,11 +331,19 @@ impl ControlHandler for DaemonApi {
                 reason: request.reason,
             },
             force: request.force,
+            terminate: request.terminate,
         };
-        self.handle
+        let terminated = self
+            .handle
             .set_drain(&self.store, &request.service, &request.backend, change)
             .await
-            .map_err(drain_error)
+            .map_err(drain_error)?;
+        Ok(DrainReport {
+            terminated: terminated.map(|t| TerminatedReport {
+                tcp: t.tcp,
+                udp: t.udp,
+            }),
+        })
     }
 
     async fn undrain(&self, _caller: Caller, request: UndrainRequest) -> Result<(), ControlError> {
@@ -318,6 +355,7 @@ impl ControlHandler for DaemonApi {
                 DrainChange::Undrain,
             )
             .await
+            .map(drop)
             .map_err(drain_error)
     }
 

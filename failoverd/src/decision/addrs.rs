@@ -74,7 +74,11 @@ impl ServiceState {
             let mut backend = Backend::new(&self.config, &entry, key, from_hostname, id, now);
             // Drains are keyed by backend name, which for a hostname's addresses is only
             // known here.
-            backend.drain = self.drains.get(&backend.name).cloned();
+            // A restored drain's grace (`drain_after`) counts from now: the core has no wall
+            // clock to tell how much of it passed before a restart.
+            if let Some(drain) = self.drains.get(&backend.name).cloned() {
+                backend.set_drain(drain, self.config.terminate.drain_after, now);
+            }
             if from_hostname {
                 out.push(Transition::AddressAdded {
                     backend: backend.name.clone(),

@@ -4,6 +4,8 @@ use std::{net::SocketAddr, path::Path, sync::Arc, time::Duration};
 
 use tokio::time::Instant;
 
+mod passive;
+
 use super::*;
 use crate::{
     datapath::{IdAllocator, TableBackend, VipTable},
@@ -103,6 +105,8 @@ impl Rig {
                 result,
             });
             all.transitions.extend(d.transitions);
+            all.clear_suspect.extend(d.clear_suspect);
+            all.terminate.extend(d.terminate);
             if d.table.is_some() {
                 all.table = d.table;
             }
@@ -115,6 +119,8 @@ impl Rig {
         for _ in 0..n {
             let d = self.round(results);
             all.transitions.extend(d.transitions);
+            all.clear_suspect.extend(d.clear_suspect);
+            all.terminate.extend(d.terminate);
             if d.table.is_some() {
                 all.table = d.table;
             }
@@ -200,6 +206,19 @@ fn manual_failback_holds_the_backup_until_the_operator_asks() {
     assert_eq!(moves(&d), vec![&Transition::FailedBack { from: 1, to: 0 }]);
 }
 
+/// A table as the kernel holds it for the primary-and-backup service: `backends` in the
+/// slots, `fallback` after them, the default passive threshold.
+fn adopted_with(vip_id: u32, backends: &[(&str, u32)], fallback: &[(&str, u32)]) -> VipTable {
+    let entries = |list: &[(&str, u32)]| -> Vec<TableBackend> {
+        list.iter()
+            .map(|&(a, id)| TableBackend { addr: addr(a), id })
+            .collect()
+    };
+    adopted(vip_id, backends)
+        .with_fallback(entries(fallback))
+        .with_passive_threshold(3)
+}
+
 fn adopted(vip_id: u32, backends: &[(&str, u32)]) -> VipTable {
     let vip = crate::datapath::Vip {
         addr: addr("127.66.0.1:80"),
@@ -215,7 +234,7 @@ fn adopted(vip_id: u32, backends: &[(&str, u32)]) -> VipTable {
 
 #[test]
 fn adopting_a_table_that_stays_is_neither_a_write_nor_a_failover() {
-    let table = adopted(9, &[(A, 10)]);
+    let table = adopted_with(9, &[(A, 10)], &[(B, 11)]);
     let mut r = rig_with("", &PRIMARY_AND_BACKUP, Some(table.clone()));
     assert_eq!(
         r.state
@@ -348,6 +367,7 @@ fn drains_move_traffic_and_refuse_to_leave_nothing_live() {
         backend: "a".into(),
         drain: drain("alice"),
         force: false,
+        terminate: false,
     });
     assert_eq!(r.table_addrs(), vec![addr(B)]);
     assert!(d
@@ -363,6 +383,7 @@ fn drains_move_traffic_and_refuse_to_leave_nothing_live() {
                 backend: "b".into(),
                 drain: drain("alice"),
                 force: false,
+                terminate: false,
             },
             r.now,
             &mut r.ids,
