@@ -143,7 +143,14 @@ pub fn run(r: &mut Record) -> Result<(), Failed> {
     let demoted = monotonic_ns();
     let bound = INTERVAL + Duration::from_millis(150) + MARGIN;
     r.bound_ms = Some(ms(bound));
-    let switched = until_table(&env, vip, Duration::from_secs(5), exactly(&[b.addr()]))?;
+    let switched =
+        until_table(&env, vip, Duration::from_secs(5), exactly(&[b.addr()])).map_err(|e| {
+            format!(
+                "{e}\nstatus: {}\n{}",
+                d.ok(&["status"]).unwrap_or_default(),
+                d.log_tail(30)
+            )
+        })?;
     r.note("table_switch_ms", ms(switched));
     let mut worst = 0u64;
     for h in &mut held {

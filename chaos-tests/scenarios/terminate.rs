@@ -30,6 +30,22 @@ fn holding() -> ServerSpec {
     }
 }
 
+/// A holding backend with an HTTP health endpoint on `port`, and the check that probes it: a
+/// frozen process's kernel still completes TCP handshakes, so only a request notices.
+fn holding_with_health() -> Result<(ServerSpec, String), Failed> {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let spec = ServerSpec {
+        health_bind: Some(std::net::SocketAddr::from(([127, 0, 0, 1], port))),
+        ..holding()
+    };
+    let health = format!(
+        "{{ kind: http, port: {port}, path: /health, interval: 100ms, timeout: 50ms, rise: 2, fall: 3 }}"
+    );
+    Ok((spec, health))
+}
+
 /// A client holding one connection to `target` for at most `watch`.
 fn hold(env: &Env, target: std::net::SocketAddr, watch: Duration) -> Result<ClientChild, Failed> {
     let spec = ClientSpec {
@@ -84,11 +100,12 @@ fn terminated(metrics: &str, reason: &str) -> u64 {
 
 /// Scenario 12: the primary frozen with long-lived connections open, `terminate.on_down`.
 pub fn frozen(r: &mut Record) -> Result<(), Failed> {
+    let (spec, health) = holding_with_health()?;
     let p = Pair::start_full(
         "cterm",
         "127.81.12.1:80",
-        holding(),
-        TCP_HEALTH,
+        spec,
+        &health,
         "    terminate: { on_down: true }\n",
     )?;
     let bound = detection_bound() + MARGIN;

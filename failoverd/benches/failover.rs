@@ -601,15 +601,22 @@ fn run_holder(target: &str) -> i32 {
 /// [`HELD_WATCH`].
 fn held_case(terminate: bool) -> Result<Option<f64>, Box<dyn std::error::Error>> {
     use std::io::BufRead;
+    // A frozen process's kernel still completes TCP handshakes: only an HTTP request to its
+    // health endpoint notices the freeze (the backup answers on the next loopback address).
+    let health_port = free_port()?;
     let a = BackendProcess::spawn(ServerSpec {
         hold: true,
+        health_bind: Some(SocketAddr::from(([127, 0, 0, 1], health_port))),
         ..ServerSpec::tcp(loopback(), PRIMARY as u32)
     })?;
-    let b = BackendProcess::spawn(ServerSpec::tcp(loopback(), BACKUP as u32))?;
+    let b = BackendProcess::spawn(ServerSpec {
+        health_bind: Some(SocketAddr::from(([127, 0, 0, 2], health_port))),
+        ..ServerSpec::tcp(SocketAddr::from(([127, 0, 0, 2], 0)), BACKUP as u32)
+    })?;
     let env = Env::new("held")?;
     let vip = tcp_vip(VIP);
     let service = format!(
-        "  - name: held\n    vip: {VIP}\n    health: {{ kind: tcp, interval: 100ms, timeout: 50ms, rise: 2, fall: 3 }}\n    terminate: {{ on_down: {terminate} }}\n    backends:\n\
+        "  - name: held\n    vip: {VIP}\n    health: {{ kind: http, port: {health_port}, path: /health, interval: 100ms, timeout: 50ms, rise: 2, fall: 3 }}\n    terminate: {{ on_down: {terminate} }}\n    backends:\n\
          \x20     - {{ name: a, address: '{}', priority: 0 }}\n\
          \x20     - {{ name: b, address: '{}', priority: 1 }}\n",
         a.addr(),
@@ -668,7 +675,7 @@ fn held_connections() -> Result<Vec<String>, Box<dyn std::error::Error>> {
         }
         let errored: Vec<f64> = times.iter().flatten().copied().collect();
         rows.push(format!(
-            "| failoverd, terminate.on_down: {terminate} | interval 100ms, timeout 50ms, fall 3 | {}/{} | {} | {} |",
+            "| failoverd, terminate.on_down: {terminate} | HTTP, interval 100ms, timeout 50ms, fall 3 | {}/{} | {} | {} |",
             errored.len(),
             times.len(),
             if errored.is_empty() { "never".to_string() } else { format!("{:.0}", median(errored.clone())) },

@@ -361,7 +361,14 @@ impl ServiceState {
                 evidence: Evidence(Arc::clone(&result)),
             });
         }
-        if let Some(event) = b.breaker.observe(passed, now, may) {
+        // A server answering in the wrong role works: it is a standby, not a flake. Feeding
+        // that to the breaker would eject a replica that waits to be promoted, and hold the
+        // new primary out for `open_for` after a failover.
+        let breaker_event = match &*result {
+            Err(e) if e.is_wrong_role() => None,
+            _ => b.breaker.observe(passed, now, may),
+        };
+        if let Some(event) = breaker_event {
             changed = true;
             b.since = now;
             // Readmitted, or re-opened by a failed trial probe: either way the breaker no

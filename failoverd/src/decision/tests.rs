@@ -587,6 +587,26 @@ fn a_demoted_primary_is_out_at_once_not_after_fall_probes() {
 }
 
 #[test]
+fn a_standby_answering_its_role_is_never_ejected_and_joins_at_once_when_promoted() {
+    use crate::health::Role::Primary;
+    let mut r = rig("", &TWO_DATABASES);
+    r.state.one_primary = true;
+    // Long enough for any breaker to have opened on B's "I am a replica" answers.
+    for _ in 0..20 {
+        r.probe_with(A, answers(Primary));
+        r.probe_with(B, demoted(addr(B)));
+    }
+    let status = r.state.status(r.now);
+    let b = status.backends.iter().find(|b| b.name == "b").unwrap();
+    assert!(!b.ejected, "a replica in its role is not a flake: {b:?}");
+    // Failover: B promoted, A demoted. After `rise` answers B takes the VIP, no breaker wait.
+    r.probe_with(B, answers(Primary));
+    r.probe_with(A, demoted(addr(A)));
+    r.probe_with(B, answers(Primary));
+    assert_eq!(r.table_addrs(), vec![addr(B)]);
+}
+
+#[test]
 fn two_primaries_keep_the_vip_on_the_one_that_had_it() {
     use crate::health::Role::Primary;
     let mut r = rig("", &TWO_DATABASES);
