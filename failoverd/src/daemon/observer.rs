@@ -265,13 +265,18 @@ impl Observer {
                 metrics::transition(service, backend, "ejected");
                 metrics::ejection(service, backend);
                 metrics::passive_ejection(service, backend);
+                let until = if open_for.is_zero() {
+                    "out until rise passing probes".to_string()
+                } else {
+                    format!("breaker open for {}", humantime::format_duration(*open_for))
+                };
                 let open_for = humantime::format_duration(*open_for);
                 emit(
                     "backend",
                     Some(backend),
                     None,
                     Some("ejected".into()),
-                    format!("passive: the kernel saw {consecutive} connects in a row fail ({kind}); breaker open for {open_for}"),
+                    format!("passive: the kernel saw {consecutive} connects in a row fail ({kind}); {until}"),
                 );
                 tracing::warn!(service, backend = %backend, kind = kind.as_str(), consecutive, open_for = %open_for, ejections, "kernel-observed connect failures: backend ejected");
             }

@@ -255,27 +255,16 @@ fn a_lone_backend_ejected_follows_on_all_down() {
 }
 
 #[test]
-fn a_passively_ejected_backend_returns_after_the_open_period_and_rise_probes() {
+fn a_passively_ejected_backend_returns_after_rise_probes() {
     let mut r = managed(
         "    breaker: { open_for: 1s, max_open_for: 4s }\n",
         &PRIMARY_AND_BACKUP,
         &[A, B],
     );
-    let ejected_at = r.now;
     r.refused_run(A, 3, 3);
-    assert_eq!(
-        r.state.next_deadline(),
-        Some(ejected_at + Duration::from_secs(1))
-    );
-    // Passing probes during the open period change nothing.
-    r.rounds(5, &[(A, true), (B, true)]);
+    // As if `fall` probes had failed: no open period to wait out, only `rise` passes.
+    assert_eq!(r.state.next_deadline(), None, "no breaker period runs");
     assert_eq!(r.table_addrs(), vec![addr(B)]);
-    r.now = ejected_at + Duration::from_secs(1);
-    let d = r.feed(Input::Tick);
-    assert!(d
-        .transitions
-        .iter()
-        .any(|t| matches!(t, Transition::HalfOpened { .. })));
     let d = r.round(&[(A, true), (B, true)]);
     assert_eq!(r.table_addrs(), vec![addr(B)], "one pass of rise 2");
     assert_eq!(d.table, None);
@@ -294,28 +283,31 @@ fn a_passively_ejected_backend_returns_after_the_open_period_and_rise_probes() {
 }
 
 #[test]
-fn repeated_passive_ejections_grow_the_open_period_to_max_open_for() {
+fn a_first_passive_ejection_waits_for_rise_and_repeats_grow_the_open_period() {
     let mut r = managed(
         "    breaker: { open_for: 1s, max_open_for: 3s }\n",
         &PRIMARY_AND_BACKUP,
         &[A, B],
     );
     let mut periods = Vec::new();
-    for _ in 0..3 {
+    for _ in 0..4 {
         let d = r.refused_run(A, 3, 3);
         periods.extend(d.transitions.iter().filter_map(|t| match t {
             Transition::PassiveEjected { open_for, .. } => Some(*open_for),
             _ => None,
         }));
-        r.now = r.state.next_deadline().expect("open");
-        r.feed(Input::Tick);
+        assert_eq!(r.table_addrs(), vec![addr(B)], "out at once");
+        if let Some(end) = r.state.next_deadline() {
+            r.now = end;
+            r.feed(Input::Tick);
+        }
         r.rounds(2, &[(A, true), (B, true)]);
-        assert_eq!(r.table_addrs(), vec![addr(A)]);
+        assert_eq!(r.table_addrs(), vec![addr(A)], "back after rise passes");
     }
     assert_eq!(
         periods,
-        [1, 2, 3].map(Duration::from_secs),
-        "doubling, capped at max_open_for"
+        [0, 1, 2, 3].map(Duration::from_secs),
+        "the first: until rise passes; repeats doubling, capped at max_open_for"
     );
 }
 
