@@ -126,6 +126,7 @@ impl ServiceState {
             if !self.adopted_ids.values().any(|&id| id == b.id) {
                 ids.release(b.id);
             }
+            self.effects.removed.push((b.id, b.name.clone()));
             out.push(Transition::AddressRemoved {
                 backend: b.name,
                 why,

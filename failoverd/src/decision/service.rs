@@ -63,6 +63,9 @@ pub struct ServiceState {
 pub(super) struct Effects {
     pub clear_suspect: Vec<u32>,
     pub terminate: Vec<Termination>,
+    /// Backends removed during this input (DNS), by id: their names, for a termination
+    /// asked for once the table without them is decided.
+    pub removed: Vec<(u32, String)>,
 }
 
 impl Effects {

@@ -503,3 +503,31 @@ fn a_backend_a_reload_removed_from_the_table_is_aborted_as_removed() {
     assert_eq!(d.terminate[0].id, a_id);
     assert_eq!(d.terminate[0].reason, TerminateReason::Removed);
 }
+
+#[test]
+fn an_address_dns_no_longer_gives_is_aborted_as_removed_under_its_name() {
+    let mut r = rig(
+        "    terminate: { on_down: true }\n",
+        &[
+            "{ name: h, address: 'db.internal:7001' }",
+            "{ name: b, address: '127.0.0.1:7002', priority: 1 }",
+        ],
+    );
+    r.feed(Input::Addrs {
+        config_index: 0,
+        addrs: vec![addr(A)],
+    });
+    r.rounds(2, &[(A, true), (B, true)]);
+    assert_eq!(r.table_addrs(), vec![addr(A)]);
+    let id = r.id(A);
+    let d = r.feed(Input::Addrs {
+        config_index: 0,
+        addrs: Vec::new(),
+    });
+    assert_eq!(r.table_addrs(), vec![addr(B)]);
+    assert_eq!(
+        Rig::terminations(&d),
+        [(format!("h@{A}"), TerminateReason::Removed)]
+    );
+    assert_eq!(d.terminate[0].id, id);
+}
