@@ -531,3 +531,37 @@ fn an_address_dns_no_longer_gives_is_aborted_as_removed_under_its_name() {
     );
     assert_eq!(d.terminate[0].id, id);
 }
+
+#[test]
+fn a_restart_lifts_marks_it_did_not_see_on_the_ids_it_adopts() {
+    let old = managed("", &PRIMARY_AND_BACKUP, &[A, B]);
+    let table = old.state.table().cloned().unwrap();
+    let (a_id, b_id) = (old.id(A), old.id(B));
+    // The successor (a restart, or a reload's new task) adopts the table and sees its
+    // backends join: a mark set while nobody watched is lifted, for the slot and the
+    // fallback backend alike.
+    let mut state = ServiceState::new(
+        old.state.config().clone(),
+        table.vip_id,
+        Some(table),
+        Default::default(),
+        old.now,
+    );
+    let mut ids = IdAllocator::default();
+    let mut lifted = Vec::new();
+    for (i, a) in [A, B].into_iter().enumerate() {
+        let d = state
+            .handle(
+                Input::Addrs {
+                    config_index: i,
+                    addrs: vec![addr(a)],
+                },
+                old.now,
+                &mut ids,
+            )
+            .unwrap();
+        lifted.extend(d.clear_suspect);
+    }
+    assert_eq!(lifted, vec![a_id, b_id]);
+    assert!(state.backends().all(|b| !b.passive.marked));
+}
