@@ -238,7 +238,7 @@ pub struct EventRecord {
     pub seq: u64,
     /// When, in milliseconds since the Unix epoch.
     pub at_unix_ms: u64,
-    /// `backend` (health or breaker), `failover`, `drain`, `reload`.
+    /// `backend` (health, breaker or passive health), `failover`, `drain`, `reload`, `split_brain`, `terminate` (sockets aborted).
     pub kind: String,
     /// The service (empty for a reload).
     pub service: String,
