@@ -467,3 +467,31 @@ async fn a_second_passive_ejection_beyond_max_ejected_percent_is_held_and_its_ma
     assert_eq!(rig.backends(), Some(vec![addr(B)]));
     drop(rig.running.shutdown().await);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_failed_abort_is_an_error_of_the_drain_not_a_count_of_zero() {
+    let rig = Rig::start("abort-fails", "127.66.3.8:80", "").await;
+    rig.kernel.fail_terminations(Some(libc::EOPNOTSUPP));
+    let request = DrainRequest {
+        service: "svc".into(),
+        backend: "a".into(),
+        reason: None,
+        force: false,
+        terminate: true,
+    };
+    let err = rig.api().drain(caller(), request).await.unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("the backend is drained, but aborting its open sockets failed"),
+        "{err}"
+    );
+    assert_eq!(rig.backends(), Some(vec![addr(B)]), "drained all the same");
+    until(Duration::from_secs(1), || {
+        rig.events_of("terminate")
+            .iter()
+            .any(|e| e.starts_with("a failed:"))
+    })
+    .await
+    .expect("an event says the abort failed");
+    drop(rig.running.shutdown().await);
+}

@@ -175,6 +175,7 @@ fn drain_error(e: DrainError) -> ControlError {
         DrainError::UnknownService { .. } => ControlError::NotFound(e.to_string()),
         DrainError::Refused(_) => ControlError::Invalid(e.to_string()),
         DrainError::Persist(source) => ControlError::Failed(format!("{e}: {source}")),
+        DrainError::NotTerminated(source) => ControlError::Failed(format!("{e}: {source}")),
         DrainError::NotWritten | DrainError::Stopped => ControlError::Failed(e.to_string()),
     }
 }
