@@ -202,6 +202,15 @@ impl ServiceState {
         breakers.chain(verdicts).chain(resolve).min()
     }
 
+    /// The threshold the kernel marks a backend suspect at: `passive.consecutive_failures`
+    /// for a TCP VIP; 0 (off) for UDP, which has no connect for the kernel to watch.
+    pub fn passive_threshold(&self) -> u32 {
+        match self.vip.protocol {
+            crate::datapath::Protocol::Tcp => self.config.passive.consecutive_failures,
+            crate::datapath::Protocol::Udp => 0,
+        }
+    }
+
     /// Feeds one input observed at `now`. Operator inputs can be refused, and then change
     /// nothing; every other input is always taken.
     pub fn handle(
@@ -600,7 +609,7 @@ impl ServiceState {
             }
         }
         .with_fallback(fallback)
-        .with_passive_threshold(self.config.passive.consecutive_failures);
+        .with_passive_threshold(self.passive_threshold());
         self.ask_terminations(&table, out);
         self.active = selection.priority();
         self.panic = matches!(selection, Selection::Panic { .. });

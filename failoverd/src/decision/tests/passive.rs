@@ -565,3 +565,9 @@ fn a_restart_lifts_marks_it_did_not_see_on_the_ids_it_adopts() {
     assert_eq!(lifted, vec![a_id, b_id]);
     assert!(state.backends().all(|b| !b.passive.marked));
 }
+
+#[test]
+fn a_udp_vip_tells_the_kernel_no_threshold() {
+    let r = managed("    protocol: udp\n", &PRIMARY_AND_BACKUP, &[A, B]);
+    assert_eq!(r.state.table().unwrap().passive_threshold, 0);
+}
