@@ -495,3 +495,25 @@ async fn a_failed_abort_is_an_error_of_the_drain_not_a_count_of_zero() {
     .expect("an event says the abort failed");
     drop(rig.running.shutdown().await);
 }
+
+#[tokio::test(start_paused = true)]
+async fn explain_says_a_backend_is_out_by_passive_health() {
+    let rig = Rig::start("explain", "127.66.3.9:80", "").await;
+    rig.refused(A, 3, true);
+    until(Duration::from_millis(100), || {
+        rig.backends() == Some(vec![addr(B)])
+    })
+    .await
+    .unwrap();
+    let report = rig
+        .api()
+        .explain("127.66.3.9:80".into(), None)
+        .await
+        .unwrap();
+    let a = report.out.iter().find(|b| b.name == "a").expect("a is out");
+    assert_eq!(
+        a.reason,
+        "ejected by passive health: the kernel saw 3 connects in a row fail (refused) (first ejection)"
+    );
+    drop(rig.running.shutdown().await);
+}

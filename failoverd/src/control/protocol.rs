@@ -226,7 +226,7 @@ pub struct OutBackend {
     pub name: String,
     /// Address.
     pub address: String,
-    /// Why: `drained by alice: maintenance`, `unhealthy: refused: ...`, `ejected by the breaker (3 ejections)`, `weight 0`, `standby: priority 1 while priority 0 takes connections`, `unknown: no verdict yet`.
+    /// Why: `drained by alice: maintenance`, `unhealthy: refused: ...`, `ejected by the breaker (3 ejections)`, `ejected by passive health: the kernel saw 3 connects in a row fail (refused) (first ejection)`, `weight 0`, `standby: priority 1 while priority 0 takes connections`, `unknown: no verdict yet`.
     pub reason: String,
 }
 

@@ -202,8 +202,13 @@ fn out_sentence(reason: &OutReason) -> String {
             kind,
             ejections,
         } => format!(
-            "ejected by passive health: the kernel saw {consecutive} connects in a row fail{} ({ejections} ejections)",
-            kind.map(|k| format!(" ({k})")).unwrap_or_default()
+            "ejected by passive health: the kernel saw {consecutive} connects in a row fail{} ({})",
+            kind.map(|k| format!(" ({k})")).unwrap_or_default(),
+            if *ejections == 1 {
+                "first ejection".to_string()
+            } else {
+                format!("{ejections} ejections")
+            }
         ),
         OutReason::Unknown => "unknown: no verdict yet".to_string(),
         OutReason::Unhealthy(Some(evidence)) => format!("unhealthy: {evidence}"),
