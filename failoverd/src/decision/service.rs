@@ -377,8 +377,11 @@ impl ServiceState {
             changed = true;
             b.since = now;
             // Readmitted, or re-opened by a failed trial probe: either way the breaker no
-            // longer holds it out on kernel evidence alone.
-            b.passive.ejected = false;
+            // longer holds it out on kernel evidence alone. (Half-opening changes nothing:
+            // it is still out for what the kernel saw.)
+            if !matches!(event, crate::breaker::BreakerEvent::HalfOpened) {
+                b.passive.ejected = false;
+            }
             out.extend(breaker_transition(&b.name, event, Some(Evidence(result))));
         }
         changed

@@ -279,6 +279,10 @@ fn a_passively_ejected_backend_returns_after_the_open_period_and_rise_probes() {
     let d = r.round(&[(A, true), (B, true)]);
     assert_eq!(r.table_addrs(), vec![addr(B)], "one pass of rise 2");
     assert_eq!(d.table, None);
+    assert!(
+        r.state.status(r.now).backends[0].passive.ejected,
+        "on trial, still out for what the kernel saw"
+    );
     let d = r.round(&[(A, true), (B, true)]);
     assert_eq!(r.table_addrs(), vec![addr(A)]);
     assert!(d
