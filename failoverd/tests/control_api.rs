@@ -212,6 +212,7 @@ fn status_fixture() -> StatusReport {
                 kernel_connects: 42,
                 drain: None,
                 passive: None,
+                kernel_outcomes: None,
             }],
         }],
     }

@@ -79,6 +79,23 @@ pub struct BackendReport {
     /// told nothing.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub passive: Option<PassiveReport>,
+    /// What became of the connects the kernel translated to it (per-CPU counters, summed);
+    /// absent without pinned counters (a test's in-memory datapath).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kernel_outcomes: Option<KernelOutcomes>,
+}
+
+/// The kernel's counts of what became of a backend's translated connects.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KernelOutcomes {
+    /// TCP connects that completed the handshake.
+    pub established: u64,
+    /// TCP connects refused or reset before the handshake completed.
+    pub connect_failures: u64,
+    /// SYN retransmission timeouts (no answer at all).
+    pub syn_timeouts: u64,
+    /// Connects sent elsewhere while it was marked suspect.
+    pub diverted: u64,
 }
 
 /// A backend's kernel-observed connect failures, in a [`BackendReport`].
