@@ -575,3 +575,30 @@ fn a_udp_vip_tells_the_kernel_no_threshold() {
     let r = managed("    protocol: udp\n", &PRIMARY_AND_BACKUP, &[A, B]);
     assert_eq!(r.state.table().unwrap().passive_threshold, 0);
 }
+
+#[test]
+fn a_drain_restored_at_start_gets_its_drain_after_grace_from_then() {
+    let r = rig("    terminate: { drain_after: 30s }\n", &PRIMARY_AND_BACKUP);
+    let config = r.state.config().clone();
+    let start = r.now;
+    let mut drains = std::collections::BTreeMap::new();
+    drains.insert("a".to_string(), drain("alice"));
+    let mut state = ServiceState::new(config, 1, None, drains, start);
+    let mut ids = IdAllocator::default();
+    state
+        .handle(
+            Input::Addrs {
+                config_index: 0,
+                addrs: vec![addr(A)],
+            },
+            start,
+            &mut ids,
+        )
+        .unwrap();
+    assert!(state.backends().next().unwrap().drain.is_some());
+    let due = start + Duration::from_secs(30);
+    assert!(state.next_deadline().is_some_and(|d| d <= due));
+    let d = state.handle(Input::Tick, due, &mut ids).unwrap();
+    assert_eq!(d.terminate.len(), 1);
+    assert_eq!(d.terminate[0].reason, TerminateReason::DrainAfter);
+}
