@@ -230,8 +230,16 @@ pub fn passive_ejection(service: &str, backend: &str) {
 /// The datapath aborted `count` sockets translated to a backend, for `reason` (down,
 /// demoted, removed, failback, drain, drain_after). A per-backend series like the others:
 /// with `metrics.per_backend: false` only the event and the log line tell.
+///
+/// Recorded only for a backend registered by [`zero_backend`] and not forgotten since: a
+/// backend removed by a reload or DNS is aborted after its series went, and recording it
+/// would bring them back for good (the event and the log line still tell).
 pub fn sockets_terminated(service: &str, backend: &str, reason: &'static str, count: u64) {
     if !per_backend() {
+        return;
+    }
+    let live = live();
+    if !live.get(service).is_some_and(|b| b.contains(backend)) {
         return;
     }
     counter!(names::SOCKETS_TERMINATED, "service" => service.to_string(), "backend" => backend.to_string(), "reason" => reason)

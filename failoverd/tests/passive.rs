@@ -392,3 +392,128 @@ async fn drain_after_aborts_what_is_left_once_the_grace_is_over() {
     );
     drop(rig.running.shutdown().await);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_passively_ejected_primary_returns_after_open_for_and_rise_probes() {
+    let rig = Rig::start("return", "127.66.3.6:80", "    breaker: { open_for: 2s }\n").await;
+    rig.refused(A, 3, true);
+    until(Duration::from_millis(100), || {
+        rig.backends() == Some(vec![addr(B)])
+    })
+    .await
+    .expect("ejected");
+    // Probes pass all along: it stays out for open_for, then needs rise (2) passes.
+    let back = until(Duration::from_secs(10), || {
+        rig.backends() == Some(vec![addr(A)])
+    })
+    .await
+    .expect("back after the open period and rise probes");
+    assert!(
+        back >= Duration::from_secs(2) && back <= Duration::from_secs(5),
+        "{back:?}"
+    );
+    let a = rig.id(A);
+    until(Duration::from_secs(1), || {
+        rig.kernel.suspect_clears() == vec![a]
+    })
+    .await
+    .expect("its mark is lifted as it returns");
+    drop(rig.running.shutdown().await);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_second_passive_ejection_beyond_max_ejected_percent_is_held_and_its_mark_lifted() {
+    let dir = Dir::new("cap");
+    let yaml = format!(
+        "control: {{ state_dir: {} }}\nservices:\n  - name: svc\n    vip: 127.66.3.7:80\n    health: {{ kind: tcp, interval: 1s, timeout: 500ms, rise: 2, fall: 3 }}\n    breaker: {{ max_ejected_percent: 0 }}\n    backends:\n      - {{ name: a, address: '{A}' }}\n      - {{ name: b, address: '{B}' }}\n",
+        dir.0.display()
+    );
+    let config = config::parse(&yaml, Path::new("<test>")).unwrap();
+    let datapath = FakeDatapath::new();
+    let kernel = datapath.handle();
+    let running = daemon::start_with(
+        &config,
+        datapath,
+        daemon::Drains::new(),
+        Arc::new(Script::default()),
+    )
+    .await
+    .unwrap();
+    let rig = Rig {
+        script: Arc::new(Script::default()),
+        kernel,
+        dir,
+        vip: tcp_vip("127.66.3.7:80"),
+        running,
+    };
+    until(Duration::from_secs(5), || {
+        rig.backends() == Some(vec![addr(A), addr(B)])
+    })
+    .await
+    .unwrap();
+    rig.refused(A, 3, true);
+    until(Duration::from_millis(100), || {
+        rig.backends() == Some(vec![addr(B)])
+    })
+    .await
+    .expect("one is always allowed, even at 0%");
+    let b = rig.id(B);
+    rig.refused(B, 3, true);
+    until(Duration::from_millis(100), || {
+        rig.kernel.suspect_clears() == vec![b]
+    })
+    .await
+    .expect("the second is held and the kernel's mark lifted");
+    assert_eq!(rig.backends(), Some(vec![addr(B)]));
+    drop(rig.running.shutdown().await);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failed_abort_is_an_error_of_the_drain_not_a_count_of_zero() {
+    let rig = Rig::start("abort-fails", "127.66.3.8:80", "").await;
+    rig.kernel.fail_terminations(Some(libc::EOPNOTSUPP));
+    let request = DrainRequest {
+        service: "svc".into(),
+        backend: "a".into(),
+        reason: None,
+        force: false,
+        terminate: true,
+    };
+    let err = rig.api().drain(caller(), request).await.unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("the backend is drained, but aborting its open sockets failed"),
+        "{err}"
+    );
+    assert_eq!(rig.backends(), Some(vec![addr(B)]), "drained all the same");
+    until(Duration::from_secs(1), || {
+        rig.events_of("terminate")
+            .iter()
+            .any(|e| e.starts_with("a failed:"))
+    })
+    .await
+    .expect("an event says the abort failed");
+    drop(rig.running.shutdown().await);
+}
+
+#[tokio::test(start_paused = true)]
+async fn explain_says_a_backend_is_out_by_passive_health() {
+    let rig = Rig::start("explain", "127.66.3.9:80", "").await;
+    rig.refused(A, 3, true);
+    until(Duration::from_millis(100), || {
+        rig.backends() == Some(vec![addr(B)])
+    })
+    .await
+    .unwrap();
+    let report = rig
+        .api()
+        .explain("127.66.3.9:80".into(), None)
+        .await
+        .unwrap();
+    let a = report.out.iter().find(|b| b.name == "a").expect("a is out");
+    assert_eq!(
+        a.reason,
+        "ejected by passive health: the kernel saw 3 connects in a row fail (refused) (first ejection)"
+    );
+    drop(rig.running.shutdown().await);
+}

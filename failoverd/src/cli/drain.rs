@@ -97,3 +97,29 @@ pub fn run_undrain(args: &UndrainArgs) -> Result<(), CommandError> {
         args.backend, args.service
     ))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(terminate: bool) -> DrainArgs {
+        DrainArgs {
+            service: "orders-db".into(),
+            backend: "db-a".into(),
+            reason: None,
+            force: false,
+            terminate,
+            socket: SocketArgs::default(),
+        }
+    }
+
+    #[test]
+    fn the_line_says_what_happened_to_open_connections() {
+        assert!(drained_line(&args(false), None).contains("open ones are left alone"));
+        assert_eq!(
+            drained_line(&args(true), Some(TerminatedReport { tcp: 12, udp: 1 })),
+            "drained db-a of orders-db: new connections avoid it; 12 tcp and 1 udp sockets to it aborted\n"
+        );
+        assert!(drained_line(&args(true), None).contains("did not report aborting"));
+    }
+}

@@ -79,6 +79,23 @@ pub struct BackendReport {
     /// told nothing.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub passive: Option<PassiveReport>,
+    /// What became of the connects the kernel translated to it (per-CPU counters, summed);
+    /// absent without pinned counters (a test's in-memory datapath).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kernel_outcomes: Option<KernelOutcomes>,
+}
+
+/// The kernel's counts of what became of a backend's translated connects.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KernelOutcomes {
+    /// TCP connects that completed the handshake.
+    pub established: u64,
+    /// TCP connects refused or reset before the handshake completed.
+    pub connect_failures: u64,
+    /// SYN retransmission timeouts (no answer at all).
+    pub syn_timeouts: u64,
+    /// Connects sent elsewhere while it was marked suspect.
+    pub diverted: u64,
 }
 
 /// A backend's kernel-observed connect failures, in a [`BackendReport`].
@@ -226,7 +243,7 @@ pub struct OutBackend {
     pub name: String,
     /// Address.
     pub address: String,
-    /// Why: `drained by alice: maintenance`, `unhealthy: refused: ...`, `ejected by the breaker (3 ejections)`, `weight 0`, `standby: priority 1 while priority 0 takes connections`, `unknown: no verdict yet`.
+    /// Why: `drained by alice: maintenance`, `unhealthy: refused: ...`, `ejected by the breaker (3 ejections)`, `ejected by passive health: the kernel saw 3 connects in a row fail (refused) (first ejection)`, `weight 0`, `standby: priority 1 while priority 0 takes connections`, `unknown: no verdict yet`.
     pub reason: String,
 }
 
@@ -238,7 +255,7 @@ pub struct EventRecord {
     pub seq: u64,
     /// When, in milliseconds since the Unix epoch.
     pub at_unix_ms: u64,
-    /// `backend` (health or breaker), `failover`, `drain`, `reload`.
+    /// `backend` (health, breaker or passive health), `failover`, `drain`, `reload`, `split_brain`, `terminate` (sockets aborted).
     pub kind: String,
     /// The service (empty for a reload).
     pub service: String,

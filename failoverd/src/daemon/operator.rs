@@ -110,7 +110,10 @@ impl DaemonHandle {
         let mut total = Terminated::default();
         for done in aborted {
             // Gone only when the writer stopped: the daemon is shutting down.
-            let t = done.await.map_err(|_| DrainError::Stopped)?;
+            let t = done
+                .await
+                .map_err(|_| DrainError::Stopped)?
+                .map_err(DrainError::NotTerminated)?;
             total.tcp += t.tcp;
             total.udp += t.udp;
         }

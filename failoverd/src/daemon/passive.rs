@@ -54,11 +54,12 @@ impl Routes {
 }
 
 /// Reads the kernel's connect failures until `stop` turns true or the source breaks, and
-/// hands each to the service that owns its backend. A failure for an id no service owns
+/// hands each to the service that owns its backend. `next_batch` is dropped unfinished at
+/// shutdown, so a source must not lose what it already took when that happens. A failure for an id no service owns
 /// (its backend was removed meanwhile) changes nothing, but a suspect mark it set is lifted.
 pub async fn forward(
     mut events: Box<dyn ConnectEvents>,
-    routes: std::sync::Arc<super::service::Shared>,
+    shared: std::sync::Arc<super::service::Shared>,
     mut stop: watch::Receiver<bool>,
 ) {
     loop {
@@ -75,7 +76,7 @@ pub async fn forward(
             }
         };
         for failure in batch {
-            route(&routes, failure).await;
+            route(&shared, failure).await;
         }
     }
 }

@@ -22,7 +22,7 @@ use super::{
     readiness::Readiness,
 };
 use crate::{
-    datapath::{ConnectFailure, IdAllocator, IdsExhausted, Terminated, VipTable},
+    datapath::{ConnectFailure, DatapathError, IdAllocator, IdsExhausted, Terminated, VipTable},
     decision::{
         BackendKey, CounterIds, Decision, Drain, Evidence, Explanation, Input, Refused,
         ServiceState, ServiceStatus, Transition,
@@ -34,6 +34,9 @@ use crate::{
 /// Makes a drain change durable. Runs on a blocking thread after the change was checked and
 /// before it is applied, so a failure changes nothing.
 pub type Persist = Box<dyn FnOnce() -> Result<(), DrainStoreError> + Send>;
+
+/// What one termination the core asked for did, once the writer has done it.
+pub type Aborted = Result<Terminated, DatapathError>;
 
 /// A drain or an undrain.
 #[derive(Clone, Debug)]
@@ -69,6 +72,9 @@ pub enum DrainError {
     /// Recorded, but the datapath write failed; the writer retries it.
     #[error("the drain is recorded but the datapath write failed; it is being retried (see the daemon's log)")]
     NotWritten,
+    /// Drained (recorded and written), but aborting its sockets failed.
+    #[error("the backend is drained, but aborting its open sockets failed")]
+    NotTerminated(#[source] DatapathError),
     /// The daemon is stopping.
     #[error("the daemon is stopping")]
     Stopped,
@@ -124,7 +130,7 @@ pub struct DrainMessage {
     pub persist: Persist,
     /// The outcome: with `terminate`, where what was aborted will be told (after the table
     /// write that took the backend out); awaited by the asker, not by the service task.
-    pub reply: oneshot::Sender<Result<Vec<oneshot::Receiver<Terminated>>, DrainError>>,
+    pub reply: oneshot::Sender<Result<Vec<oneshot::Receiver<Aborted>>, DrainError>>,
 }
 
 impl From<ProbeReport> for Message {
@@ -353,7 +359,7 @@ impl ServiceTask {
         backend: String,
         change: DrainChange,
         persist: Persist,
-    ) -> Result<Vec<oneshot::Receiver<Terminated>>, DrainError> {
+    ) -> Result<Vec<oneshot::Receiver<Aborted>>, DrainError> {
         match &change {
             DrainChange::Drain { force, .. } => self.state.check_drain(&backend, *force)?,
             DrainChange::Undrain => self.state.check_undrain(&backend)?,
@@ -381,7 +387,7 @@ impl ServiceTask {
 
     /// Feeds one input to the core and acts on its decision; returns, per termination it
     /// asked for, what the datapath aborted (dropping them changes nothing).
-    async fn input(&mut self, input: Input) -> Result<Vec<oneshot::Receiver<Terminated>>, Refused> {
+    async fn input(&mut self, input: Input) -> Result<Vec<oneshot::Receiver<Aborted>>, Refused> {
         let addresses_may_change = matches!(input, Input::Addrs { .. });
         let decision = self
             .state
@@ -399,7 +405,7 @@ impl ServiceTask {
 
     /// Records the transitions, hands a new table to the writer, then what else the
     /// decision asks of the datapath (in that order: the writer does them in order).
-    async fn act(&mut self, decision: Decision) -> Vec<oneshot::Receiver<Terminated>> {
+    async fn act(&mut self, decision: Decision) -> Vec<oneshot::Receiver<Aborted>> {
         if !self.ready && self.state.is_settled(Instant::now()) {
             self.ready = true;
             self.shared.readiness.service_ready();
@@ -453,7 +459,7 @@ impl ServiceTask {
                 let Ok(outcome) = answer.await else { return };
                 shared.observer.terminated(&service, &termination, &outcome);
                 // The asker (a drain --terminate) may not wait.
-                done.send(outcome.unwrap_or_default()).ok();
+                done.send(outcome).ok();
             });
             aborted.push(result);
         }

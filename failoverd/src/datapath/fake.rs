@@ -67,6 +67,8 @@ struct FakeKernel {
     terminations: Vec<Vec<u32>>,
     /// Sockets "open" per backend id: what a `terminate` of that id reports as aborted.
     open_sockets: HashMap<u32, Terminated>,
+    /// Set: every `terminate` fails with this errno (recorded all the same).
+    failing_terminations: Option<i32>,
 }
 
 /// A cloneable handle on a [`FakeDatapath`]'s in-memory kernel, for changing it
@@ -231,6 +233,12 @@ impl FakeHandle {
     pub fn set_open_sockets(&self, backend_id: u32, open: Terminated) {
         lock(&self.kernel).open_sockets.insert(backend_id, open);
     }
+
+    /// Makes every later `terminate` fail with `errno` (`None`: succeed again), as a
+    /// kernel without the iterator or `SOCK_DESTROY` would.
+    pub fn fail_terminations(&self, errno: Option<i32>) {
+        lock(&self.kernel).failing_terminations = errno;
+    }
 }
 
 impl FakeKernel {
@@ -360,6 +368,9 @@ impl Datapath for FakeDatapath {
     fn terminate(&mut self, backend_ids: &[u32]) -> Result<Terminated, DatapathError> {
         let mut kernel = self.kernel();
         kernel.terminations.push(backend_ids.to_vec());
+        if let Some(errno) = kernel.failing_terminations {
+            return Err(syscall_error("terminating sockets", "sock_destroy", errno));
+        }
         let mut done = Terminated::default();
         for id in backend_ids {
             if let Some(open) = kernel.open_sockets.remove(id) {

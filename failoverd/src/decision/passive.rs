@@ -42,7 +42,7 @@ impl ServiceState {
             }
             return false;
         };
-        let threshold = self.config.passive.consecutive_failures;
+        let threshold = self.passive_threshold();
         let priority = self.backends[&key].priority;
         let (group, ejected) = self
             .backends

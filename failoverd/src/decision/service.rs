@@ -63,6 +63,9 @@ pub struct ServiceState {
 pub(super) struct Effects {
     pub clear_suspect: Vec<u32>,
     pub terminate: Vec<Termination>,
+    /// Backends removed during this input (DNS), by id: their names, for a termination
+    /// asked for once the table without them is decided.
+    pub removed: Vec<(u32, String)>,
 }
 
 impl Effects {
@@ -197,6 +200,15 @@ impl ServiceState {
             .map(|b| b.verdict_due);
         let resolve = (!self.managed).then_some(self.resolve_due);
         breakers.chain(verdicts).chain(resolve).min()
+    }
+
+    /// The threshold the kernel marks a backend suspect at: `passive.consecutive_failures`
+    /// for a TCP VIP; 0 (off) for UDP, which has no connect for the kernel to watch.
+    pub fn passive_threshold(&self) -> u32 {
+        match self.vip.protocol {
+            crate::datapath::Protocol::Tcp => self.config.passive.consecutive_failures,
+            crate::datapath::Protocol::Udp => 0,
+        }
     }
 
     /// Feeds one input observed at `now`. Operator inputs can be refused, and then change
@@ -372,8 +384,11 @@ impl ServiceState {
             changed = true;
             b.since = now;
             // Readmitted, or re-opened by a failed trial probe: either way the breaker no
-            // longer holds it out on kernel evidence alone.
-            b.passive.ejected = false;
+            // longer holds it out on kernel evidence alone. (Half-opening changes nothing:
+            // it is still out for what the kernel saw.)
+            if !matches!(event, crate::breaker::BreakerEvent::HalfOpened) {
+                b.passive.ejected = false;
+            }
             out.extend(breaker_transition(&b.name, event, Some(Evidence(result))));
         }
         changed
@@ -604,7 +619,7 @@ impl ServiceState {
             }
         }
         .with_fallback(fallback)
-        .with_passive_threshold(self.config.passive.consecutive_failures);
+        .with_passive_threshold(self.passive_threshold());
         self.ask_terminations(&table, out);
         self.active = selection.priority();
         self.panic = matches!(selection, Selection::Panic { .. });

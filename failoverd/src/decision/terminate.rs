@@ -31,8 +31,15 @@ impl ServiceState {
         {
             let Some(b) = self.backends.values().find(|b| b.id == left.id) else {
                 if policy.on_down {
-                    // Removed by a reload or by DNS: named by its address, its name is gone.
-                    asks.push((left.addr.to_string(), left.id, TerminateReason::Removed));
+                    // Removed by DNS during this input (its name is known), or by a reload
+                    // (an earlier service's backend: named by its address).
+                    let name = self
+                        .effects
+                        .removed
+                        .iter()
+                        .find(|(id, _)| *id == left.id)
+                        .map_or_else(|| left.addr.to_string(), |(_, name)| name.clone());
+                    asks.push((name, left.id, TerminateReason::Removed));
                 }
                 continue;
             };

@@ -22,6 +22,7 @@ fn backend(name: &str, address: &str, state: &str) -> BackendReport {
         ejections: 0,
         kernel_connects: 12_034,
         passive: None,
+        kernel_outcomes: None,
         drain: None,
     }
 }

@@ -268,6 +268,10 @@ fn a_passively_ejected_backend_returns_after_rise_probes() {
     let d = r.round(&[(A, true), (B, true)]);
     assert_eq!(r.table_addrs(), vec![addr(B)], "one pass of rise 2");
     assert_eq!(d.table, None);
+    assert!(
+        r.state.status(r.now).backends[0].passive.ejected,
+        "on trial, still out for what the kernel saw"
+    );
     let d = r.round(&[(A, true), (B, true)]);
     assert_eq!(r.table_addrs(), vec![addr(A)]);
     assert!(d
@@ -494,4 +498,99 @@ fn a_backend_a_reload_removed_from_the_table_is_aborted_as_removed() {
     assert_eq!(d.terminate.len(), 1);
     assert_eq!(d.terminate[0].id, a_id);
     assert_eq!(d.terminate[0].reason, TerminateReason::Removed);
+}
+
+#[test]
+fn an_address_dns_no_longer_gives_is_aborted_as_removed_under_its_name() {
+    let mut r = rig(
+        "    terminate: { on_down: true }\n",
+        &[
+            "{ name: h, address: 'db.internal:7001' }",
+            "{ name: b, address: '127.0.0.1:7002', priority: 1 }",
+        ],
+    );
+    r.feed(Input::Addrs {
+        config_index: 0,
+        addrs: vec![addr(A)],
+    });
+    r.rounds(2, &[(A, true), (B, true)]);
+    assert_eq!(r.table_addrs(), vec![addr(A)]);
+    let id = r.id(A);
+    let d = r.feed(Input::Addrs {
+        config_index: 0,
+        addrs: Vec::new(),
+    });
+    assert_eq!(r.table_addrs(), vec![addr(B)]);
+    assert_eq!(
+        Rig::terminations(&d),
+        [(format!("h@{A}"), TerminateReason::Removed)]
+    );
+    assert_eq!(d.terminate[0].id, id);
+}
+
+#[test]
+fn a_restart_lifts_marks_it_did_not_see_on_the_ids_it_adopts() {
+    let old = managed("", &PRIMARY_AND_BACKUP, &[A, B]);
+    let table = old.state.table().cloned().unwrap();
+    let (a_id, b_id) = (old.id(A), old.id(B));
+    // The successor (a restart, or a reload's new task) adopts the table and sees its
+    // backends join: a mark set while nobody watched is lifted, for the slot and the
+    // fallback backend alike.
+    let mut state = ServiceState::new(
+        old.state.config().clone(),
+        table.vip_id,
+        Some(table),
+        Default::default(),
+        old.now,
+    );
+    let mut ids = IdAllocator::default();
+    let mut lifted = Vec::new();
+    for (i, a) in [A, B].into_iter().enumerate() {
+        let d = state
+            .handle(
+                Input::Addrs {
+                    config_index: i,
+                    addrs: vec![addr(a)],
+                },
+                old.now,
+                &mut ids,
+            )
+            .unwrap();
+        lifted.extend(d.clear_suspect);
+    }
+    assert_eq!(lifted, vec![a_id, b_id]);
+    assert!(state.backends().all(|b| !b.passive.marked));
+}
+
+#[test]
+fn a_udp_vip_tells_the_kernel_no_threshold() {
+    let r = managed("    protocol: udp\n", &PRIMARY_AND_BACKUP, &[A, B]);
+    assert_eq!(r.state.table().unwrap().passive_threshold, 0);
+}
+
+#[test]
+fn a_drain_restored_at_start_gets_its_drain_after_grace_from_then() {
+    let r = rig("    terminate: { drain_after: 30s }\n", &PRIMARY_AND_BACKUP);
+    let config = r.state.config().clone();
+    let start = r.now;
+    let mut drains = std::collections::BTreeMap::new();
+    drains.insert("a".to_string(), drain("alice"));
+    let mut state = ServiceState::new(config, 1, None, drains, start);
+    let mut ids = IdAllocator::default();
+    state
+        .handle(
+            Input::Addrs {
+                config_index: 0,
+                addrs: vec![addr(A)],
+            },
+            start,
+            &mut ids,
+        )
+        .unwrap();
+    assert!(state.backends().next().unwrap().drain.is_some());
+    let due = start + Duration::from_secs(30);
+    assert!(state.next_deadline().is_some_and(|d| d <= due));
+    let d = state.handle(Input::Tick, due, &mut ids).unwrap();
+    assert_eq!(d.terminate.len(), 1);
+    assert_eq!(d.terminate[0].reason, TerminateReason::DrainAfter);
 }
