@@ -318,6 +318,21 @@ pub fn reload(ok: bool) {
     counter!(names::CONFIG_RELOADS, "result" => if ok { "ok" } else { "error" }).increment(1);
 }
 
+/// Whether the fleet's etcd session works (recorded only in fleet mode).
+pub fn fleet_connected(connected: bool) {
+    gauge!(names::FLEET_CONNECTED).set(if connected { 1.0 } else { 0.0 });
+}
+
+/// A fleet state from etcd applied (`ok`) or refused with the old one kept (`error`).
+pub fn fleet_apply(ok: bool) {
+    counter!(names::FLEET_APPLIES, "result" => if ok { "ok" } else { "error" }).increment(1);
+}
+
+/// Fleet services running on this host.
+pub fn fleet_services(count: usize) {
+    gauge!(names::FLEET_SERVICES).set(count as f64);
+}
+
 /// The kernel's count of connects translated to one backend (an absolute value).
 ///
 /// Recorded only for a backend registered by [`zero_backend`] and not forgotten since.

@@ -10,7 +10,8 @@ use crate::{
 #[command(after_help = "Examples:\n  \
     failoverd drain orders-db db-a --reason 'kernel upgrade'\n  \
     failoverd drain orders-db db-b --force    # even if it is the last live backend\n  \
-    failoverd undrain orders-db db-a\n\n\
+    failoverd undrain orders-db db-a\n  \
+    failoverd drain orders-db db-a --fleet --reason 'replica rebuild'   # every host\n\n\
     New connects stop going to the backend at once; open connections are left\n\
     alone. The drain survives daemon restarts and shows in `failoverd status`.\n\
     Draining the last live backend of a VIP is refused unless --force is given.")]
@@ -25,6 +26,9 @@ pub struct DrainArgs {
     /// Drain even the last live backend of the VIP (its connects then follow on_all_down).
     #[arg(long)]
     pub force: bool,
+    /// Drain it on every host of the fleet (written to etcd through this daemon; needs `fleet`).
+    #[arg(long)]
+    pub fleet: bool,
     /// Which daemon to ask.
     #[command(flatten)]
     pub socket: SocketArgs,
@@ -40,6 +44,9 @@ pub struct UndrainArgs {
     pub service: String,
     /// The backend, as named in the config.
     pub backend: String,
+    /// Undo a fleet drain, on every host of the fleet.
+    #[arg(long)]
+    pub fleet: bool,
     /// Which daemon to ask.
     #[command(flatten)]
     pub socket: SocketArgs,
@@ -53,10 +60,16 @@ pub fn run(args: &DrainArgs) -> Result<(), CommandError> {
         backend: args.backend.clone(),
         reason: args.reason.clone(),
         force: args.force,
+        fleet: args.fleet,
     };
     block_on(async { Ok(client.drain(&request).await?) })?;
+    let scope = if args.fleet {
+        " on every host of the fleet (applied here; the others apply it from etcd)"
+    } else {
+        ""
+    };
     print(&format!(
-        "drained {} of {}: new connections avoid it, open ones are left alone\n",
+        "drained {} of {}{scope}: new connections avoid it, open ones are left alone\n",
         args.backend, args.service
     ))
 }
@@ -67,10 +80,12 @@ pub fn run_undrain(args: &UndrainArgs) -> Result<(), CommandError> {
     let request = UndrainRequest {
         service: args.service.clone(),
         backend: args.backend.clone(),
+        fleet: args.fleet,
     };
     block_on(async { Ok(client.undrain(&request).await?) })?;
+    let scope = if args.fleet { " on every host of the fleet" } else { "" };
     print(&format!(
-        "undrained {} of {}: it takes new connections again while healthy\n",
+        "undrained {} of {}{scope}: it takes new connections again while healthy\n",
         args.backend, args.service
     ))
 }

@@ -17,6 +17,7 @@
 mod address;
 mod depth;
 mod error;
+pub mod fleet;
 mod issues;
 mod locate;
 mod lower;
@@ -34,7 +35,7 @@ pub use depth::MAX_DEPTH;
 pub use error::ConfigError;
 pub use model::{
     BackendConfig, BreakerConfig, Config, ControlSection, DatabaseCheckConfig, DatapathSection,
-    ExecCheckConfig, Failback, HealthConfig, HealthKind, HttpCheckConfig, MetricsSection,
+    EtcdSection, EtcdTls, ExecCheckConfig, Failback, FleetSection, DEFAULT_FLEET_PREFIX, HealthConfig, HealthKind, HttpCheckConfig, MetricsSection,
     OnAllDown, ResolverSection, ServiceConfig, TcpCheckConfig, DEFAULT_CONTROL_SOCKET,
     DEFAULT_METRICS_LISTEN, DEFAULT_STATE_DIR, DEFAULT_WEIGHT, MAX_INTERVAL, MAX_LAG, MAX_OPEN_FOR,
     MAX_THRESHOLD, MAX_TTL, MAX_WEIGHT, MIN_INTERVAL,

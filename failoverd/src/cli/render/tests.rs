@@ -31,6 +31,7 @@ fn fixture() -> StatusReport {
         by: "alice".to_owned(),
         at_unix: NOW - 600,
         reason: Some("maintenance".to_owned()),
+        fleet: false,
     });
     let mut refused = backend("db-c", "10.0.0.7:5432", "unhealthy");
     refused.priority = 1;
@@ -54,9 +55,11 @@ fn fixture() -> StatusReport {
         by: "bob".to_owned(),
         at_unix: NOW,
         reason: Some("r".repeat(200)),
+        fleet: false,
     });
     StatusReport {
         version: "0.1.0".to_owned(),
+        fleet: None,
         services: vec![
             ServiceReport {
                 name: "orders-db".to_owned(),
@@ -161,6 +164,7 @@ fn columns_line_up_across_services() {
 fn an_empty_report_says_so() {
     let report = StatusReport {
         version: "0.1.0".to_owned(),
+        fleet: None,
         services: vec![],
     };
     assert_eq!(

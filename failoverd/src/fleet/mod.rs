@@ -1,0 +1,119 @@
+//! Fleet mode: services, drains and every host's view shared through etcd (docs/fleet.md).
+//!
+//! ```text
+//! failoverd fleet publish ──► etcd <prefix>desired/services/<name>  (one txn)
+//! failoverd drain --fleet ──► daemon ──► etcd <prefix>desired/drains/<service>/<backend>
+//!                                          │ watch (every host)
+//!                                          ▼
+//!                          agent ──► DaemonApi::apply_fleet ──► reload / drains ──► kernel
+//!                          agent ──► etcd <prefix>hosts/<host>  (lease: gone with the host)
+//! ```
+//! The etcd side lives here: [`keys`] (the layout), [`connect`] (TLS, auth), [`state`] (the
+//! desired state and its copy in `state_dir`), [`publish`], [`view`] (each host's view and the
+//! fleet matrix) and [`agent`] (the session: snapshot, watch, lease, reconnect). Applying a
+//! state to the running daemon is the daemon's job (`daemon::fleet`).
+
+pub mod agent;
+pub mod connect;
+pub mod keys;
+pub mod publish;
+pub mod state;
+pub mod view;
+
+pub use agent::{FleetLink, FleetStatus};
+pub use keys::Keys;
+pub use state::{FleetDrain, FleetState, FleetStore};
+pub use view::{FleetMatrix, HostView};
+
+use std::path::PathBuf;
+
+/// Why a fleet operation failed. Nothing was changed in etcd when one is returned, unless
+/// the variant says otherwise.
+#[derive(Debug, thiserror::Error)]
+pub enum FleetError {
+    /// No session with etcd right now (the daemon keeps serving its last fleet state).
+    #[error("etcd is unreachable ({endpoints}): {reason}; nothing was changed")]
+    Unreachable {
+        /// The endpoints tried, comma-separated.
+        endpoints: String,
+        /// The last error seen.
+        reason: String,
+    },
+    /// An etcd request failed.
+    #[error("etcd {op}: {source}")]
+    Etcd {
+        /// What was being done.
+        op: &'static str,
+        /// The client's error.
+        #[source]
+        source: etcd_client::Error,
+    },
+    /// An etcd request did not answer in time.
+    #[error("etcd {op}: no answer within {secs} s; nothing was changed")]
+    Timeout {
+        /// What was being done.
+        op: &'static str,
+        /// The limit.
+        secs: u64,
+    },
+    /// A TLS file or the password file could not be read.
+    #[error("reading {what} {path}: {source}")]
+    Read {
+        /// `fleet.etcd.tls.ca`, `fleet.etcd.password_file`…
+        what: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A key in etcd holds something failoverd did not write.
+    #[error("etcd key {key}: {message}")]
+    BadValue {
+        /// The key.
+        key: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// Someone else published between this publish's read and its write.
+    #[error("another publish changed the fleet's services meanwhile (revision {revision}); nothing was changed: run it again")]
+    Raced {
+        /// The revision of the other publish.
+        revision: i64,
+    },
+    /// `state_dir/fleet.json` could not be read or written.
+    #[error("{op} {path}: {source}")]
+    Store {
+        /// What was being done.
+        op: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The watch was cancelled by etcd (its history was compacted past it).
+    #[error("etcd cancelled the watch at revision {revision}{}: resyncing", if reason.is_empty() { String::new() } else { format!(" ({reason})") })]
+    WatchCancelled {
+        /// The compaction revision, 0 if none was given.
+        revision: i64,
+        /// etcd's reason.
+        reason: String,
+    },
+    /// The watch or lease stream ended.
+    #[error("etcd {what} stream ended")]
+    StreamEnded {
+        /// `watch` or `lease keep-alive`.
+        what: &'static str,
+    },
+    /// The host's lease expired (etcd did not hear from this host in time).
+    #[error("the host lease expired; re-registering")]
+    LeaseExpired,
+}
+
+impl FleetError {
+    /// An etcd call's error, labelled with what it was.
+    pub fn etcd(op: &'static str) -> impl FnOnce(etcd_client::Error) -> FleetError {
+        move |source| FleetError::Etcd { op, source }
+    }
+}
