@@ -102,7 +102,7 @@ pub fn run(command: &FleetCommand) -> Result<(), FleetCliError> {
         .enable_all()
         .build()
         .map_err(|source| CommandError::Runtime { source })?;
-    let (diff, revision) = runtime.block_on(async {
+    let result = runtime.block_on(async {
         let mut client = connect(&fleet.etcd).await?;
         if write {
             let record = Published {
@@ -116,6 +116,16 @@ pub fn run(command: &FleetCommand) -> Result<(), FleetCliError> {
             let now = publish::current(&mut client, &keys).await?;
             Ok((publish::diff(&now, &documents), now.revision))
         }
+    });
+    // Before the transaction nothing is written: say so. A transaction that got no answer
+    // may or may not have been made, and its error says which step it was.
+    let (diff, revision) = result.map_err(|e| match e {
+        FleetError::Etcd { op: "publishing", .. } | FleetError::Timeout { op: "publishing", .. } => e,
+        e if e.is_unreachable() => FleetError::Unreachable {
+            endpoints: fleet.etcd.endpoints.join(","),
+            reason: e.to_string(),
+        },
+        e => e,
     })?;
     let text = match args.output.output {
         Output::Json => json(&PublishReport {

@@ -48,8 +48,8 @@ pub enum FleetError {
         #[source]
         source: etcd_client::Error,
     },
-    /// An etcd request did not answer in time.
-    #[error("etcd {op}: no answer within {secs} s; nothing was changed")]
+    /// An etcd request did not answer in time (for a write, whether it was made is unknown).
+    #[error("etcd {op}: no answer within {secs} s")]
     Timeout {
         /// What was being done.
         op: &'static str,
@@ -112,6 +112,22 @@ pub enum FleetError {
 }
 
 impl FleetError {
+    /// Whether this says etcd could not be reached at all (no connection, no answer, no
+    /// leader), as opposed to etcd refusing a request.
+    pub fn is_unreachable(&self) -> bool {
+        match self {
+            FleetError::Unreachable { .. } | FleetError::Timeout { .. } => true,
+            FleetError::Etcd { source, .. } => match source {
+                etcd_client::Error::TransportError(_) | etcd_client::Error::IoError(_) => true,
+                // gRPC's codes are a wire contract: 4 DEADLINE_EXCEEDED, 14 UNAVAILABLE (no
+                // connection, or no leader). etcd-client does not re-export tonic's `Code`.
+                etcd_client::Error::GRpcStatus(s) => matches!(s.code() as i32, 4 | 14),
+                _ => false,
+            },
+            _ => false,
+        }
+    }
+
     /// An etcd call's error, labelled with what it was.
     pub fn etcd(op: &'static str) -> impl FnOnce(etcd_client::Error) -> FleetError {
         move |source| FleetError::Etcd { op, source }
