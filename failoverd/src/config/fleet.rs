@@ -261,3 +261,115 @@ fn located(source: &Path, path: &str, message: String) -> ConfigError {
         message,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const FILE: &str = "\
+defaults:
+  health: { kind: tcp, interval: 1s }
+services:
+  - name: db
+    vip: 10.96.0.10:5432
+    backends:
+      - { name: a, address: '10.0.0.1:5432' }
+  - name: web
+    vip: 10.96.0.80:80
+    backends: [ { address: 10.0.0.2:80 } ]
+";
+
+    fn parsed(text: &str, file: &str) -> Config {
+        super::super::parse(text, Path::new(file)).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    #[test]
+    fn each_service_reads_back_the_same_from_its_document() {
+        let config = parsed(FILE, "s.yaml");
+        let docs = service_documents(FILE, &config).unwrap();
+        assert_eq!(docs.len(), 2);
+        for ((name, text), service) in docs.iter().zip(&config.services) {
+            let key = format!("/failoverd/desired/services/{name}");
+            assert_eq!(&parse_service(&key, text).unwrap(), service);
+        }
+    }
+
+    #[test]
+    fn a_host_local_section_is_not_published() {
+        let text = format!("control: {{ socket: /run/x.sock }}\n{FILE}");
+        let e = service_documents(&text, &parsed(&text, "s.yaml")).unwrap_err();
+        assert!(e.to_string().starts_with("s.yaml:1:1: control: `control` is host-local"), "{e}");
+    }
+
+    #[test]
+    fn a_key_must_hold_the_service_it_names() {
+        let config = parsed(FILE, "s.yaml");
+        let docs = service_documents(FILE, &config).unwrap();
+        let e = parse_service("/failoverd/desired/services/other", &docs[0].1).unwrap_err();
+        assert!(e.to_string().starts_with("etcd:/failoverd/desired/services/other:1:1"), "{e}");
+    }
+
+    #[test]
+    fn a_bad_fleet_document_is_located_in_its_key() {
+        let e = parse_service(
+            "/f/desired/services/db",
+            "{\n  \"services\": [\n    { \"name\": \"db\", \"vip\": \"10.0.0.1:0\", \"backends\": [ { \"address\": \"10.0.0.2:1\" } ] }\n  ]\n}",
+        )
+        .unwrap_err();
+        assert!(e.to_string().starts_with("etcd:/f/desired/services/db:3:"), "{e}");
+    }
+
+    fn fleet_of(text: &str) -> Vec<(String, ServiceConfig)> {
+        parsed(text, "fleet.yaml")
+            .services
+            .into_iter()
+            .map(|s| (format!("/f/desired/services/{}", s.name), s))
+            .collect()
+    }
+
+    fn local_file(text: &str) -> (std::path::PathBuf, Config) {
+        let dir = std::env::temp_dir().join(format!(
+            "fo-join-{}-{}",
+            std::process::id(),
+            fastrand::u64(..)
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("local.yaml");
+        std::fs::write(&path, text).unwrap();
+        let config = super::super::parse(text, &path).unwrap();
+        (dir, config)
+    }
+
+    #[test]
+    fn fleet_services_join_after_the_local_ones() {
+        let (dir, local) = local_file("services:\n  - name: own\n    vip: 10.96.1.1:80\n    backends: [ { address: 10.0.1.1:80 } ]\n");
+        let joined = join(&local, &fleet_of(FILE)).unwrap();
+        let names: Vec<&str> = joined.services.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(names, ["own", "db", "web"]);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn a_vip_both_local_and_fleet_is_refused_in_the_local_file() {
+        let (dir, local) = local_file("services:\n  - name: own\n    vip: 10.96.0.80:80\n    backends: [ { address: 10.0.1.1:80 } ]\n");
+        let e = join(&local, &fleet_of(FILE)).unwrap_err().to_string();
+        assert!(e.contains("local.yaml:3:10: services[0].vip: vip 10.96.0.80:80/tcp is also the VIP of fleet service `web`"), "{e}");
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn a_name_both_local_and_fleet_is_refused_in_the_local_file() {
+        let (dir, local) = local_file("services:\n  - name: db\n    vip: 10.96.9.9:80\n    backends: [ { address: 10.0.1.1:80 } ]\n");
+        let e = join(&local, &fleet_of(FILE)).unwrap_err().to_string();
+        assert!(e.contains("local.yaml:2:11: services[0].name: service name `db` is also a fleet service"), "{e}");
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn a_fleet_backend_at_a_local_vip_is_refused() {
+        let (dir, local) = local_file("services:\n  - name: own\n    vip: 10.0.0.2:80\n    backends: [ { address: 10.0.1.1:80 } ]\n");
+        let e = join(&local, &fleet_of(FILE)).unwrap_err().to_string();
+        assert!(e.starts_with("etcd:/f/desired/services/web:1:1: services[0].backends[0].address"), "{e}");
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+}
