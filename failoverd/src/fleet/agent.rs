@@ -71,7 +71,7 @@ pub struct FleetStatus {
 impl FleetLink {
     /// A link for `section`, not connected yet; `revision` is what `state_dir` held.
     pub fn new(section: FleetSection, revision: i64) -> Arc<FleetLink> {
-        crate::metrics::fleet_connected(false);
+        crate::metrics::fleet_register();
         Arc::new(FleetLink {
             keys: Keys::new(&section.etcd.prefix),
             section,
