@@ -144,7 +144,10 @@ fn connected_metric(h: &Host) -> Result<Option<String>, Failed> {
     Ok(body
         .lines()
         .find(|l| l.starts_with("failoverd_fleet_connected "))
-        .map(|l| l.trim_start_matches("failoverd_fleet_connected ").to_owned()))
+        .map(|l| {
+            l.trim_start_matches("failoverd_fleet_connected ")
+                .to_owned()
+        }))
 }
 
 fn kernel_table(h: &Host, vip: Vip) -> Result<Option<Vec<SocketAddr>>, Failed> {
@@ -191,7 +194,11 @@ fn fleet_publish_drain_matrix_and_etcd_loss() -> TestResult {
         hosts.push(Host { name, env, d });
     }
     for h in &hosts {
-        until(&format!("{} connects to etcd", h.name), Duration::from_secs(15), || connected(h))?;
+        until(
+            &format!("{} connects to etcd", h.name),
+            Duration::from_secs(15),
+            || connected(h),
+        )?;
     }
     let files = TempDir(std::env::temp_dir().join(unique_name("fo-fleet-files", "f")?));
     std::fs::create_dir_all(&files.0)?;
@@ -202,29 +209,41 @@ fn fleet_publish_drain_matrix_and_etcd_loss() -> TestResult {
     // Publish → every daemon applies it, into its kernel.
     std::fs::write(&file, services_file(&addrs, &[]))?;
     let out = publish(&file, &daemon_config)?;
-    check(out.status.success(), || format!("publish failed: {}", stderr(&out)))?;
+    check(out.status.success(), || {
+        format!("publish failed: {}", stderr(&out))
+    })?;
     for h in &hosts {
-        until(&format!("{} runs orders", h.name), Duration::from_secs(10), || {
-            Ok(fleet_services(h)? == ["orders"])
-        })?;
-        until(&format!("{}'s kernel holds orders", h.name), Duration::from_secs(10), || {
-            Ok(kernel_table(h, orders)?.is_some_and(|t| t.contains(&a) && t.contains(&b)))
-        })?;
+        until(
+            &format!("{} runs orders", h.name),
+            Duration::from_secs(10),
+            || Ok(fleet_services(h)? == ["orders"]),
+        )?;
+        until(
+            &format!("{}'s kernel holds orders", h.name),
+            Duration::from_secs(10),
+            || Ok(kernel_table(h, orders)?.is_some_and(|t| t.contains(&a) && t.contains(&b))),
+        )?;
     }
 
     // A change (one more service) → applied everywhere; the local service is untouched.
-    std::fs::write(&file, services_file(&addrs, &[("cache", "10.202.0.2:6379")]))?;
+    std::fs::write(
+        &file,
+        services_file(&addrs, &[("cache", "10.202.0.2:6379")]),
+    )?;
     let out = publish(&file, &daemon_config)?;
-    check(out.status.success(), || format!("publish failed: {}", stderr(&out)))?;
+    check(out.status.success(), || {
+        format!("publish failed: {}", stderr(&out))
+    })?;
     for h in &hosts {
-        until(&format!("{} runs cache", h.name), Duration::from_secs(10), || {
-            Ok(fleet_services(h)? == ["cache", "orders"])
-        })?;
+        until(
+            &format!("{} runs cache", h.name),
+            Duration::from_secs(10),
+            || Ok(fleet_services(h)? == ["cache", "orders"]),
+        )?;
         let events = h.d.ok(&["events", "-o", "json"])?;
         let applied = events
             .lines()
-            .filter(|l| l.contains("\"kind\":\"fleet\""))
-            .last()
+            .rfind(|l| l.contains("\"kind\":\"fleet\""))
             .unwrap_or_default()
             .to_owned();
         check(
@@ -235,13 +254,14 @@ fn fleet_publish_drain_matrix_and_etcd_loss() -> TestResult {
 
     // An invalid publish is refused with a located error and changes nothing.
     let bad = files.0.join("bad.yaml");
-    std::fs::write(
-        &bad,
-        services_file(&addrs, &[("cache", "10.202.0.2:0")]),
-    )?;
+    std::fs::write(&bad, services_file(&addrs, &[("cache", "10.202.0.2:0")]))?;
     let out = publish(&bad, &daemon_config)?;
     check(out.status.code() == Some(4), || {
-        format!("an invalid publish exits 4: {:?} {}", out.status, stderr(&out))
+        format!(
+            "an invalid publish exits 4: {:?} {}",
+            out.status,
+            stderr(&out)
+        )
     })?;
     check(
         stderr(&out).contains("bad.yaml:") && stderr(&out).contains("port 0"),
@@ -257,30 +277,46 @@ fn fleet_publish_drain_matrix_and_etcd_loss() -> TestResult {
     ])?;
     check(
         String::from_utf8_lossy(&diff.stdout).starts_with("nothing to change"),
-        || format!("etcd still holds the last good set: {}", String::from_utf8_lossy(&diff.stdout)),
+        || {
+            format!(
+                "etcd still holds the last good set: {}",
+                String::from_utf8_lossy(&diff.stdout)
+            )
+        },
     )?;
 
     // A fleet service with h1's local VIP: h1 refuses the set and keeps its old one; the
     // others apply it.
     std::fs::write(
         &file,
-        services_file(&addrs, &[("cache", "10.202.0.2:6379"), ("clash", "10.201.0.1:80")]),
+        services_file(
+            &addrs,
+            &[("cache", "10.202.0.2:6379"), ("clash", "10.201.0.1:80")],
+        ),
     )?;
     let out = publish(&file, &daemon_config)?;
-    check(out.status.success(), || format!("publish failed: {}", stderr(&out)))?;
-    for h in &hosts[1..] {
-        until(&format!("{} runs clash", h.name), Duration::from_secs(10), || {
-            Ok(fleet_services(h)? == ["cache", "clash", "orders"])
-        })?;
-    }
-    until("h1 reports the refused set", Duration::from_secs(10), || {
-        let events = hosts[0].d.ok(&["events", "-o", "json"])?;
-        Ok(events.lines().any(|l| {
-            l.contains("\"kind\":\"fleet\"")
-                && l.contains("\"to\":\"error\"")
-                && l.contains("services[0].vip")
-        }))
+    check(out.status.success(), || {
+        format!("publish failed: {}", stderr(&out))
     })?;
+    for h in &hosts[1..] {
+        until(
+            &format!("{} runs clash", h.name),
+            Duration::from_secs(10),
+            || Ok(fleet_services(h)? == ["cache", "clash", "orders"]),
+        )?;
+    }
+    until(
+        "h1 reports the refused set",
+        Duration::from_secs(10),
+        || {
+            let events = hosts[0].d.ok(&["events", "-o", "json"])?;
+            Ok(events.lines().any(|l| {
+                l.contains("\"kind\":\"fleet\"")
+                    && l.contains("\"to\":\"error\"")
+                    && l.contains("services[0].vip")
+            }))
+        },
+    )?;
     check(fleet_services(&hosts[0])? == ["cache", "orders"], || {
         "h1 keeps its old fleet set".to_owned()
     })?;
@@ -289,42 +325,62 @@ fn fleet_publish_drain_matrix_and_etcd_loss() -> TestResult {
         metrics.contains("failoverd_fleet_applies_total{result=\"error\"} 1"),
         || "h1 counts the refusal".to_owned(),
     )?;
-    std::fs::write(&file, services_file(&addrs, &[("cache", "10.202.0.2:6379")]))?;
+    std::fs::write(
+        &file,
+        services_file(&addrs, &[("cache", "10.202.0.2:6379")]),
+    )?;
     let out = publish(&file, &daemon_config)?;
-    check(out.status.success(), || format!("publish failed: {}", stderr(&out)))?;
+    check(out.status.success(), || {
+        format!("publish failed: {}", stderr(&out))
+    })?;
     for h in &hosts[1..] {
-        until(&format!("{} drops clash", h.name), Duration::from_secs(10), || {
-            Ok(fleet_services(h)? == ["cache", "orders"])
-        })?;
+        until(
+            &format!("{} drops clash", h.name),
+            Duration::from_secs(10),
+            || Ok(fleet_services(h)? == ["cache", "orders"]),
+        )?;
     }
 
     // Fleet drains from h2 reach every kernel: measured from the command's return.
     let mut drains = Vec::new();
     let mut undrains = Vec::new();
     for _ in 0..10 {
-        hosts[1]
-            .d
-            .ok(&["drain", "orders", "a", "--fleet", "--reason", "replica rebuild"])?;
+        hosts[1].d.ok(&[
+            "drain",
+            "orders",
+            "a",
+            "--fleet",
+            "--reason",
+            "replica rebuild",
+        ])?;
         let returned = Instant::now();
-        until("a fleet drain in every kernel", Duration::from_secs(5), || {
-            for h in &hosts {
-                if holds(h, orders, a)? {
-                    return Ok(false);
+        until(
+            "a fleet drain in every kernel",
+            Duration::from_secs(5),
+            || {
+                for h in &hosts {
+                    if holds(h, orders, a)? {
+                        return Ok(false);
+                    }
                 }
-            }
-            Ok(true)
-        })?;
+                Ok(true)
+            },
+        )?;
         drains.push(returned.elapsed());
         hosts[1].d.ok(&["undrain", "orders", "a", "--fleet"])?;
         let returned = Instant::now();
-        until("a fleet undrain in every kernel", Duration::from_secs(5), || {
-            for h in &hosts {
-                if !holds(h, orders, a)? {
-                    return Ok(false);
+        until(
+            "a fleet undrain in every kernel",
+            Duration::from_secs(5),
+            || {
+                for h in &hosts {
+                    if !holds(h, orders, a)? {
+                        return Ok(false);
+                    }
                 }
-            }
-            Ok(true)
-        })?;
+                Ok(true)
+            },
+        )?;
         undrains.push(returned.elapsed());
     }
     drains.sort();
@@ -341,10 +397,17 @@ fn fleet_publish_drain_matrix_and_etcd_loss() -> TestResult {
 
     // The drain shows as a fleet drain, with who, where, when and why; a plain undrain of
     // it is refused.
-    hosts[1]
-        .d
-        .ok(&["drain", "orders", "a", "--fleet", "--reason", "replica rebuild"])?;
-    until("a drained on h3", Duration::from_secs(5), || Ok(!holds(&hosts[2], orders, a)?))?;
+    hosts[1].d.ok(&[
+        "drain",
+        "orders",
+        "a",
+        "--fleet",
+        "--reason",
+        "replica rebuild",
+    ])?;
+    until("a drained on h3", Duration::from_secs(5), || {
+        Ok(!holds(&hosts[2], orders, a)?)
+    })?;
     let s = status(&hosts[2])?;
     let drain = s
         .services
@@ -365,11 +428,18 @@ fn fleet_publish_drain_matrix_and_etcd_loss() -> TestResult {
     let plain = hosts[2].d.cli(&["undrain", "orders", "a"])?;
     check(
         !plain.status.success() && stderr(&plain).contains("--fleet"),
-        || format!("a plain undrain of a fleet drain is refused: {}", stderr(&plain)),
+        || {
+            format!(
+                "a plain undrain of a fleet drain is refused: {}",
+                stderr(&plain)
+            )
+        },
     )?;
 
     // The matrix: every host, `a` down (drained) on all three, `c` drained on h3 alone.
-    hosts[2].d.ok(&["drain", "orders", "c", "--reason", "local test"])?;
+    hosts[2]
+        .d
+        .ok(&["drain", "orders", "c", "--reason", "local test"])?;
     until("the matrix shows both", Duration::from_secs(10), || {
         let json = hosts[0].d.ok(&["status", "--fleet", "-o", "json"])?;
         let m: FleetReport = serde_json::from_str(&json).map_err(|e| e.to_string())?;
@@ -401,26 +471,43 @@ fn fleet_publish_drain_matrix_and_etcd_loss() -> TestResult {
         .collect::<Result<_, _>>()?;
     etcd.kill();
     for h in &hosts {
-        until(&format!("{} reports etcd lost", h.name), Duration::from_secs(15), || {
-            Ok(connected_metric(h)?.as_deref() == Some("0"))
-        })?;
+        until(
+            &format!("{} reports etcd lost", h.name),
+            Duration::from_secs(15),
+            || Ok(connected_metric(h)?.as_deref() == Some("0")),
+        )?;
     }
     let down = hosts[1].d.cli(&["drain", "orders", "b", "--fleet"])?;
     check(
         down.status.code() == Some(1)
             && stderr(&down).contains("etcd is unreachable")
             && stderr(&down).contains("nothing was changed"),
-        || format!("a fleet drain while etcd is down fails clearly: {:?} {}", down.status, stderr(&down)),
+        || {
+            format!(
+                "a fleet drain while etcd is down fails clearly: {:?} {}",
+                down.status,
+                stderr(&down)
+            )
+        },
     )?;
     let pub_down = publish(&file, &daemon_config)?;
     check(pub_down.status.code() == Some(3), || {
-        format!("a publish while etcd is down fails (exit 3): {:?} {}", pub_down.status, stderr(&pub_down))
+        format!(
+            "a publish while etcd is down fails (exit 3): {:?} {}",
+            pub_down.status,
+            stderr(&pub_down)
+        )
     })?;
     for (h, was) in hosts.iter().zip(&before) {
         check(&kernel_table(h, orders)? == was, || {
-            format!("{}: the kernel table is unchanged while etcd is down", h.name)
+            format!(
+                "{}: the kernel table is unchanged while etcd is down",
+                h.name
+            )
         })?;
-        check(!connected(h)?, || format!("{}: status says not connected", h.name))?;
+        check(!connected(h)?, || {
+            format!("{}: status says not connected", h.name)
+        })?;
     }
 
     // A daemon restarted while etcd is down comes back with the same fleet services and drain.
@@ -429,14 +516,20 @@ fn fleet_publish_drain_matrix_and_etcd_loss() -> TestResult {
     check(fleet_services(&hosts[0])? == ["cache", "orders"], || {
         "h1 restarted without etcd keeps its fleet services".to_owned()
     })?;
-    until("h1's kernel still without a", Duration::from_secs(10), || {
-        Ok(kernel_table(&hosts[0], orders)? == before[0])
-    })?;
+    until(
+        "h1's kernel still without a",
+        Duration::from_secs(10),
+        || Ok(kernel_table(&hosts[0], orders)? == before[0]),
+    )?;
 
     // etcd back: every daemon reconnects and resyncs, with no change to its kernel.
     etcd.resume()?;
     for h in &hosts {
-        until(&format!("{} reconnects", h.name), Duration::from_secs(30), || connected(h))?;
+        until(
+            &format!("{} reconnects", h.name),
+            Duration::from_secs(30),
+            || connected(h),
+        )?;
     }
     for (h, was) in hosts.iter().zip(&before) {
         check(&kernel_table(h, orders)? == was, || {
@@ -445,22 +538,33 @@ fn fleet_publish_drain_matrix_and_etcd_loss() -> TestResult {
     }
     hosts[0].d.ok(&["undrain", "orders", "a", "--fleet"])?;
     for h in &hosts {
-        until(&format!("{} takes a back", h.name), Duration::from_secs(5), || holds(h, orders, a))?;
+        until(
+            &format!("{} takes a back", h.name),
+            Duration::from_secs(5),
+            || holds(h, orders, a),
+        )?;
     }
 
     // h3 away while the fleet changes and the history is compacted: it resyncs in full.
     hosts[2].d.sigkill();
     std::fs::write(
         &file,
-        services_file(&addrs, &[("cache", "10.202.0.2:6379"), ("late", "10.202.0.3:80")]),
+        services_file(
+            &addrs,
+            &[("cache", "10.202.0.2:6379"), ("late", "10.202.0.3:80")],
+        ),
     )?;
     let out = publish(&file, &daemon_config)?;
-    check(out.status.success(), || format!("publish failed: {}", stderr(&out)))?;
+    check(out.status.success(), || {
+        format!("publish failed: {}", stderr(&out))
+    })?;
     compact(&etcd)?;
     hosts[2].d.start()?;
-    until("h3 resyncs after compaction", Duration::from_secs(15), || {
-        Ok(connected(&hosts[2])? && fleet_services(&hosts[2])? == ["cache", "late", "orders"])
-    })?;
+    until(
+        "h3 resyncs after compaction",
+        Duration::from_secs(15),
+        || Ok(connected(&hosts[2])? && fleet_services(&hosts[2])? == ["cache", "late", "orders"]),
+    )?;
     Ok(())
 }
 

@@ -83,7 +83,11 @@ pub fn run_undrain(args: &UndrainArgs) -> Result<(), CommandError> {
         fleet: args.fleet,
     };
     block_on(async { Ok(client.undrain(&request).await?) })?;
-    let scope = if args.fleet { " on every host of the fleet" } else { "" };
+    let scope = if args.fleet {
+        " on every host of the fleet"
+    } else {
+        ""
+    };
     print(&format!(
         "undrained {} of {}{scope}: it takes new connections again while healthy\n",
         args.backend, args.service

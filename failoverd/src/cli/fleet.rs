@@ -120,7 +120,12 @@ pub fn run(command: &FleetCommand) -> Result<(), FleetCliError> {
     // Before the transaction nothing is written: say so. A transaction that got no answer
     // may or may not have been made, and its error says which step it was.
     let (diff, revision) = result.map_err(|e| match e {
-        FleetError::Etcd { op: "publishing", .. } | FleetError::Timeout { op: "publishing", .. } => e,
+        FleetError::Etcd {
+            op: "publishing", ..
+        }
+        | FleetError::Timeout {
+            op: "publishing", ..
+        } => e,
         e if e.is_unreachable() => FleetError::Unreachable {
             endpoints: fleet.etcd.endpoints.join(","),
             reason: e.to_string(),
@@ -158,7 +163,9 @@ fn user() -> String {
 fn diff_text(d: &FleetDiff, revision: i64, written: bool) -> String {
     let mut out = String::new();
     let head = match (written, d.is_empty()) {
-        (_, true) => format!("nothing to change: etcd already holds these services (revision {revision})"),
+        (_, true) => {
+            format!("nothing to change: etcd already holds these services (revision {revision})")
+        }
         (true, false) => format!("published at revision {revision}"),
         (false, false) => format!("would change (etcd at revision {revision})"),
     };
@@ -171,8 +178,14 @@ fn diff_text(d: &FleetDiff, revision: i64, written: bool) -> String {
         ("unchanged", &d.unchanged),
     ] {
         if !names.is_empty() {
-            let shown: Vec<String> = names.iter().map(|n| terminal_safe(n).into_owned()).collect();
-            line(&mut out, format!( "  {word:<9} {}: {}", names.len(), shown.join(", ")));
+            let shown: Vec<String> = names
+                .iter()
+                .map(|n| terminal_safe(n).into_owned())
+                .collect();
+            line(
+                &mut out,
+                format!("  {word:<9} {}: {}", names.len(), shown.join(", ")),
+            );
         }
     }
     out
@@ -182,19 +195,25 @@ fn diff_text(d: &FleetDiff, revision: i64, written: bool) -> String {
 /// and which do not.
 pub fn matrix_table(report: &FleetReport, now_unix: u64) -> String {
     let mut out = String::new();
-    line(&mut out, format!( "{} hosts", report.hosts.len()));
+    line(&mut out, format!("{} hosts", report.hosts.len()));
     for h in &report.hosts {
-        line(&mut out, format!(
-            "  {:<24} failoverd {}  revision {}  {} services  changed {}s ago",
-            terminal_safe(&h.host),
-            terminal_safe(&h.version),
-            h.revision,
-            h.services,
-            now_unix.saturating_sub(h.last_change_unix)
-        ));
+        line(
+            &mut out,
+            format!(
+                "  {:<24} failoverd {}  revision {}  {} services  changed {}s ago",
+                terminal_safe(&h.host),
+                terminal_safe(&h.version),
+                h.revision,
+                h.services,
+                now_unix.saturating_sub(h.last_change_unix)
+            ),
+        );
     }
     for s in &report.services {
-        line(&mut out, format!( "\n{}  on {} hosts", terminal_safe(&s.name), s.hosts));
+        line(
+            &mut out,
+            format!("\n{}  on {} hosts", terminal_safe(&s.name), s.hosts),
+        );
         for b in &s.backends {
             let mut row = format!("  {:<20} up on {}/{}", terminal_safe(&b.name), b.up, b.of);
             if !b.not_up.is_empty() {
@@ -203,7 +222,7 @@ pub fn matrix_table(report: &FleetReport, now_unix: u64) -> String {
                     .iter()
                     .map(|h| format!("{} ({})", terminal_safe(&h.host), terminal_safe(&h.state)))
                     .collect();
-                row.push_str(&format!( "  not up on: {}", who.join(", ")));
+                row.push_str(&format!("  not up on: {}", who.join(", ")));
             }
             out.push_str(&row);
             out.push('\n');

@@ -197,9 +197,7 @@ pub fn join(local: &Config, fleet: &[(String, ServiceConfig)]) -> Result<Config,
         }
     }
     let mut joined = local.clone();
-    joined
-        .services
-        .extend(fleet.iter().map(|(_, s)| s.clone()));
+    joined.services.extend(fleet.iter().map(|(_, s)| s.clone()));
     if found.is_none() {
         let mut issues = Issues::default();
         kernel_limits(&joined.services, &mut issues);
@@ -217,9 +215,7 @@ pub fn join(local: &Config, fleet: &[(String, ServiceConfig)]) -> Result<Config,
     }
     match found {
         None => Ok(joined),
-        Some((Side::Local, path, message)) => {
-            Err(located(&local.source, &path, message))
-        }
+        Some((Side::Local, path, message)) => Err(located(&local.source, &path, message)),
         Some((Side::Fleet(key), path, message)) => Err(ConfigError::Invalid {
             file: PathBuf::from(format!("etcd:{key}")),
             line: 1,
@@ -242,7 +238,11 @@ fn at_a_vip(s: &ServiceConfig, vips: &[SocketAddr]) -> Option<(usize, SocketAddr
         .iter()
         .enumerate()
         .find_map(|(j, b)| match b.address {
-            BackendAddress::Ip(a) if vips.contains(&SocketAddr::new(a.ip().to_canonical(), a.port())) => Some((j, a)),
+            BackendAddress::Ip(a)
+                if vips.contains(&SocketAddr::new(a.ip().to_canonical(), a.port())) =>
+            {
+                Some((j, a))
+            }
             _ => None,
         })
 }
@@ -298,7 +298,11 @@ services:
     fn a_host_local_section_is_not_published() {
         let text = format!("control: {{ socket: /run/x.sock }}\n{FILE}");
         let e = service_documents(&text, &parsed(&text, "s.yaml")).unwrap_err();
-        assert!(e.to_string().starts_with("s.yaml:1:1: control: `control` is host-local"), "{e}");
+        assert!(
+            e.to_string()
+                .starts_with("s.yaml:1:1: control: `control` is host-local"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -306,7 +310,11 @@ services:
         let config = parsed(FILE, "s.yaml");
         let docs = service_documents(FILE, &config).unwrap();
         let e = parse_service("/failoverd/desired/services/other", &docs[0].1).unwrap_err();
-        assert!(e.to_string().starts_with("etcd:/failoverd/desired/services/other:1:1"), "{e}");
+        assert!(
+            e.to_string()
+                .starts_with("etcd:/failoverd/desired/services/other:1:1"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -316,7 +324,10 @@ services:
             "{\n  \"services\": [\n    { \"name\": \"db\", \"vip\": \"10.0.0.1:0\", \"backends\": [ { \"address\": \"10.0.0.2:1\" } ] }\n  ]\n}",
         )
         .unwrap_err();
-        assert!(e.to_string().starts_with("etcd:/f/desired/services/db:3:"), "{e}");
+        assert!(
+            e.to_string().starts_with("etcd:/f/desired/services/db:3:"),
+            "{e}"
+        );
     }
 
     fn fleet_of(text: &str) -> Vec<(String, ServiceConfig)> {
@@ -361,7 +372,12 @@ services:
     fn a_name_both_local_and_fleet_is_refused_in_the_local_file() {
         let (dir, local) = local_file("services:\n  - name: db\n    vip: 10.96.9.9:80\n    backends: [ { address: 10.0.1.1:80 } ]\n");
         let e = join(&local, &fleet_of(FILE)).unwrap_err().to_string();
-        assert!(e.contains("local.yaml:2:11: services[0].name: service name `db` is also a fleet service"), "{e}");
+        assert!(
+            e.contains(
+                "local.yaml:2:11: services[0].name: service name `db` is also a fleet service"
+            ),
+            "{e}"
+        );
         std::fs::remove_dir_all(dir).unwrap();
     }
 
@@ -369,7 +385,10 @@ services:
     fn a_fleet_backend_at_a_local_vip_is_refused() {
         let (dir, local) = local_file("services:\n  - name: own\n    vip: 10.0.0.2:80\n    backends: [ { address: 10.0.1.1:80 } ]\n");
         let e = join(&local, &fleet_of(FILE)).unwrap_err().to_string();
-        assert!(e.starts_with("etcd:/f/desired/services/web:1:1: services[0].backends[0].address"), "{e}");
+        assert!(
+            e.starts_with("etcd:/f/desired/services/web:1:1: services[0].backends[0].address"),
+            "{e}"
+        );
         std::fs::remove_dir_all(dir).unwrap();
     }
 }

@@ -11,8 +11,8 @@ use failoverd_shared::{VipKey, MAX_BACKENDS, MAX_COUNTERS, MAX_SERVICES, RESERVE
 use super::{
     issues::Issues,
     merge::{self, Scope, Section},
-    model::{DEFAULT_WEIGHT, MAX_TTL, MAX_WEIGHT},
     model::DEFAULT_FLEET_PREFIX,
+    model::{DEFAULT_WEIGHT, MAX_TTL, MAX_WEIGHT},
     raw::{RawBackend, RawConfig, RawControl, RawDatapath, RawFleet, RawResolver, RawService},
     syntax::check_name,
     BackendAddress, BackendConfig, Config, ControlSection, DatapathSection, EtcdSection, EtcdTls,
@@ -481,11 +481,16 @@ fn fleet(raw: &RawFleet, issues: &mut Issues) -> FleetSection {
         } else if tls && etcd.tls.is_none() {
             issues.value(
                 format!("fleet.etcd.endpoints[{i}]"),
-                format!("endpoint `{e}` is https but fleet.etcd.tls is missing; give at least its `ca`"),
+                format!(
+                    "endpoint `{e}` is https but fleet.etcd.tls is missing; give at least its `ca`"
+                ),
             );
         }
     }
-    let prefix = etcd.prefix.clone().unwrap_or_else(|| DEFAULT_FLEET_PREFIX.to_owned());
+    let prefix = etcd
+        .prefix
+        .clone()
+        .unwrap_or_else(|| DEFAULT_FLEET_PREFIX.to_owned());
     if !prefix.starts_with('/') || !prefix.ends_with('/') || prefix.len() < 2 {
         // Without the trailing slash `/failoverd` would also match `/failoverd-staging/…`.
         issues.value(
@@ -504,10 +509,7 @@ fn fleet(raw: &RawFleet, issues: &mut Issues) -> FleetSection {
             "fleet.etcd.username",
             "username needs password_file (the file that holds the etcd password)",
         ),
-        (None, Some(_)) => issues.value(
-            "fleet.etcd.password_file",
-            "password_file needs username",
-        ),
+        (None, Some(_)) => issues.value("fleet.etcd.password_file", "password_file needs username"),
         _ => {}
     }
     if let Some(user) = &etcd.username {
@@ -523,13 +525,23 @@ fn fleet(raw: &RawFleet, issues: &mut Issues) -> FleetSection {
     );
     let tls = etcd.tls.as_ref().map(|t| {
         if t.cert.is_some() != t.key.is_some() {
-            let key = if t.cert.is_some() { "fleet.etcd.tls.cert" } else { "fleet.etcd.tls.key" };
+            let key = if t.cert.is_some() {
+                "fleet.etcd.tls.cert"
+            } else {
+                "fleet.etcd.tls.key"
+            };
             issues.value(key, "cert and key go together: give both or neither");
         }
         EtcdTls {
             ca: absolute(Some(&t.ca), "fleet.etcd.tls.ca", PathBuf::new(), issues),
-            cert: t.cert.as_ref().map(|c| absolute(Some(c), "fleet.etcd.tls.cert", PathBuf::new(), issues)),
-            key: t.key.as_ref().map(|k| absolute(Some(k), "fleet.etcd.tls.key", PathBuf::new(), issues)),
+            cert: t
+                .cert
+                .as_ref()
+                .map(|c| absolute(Some(c), "fleet.etcd.tls.cert", PathBuf::new(), issues)),
+            key: t
+                .key
+                .as_ref()
+                .map(|k| absolute(Some(k), "fleet.etcd.tls.key", PathBuf::new(), issues)),
         }
     });
     let host = match &raw.host {

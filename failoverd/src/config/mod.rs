@@ -35,10 +35,11 @@ pub use depth::MAX_DEPTH;
 pub use error::ConfigError;
 pub use model::{
     BackendConfig, BreakerConfig, Config, ControlSection, DatabaseCheckConfig, DatapathSection,
-    EtcdSection, EtcdTls, ExecCheckConfig, Failback, FleetSection, DEFAULT_FLEET_PREFIX, HealthConfig, HealthKind, HttpCheckConfig, MetricsSection,
-    OnAllDown, ResolverSection, ServiceConfig, TcpCheckConfig, DEFAULT_CONTROL_SOCKET,
-    DEFAULT_METRICS_LISTEN, DEFAULT_STATE_DIR, DEFAULT_WEIGHT, MAX_INTERVAL, MAX_LAG, MAX_OPEN_FOR,
-    MAX_THRESHOLD, MAX_TTL, MAX_WEIGHT, MIN_INTERVAL,
+    EtcdSection, EtcdTls, ExecCheckConfig, Failback, FleetSection, HealthConfig, HealthKind,
+    HttpCheckConfig, MetricsSection, OnAllDown, ResolverSection, ServiceConfig, TcpCheckConfig,
+    DEFAULT_CONTROL_SOCKET, DEFAULT_FLEET_PREFIX, DEFAULT_METRICS_LISTEN, DEFAULT_STATE_DIR,
+    DEFAULT_WEIGHT, MAX_INTERVAL, MAX_LAG, MAX_OPEN_FOR, MAX_THRESHOLD, MAX_TTL, MAX_WEIGHT,
+    MIN_INTERVAL,
 };
 pub use read::{load, load_async, MAX_FILE_SIZE};
 pub use status::StatusMatch;

@@ -18,8 +18,8 @@ use serde::{de::DeserializeOwned, Serialize};
 use tokio::net::UnixStream;
 
 use super::{
-    query, DrainRequest, ErrorBody, EventsReport, ExplainReport, FailbackRequest, ReloadReport,
-    FleetReport, StatusReport, UndrainRequest,
+    query, DrainRequest, ErrorBody, EventsReport, ExplainReport, FailbackRequest, FleetReport,
+    ReloadReport, StatusReport, UndrainRequest,
 };
 
 /// How long one request may take, connecting included: 10 s.

@@ -198,12 +198,16 @@ impl DaemonApi {
                     drain: want,
                     force: d.force,
                 };
-                self.fleet_drain_change(link, service, backend, change).await;
+                self.fleet_drain_change(link, service, backend, change)
+                    .await;
             }
         }
         for (service, backends) in &current {
             for (backend, d) in backends {
-                let wanted = state.drains.get(service).is_some_and(|b| b.contains_key(backend));
+                let wanted = state
+                    .drains
+                    .get(service)
+                    .is_some_and(|b| b.contains_key(backend));
                 if d.fleet && !wanted {
                     self.fleet_drain_change(link, service, backend, DrainChange::Undrain)
                         .await;
@@ -219,9 +223,22 @@ impl DaemonApi {
         backend: &str,
         change: DrainChange,
     ) {
-        let what = if matches!(change, DrainChange::Undrain) { "undrain" } else { "drain" };
-        match self.handle.set_drain(&self.store, service, backend, change).await {
-            Ok(()) => tracing::info!(service, backend, host = link.host(), "fleet: {what} applied"),
+        let what = if matches!(change, DrainChange::Undrain) {
+            "undrain"
+        } else {
+            "drain"
+        };
+        match self
+            .handle
+            .set_drain(&self.store, service, backend, change)
+            .await
+        {
+            Ok(()) => tracing::info!(
+                service,
+                backend,
+                host = link.host(),
+                "fleet: {what} applied"
+            ),
             // A service or backend this host does not have: the drain is for other hosts.
             Err(DrainError::UnknownService { .. }) => {}
             Err(DrainError::Refused(r)) if r.is_not_found() => {}

@@ -124,7 +124,12 @@ where
     let mut api = DaemonApi::new(handle.clone(), store, config_path, api_counters);
     let mut agent_start = None;
     if let Some((link, fleet_store, saved, _)) = fleet {
-        api = api.with_fleet(Arc::clone(&link), fleet_store, config.clone(), saved.clone());
+        api = api.with_fleet(
+            Arc::clone(&link),
+            fleet_store,
+            config.clone(),
+            saved.clone(),
+        );
         agent_start = Some((link, saved));
     }
     let api = Arc::new(api);

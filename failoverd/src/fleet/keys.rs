@@ -104,10 +104,16 @@ mod tests {
     #[test]
     fn classifies_services_and_drains_and_ignores_the_rest() {
         let k = Keys::new("/failoverd/");
-        assert_eq!(k.classify("/failoverd/desired/services/db"), Desired::Service("db"));
+        assert_eq!(
+            k.classify("/failoverd/desired/services/db"),
+            Desired::Service("db")
+        );
         assert_eq!(
             k.classify("/failoverd/desired/drains/db/a@10.0.0.1:5432"),
-            Desired::Drain { service: "db", backend: "a@10.0.0.1:5432" }
+            Desired::Drain {
+                service: "db",
+                backend: "a@10.0.0.1:5432"
+            }
         );
         assert_eq!(k.classify("/failoverd/desired/published"), Desired::Other);
         assert_eq!(k.classify("/failoverd/desired/services/"), Desired::Other);

@@ -193,7 +193,11 @@ mod tests {
             revision: 7,
             ..FleetState::default()
         };
-        s.set(&Keys::new("/f/"), "/f/desired/drains/db/a", Some(drain_json()));
+        s.set(
+            &Keys::new("/f/"),
+            "/f/desired/drains/db/a",
+            Some(drain_json()),
+        );
         store.save(&s).unwrap();
         assert_eq!(store.load().unwrap(), s);
         fs::remove_dir_all(&dir).unwrap();

@@ -85,7 +85,11 @@ impl EtcdProcess {
             if TcpStream::connect_timeout(&self.client, Duration::from_millis(200)).is_ok() {
                 return Ok(());
             }
-            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
                 self.child = None;
                 return Err(io::Error::other(format!(
                     "etcd exited with {status}: {}",
@@ -96,7 +100,10 @@ impl EtcdProcess {
         }
         Err(io::Error::new(
             io::ErrorKind::TimedOut,
-            format!("etcd did not listen within {START_TIMEOUT:?}: {}", self.log_tail(20)),
+            format!(
+                "etcd did not listen within {START_TIMEOUT:?}: {}",
+                self.log_tail(20)
+            ),
         ))
     }
 
