@@ -38,10 +38,16 @@ fn main() {
     support::client::maybe_run_client();
     support::server::maybe_run_server();
     let args = Arguments::from_args();
-    let trials = vec![Trial::test(
-        "fleet_publish_drain_matrix_and_etcd_loss",
-        fleet_publish_drain_matrix_and_etcd_loss,
-    )];
+    let trials = vec![
+        Trial::test(
+            "fleet_publish_drain_matrix_and_etcd_loss",
+            fleet_publish_drain_matrix_and_etcd_loss,
+        ),
+        Trial::test(
+            "fleet_over_tls_with_etcd_auth",
+            fleet_over_tls_with_etcd_auth,
+        ),
+    ];
     libtest_mimic::run(&args, trials).exit();
 }
 
@@ -480,7 +486,7 @@ fn fleet_publish_drain_matrix_and_etcd_loss() -> TestResult {
     let down = hosts[1].d.cli(&["drain", "orders", "b", "--fleet"])?;
     check(
         down.status.code() == Some(1)
-            && stderr(&down).contains("etcd is unreachable")
+            && stderr(&down).contains("no working session with etcd")
             && stderr(&down).contains("nothing was changed"),
         || {
             format!(
@@ -528,7 +534,15 @@ fn fleet_publish_drain_matrix_and_etcd_loss() -> TestResult {
         until(
             &format!("{} reconnects", h.name),
             Duration::from_secs(30),
-            || connected(h),
+            || {
+                // Every kernel, at every look while the daemons reconnect and resync.
+                for (other, was) in hosts.iter().zip(&before) {
+                    check(&kernel_table(other, orders)? == was, || {
+                        format!("{}: a blip while reconnecting", other.name)
+                    })?;
+                }
+                connected(h)
+            },
         )?;
     }
     for (h, was) in hosts.iter().zip(&before) {
@@ -585,4 +599,217 @@ fn compact(etcd: &EtcdProcess) -> Result<(), Failed> {
             .map_err(|e| e.to_string())?;
         Ok::<(), Failed>(())
     })
+}
+
+/// Runs `openssl` with `args` in `dir`.
+fn openssl(dir: &Path, args: &[&str]) -> TestResult {
+    let out = Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .map_err(|e| format!("running openssl: {e}"))?;
+    check(out.status.success(), || {
+        format!("openssl {args:?}: {}", stderr(&out))
+    })
+}
+
+/// A CA, a server certificate for 127.0.0.1 and a client certificate, in `dir`.
+fn certificates(dir: &Path) -> TestResult {
+    std::fs::write(
+        dir.join("server.ext"),
+        "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n",
+    )?;
+    std::fs::write(dir.join("client.ext"), "extendedKeyUsage=clientAuth\n")?;
+    openssl(
+        dir,
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=fo-test-ca",
+        ],
+    )?;
+    for who in ["server", "client"] {
+        let (key, csr, pem, ext) = (
+            format!("{who}.key"),
+            format!("{who}.csr"),
+            format!("{who}.pem"),
+            format!("{who}.ext"),
+        );
+        openssl(
+            dir,
+            &[
+                "req",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-keyout",
+                &key,
+                "-out",
+                &csr,
+                "-subj",
+                &format!("/CN={who}"),
+            ],
+        )?;
+        openssl(
+            dir,
+            &[
+                "x509",
+                "-req",
+                "-in",
+                &csr,
+                "-CA",
+                "ca.pem",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-out",
+                &pem,
+                "-days",
+                "1",
+                "-extfile",
+                &ext,
+            ],
+        )?;
+    }
+    Ok(())
+}
+
+/// etcd with TLS (server certificate, client certificates required) and auth enabled: a
+/// daemon with the CA, a client certificate and the right password connects, publishes
+/// through its config and runs the service; one with a wrong password does not connect, says
+/// why, and never logs the password.
+fn fleet_over_tls_with_etcd_auth() -> TestResult {
+    if !etcd::available() {
+        eprintln!(
+            "\n\n*** SKIPPED: {} is missing; install etcd-server (scripts/install-deps.sh) ***\n",
+            etcd::ETCD
+        );
+        return Ok(());
+    }
+    let certs = TempDir(std::env::temp_dir().join(unique_name("fo-fleet-tls", "c")?));
+    std::fs::create_dir_all(&certs.0)?;
+    certificates(&certs.0)?;
+    let p = |f: &str| certs.0.join(f).display().to_string();
+    let etcd = EtcdProcess::start_with(
+        "fleettls",
+        &[
+            "--cert-file",
+            &p("server.pem"),
+            "--key-file",
+            &p("server.key"),
+            "--trusted-ca-file",
+            &p("ca.pem"),
+            "--client-cert-auth",
+        ],
+    )?;
+    let etcdctl = |args: &[&str]| -> TestResult {
+        let out = Command::new("/usr/bin/etcdctl")
+            .env("ETCDCTL_API", "3")
+            .args([
+                format!("--endpoints={}", etcd.url()),
+                format!("--cacert={}", p("ca.pem")),
+                format!("--cert={}", p("client.pem")),
+                format!("--key={}", p("client.key")),
+            ])
+            .args(args)
+            .output()
+            .map_err(|e| format!("running etcdctl: {e}"))?;
+        check(out.status.success(), || {
+            format!("etcdctl {args:?}: {}", stderr(&out))
+        })
+    };
+    etcdctl(&[
+        "user",
+        "add",
+        "root",
+        "--new-user-password=fleet-secret-1",
+        "--interactive=false",
+    ])?;
+    etcdctl(&["auth", "enable"])?;
+    std::fs::write(certs.0.join("good"), "fleet-secret-1\n")?;
+    std::fs::write(certs.0.join("bad"), "wrong-secret-2\n")?;
+    let prefix = format!("/{}/", unique_name("fo", "tls")?);
+    let section = |host: &str, password: &str| {
+        format!(
+            "fleet:\n  host: {host}\n  etcd:\n    endpoints: ['{}']\n    prefix: {prefix}\n    tls: {{ ca: {}, cert: {}, key: {} }}\n    username: root\n    password_file: {}\n",
+            etcd.url(),
+            p("ca.pem"),
+            p("client.pem"),
+            p("client.key"),
+            p(password)
+        )
+    };
+    let backend = TcpBackend::start(loopback(), 1)?;
+    let env_good = Env::new("fleettls1")?;
+    let mut good =
+        DaemonProcess::with_sections(&env_good, "fleettls1", &section("good", "good"), "  []\n")?;
+    good.start()?;
+    let env_bad = Env::new("fleettls2")?;
+    let mut bad =
+        DaemonProcess::with_sections(&env_bad, "fleettls2", &section("bad", "bad"), "  []\n")?;
+    bad.start()?;
+    let good_host = Host {
+        name: "good".into(),
+        env: env_good,
+        d: good,
+    };
+    let bad_host = Host {
+        name: "bad".into(),
+        env: env_bad,
+        d: bad,
+    };
+    until(
+        "the daemon with the right password connects",
+        Duration::from_secs(15),
+        || connected(&good_host),
+    )?;
+
+    let file = certs.0.join("services.yaml");
+    std::fs::write(
+        &file,
+        format!(
+            "services:\n  - name: tls-svc\n    vip: 10.205.0.1:80\n    health: {HEALTH}\n    backends: [ {{ address: '{}' }} ]\n",
+            backend.addr()
+        ),
+    )?;
+    let out = publish(&file, good_host.d.config_path())?;
+    check(out.status.success(), || {
+        format!("publish over TLS with auth: {}", stderr(&out))
+    })?;
+    until("the service runs", Duration::from_secs(10), || {
+        Ok(fleet_services(&good_host)? == ["tls-svc"])
+    })?;
+
+    let refused = bad_host.d.cli(&["status", "--fleet"])?;
+    println!("a wrong password: {}", stderr(&refused).trim());
+    check(
+        !refused.status.success() && stderr(&refused).contains("no working session with etcd"),
+        || {
+            format!(
+                "the wrong password leaves it disconnected: {}",
+                stderr(&refused)
+            )
+        },
+    )?;
+    check(!connected(&bad_host)?, || "bad is not connected".to_owned())?;
+    let log = bad_host.d.log_tail(10_000);
+    check(
+        !log.contains("wrong-secret-2") && !stderr(&refused).contains("wrong-secret-2"),
+        || "the password appears in no log or error".to_owned(),
+    )?;
+    check(
+        !good_host.d.log_tail(10_000).contains("fleet-secret-1"),
+        || "nor the right one".to_owned(),
+    )?;
+    Ok(())
 }

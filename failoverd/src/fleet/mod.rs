@@ -32,7 +32,7 @@ use std::path::PathBuf;
 #[derive(Debug, thiserror::Error)]
 pub enum FleetError {
     /// No session with etcd right now (the daemon keeps serving its last fleet state).
-    #[error("etcd is unreachable ({endpoints}): {reason}; nothing was changed")]
+    #[error("no working session with etcd ({endpoints}): {reason}; nothing was changed")]
     Unreachable {
         /// The endpoints tried, comma-separated.
         endpoints: String,

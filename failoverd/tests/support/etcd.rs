@@ -24,6 +24,10 @@ pub struct EtcdProcess {
     dir: PathBuf,
     client: SocketAddr,
     peer: SocketAddr,
+    /// More flags for every start (e.g. `--max-txn-ops` for a bench's big publish).
+    extra: Vec<String>,
+    /// `https` when the flags give etcd a server certificate.
+    scheme: &'static str,
     child: Option<Child>,
 }
 
@@ -41,12 +45,23 @@ fn free_port() -> io::Result<SocketAddr> {
 impl EtcdProcess {
     /// Starts a fresh single-member cluster and waits until its client port accepts.
     pub fn start(tag: &str) -> io::Result<EtcdProcess> {
+        Self::start_with(tag, &[])
+    }
+
+    /// Like `start`, with more etcd flags.
+    pub fn start_with(tag: &str, extra: &[&str]) -> io::Result<EtcdProcess> {
         let dir = std::env::temp_dir().join(unique_name("fo-etcd", tag)?);
         std::fs::create_dir_all(&dir).map_err(|e| io_context(dir.display(), e))?;
         let mut e = EtcdProcess {
             dir,
             client: free_port()?,
             peer: free_port()?,
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+            scheme: if extra.contains(&"--cert-file") {
+                "https"
+            } else {
+                "http"
+            },
             child: None,
         };
         e.resume()?;
@@ -55,7 +70,7 @@ impl EtcdProcess {
 
     /// The client URL, for `fleet.etcd.endpoints`.
     pub fn url(&self) -> String {
-        format!("http://{}", self.client)
+        format!("{}://{}", self.scheme, self.client)
     }
 
     /// Starts the member again on the same ports and data (after `kill`).
@@ -76,6 +91,7 @@ impl EtcdProcess {
             .args(["--listen-peer-urls", &peer])
             .args(["--initial-advertise-peer-urls", &peer])
             .args(["--initial-cluster", &format!("t={peer}")])
+            .args(&self.extra)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log);
