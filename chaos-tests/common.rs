@@ -46,7 +46,20 @@ pub fn service(
     health: &str,
     backends: &[(&str, String, u8)],
 ) -> String {
-    let mut s = format!("  - name: {name}\n    vip: {vip}\n    health: {health}\n    backends:\n");
+    service_with(name, vip, health, "", backends)
+}
+
+/// Like [`service`], with `extra` keys of the entry (whole lines, e.g.
+/// `"    passive: { consecutive_failures: 3 }\n"`).
+pub fn service_with(
+    name: &str,
+    vip: SocketAddr,
+    health: &str,
+    extra: &str,
+    backends: &[(&str, String, u8)],
+) -> String {
+    let mut s =
+        format!("  - name: {name}\n    vip: {vip}\n    health: {health}\n{extra}    backends:\n");
     for (n, addr, priority) in backends {
         s.push_str(&format!(
             "      - {{ name: {n}, address: '{addr}', priority: {priority} }}\n"
@@ -83,6 +96,17 @@ impl Pair {
         a_spec: ServerSpec,
         health: &str,
     ) -> Result<Pair, Failed> {
+        Self::start_full(tag, vip, a_spec, health, "")
+    }
+
+    /// Like `start_with`, with `extra` keys in the service entry (see [`service_with`]).
+    pub fn start_full(
+        tag: &str,
+        vip: &str,
+        a_spec: ServerSpec,
+        health: &str,
+        extra: &str,
+    ) -> Result<Pair, Failed> {
         let env = Env::new(tag)?;
         let a = BackendProcess::spawn(a_spec.clone())?;
         let b = BackendProcess::spawn(ServerSpec {
@@ -97,10 +121,11 @@ impl Pair {
             ..a_spec
         })?;
         let vip = tcp_vip(vip);
-        let services = service(
+        let services = service_with(
             "svc",
             vip.addr,
             health,
+            extra,
             &[
                 ("a", a.addr().to_string(), 0),
                 ("b", b.addr().to_string(), 1),

@@ -20,6 +20,10 @@ mod common;
 mod figures;
 mod record;
 mod scenarios;
+/// Real database servers (the role-check tests' kit).
+#[path = "../failoverd/tests/roles/servers.rs"]
+#[allow(dead_code)]
+mod servers;
 mod timeline;
 
 use libtest_mimic::{Arguments, Trial};

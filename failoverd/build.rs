@@ -23,7 +23,9 @@ fn main() -> Result<()> {
     // not search when targeting bpf.
     let multiarch = format!("/usr/include/{}-linux-gnu", env::consts::ARCH);
     let output = Command::new(&clang)
-        .args(["-O2", "-g", "-target", "bpf", "-Wall", "-Werror"])
+        .args([
+            "-O2", "-g", "-target", "bpf", "-mcpu=v3", "-Wall", "-Werror",
+        ])
         .arg(format!("-D__TARGET_ARCH_{}", target_arch()))
         .arg(format!("-I{multiarch}"))
         .arg(format!("-I{}", bpf_dir.display()))

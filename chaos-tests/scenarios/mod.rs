@@ -7,14 +7,17 @@ use crate::record::Record;
 
 mod all_down;
 mod daemon_kill;
+mod demotion;
 mod drain;
 mod flapping;
 mod freeze;
 mod hostname;
 mod kill_primary;
 mod network;
+mod passive;
 mod reload;
 mod scale;
+mod terminate;
 
 /// A named scenario.
 pub struct Scenario {
@@ -78,6 +81,26 @@ pub fn all() -> Vec<Scenario> {
             name: "s10_scale",
             title: "200 VIPs x 4 backends, random kills and restarts for 60 s",
             run: scale::run,
+        },
+        Scenario {
+            name: "s11_passive_failover",
+            title: "kill -9 the primary with 1 s probes: the kernel's refused connects fail over",
+            run: passive::run,
+        },
+        Scenario {
+            name: "s12_frozen_terminate",
+            title: "freeze the primary with long-lived connections open: terminate.on_down aborts them",
+            run: terminate::frozen,
+        },
+        Scenario {
+            name: "s13_drain_terminate",
+            title: "drain keeps held connections, drain_after aborts them after the grace, drain --terminate at once",
+            run: terminate::drain,
+        },
+        Scenario {
+            name: "s14_redis_demotion",
+            title: "Redis failover with the old primary demoted while running: none left on it",
+            run: demotion::run,
         },
     ]
 }

@@ -53,6 +53,8 @@ use support::{
 const CLIENT_ENV: &str = "FO_BENCH_CLIENT";
 /// The failoverd VIP.
 const VIP: &str = "127.77.250.1:80";
+/// A second failoverd VIP on the same backend (see `Target::SharedVip`).
+const SHARED_VIP: &str = "127.77.250.2:80";
 /// The address the iptables DNAT rule rewrites (inside the bench's netns).
 const DNAT_VIP: &str = "127.77.251.1:80";
 /// Rounds per mode (3 in quick mode).
@@ -299,6 +301,9 @@ enum Target {
     NetnsBackend,
     /// The DNAT'ed address inside the bench's netns.
     Dnat,
+    /// A second VIP naming the same backend: its sockets keep socket storage (the cost every
+    /// TCP connect paid before layout v3).
+    SharedVip,
 }
 
 /// One way to the backend.
@@ -319,7 +324,7 @@ const THROUGH_HAPROXY: usize = 3;
 const NETNS_DIRECT: usize = 4;
 const THROUGH_DNAT: usize = 5;
 
-const PATHS: [Path; 6] = [
+const PATHS: [Path; 7] = [
     Path {
         name: "direct, no hook (outside the cgroup)",
         inside: false,
@@ -355,6 +360,12 @@ const PATHS: [Path; 6] = [
         inside: false,
         in_netns: true,
         target: Target::Dnat,
+    },
+    Path {
+        name: "through a VIP sharing its backend (socket storage)",
+        inside: true,
+        in_netns: false,
+        target: Target::SharedVip,
     },
 ];
 
@@ -443,6 +454,18 @@ impl Setup {
             }],
             &[1],
         )?)?;
+        datapath.apply(&VipTable::weighted(
+            Vip {
+                addr: SHARED_VIP.parse()?,
+                protocol: Protocol::Tcp,
+            },
+            3,
+            vec![TableBackend {
+                addr: backend.addr,
+                id: 4,
+            }],
+            &[1],
+        )?)?;
         let haproxy_addr = SocketAddr::from(([127, 0, 0, 1], free_port()?));
         let haproxy = Haproxy::start(
             "rate",
@@ -469,6 +492,7 @@ impl Setup {
             Target::Haproxy => self.haproxy_addr,
             Target::NetnsBackend => self.netns_backend.addr,
             Target::Dnat => DNAT_VIP.parse()?,
+            Target::SharedVip => SHARED_VIP.parse()?,
         })
     }
 }

@@ -50,12 +50,23 @@ const VIP: &str = "127.77.252.1:80";
 const REPS_SAME: usize = 11;
 /// Runs per tool with each tool's defaults (1 in quick mode): a run takes 10–25 s there.
 const REPS_DEFAULTS: usize = 7;
+/// Runs per variant in the passive case (1 in quick mode): medians and worst of at least 10.
+const REPS_PASSIVE: usize = 10;
 /// Traffic before the kill, so both tools are seen serving from the primary first; plus a
 /// random part of one probe interval.
 const WARMUP: Duration = Duration::from_secs(1);
 /// A client attempt that takes longer fails with ETIMEDOUT; above HAProxy's retry budget
 /// (3 retries, 1 s apart), so its own verdict on a connect is what gets counted.
 const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Environment variable turning the bench binary into a holder of one long-lived connection.
+const HOLDER_ENV: &str = "FO_BENCH_FAILOVER_HOLDER";
+/// How long a held connection is watched after the freeze before it counts as "never".
+const HELD_WATCH: Duration = Duration::from_secs(10);
+/// Runs of each held-connection case (1 in quick mode).
+const REPS_HELD: usize = 5;
+
+/// An attempt longer than this was held: on loopback a healthy one takes well under 1 ms.
+const HELD: Duration = Duration::from_millis(100);
 /// Id the primary backend answers with.
 const PRIMARY: i64 = 1;
 /// Id the backup backend answers with.
@@ -86,6 +97,9 @@ struct Timeline {
 
 fn main() {
     support::server::maybe_run_server();
+    if let Ok(target) = std::env::var(HOLDER_ENV) {
+        std::process::exit(run_holder(&target));
+    }
     if let Ok(spec) = std::env::var(CLIENT_ENV) {
         let spec: ClientSpec = serde_json::from_str(&spec).expect("bench client spec");
         match client(&spec) {
@@ -241,10 +255,13 @@ enum Tool {
 /// Which probe settings.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Settings {
-    /// interval 100 ms, timeout 50 ms, fall 3, rise 2 on both.
+    /// interval 100 ms, timeout 50 ms, fall 3, rise 2 on both, active checks only.
     Same,
     /// Each tool's defaults.
     Defaults,
+    /// 1 s probes, so only what each tool sees of the client's own connects can explain a
+    /// fast failover: failoverd's kernel-observed connect failures, HAProxy's `observe layer4`.
+    Passive,
 }
 
 impl Settings {
@@ -252,21 +269,88 @@ impl Settings {
         match self {
             Settings::Same => "same probes: 100 ms, timeout 50 ms, fall 3, rise 2",
             Settings::Defaults => "each tool's defaults",
+            Settings::Passive => "passive health, 1 s probes",
+        }
+    }
+
+    /// The configurations compared in this case.
+    fn variants(self) -> &'static [Variant] {
+        match self {
+            Settings::Same | Settings::Defaults => &[Variant::Failoverd, Variant::Haproxy],
+            Settings::Passive => &[
+                Variant::FailoverdPassive1,
+                Variant::FailoverdPassive3,
+                Variant::HaproxyObserve,
+                Variant::HaproxyObserveRedispatch,
+            ],
+        }
+    }
+}
+
+/// One configuration of one tool.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Variant {
+    /// failoverd, passive health at its default (on, 3) in the active-probe cases.
+    Failoverd,
+    /// HAProxy, active checks only.
+    Haproxy,
+    /// failoverd, `passive: { consecutive_failures: 1 }`.
+    FailoverdPassive1,
+    /// failoverd, `passive: { consecutive_failures: 3 }` (the default).
+    FailoverdPassive3,
+    /// HAProxy, `observe layer4 error-limit 1 on-error mark-down`.
+    HaproxyObserve,
+    /// The same with `option redispatch`.
+    HaproxyObserveRedispatch,
+}
+
+impl Variant {
+    fn tool(self) -> Tool {
+        match self {
+            Variant::Failoverd | Variant::FailoverdPassive1 | Variant::FailoverdPassive3 => {
+                Tool::Failoverd
+            }
+            _ => Tool::Haproxy,
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Variant::Failoverd => "failoverd",
+            Variant::Haproxy => "HAProxy",
+            Variant::FailoverdPassive1 => "failoverd, passive 1",
+            Variant::FailoverdPassive3 => "failoverd, passive 3",
+            Variant::HaproxyObserve => "HAProxy, observe layer4",
+            Variant::HaproxyObserveRedispatch => "HAProxy, observe layer4 + redispatch",
         }
     }
 }
 
 /// The case's settings as written in each tool's config, for the report.
-fn settings_text(tool: Tool, settings: Settings) -> &'static str {
-    match (tool, settings) {
-        (Tool::Failoverd, Settings::Same) => "interval 100ms, timeout 50ms, rise 2, fall 3",
+fn settings_text(variant: Variant, settings: Settings) -> &'static str {
+    match (variant.tool(), settings) {
+        (Tool::Failoverd, Settings::Same) => {
+            "interval 100ms, timeout 50ms, rise 2, fall 3, passive off"
+        }
         (Tool::Haproxy, Settings::Same) => "check inter 100ms fall 3 rise 2, timeout check 50ms",
         (Tool::Failoverd, Settings::Defaults) => {
-            "(none: interval 1s, timeout 500ms, rise 2, fall 3)"
+            "(none: interval 1s, timeout 500ms, rise 2, fall 3, passive 3)"
         }
         (Tool::Haproxy, Settings::Defaults) => {
             "check (inter 2s, rise 2, fall 3; retries 3, no redispatch)"
         }
+        (_, Settings::Passive) => match variant {
+            Variant::FailoverdPassive1 => {
+                "interval 1s, rise 2, fall 3, passive: { consecutive_failures: 1 }"
+            }
+            Variant::FailoverdPassive3 => {
+                "interval 1s, rise 2, fall 3, passive: { consecutive_failures: 3 }"
+            }
+            Variant::HaproxyObserve => {
+                "check inter 1s fall 3 rise 2 observe layer4 error-limit 1 on-error mark-down"
+            }
+            _ => "the same + option redispatch",
+        },
     }
 }
 
@@ -275,7 +359,7 @@ fn settings_text(tool: Tool, settings: Settings) -> &'static str {
 fn interval(tool: Tool, settings: Settings) -> Duration {
     match (tool, settings) {
         (_, Settings::Same) => Duration::from_millis(100),
-        (Tool::Failoverd, Settings::Defaults) => Duration::from_secs(1),
+        (Tool::Failoverd, Settings::Defaults) | (_, Settings::Passive) => Duration::from_secs(1),
         (Tool::Haproxy, Settings::Defaults) => Duration::from_secs(2),
     }
 }
@@ -285,7 +369,7 @@ fn interval(tool: Tool, settings: Settings) -> Duration {
 fn window(tool: Tool, settings: Settings) -> Duration {
     match (tool, settings) {
         (_, Settings::Same) => Duration::from_secs(3),
-        (Tool::Failoverd, Settings::Defaults) => Duration::from_secs(7),
+        (Tool::Failoverd, Settings::Defaults) | (_, Settings::Passive) => Duration::from_secs(7),
         (Tool::Haproxy, Settings::Defaults) => Duration::from_secs(11),
     }
 }
@@ -295,13 +379,30 @@ fn window(tool: Tool, settings: Settings) -> Duration {
 /// min(timeout connect, 1 s)), before the client's connection is closed. With `timeout check`
 /// set HAProxy bounds a check's connect by min(timeout connect, inter); a SIGKILLed backend on
 /// loopback refuses at once, so no check here waits for any timeout.
-fn haproxy_config(port: u16, a: SocketAddr, b: SocketAddr, settings: Settings) -> String {
+fn haproxy_config(
+    port: u16,
+    a: SocketAddr,
+    b: SocketAddr,
+    variant: Variant,
+    settings: Settings,
+) -> String {
     let (check, timeout_check) = match settings {
         Settings::Same => (
             "check inter 100ms fall 3 rise 2",
             "    timeout check 50ms\n",
         ),
         Settings::Defaults => ("check", ""),
+        Settings::Passive => ("check inter 1s fall 3 rise 2", ""),
+    };
+    let observe = match variant {
+        Variant::HaproxyObserve | Variant::HaproxyObserveRedispatch => {
+            " observe layer4 error-limit 1 on-error mark-down"
+        }
+        _ => "",
+    };
+    let redispatch = match variant {
+        Variant::HaproxyObserveRedispatch => "    option redispatch\n",
+        _ => "",
     };
     format!(
         "global\n\
@@ -309,18 +410,26 @@ fn haproxy_config(port: u16, a: SocketAddr, b: SocketAddr, settings: Settings) -
          {timeout_check}\
          listen failover\n\
          \x20   bind 127.0.0.1:{port}\n\
-         \x20   server a {a} {check}\n\
+         {redispatch}\
+         \x20   server a {a} {check}{observe}\n\
          \x20   server b {b} {check} backup\n"
     )
 }
 
 /// The failoverd service of a case.
-fn failoverd_service(a: SocketAddr, b: SocketAddr, settings: Settings) -> String {
+fn failoverd_service(a: SocketAddr, b: SocketAddr, variant: Variant, settings: Settings) -> String {
+    // The active-probe case keeps passive health off, so it measures the probes alone.
     let health = match settings {
         Settings::Same => {
-            "    health: { kind: tcp, interval: 100ms, timeout: 50ms, rise: 2, fall: 3 }\n"
+            "    health: { kind: tcp, interval: 100ms, timeout: 50ms, rise: 2, fall: 3 }\n    passive: { consecutive_failures: 0 }\n"
         }
         Settings::Defaults => "",
+        Settings::Passive => match variant {
+            Variant::FailoverdPassive1 => {
+                "    health: { kind: tcp, interval: 1s }\n    passive: { consecutive_failures: 1 }\n"
+            }
+            _ => "    health: { kind: tcp, interval: 1s }\n    passive: { consecutive_failures: 3 }\n",
+        },
     };
     format!(
         "  - name: failover\n    vip: {VIP}\n{health}    backends:\n\
@@ -338,6 +447,9 @@ struct Outcome {
     /// Start of the last attempt that failed: from then on every new connect succeeded.
     last_failure_ms: Option<f64>,
     errors: BTreeMap<i64, usize>,
+    /// Attempts that took longer than [`HELD`]: a client kept waiting (HAProxy's retries
+    /// and redispatch hide failures this way).
+    held: usize,
     missed_ticks: u64,
     /// Every attempt: its start (ms from the kill) and whether it got an answer.
     marks: Vec<(f64, bool)>,
@@ -375,6 +487,11 @@ fn analyse(t: &Timeline, kill_ns: u64) -> Result<Outcome, Box<dyn std::error::Er
             .map(|a| ms(a.0))
             .reduce(f64::max),
         errors,
+        held: t
+            .attempts
+            .iter()
+            .filter(|a| a.1 - a.0 > HELD.as_nanos() as u64)
+            .count(),
         missed_ticks: t.missed_ticks,
         marks: t.attempts.iter().map(|a| (ms(a.0), a.2 > 0)).collect(),
     })
@@ -393,7 +510,8 @@ fn errno_name(e: i64) -> String {
 }
 
 /// One run of one case: backends, the tool, traffic, the kill, the timeline.
-fn run_case(tool: Tool, settings: Settings) -> Result<Outcome, Box<dyn std::error::Error>> {
+fn run_case(variant: Variant, settings: Settings) -> Result<Outcome, Box<dyn std::error::Error>> {
+    let tool = variant.tool();
     let mut a = BackendProcess::spawn(ServerSpec::tcp(loopback(), PRIMARY as u32))?;
     let b = BackendProcess::spawn(ServerSpec::tcp(loopback(), BACKUP as u32))?;
     let spec = |target| ClientSpec {
@@ -413,7 +531,7 @@ fn run_case(tool: Tool, settings: Settings) -> Result<Outcome, Box<dyn std::erro
             let mut d = DaemonProcess::new(
                 &env,
                 "failover",
-                &failoverd_service(a.addr(), b.addr(), settings),
+                &failoverd_service(a.addr(), b.addr(), variant, settings),
             )?;
             d.spawn("warn", None)?;
             until_table(&env, vip, Duration::from_secs(15), exactly(&[a.addr()]))
@@ -426,7 +544,7 @@ fn run_case(tool: Tool, settings: Settings) -> Result<Outcome, Box<dyn std::erro
             let front = SocketAddr::from(([127, 0, 0, 1], free_port()?));
             _haproxy = Haproxy::start(
                 "failover",
-                &haproxy_config(front.port(), a.addr(), b.addr(), settings),
+                &haproxy_config(front.port(), a.addr(), b.addr(), variant, settings),
                 front,
             )?;
             ClientProc::spawn(&spec(front), None)?
@@ -443,11 +561,136 @@ fn run_case(tool: Tool, settings: Settings) -> Result<Outcome, Box<dyn std::erro
     analyse(&timeline, kill_ns)
 }
 
+/// The holder: connects to `target`, reads the backend's `B<id>` line, prints `connected`,
+/// then blocks reading until the socket errors (prints `error <errno> <monotonic ns>`), the
+/// peer closes (`eof <ns>`) or [`HELD_WATCH`] passes (`timeout`).
+fn run_holder(target: &str) -> i32 {
+    use std::io::Write;
+    let run = || -> io::Result<()> {
+        let target: SocketAddr = target.parse().map_err(io::Error::other)?;
+        let mut stream = std::net::TcpStream::connect_timeout(&target, Duration::from_secs(2))?;
+        stream.set_read_timeout(Some(Duration::from_secs(2)))?;
+        let mut buf = [0u8; 64];
+        let n = stream.read(&mut buf)?;
+        if parse_id(&buf[..n]).is_none() {
+            return Err(io::Error::other("no B<id> reply"));
+        }
+        println!("connected");
+        io::stdout().flush()?;
+        stream.set_read_timeout(Some(HELD_WATCH + Duration::from_secs(5)))?;
+        match stream.read(&mut buf) {
+            Ok(0) => println!("eof {}", monotonic_ns()),
+            Ok(_) => println!("data {}", monotonic_ns()),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => println!("timeout"),
+            Err(e) => println!("error {} {}", e.raw_os_error().unwrap_or(0), monotonic_ns()),
+        }
+        Ok(())
+    };
+    match run() {
+        Ok(()) => 0,
+        Err(e) => {
+            println!("failed {e}");
+            2
+        }
+    }
+}
+
+/// One held-connection run: a client holds an idle connection through the VIP to the
+/// primary; the primary is frozen (SIGSTOP: a hung VM, a black hole); how long until the
+/// client's socket errors, with `terminate.on_down` on or off. `None`: not within
+/// [`HELD_WATCH`].
+fn held_case(terminate: bool) -> Result<Option<f64>, Box<dyn std::error::Error>> {
+    use std::io::BufRead;
+    // A frozen process's kernel still completes TCP handshakes: only an HTTP request to its
+    // health endpoint notices the freeze (the backup answers on the next loopback address).
+    let health_port = free_port()?;
+    let a = BackendProcess::spawn(ServerSpec {
+        hold: true,
+        health_bind: Some(SocketAddr::from(([127, 0, 0, 1], health_port))),
+        ..ServerSpec::tcp(loopback(), PRIMARY as u32)
+    })?;
+    let b = BackendProcess::spawn(ServerSpec {
+        health_bind: Some(SocketAddr::from(([127, 0, 0, 2], health_port))),
+        ..ServerSpec::tcp(SocketAddr::from(([127, 0, 0, 2], 0)), BACKUP as u32)
+    })?;
+    let env = Env::new("held")?;
+    let vip = tcp_vip(VIP);
+    let service = format!(
+        "  - name: held\n    vip: {VIP}\n    health: {{ kind: http, port: {health_port}, path: /health, interval: 100ms, timeout: 50ms, rise: 2, fall: 3 }}\n    terminate: {{ on_down: {terminate} }}\n    backends:\n\
+         \x20     - {{ name: a, address: '{}', priority: 0 }}\n\
+         \x20     - {{ name: b, address: '{}', priority: 1 }}\n",
+        a.addr(),
+        b.addr()
+    );
+    let mut d = DaemonProcess::new(&env, "held", &service)?;
+    d.spawn("warn", None)?;
+    until_table(&env, vip, Duration::from_secs(15), exactly(&[a.addr()]))
+        .map_err(|e| format!("{e}\n{}", d.log_tail(10)))?;
+    let mut cmd = Command::new(std::env::current_exe()?);
+    cmd.env(HOLDER_ENV, vip.addr.to_string())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped());
+    place_child(&mut cmd, Some(&env.cgroup), None)?;
+    let mut holder = cmd.spawn()?;
+    let stdout = holder.stdout.take().ok_or("holder has no stdout")?;
+    let mut lines = io::BufReader::new(stdout).lines();
+    let first = lines.next().ok_or("holder exited")??;
+    if first != "connected" {
+        return Err(format!("holder: {first}").into());
+    }
+    let freeze_ns = monotonic_ns();
+    a.signal(libc::SIGSTOP)?;
+    let line = lines.next().ok_or("holder exited without a line")??;
+    // Thaw before the guards kill it, so it dies at once.
+    a.signal(libc::SIGCONT)?;
+    let _ = holder.kill();
+    let _ = holder.wait();
+    drop(d);
+    drop(b);
+    let mut words = line.split_whitespace();
+    Ok(match (words.next(), words.last()) {
+        (Some("error" | "eof"), Some(ns)) => {
+            let ns: u64 = ns.parse()?;
+            Some((ns as f64 - freeze_ns as f64) / 1e6)
+        }
+        _ => None,
+    })
+}
+
+fn held_connections() -> Result<Vec<String>, Box<dyn std::error::Error>> {
+    let reps = if quick() { 1 } else { REPS_HELD };
+    let mut rows = Vec::new();
+    for terminate in [true, false] {
+        let mut times = Vec::new();
+        for rep in 0..reps {
+            let t = held_case(terminate)?;
+            println!(
+                "held connection, terminate.on_down {terminate}, run {}: {}",
+                rep + 1,
+                t.map_or(format!("no error within {HELD_WATCH:?}"), |ms| format!(
+                    "socket errored {ms:.0} ms after the freeze"
+                ))
+            );
+            times.push(t);
+        }
+        let errored: Vec<f64> = times.iter().flatten().copied().collect();
+        rows.push(format!(
+            "| failoverd, terminate.on_down: {terminate} | HTTP, interval 100ms, timeout 50ms, fall 3 | {}/{} | {} | {} |",
+            errored.len(),
+            times.len(),
+            if errored.is_empty() { "never".to_string() } else { format!("{:.0}", median(errored.clone())) },
+            if errored.len() < times.len() { "never".to_string() } else { format!("{:.0}", errored.iter().copied().fold(0.0, f64::max)) },
+        ));
+    }
+    Ok(rows)
+}
+
 fn bench() -> Result<(), Box<dyn std::error::Error>> {
     let reps = |settings| match (quick(), settings) {
         (true, _) => 1,
         (false, Settings::Same) => REPS_SAME,
         (false, Settings::Defaults) => REPS_DEFAULTS,
+        (false, Settings::Passive) => REPS_PASSIVE,
     };
     println!(
         "failover: kill -9 of the primary while a client starts a connect every 1 ms; {} runs per tool with the same settings, {} with each tool's defaults",
@@ -461,44 +704,44 @@ fn bench() -> Result<(), Box<dyn std::error::Error>> {
     );
     let mut rows = Vec::new();
     let mut spreads = Vec::new();
-    for settings in [Settings::Same, Settings::Defaults] {
+    for settings in [Settings::Same, Settings::Defaults, Settings::Passive] {
+        let variants = settings.variants();
         let mut results: BTreeMap<&'static str, Vec<Outcome>> = BTreeMap::new();
         for rep in 0..reps(settings) {
-            // Alternate which tool goes first, so a slow phase of the machine hits both.
-            let order = if rep % 2 == 0 {
-                [Tool::Failoverd, Tool::Haproxy]
-            } else {
-                [Tool::Haproxy, Tool::Failoverd]
-            };
-            for tool in order {
-                let o = run_case(tool, settings)?;
+            // Rotate which variant goes first, so a slow phase of the machine hits all.
+            for k in 0..variants.len() {
+                let variant = variants[(rep + k) % variants.len()];
+                let o = run_case(variant, settings)?;
                 let errors: Vec<String> = o
                     .errors
                     .iter()
                     .map(|(e, n)| format!("{n} {}", errno_name(*e)))
                     .collect();
                 println!(
-                    "{tool:?}, {}, run {}: {} attempts, {} failed [{}], first reply from backup at +{:.0} ms, last failed attempt started at {}, missed ticks {}",
+                    "{}, {}, run {}: {} attempts, {} failed [{}], {} held, first reply from backup at +{:.1} ms, last failed attempt started at {}, missed ticks {}",
+                    variant.name(),
                     settings.label(),
                     rep + 1,
                     o.attempts,
                     o.failed,
                     errors.join(", "),
+                    o.held,
                     o.first_backup_ms,
-                    o.last_failure_ms.map_or("–".into(), |m| format!("+{m:.0} ms")),
+                    o.last_failure_ms.map_or("–".into(), |m| format!("+{m:.1} ms")),
                     o.missed_ticks
                 );
-                results.entry(name(tool)).or_default().push(o);
+                results.entry(variant.name()).or_default().push(o);
             }
         }
-        // The first run of each tool, one above the other, around the kill.
-        let figure: Vec<(&str, Vec<(f64, bool)>)> = [Tool::Failoverd, Tool::Haproxy]
-            .into_iter()
-            .map(|tool| (name(tool), results[name(tool)][0].marks.clone()))
+        // The first run of each variant, one above the other, around the kill.
+        let figure: Vec<(&str, Vec<(f64, bool)>)> = variants
+            .iter()
+            .map(|v| (v.name(), results[v.name()][0].marks.clone()))
             .collect();
         let (file, window) = match settings {
             Settings::Same => ("failover-same-settings.svg", (-50.0, 450.0)),
             Settings::Defaults => ("failover-defaults.svg", (-200.0, 6_000.0)),
+            Settings::Passive => ("failover-passive.svg", (-5.0, 45.0)),
         };
         common::figures::failover_timeline(
             &common::figures::path(file),
@@ -511,44 +754,47 @@ fn bench() -> Result<(), Box<dyn std::error::Error>> {
             window,
         )?;
         println!("figure: docs/figures/{file}");
-        for tool in [Tool::Failoverd, Tool::Haproxy] {
-            let runs = &results[name(tool)];
+        for variant in variants {
+            let runs = &results[variant.name()];
             let failed: Vec<f64> = runs.iter().map(|o| o.failed as f64).collect();
+            let held: Vec<f64> = runs.iter().map(|o| o.held as f64).collect();
             let first: Vec<f64> = runs.iter().map(|o| o.first_backup_ms).collect();
             let last: Vec<f64> = runs
                 .iter()
                 .map(|o| o.last_failure_ms.unwrap_or(0.0))
                 .collect();
+            let max = |v: &[f64]| v.iter().copied().fold(0.0, f64::max);
             rows.push(format!(
-                "| {} | {} | {} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} |",
-                name(tool),
+                "| {} | {} | {} | {:.0} | {:.0} | {:.0} | {:.1} | {:.1} | {:.1} | {:.1} |",
+                variant.name(),
                 settings.label(),
-                settings_text(tool, settings),
+                settings_text(*variant, settings),
                 median(failed.clone()),
-                failed.iter().copied().fold(0.0, f64::max),
+                max(&failed),
+                median(held.clone()),
                 median(first.clone()),
-                first.iter().copied().fold(0.0, f64::max),
+                max(&first),
                 median(last.clone()),
-                last.iter().copied().fold(0.0, f64::max),
+                max(&last),
             ));
             let sorted = |mut v: Vec<f64>| {
                 v.sort_by(f64::total_cmp);
                 v.iter()
-                    .map(|x| format!("{x:.0}"))
+                    .map(|x| format!("{x:.1}"))
                     .collect::<Vec<_>>()
                     .join(", ")
             };
             spreads.push(format!(
                 "{}, {}: kill → first reply from backup per run, sorted: {} ms; failed connects, sorted: {}",
-                name(tool),
+                variant.name(),
                 settings.label(),
                 sorted(first),
                 sorted(failed)
             ));
         }
     }
-    println!("\n| tool | case | probe settings | failed connects (median) | failed (worst) | kill → first reply from backup, ms (median) | (worst) | kill → last failed attempt, ms (median) | (worst) |");
-    println!("|---|---|---|---:|---:|---:|---:|---:|---:|");
+    println!("\n| tool | case | settings | failed connects (median) | failed (worst) | held > 100 ms (median) | kill → first reply from backup, ms (median) | (worst) | kill → last failed attempt, ms (median) | (worst) |");
+    println!("|---|---|---|---:|---:|---:|---:|---:|---:|---:|");
     for r in rows {
         println!("{r}");
     }
@@ -556,12 +802,11 @@ fn bench() -> Result<(), Box<dyn std::error::Error>> {
     for s in spreads {
         println!("{s}");
     }
-    Ok(())
-}
-
-fn name(tool: Tool) -> &'static str {
-    match tool {
-        Tool::Failoverd => "failoverd",
-        Tool::Haproxy => "HAProxy",
+    let held = held_connections()?;
+    println!("\n| held idle connection to the primary, primary frozen (SIGSTOP) | probes | client socket errored | freeze → error, ms (median) | (worst) |");
+    println!("|---|---|---:|---:|---:|");
+    for r in held {
+        println!("{r}");
     }
+    Ok(())
 }

@@ -207,6 +207,65 @@ pub fn zero_backend(service: &str, backend: &str) {
             .increment(0);
     }
     counter!(names::BREAKER_EJECTIONS, "service" => service.to_string(), "backend" => backend.to_string()).increment(0);
+    counter!(names::PASSIVE_EJECTIONS, "service" => service.to_string(), "backend" => backend.to_string()).increment(0);
+}
+
+/// The kernel reported a failed connect to a backend (`kind`: refused, syn_timeout).
+pub fn passive_failure(service: &str, backend: &str, kind: &'static str) {
+    if !per_backend() {
+        return;
+    }
+    counter!(names::PASSIVE_FAILURES, "service" => service.to_string(), "backend" => backend.to_string(), "kind" => kind)
+        .increment(1);
+}
+
+/// Kernel evidence ejected a backend.
+pub fn passive_ejection(service: &str, backend: &str) {
+    if !per_backend() {
+        return;
+    }
+    counter!(names::PASSIVE_EJECTIONS, "service" => service.to_string(), "backend" => backend.to_string()).increment(1);
+}
+
+/// The datapath aborted `count` sockets translated to a backend, for `reason` (down,
+/// demoted, removed, failback, drain, drain_after). A per-backend series like the others:
+/// with `metrics.per_backend: false` only the event and the log line tell.
+///
+/// Recorded only for a backend registered by [`zero_backend`] and not forgotten since: a
+/// backend removed by a reload or DNS is aborted after its series went, and recording it
+/// would bring them back for good (the event and the log line still tell).
+pub fn sockets_terminated(service: &str, backend: &str, reason: &'static str, count: u64) {
+    if !per_backend() {
+        return;
+    }
+    let live = live();
+    if !live.get(service).is_some_and(|b| b.contains(backend)) {
+        return;
+    }
+    counter!(names::SOCKETS_TERMINATED, "service" => service.to_string(), "backend" => backend.to_string(), "reason" => reason)
+        .increment(count);
+}
+
+/// The kernel's counts of what became of the connects translated to one backend (absolute
+/// values): established, refused, SYN timeouts, and connects diverted from it while suspect.
+///
+/// Recorded only for a backend registered by [`zero_backend`] and not forgotten since.
+pub fn kernel_outcomes(service: &str, backend: &str, c: &crate::datapath::CounterTotals) {
+    if !per_backend() {
+        return;
+    }
+    let live = live();
+    if !live.get(service).is_some_and(|b| b.contains(backend)) {
+        return;
+    }
+    let (s, b) = (service.to_string(), backend.to_string());
+    counter!(names::CONNECTS_ESTABLISHED, "service" => s.clone(), "backend" => b.clone())
+        .absolute(c.established);
+    counter!(names::CONNECT_FAILURES, "service" => s.clone(), "backend" => b.clone(), "kind" => "refused")
+        .absolute(c.connect_failures);
+    counter!(names::CONNECT_FAILURES, "service" => s.clone(), "backend" => b.clone(), "kind" => "syn_timeout")
+        .absolute(c.syn_timeouts);
+    counter!(names::CONNECTS_DIVERTED, "service" => s, "backend" => b).absolute(c.diverted);
 }
 
 /// A backend's probe-latency histogram: looked up once, recorded into on every probe.

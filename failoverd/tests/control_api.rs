@@ -19,9 +19,9 @@ use std::{
 use failoverd::control::{
     client::{ClientError, ControlClient},
     server::{self, ServerError},
-    BackendReport, Caller, ControlError, ControlHandler, DrainRequest, EventRecord, EventsReport,
-    ExplainReport, FailbackRequest, OutBackend, ProbeReport, ReachableBackend, ReloadReport,
-    ServiceReport, StatusReport, UndrainRequest,
+    BackendReport, Caller, ControlError, ControlHandler, DrainReport, DrainRequest, EventRecord,
+    EventsReport, ExplainReport, FailbackRequest, OutBackend, ProbeReport, ReachableBackend,
+    ReloadReport, ServiceReport, StatusReport, TerminatedReport, UndrainRequest,
 };
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
@@ -106,8 +106,17 @@ impl ControlHandler for FakeHandler {
         Ok(status_fixture())
     }
 
-    async fn drain(&self, caller: Caller, request: DrainRequest) -> Result<(), ControlError> {
+    async fn drain(
+        &self,
+        caller: Caller,
+        request: DrainRequest,
+    ) -> Result<DrainReport, ControlError> {
+        // A terminate reports what it aborted; a plain drain has nothing to report.
+        let terminated = request
+            .terminate
+            .then_some(TerminatedReport { tcp: 3, udp: 1 });
         self.record(Call::Drain(caller, request))
+            .map(|()| DrainReport { terminated })
     }
 
     async fn undrain(&self, caller: Caller, request: UndrainRequest) -> Result<(), ControlError> {
@@ -203,6 +212,8 @@ fn status_fixture() -> StatusReport {
                 ejections: 0,
                 kernel_connects: 42,
                 drain: None,
+                passive: None,
+                kernel_outcomes: None,
             }],
         }],
     }
@@ -380,9 +391,34 @@ async fn drain_reaches_the_handler_with_the_request_and_the_caller() {
         reason: Some("kernel upgrade".into()),
         force: true,
         fleet: false,
+        terminate: false,
     };
-    server.client().drain(&request).await.unwrap();
+    let report = server.client().drain(&request).await.unwrap();
+    assert_eq!(
+        report,
+        DrainReport::default(),
+        "a plain drain: 204, no body"
+    );
     assert_eq!(server.handler.calls(), [Call::Drain(me(), request)]);
+}
+
+#[tokio::test]
+async fn drain_terminate_answers_what_was_aborted() {
+    let server = Server::start().await;
+    let request = DrainRequest {
+        service: "orders-db".into(),
+        backend: "db-a".into(),
+        reason: None,
+        force: false,
+        terminate: true,
+        fleet: false,
+    };
+    let report = server.client().drain(&request).await.unwrap();
+    assert_eq!(report.terminated, Some(TerminatedReport { tcp: 3, udp: 1 }));
+    // An older client's body (no `terminate`) is a plain drain.
+    let old: DrainRequest =
+        serde_json::from_str(r#"{"service": "s", "backend": "b", "force": false}"#).unwrap();
+    assert!(!old.terminate);
 }
 
 #[tokio::test]
@@ -499,6 +535,7 @@ async fn handler_errors_map_to_statuses_and_reach_the_client_verbatim() {
         reason: None,
         force: false,
         fleet: false,
+        terminate: false,
     };
     let cases = [
         (

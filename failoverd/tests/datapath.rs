@@ -282,6 +282,9 @@ fn unconnected_udp_stays_on_one_backend_until_the_table_changes() -> TestResult 
 }
 
 /// Set in a child of [`udp_late_reply_shows_the_vip_after_a_send_elsewhere`]: `VIP;OTHER`.
+/// Hooks failoverd attaches to a cgroup: eight socket-address hooks and sock_ops.
+const HOOKS: usize = 9;
+
 const LATE_REPLY_ENV: &str = "FO_TEST_UDP_LATE_REPLY";
 
 /// The child's side: one unconnected UDP socket sends to the VIP, then to
@@ -474,13 +477,14 @@ fn refusals_are_counted_each_under_its_own_name() -> TestResult {
         generation: 1,
         vip_id: 1100,
         backend_count: 1,
+        active_count: 1,
         slot_count: 1,
         ..Default::default()
     };
     value.backends[0] = failoverd_shared::Backend {
         addr_be: failoverd_shared::addr_words(v6),
         port_be: 9u16.to_be(),
-        pad: 0,
+        flags: 0,
         id: 1101,
     };
     maps.write(&mismatch, &value)?;
@@ -626,10 +630,10 @@ fn translation_survives_the_loader_and_is_adopted() -> TestResult {
     let mut dp = env.open()?;
     let report_attach = dp.attach_report();
     check(
-        report_attach.kept == 8 && report_attach.attached == 0 && report_attach.updated == 0,
-        || format!("adoption should keep all 8 links: {report_attach:?}"),
+        report_attach.kept == HOOKS && report_attach.attached == 0 && report_attach.updated == 0,
+        || format!("adoption should keep all {HOOKS} links: {report_attach:?}"),
     )?;
-    check(dp.adopted_maps() == 4, || {
+    check(dp.adopted_maps() == map_names::ALL.len(), || {
         format!("adopted {} maps", dp.adopted_maps())
     })?;
     check(dp.tables()? == before, || "adopting changed a table".into())?;
@@ -743,10 +747,10 @@ fn changed_programs_are_swapped_in_place() -> TestResult {
     }
     let mut dp = env.open()?;
     let report = dp.attach_report();
-    check(report.updated == 8 && report.attached == 0, || {
-        format!("all 8 links should be swapped: {report:?}")
+    check(report.updated == HOOKS && report.attached == 0, || {
+        format!("all {HOOKS} links should be swapped: {report:?}")
     })?;
-    check(hooks_attached(env.cgroup.path())? == 8, || {
+    check(hooks_attached(env.cgroup.path())? == HOOKS, || {
         "one program per hook, no duplicates".into()
     })?;
     dp.apply(&table(vip, &[(backend.addr(), 41)])?)?;
@@ -802,9 +806,10 @@ fn cleanup_detaches_and_unpins() -> TestResult {
         dp.apply(&table(vip, &[(backend.addr(), 51)])?)?;
         // Cleanup while a process still holds the links open: it must detach anyway.
         let report = failoverd::datapath::cleanup(env.pins.path())?;
-        check(report.links == 8 && report.maps == 4, || {
-            format!("cleanup removed {report:?}")
-        })?;
+        check(
+            report.links == HOOKS && report.maps == failoverd_shared::map_names::ALL.len(),
+            || format!("cleanup removed {report:?}"),
+        )?;
         check(hooks_attached(env.cgroup.path())? == 0, || {
             "hooks still attached".into()
         })?;
@@ -1047,7 +1052,7 @@ fn ip_netns_exec_is_told_to_use_nsenter() -> TestResult {
             String::from_utf8_lossy(&out.stderr)
         )
     })?;
-    check(hooks_attached(env.cgroup.path())? == 8, || {
+    check(hooks_attached(env.cgroup.path())? == HOOKS, || {
         "nsenter run did not attach the hooks".into()
     })
 }

@@ -320,6 +320,7 @@ async fn drains_are_in_the_table_when_the_call_returns_and_undrain_needs_a_drain
         reason: Some("CHG-1".into()),
         force: false,
         fleet: false,
+        terminate: false,
     };
     api.drain(caller(), request("a")).await.unwrap();
     assert_eq!(rig.datapath.backends(vip), Some(vec![addr(B)]), "at once");

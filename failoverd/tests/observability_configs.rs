@@ -280,6 +280,9 @@ fn dashboard_queries_only_metrics_that_exist() {
         "failoverd_datapath_failing_vips",
         "failoverd_datapath_repairs_total",
         "failoverd_kernel_translation_errors_total",
+        "failoverd_passive_ejections_total",
+        "failoverd_sockets_terminated_total",
+        "failoverd_connect_failures_total",
         "process_resident_memory_bytes",
         "process_open_fds",
     ] {

@@ -8,7 +8,7 @@
 use core::mem::size_of;
 
 /// Layout version of every map below; stored in the meta map when the maps are created.
-pub const LAYOUT_VERSION: u32 = 2;
+pub const LAYOUT_VERSION: u32 = 3;
 /// Backends one VIP can name at once.
 pub const MAX_BACKENDS: usize = 32;
 /// Slots of a VIP's selection table: weights are resolved to 1/256.
@@ -23,18 +23,49 @@ pub const RESERVED_COUNTER_IDS: u32 = 1;
 /// VIPs one unconnected UDP socket keeps reverse translations for.
 pub const SOCK_ENTRIES: usize = 4;
 
+/// Ring buffer bytes for kernel-observed connect failures (a power of two, page multiple).
+pub const EVENTS_BYTES: u32 = 256 * 1024;
+/// Backend ids one `terminate` pass can target at once.
+pub const MAX_TERMINATE_TARGETS: u32 = 4096;
+
+/// Flags of [`Backend::flags`].
+pub mod backend_flags {
+    /// Another VIP names the same backend address, so the reverse map cannot tell which
+    /// VIP a socket to it was meant for: the connect hook records it in socket storage.
+    pub const SHARED: u16 = 1;
+}
+
+/// What a translated TCP socket carries in its `bpf_sock_ops_cb_flags` (the mark that says
+/// "translated" at no allocation): the callbacks the `sock_ops` program needs.
+pub mod sock_mark {
+    /// `BPF_SOCK_OPS_RTO_CB_FLAG`: kept for the socket's life; RTOs are rare when healthy.
+    pub const RTO: u32 = 1;
+    /// `BPF_SOCK_OPS_STATE_CB_FLAG`: only while connecting, to see `SYN_SENT → CLOSE`.
+    pub const STATE: u32 = 4;
+}
+
 /// Pinned map names, versioned with the layout.
 pub mod map_names {
     /// VIP key → the VIP's whole selection table.
-    pub const SERVICES: &str = "failoverd_services_v2";
-    /// Socket-local storage: per-socket reverse translations.
-    pub const SOCKETS: &str = "failoverd_sockets_v2";
+    pub const SERVICES: &str = "failoverd_services_v3";
+    /// Socket-local storage: per-socket reverse translations (UDP, and TCP to shared backends).
+    pub const SOCKETS: &str = "failoverd_sockets_v3";
     /// Counter id → per-CPU counters.
-    pub const COUNTERS: &str = "failoverd_counters_v2";
+    pub const COUNTERS: &str = "failoverd_counters_v3";
     /// One [`super::Meta`] value: the layout the pinned maps hold.
-    pub const META: &str = "failoverd_meta_v2";
+    pub const META: &str = "failoverd_meta_v3";
+    /// Backend address → the one VIP that names it: TCP's reverse translation.
+    pub const REVERSE: &str = "failoverd_reverse_v3";
+    /// Backend id → consecutive kernel-observed failures and the suspect threshold.
+    pub const PASSIVE: &str = "failoverd_passive_v3";
+    /// Ring buffer of [`super::ConnectEvent`]s.
+    pub const EVENTS: &str = "failoverd_events_v3";
+    /// Backend ids whose translated sockets the termination iterators report.
+    pub const TERMINATE: &str = "failoverd_terminate_v3";
     /// Every map, in the order they are checked.
-    pub const ALL: [&str; 4] = [SERVICES, SOCKETS, COUNTERS, META];
+    pub const ALL: [&str; 8] = [
+        SERVICES, SOCKETS, COUNTERS, META, REVERSE, PASSIVE, EVENTS, TERMINATE,
+    ];
 }
 
 /// Key of the services map: a VIP as the application names it.
@@ -60,8 +91,8 @@ pub struct Backend {
     pub addr_be: [u32; 4],
     /// Backend port, network byte order.
     pub port_be: u16,
-    /// Always zero.
-    pub pad: u16,
+    /// [`backend_flags`]; set by the datapath when it writes the table.
+    pub flags: u16,
     /// Backend id: key of its counters.
     pub id: u32,
 }
@@ -75,14 +106,20 @@ pub struct Service {
     pub generation: u64,
     /// VIP id: key of its counters.
     pub vip_id: u32,
+    /// Passive health threshold of this VIP's backends (0 = off); the datapath copies it
+    /// into the passive map per backend id, where the kernel reads it.
+    pub passive_threshold: u16,
     /// Reserved for per-VIP options; zero today.
-    pub flags: u32,
-    /// Valid entries in `backends`.
+    pub flags: u16,
+    /// Valid entries in `backends`: the slot group, then the fallback group.
     pub backend_count: u16,
     /// Valid entries in `slots`; 0 means no live backend (connect gets ECONNREFUSED).
     pub slot_count: u16,
+    /// `backends[..active_count]` is what the slots name; the rest is the fallback group,
+    /// used only when every backend of the slot group is suspect.
+    pub active_count: u16,
     /// Always zero.
-    pub pad: u32,
+    pub pad: u16,
     /// Live backends.
     pub backends: [Backend; MAX_BACKENDS],
     /// Indexes into `backends`, each repeated in proportion to its weight.
@@ -95,9 +132,11 @@ impl Default for Service {
         Self {
             generation: 0,
             vip_id: 0,
+            passive_threshold: 0,
             flags: 0,
             backend_count: 0,
             slot_count: 0,
+            active_count: 0,
             pad: 0,
             backends: [Backend::default(); MAX_BACKENDS],
             slots: [0; MAX_SLOTS],
@@ -107,8 +146,8 @@ impl Default for Service {
 
 /// Per-CPU counters of one VIP id or backend id; each field counts one thing.
 ///
-/// Under a backend id only `connects`, `no_sock_storage` and
-/// `connect_failures` are counted; the refusals are counted under the VIP id.
+/// Under a backend id: `connects`, `no_sock_storage` and the kernel-observed outcomes;
+/// the refusals are counted under the VIP id.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Counters {
@@ -122,10 +161,94 @@ pub struct Counters {
     pub bad_table: u64,
     /// Calls refused with EAFNOSUPPORT: an IPv6 backend for an AF_INET socket.
     pub family_mismatch: u64,
-    /// Reserved: connects the kernel saw fail (a later passive health signal).
+    /// Translated TCP connects refused or reset before the handshake completed.
     pub connect_failures: u64,
+    /// Translated TCP connects that completed the handshake.
+    pub established: u64,
+    /// SYN retransmission timeouts of translated TCP connects.
+    pub syn_timeouts: u64,
+    /// Connects sent elsewhere because this backend was marked suspect.
+    pub diverted: u64,
 }
-const _: () = assert!(size_of::<Counters>() == 48);
+const _: () = assert!(size_of::<Counters>() == 72);
+
+/// Value of the reverse map (key: the backend as a [`VipKey`]): the one VIP that names it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Reverse {
+    /// The VIP a translated socket to this backend shows as its peer.
+    pub vip: VipKey,
+    /// That VIP's counter id.
+    pub vip_id: u32,
+    /// The backend's counter id under that VIP.
+    pub backend_id: u32,
+}
+const _: () = assert!(size_of::<Reverse>() == 28);
+
+/// Value of the passive map, indexed by backend id.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Passive {
+    /// Kernel-observed connect failures in a row (an established connect resets it).
+    pub failures: u32,
+    /// Failures in a row that make the backend suspect; 0 = never.
+    pub threshold: u32,
+}
+const _: () = assert!(size_of::<Passive>() == 8);
+
+/// Kinds of [`ConnectEvent::kind`].
+pub mod event_kinds {
+    /// `SYN_SENT → CLOSE`: refused or reset.
+    pub const REFUSED: u8 = 1;
+    /// SYN retransmission timeout in `SYN_SENT`.
+    pub const SYN_TIMEOUT: u8 = 2;
+}
+
+/// One ring buffer record: a failed translated connect.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ConnectEvent {
+    /// `bpf_ktime_get_ns()` when it was seen.
+    pub ktime_ns: u64,
+    /// Backend counter id.
+    pub backend_id: u32,
+    /// VIP counter id.
+    pub vip_id: u32,
+    /// Backend address words, network byte order; IPv4 as `::ffff:a.b.c.d`.
+    pub addr_be: [u32; 4],
+    /// Backend port, network byte order.
+    pub port_be: u16,
+    /// One of [`event_kinds`].
+    pub kind: u8,
+    /// 1 when this failure reached the threshold and marked the backend suspect.
+    pub suspect: u8,
+    /// Failures in a row, counting this one.
+    pub consecutive: u32,
+}
+const _: () = assert!(size_of::<ConnectEvent>() == 40);
+
+/// One record the termination iterators write: a translated socket to abort.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DoomedSocket {
+    /// Socket cookie.
+    pub cookie: u64,
+    /// Local address words, network byte order (IPv4 sockets: `::ffff:a.b.c.d`).
+    pub src_be: [u32; 4],
+    /// Remote address words, network byte order.
+    pub dst_be: [u32; 4],
+    /// Local port, host byte order.
+    pub src_port: u16,
+    /// Remote port, network byte order.
+    pub dst_port_be: u16,
+    /// `AF_INET` or `AF_INET6`.
+    pub family: u8,
+    /// `IPPROTO_TCP` or `IPPROTO_UDP`.
+    pub proto: u8,
+    /// Always zero.
+    pub pad: u16,
+}
+const _: () = assert!(size_of::<DoomedSocket>() == 48);
 
 /// One translation made on a socket: what getpeername/recvmsg undo.
 #[repr(C)]
@@ -218,6 +341,12 @@ mod pod {
     unsafe impl aya::Pod for super::SockState {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::Meta {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::Reverse {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::Passive {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::ConnectEvent {}
 }
 
 #[cfg(test)]

@@ -72,6 +72,8 @@ pub struct Breaker {
     ejections: u32,
     /// Start of the current unbroken run of passes while closed.
     healthy_since: Option<Instant>,
+    /// A passive ejection happened and is not yet forgiven: the next one opens for real.
+    struck: bool,
 }
 
 impl Breaker {
@@ -83,6 +85,7 @@ impl Breaker {
             failures: 0,
             ejections: 0,
             healthy_since: None,
+            struck: false,
         }
     }
 
@@ -144,6 +147,31 @@ impl Breaker {
         observed.or(ticked)
     }
 
+    /// Takes a closed breaker's backend out at once, on evidence other than probes
+    /// (kernel-observed connect failures). `None` when it is out already.
+    ///
+    /// The first such ejection (with no ejection unforgiven) is a strike, as if `fall` probes
+    /// had failed: the breaker half-opens at once (reported as opened for zero), so the
+    /// backend comes back after `rise` passing probes — a primary restarted after a crash is
+    /// not held out for `open_for`. A repeat before decay forgives the strike opens it like
+    /// any ejection, so repeated ones grow the period toward `max_open_for`.
+    pub fn eject(&mut self, now: Instant) -> Option<BreakerEvent> {
+        if self.is_open() {
+            return None;
+        }
+        if self.ejections == 0 && !self.struck {
+            self.struck = true;
+            self.state = BreakerState::HalfOpen { passes: 0 };
+            self.failures = 0;
+            self.healthy_since = None;
+            return Some(BreakerEvent::Opened {
+                for_: Duration::ZERO,
+                ejections: 0,
+            });
+        }
+        Some(self.open(now))
+    }
+
     /// Half-opens an open breaker whose period ended by `now`; nothing else
     /// changes without an observation.
     pub fn tick(&mut self, now: Instant) -> Option<BreakerEvent> {
@@ -169,8 +197,12 @@ impl Breaker {
     fn pass_closed(&mut self, now: Instant) {
         self.failures = 0;
         let since = *self.healthy_since.get_or_insert(now);
-        if self.ejections > 0 && now.saturating_duration_since(since) >= self.params.max_open_for {
+        let forgiving = now.saturating_duration_since(since) >= self.params.max_open_for;
+        if forgiving && self.ejections > 0 {
             self.ejections -= 1;
+            self.healthy_since = Some(now);
+        } else if forgiving && self.struck {
+            self.struck = false;
             self.healthy_since = Some(now);
         }
     }

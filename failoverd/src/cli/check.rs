@@ -150,6 +150,40 @@ impl fmt::Display for Summary<'_> {
     }
 }
 
+/// Passive health in one line: when kernel evidence ejects a backend.
+fn describe_passive(s: &ServiceConfig) -> String {
+    match s.passive.consecutive_failures {
+        0 => "off".to_owned(),
+        _ if s.protocol == crate::datapath::Protocol::Udp => {
+            "off for udp (no handshake for the kernel to watch)".to_owned()
+        }
+        n => format!(
+            "ejects after {n} failed connects in a row seen by the kernel (at least one backend, else at most {}% of a group)",
+            s.breaker.max_ejected_percent
+        ),
+    }
+}
+
+/// When open sockets to a backend are aborted, in one line.
+fn describe_terminate(s: &ServiceConfig) -> String {
+    let t = &s.terminate;
+    let mut when = Vec::new();
+    if t.on_down {
+        when.push("when a backend goes down".to_owned());
+    }
+    if t.on_failback {
+        when.push("on failback".to_owned());
+    }
+    if let Some(grace) = t.drain_after {
+        when.push(format!("{} after a drain", format_duration(grace)));
+    }
+    if when.is_empty() {
+        "never (drain --terminate only)".to_owned()
+    } else {
+        format!("open sockets aborted {}", when.join(", "))
+    }
+}
+
 fn write_service(f: &mut fmt::Formatter<'_>, s: &ServiceConfig) -> fmt::Result {
     writeln!(
         f,
@@ -189,6 +223,8 @@ fn write_service(f: &mut fmt::Formatter<'_>, s: &ServiceConfig) -> fmt::Result {
         format_duration(b.max_open_for),
         b.max_ejected_percent
     )?;
+    writeln!(f, "  passive:   {}", describe_passive(s))?;
+    writeln!(f, "  terminate: {}", describe_terminate(s))?;
     let mut by_priority: BTreeMap<u8, Vec<&BackendConfig>> = BTreeMap::new();
     for backend in &s.backends {
         by_priority
@@ -324,6 +360,38 @@ services:
         );
         let backends = "  priority 0:\n    a 10.0.0.5:5432 weight 300 (75%)\n    b 10.0.0.6:5432 weight 100 (25%)\n  priority 1:\n    c 10.0.0.7:5432 weight 100 (100%)\n";
         assert!(shown.contains(backends), "{shown}");
+    }
+
+    #[test]
+    fn the_summary_says_when_kernel_evidence_ejects_and_sockets_are_aborted() {
+        let text = "\
+services:
+  - name: web
+    vip: 10.96.0.80:80
+    terminate: { on_down: true, drain_after: 5m }
+    backends: [{ address: 10.0.0.5:80 }]
+  - name: dns
+    vip: 10.96.0.53:53
+    protocol: udp
+    backends: [{ address: 10.0.0.5:53 }]
+";
+        let config = config::parse(text, Path::new("f.yaml")).unwrap();
+        let shown = Summary(&config).to_string();
+        assert!(
+            shown.contains("  passive:   ejects after 3 failed connects in a row seen by the kernel (at least one backend, else at most 50% of a group)\n"),
+            "{shown}"
+        );
+        assert!(
+            shown.contains(
+                "  terminate: open sockets aborted when a backend goes down, 5m after a drain\n"
+            ),
+            "{shown}"
+        );
+        assert!(shown.contains("  passive:   off for udp"), "{shown}");
+        assert!(
+            shown.contains("  terminate: never (drain --terminate only)\n"),
+            "{shown}"
+        );
     }
 
     #[test]

@@ -273,7 +273,9 @@ pub fn set(
 ///
 /// The VIP line shows every counter of the VIP's id, each meaning one thing
 /// (see docs/metrics.md); a backend line shows its connects, and its
-/// translations without socket storage when there were any.
+/// translations without socket storage and the kernel-observed outcomes
+/// (established, failed, SYN timeouts, diverted) when there were any. The
+/// fallback group (passive health) follows the slot backends.
 pub fn describe(
     installed: &InstalledTable,
     counters: impl Fn(u32) -> Option<CounterTotals>,
@@ -298,13 +300,39 @@ pub fn describe(
         let share = 100.0 * slots as f64 / table.slots.len().max(1) as f64;
         let _ = write!(out, "\n  -> {:<40} {share:5.1}%", b.addr.to_string());
         if let Some(c) = counters(b.id) {
-            let _ = write!(out, "  connects {}", c.connects);
-            if c.no_sock_storage > 0 {
-                let _ = write!(out, "  no-sock-storage {}", c.no_sock_storage);
-            }
+            backend_counters(&mut out, &c);
+        }
+    }
+    if table.passive_threshold > 0 {
+        let _ = write!(
+            out,
+            "\n  passive: {} failed connects in a row mark a backend suspect",
+            table.passive_threshold
+        );
+    }
+    for b in &table.fallback {
+        let _ = write!(out, "\n  ~> {:<40} fallback", b.addr.to_string());
+        if let Some(c) = counters(b.id) {
+            backend_counters(&mut out, &c);
         }
     }
     out
+}
+
+/// A backend's counters on its line: connects always, the rest when not zero.
+fn backend_counters(out: &mut String, c: &CounterTotals) {
+    let _ = write!(out, "  connects {}", c.connects);
+    for (name, n) in [
+        ("no-sock-storage", c.no_sock_storage),
+        ("established", c.established),
+        ("failed", c.connect_failures),
+        ("syn-timeouts", c.syn_timeouts),
+        ("diverted", c.diverted),
+    ] {
+        if n > 0 {
+            let _ = write!(out, "  {name} {n}");
+        }
+    }
 }
 
 #[cfg(test)]
@@ -384,6 +412,7 @@ mod tests {
                     no_sock_storage: 2,
                     bad_table: 3,
                     family_mismatch: 4,
+                    ..Default::default()
                 },
                 _ => CounterTotals {
                     connects: 10,
@@ -407,6 +436,48 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("connects 10  no-sock-storage 2"), "{text}");
+    }
+
+    #[test]
+    fn describe_shows_the_kernels_outcomes_the_threshold_and_the_fallback_group() {
+        let vip = Vip {
+            addr: "127.1.0.1:80".parse().unwrap(),
+            protocol: Protocol::Tcp,
+        };
+        let backend = |addr: &str, id| crate::datapath::TableBackend {
+            addr: addr.parse().unwrap(),
+            id,
+        };
+        let table = VipTable::weighted(vip, 1, vec![backend("127.0.0.1:1", 2)], &[1])
+            .unwrap()
+            .with_fallback(vec![backend("127.0.0.2:1", 3)])
+            .with_passive_threshold(3);
+        let counters = |id| {
+            Some(CounterTotals {
+                connects: 10,
+                established: 7,
+                connect_failures: if id == 2 { 3 } else { 0 },
+                diverted: if id == 2 { 1 } else { 0 },
+                ..Default::default()
+            })
+        };
+        let text = describe(
+            &InstalledTable {
+                table,
+                generation: 1,
+            },
+            counters,
+            false,
+        );
+        assert!(
+            text.contains("connects 10  established 7  failed 3  diverted 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("passive: 3 failed connects in a row mark a backend suspect"),
+            "{text}"
+        );
+        assert!(text.contains("~> 127.0.0.2:1"), "{text}");
     }
 
     #[test]

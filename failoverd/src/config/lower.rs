@@ -13,6 +13,7 @@ use super::{
     merge::{self, Scope, Section},
     model::DEFAULT_FLEET_PREFIX,
     model::{DEFAULT_WEIGHT, MAX_TTL, MAX_WEIGHT},
+    passive,
     raw::{RawBackend, RawConfig, RawControl, RawDatapath, RawFleet, RawResolver, RawService},
     syntax::check_name,
     BackendAddress, BackendConfig, Config, ControlSection, DatapathSection, EtcdSection, EtcdTls,
@@ -56,6 +57,24 @@ pub(super) fn lower(raw: RawConfig, source: &Path, issues: &mut Issues) -> Confi
     }
     if let Some(section) = default_breaker {
         merge::breaker(Scope::Defaults(section), issues);
+    }
+    let default_passive = defaults
+        .and_then(|d| d.passive.as_ref())
+        .map(|raw| Section {
+            raw,
+            path: "defaults.passive",
+        });
+    let default_terminate = defaults
+        .and_then(|d| d.terminate.as_ref())
+        .map(|raw| Section {
+            raw,
+            path: "defaults.terminate",
+        });
+    if let Some(section) = default_passive {
+        passive::passive(Scope::Defaults(section), issues);
+    }
+    if let Some(section) = default_terminate {
+        passive::terminate(Scope::Defaults(section), issues);
     }
 
     // Every VIP address, whatever its protocol: a backend at one of them would
@@ -150,6 +169,30 @@ pub(super) fn lower(raw: RawConfig, source: &Path, issues: &mut Issues) -> Confi
             },
             issues,
         );
+        let passive_path = at("passive");
+        let passive = passive::passive(
+            Scope::Service {
+                own: s.passive.as_ref().map(|raw| Section {
+                    raw,
+                    path: &passive_path,
+                }),
+                inherited: default_passive,
+                at: &passive_path,
+            },
+            issues,
+        );
+        let terminate_path = at("terminate");
+        let terminate = passive::terminate(
+            Scope::Service {
+                own: s.terminate.as_ref().map(|raw| Section {
+                    raw,
+                    path: &terminate_path,
+                }),
+                inherited: default_terminate,
+                at: &terminate_path,
+            },
+            issues,
+        );
         services.push(ServiceConfig {
             name: s.name.clone(),
             vip: vip.addr,
@@ -158,6 +201,8 @@ pub(super) fn lower(raw: RawConfig, source: &Path, issues: &mut Issues) -> Confi
             failback: s.failback.as_ref().map(|v| v.0).unwrap_or_default(),
             health,
             breaker,
+            passive,
+            terminate,
             backends: backends(s, &path, vip.addr, &vips, issues),
         });
     }

@@ -56,20 +56,25 @@ impl<R> Clone for Scope<'_, R> {
 impl<R> Copy for Scope<'_, R> {}
 
 /// A merged value and the key path that set it (`None`: the built-in default).
-struct Merged<T> {
-    value: T,
-    from: Option<String>,
+pub(super) struct Merged<T> {
+    pub value: T,
+    pub from: Option<String>,
 }
 
 impl<'a, R> Scope<'a, R> {
-    fn own(&self) -> Option<Section<'a, R>> {
+    pub(super) fn own(&self) -> Option<Section<'a, R>> {
         match *self {
             Scope::Defaults(s) => Some(s),
             Scope::Service { own, .. } => own,
         }
     }
 
-    fn get<T>(&self, key: &str, field: impl Fn(&'a R) -> Option<T>, builtin: T) -> Merged<T> {
+    pub(super) fn get<T>(
+        &self,
+        key: &str,
+        field: impl Fn(&'a R) -> Option<T>,
+        builtin: T,
+    ) -> Merged<T> {
         let inherited = match *self {
             Scope::Defaults(_) => None,
             Scope::Service { inherited, .. } => inherited,
@@ -122,7 +127,7 @@ pub(super) fn longer_than_max(key: &str, value: Duration, max: Duration) -> Stri
 }
 
 /// The message for a count above [`MAX_THRESHOLD`].
-fn more_than_max(key: &str, value: u32) -> String {
+pub(super) fn more_than_max(key: &str, value: u32) -> String {
     format!("{key} {value} is more than the maximum of {MAX_THRESHOLD}")
 }
 

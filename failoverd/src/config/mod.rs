@@ -23,6 +23,7 @@ mod locate;
 mod lower;
 mod merge;
 mod model;
+mod passive;
 mod raw;
 mod read;
 mod status;
@@ -36,10 +37,10 @@ pub use error::ConfigError;
 pub use model::{
     BackendConfig, BreakerConfig, Config, ControlSection, DatabaseCheckConfig, DatapathSection,
     EtcdSection, EtcdTls, ExecCheckConfig, Failback, FleetSection, HealthConfig, HealthKind,
-    HttpCheckConfig, MetricsSection, OnAllDown, ResolverSection, ServiceConfig, TcpCheckConfig,
-    DEFAULT_CONTROL_SOCKET, DEFAULT_FLEET_PREFIX, DEFAULT_METRICS_LISTEN, DEFAULT_STATE_DIR,
-    DEFAULT_WEIGHT, MAX_INTERVAL, MAX_LAG, MAX_OPEN_FOR, MAX_THRESHOLD, MAX_TTL, MAX_WEIGHT,
-    MIN_INTERVAL,
+    HttpCheckConfig, MetricsSection, OnAllDown, PassiveConfig, ResolverSection, ServiceConfig,
+    TcpCheckConfig, TerminateConfig, DEFAULT_CONTROL_SOCKET, DEFAULT_FLEET_PREFIX,
+    DEFAULT_METRICS_LISTEN, DEFAULT_STATE_DIR, DEFAULT_WEIGHT, MAX_DRAIN_AFTER, MAX_INTERVAL,
+    MAX_LAG, MAX_OPEN_FOR, MAX_THRESHOLD, MAX_TTL, MAX_WEIGHT, MIN_INTERVAL,
 };
 pub use read::{load, load_async, MAX_FILE_SIZE};
 pub use status::StatusMatch;

@@ -43,6 +43,8 @@ pub const MAX_OPEN_FOR: Duration = Duration::from_secs(86_400);
 pub const MAX_TTL: Duration = Duration::from_secs(86_400);
 /// Longest `max_lag`: 1 day, room for a replica delayed on purpose.
 pub const MAX_LAG: Duration = Duration::from_secs(86_400);
+/// Longest `terminate.drain_after`: 1 day; a longer grace is a drain that never ends.
+pub const MAX_DRAIN_AFTER: Duration = Duration::from_secs(86_400);
 
 /// A whole configuration file, defaults filled in and validated.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -209,6 +211,10 @@ pub struct ServiceConfig {
     pub health: HealthConfig,
     /// `breaker`: the circuit breaker, `defaults.breaker` merged in per key.
     pub breaker: BreakerConfig,
+    /// `passive`: kernel-observed connect failures (passive health), `defaults.passive` merged in per key.
+    pub passive: PassiveConfig,
+    /// `terminate`: when open sockets to a backend are aborted, `defaults.terminate` merged in per key.
+    pub terminate: TerminateConfig,
     /// `backends`: 1 to 32 of them, in file order.
     pub backends: Vec<BackendConfig>,
 }
@@ -438,6 +444,45 @@ impl Default for BreakerConfig {
             max_ejected_percent: 50,
         }
     }
+}
+
+/// `passive`: ejects a backend on the kernel's own evidence, failed connects of translated
+/// sockets, without waiting for `fall` probes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PassiveConfig {
+    /// `consecutive_failures`: this many kernel-observed connect failures to one backend in a
+    /// row (no established connect in between) eject it at once, 0 to 1000; 0 turns passive
+    /// health off. Default: 3.
+    pub consecutive_failures: u32,
+}
+
+impl Default for PassiveConfig {
+    fn default() -> Self {
+        PassiveConfig {
+            consecutive_failures: 3,
+        }
+    }
+}
+
+impl PassiveConfig {
+    /// Whether kernel-observed failures eject backends at all.
+    pub fn is_on(&self) -> bool {
+        self.consecutive_failures > 0
+    }
+}
+
+/// `terminate`: when the datapath aborts sockets it translated to a backend.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TerminateConfig {
+    /// `on_down`: abort them when the backend leaves the table unhealthy, ejected, removed
+    /// by a reload or demoted by a role check. Default: false.
+    pub on_down: bool,
+    /// `on_failback`: when traffic fails back, abort those to the priority it left, so
+    /// long-lived connections move back too. Default: false.
+    pub on_failback: bool,
+    /// `drain_after`: abort what is still open to a drained backend this long after the
+    /// drain, above zero, at most 1 day; `None` (`never`) leaves them open. Default: never.
+    pub drain_after: Option<Duration>,
 }
 
 /// One entry of a service's `backends`.

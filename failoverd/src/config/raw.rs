@@ -97,6 +97,8 @@ pub(super) struct RawResolver {
 pub(super) struct RawDefaults {
     pub health: Option<RawHealth>,
     pub breaker: Option<RawBreaker>,
+    pub passive: Option<RawPassive>,
+    pub terminate: Option<RawTerminate>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -109,6 +111,8 @@ pub(super) struct RawService {
     pub failback: Option<Parsed<Failback>>,
     pub health: Option<RawHealth>,
     pub breaker: Option<RawBreaker>,
+    pub passive: Option<RawPassive>,
+    pub terminate: Option<RawTerminate>,
     pub backends: Vec<RawBackend>,
 }
 
@@ -198,6 +202,39 @@ pub(super) struct RawBreaker {
     pub open_for: Option<Parsed<Duration>>,
     pub max_open_for: Option<Parsed<Duration>>,
     pub max_ejected_percent: Option<u32>,
+}
+
+/// `passive`, in `defaults` or in a service.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawPassive {
+    pub consecutive_failures: Option<u32>,
+}
+
+/// `terminate`, in `defaults` or in a service.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawTerminate {
+    pub on_down: Option<bool>,
+    pub on_failback: Option<bool>,
+    pub drain_after: Option<Parsed<Grace>>,
+}
+
+/// `drain_after`: `never`, or a duration.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct Grace(pub Option<Duration>);
+
+impl Scalar for Grace {
+    const EXPECTING: &'static str = "never, or a duration such as 30s or 5m";
+
+    fn parse(text: &str) -> Result<Self, String> {
+        if text == "never" {
+            return Ok(Grace(None));
+        }
+        humantime::parse_duration(text).map(|d| Grace(Some(d))).map_err(|e| {
+            format!("invalid drain_after `{text}` ({e}): write never, or a duration such as 30s or 5m")
+        })
+    }
 }
 
 #[derive(Debug, Deserialize)]

@@ -1167,3 +1167,72 @@ mod fleet_section {
         }
     }
 }
+
+#[test]
+fn passive_health_is_on_with_three_and_terminate_is_off_by_default() {
+    let s = &ok(MINIMAL).services[0];
+    assert_eq!(s.passive, PassiveConfig::default());
+    assert_eq!(s.passive.consecutive_failures, 3);
+    assert!(s.passive.is_on());
+    assert_eq!(s.terminate, TerminateConfig::default());
+    assert_eq!(s.terminate.drain_after, None);
+}
+
+#[test]
+fn passive_and_terminate_merge_from_defaults_key_by_key() {
+    let text = "\
+defaults:
+  passive: { consecutive_failures: 0 }
+  terminate: { on_down: true, drain_after: 30s }
+services:
+  - name: web
+    vip: 10.96.0.80:80
+    terminate: { on_failback: true, drain_after: never }
+    backends:
+      - address: 10.0.0.1:80
+  - name: db
+    vip: 10.96.0.81:80
+    passive: { consecutive_failures: 1 }
+    backends:
+      - address: 10.0.0.2:80
+";
+    let c = ok(text);
+    let (web, db) = (&c.services[0], &c.services[1]);
+    assert!(!web.passive.is_on(), "0 from defaults turns it off");
+    assert_eq!(
+        web.terminate,
+        TerminateConfig {
+            on_down: true,
+            on_failback: true,
+            drain_after: None,
+        },
+        "a service's `never` overrides the defaults' grace"
+    );
+    assert_eq!(db.passive.consecutive_failures, 1);
+    assert_eq!(db.terminate.drain_after, Some(Duration::from_secs(30)));
+}
+
+#[test]
+fn bad_passive_and_terminate_values_are_located() {
+    let cases = [
+        (
+            "defaults: { passive: { consecutive_failures: 1001 } }\n",
+            "1:46: defaults.passive.consecutive_failures: consecutive_failures 1001 is more than the maximum of 1000",
+        ),
+        (
+            "defaults: { terminate: { drain_after: 0s } }\n",
+            "1:39: defaults.terminate.drain_after: drain_after must be longer than zero: to abort at once, drain with --terminate",
+        ),
+        (
+            "defaults: { terminate: { drain_after: 2d } }\n",
+            "1:39: defaults.terminate.drain_after: drain_after 2days is longer than the maximum of 1day",
+        ),
+    ];
+    for (extra, want) in cases {
+        assert_eq!(&err(&format!("{extra}{MINIMAL}")), want, "for {extra:?}");
+    }
+    let e = err(&format!(
+        "defaults: {{ terminate: {{ drain_after: soon }} }}\n{MINIMAL}"
+    ));
+    assert!(e.contains("invalid drain_after `soon`"), "{e}");
+}

@@ -18,8 +18,8 @@ use serde::{de::DeserializeOwned, Serialize};
 use tokio::net::UnixStream;
 
 use super::{
-    query, DrainRequest, ErrorBody, EventsReport, ExplainReport, FailbackRequest, FleetReport,
-    ReloadReport, StatusReport, UndrainRequest,
+    query, DrainReport, DrainRequest, ErrorBody, EventsReport, ExplainReport, FailbackRequest,
+    FleetReport, ReloadReport, StatusReport, UndrainRequest,
 };
 
 /// How long one request may take, connecting included: 10 s.
@@ -135,9 +135,15 @@ impl ControlClient {
         answer.json()
     }
 
-    /// `POST /v1/drain`: takes a backend out of new connections.
-    pub async fn drain(&self, request: &DrainRequest) -> Result<(), ClientError> {
-        self.post("/v1/drain", request).await.map(drop)
+    /// `POST /v1/drain`: takes a backend out of new connections (with `terminate`, aborts
+    /// its sockets and says how many).
+    pub async fn drain(&self, request: &DrainRequest) -> Result<DrainReport, ClientError> {
+        let answer = self.post("/v1/drain", request).await?;
+        // 204 with no body: a plain drain, or a daemon from before --terminate.
+        if answer.body.is_empty() {
+            return Ok(DrainReport::default());
+        }
+        answer.json()
     }
 
     /// `POST /v1/undrain`: puts a drained backend back.

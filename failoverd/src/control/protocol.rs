@@ -91,6 +91,43 @@ pub struct BackendReport {
     pub kernel_connects: u64,
     /// Set while it is drained.
     pub drain: Option<DrainInfo>,
+    /// What the kernel has told about its connects (passive health); absent while it has
+    /// told nothing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub passive: Option<PassiveReport>,
+    /// What became of the connects the kernel translated to it (per-CPU counters, summed);
+    /// absent without pinned counters (a test's in-memory datapath).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kernel_outcomes: Option<KernelOutcomes>,
+}
+
+/// The kernel's counts of what became of a backend's translated connects.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KernelOutcomes {
+    /// TCP connects that completed the handshake.
+    pub established: u64,
+    /// TCP connects refused or reset before the handshake completed.
+    pub connect_failures: u64,
+    /// SYN retransmission timeouts (no answer at all).
+    pub syn_timeouts: u64,
+    /// Connects sent elsewhere while it was marked suspect.
+    pub diverted: u64,
+}
+
+/// A backend's kernel-observed connect failures, in a [`BackendReport`].
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PassiveReport {
+    /// Failed connects in a row as of the kernel's last report (an established connect
+    /// resets the kernel's count; the next report says so).
+    pub consecutive_failures: u32,
+    /// The last failed connect: `refused` or `syn_timeout`.
+    pub last_failure: Option<String>,
+    /// Seconds since the last failed connect.
+    pub last_failure_seconds_ago: Option<f64>,
+    /// Times kernel evidence ejected it.
+    pub ejections: u32,
+    /// Whether it is out now because of kernel evidence (until its breaker closes).
+    pub ejected: bool,
 }
 
 /// What the last probe of a backend saw.
@@ -132,9 +169,31 @@ pub struct DrainRequest {
     /// Allow draining the last live backend of the VIP.
     #[serde(default)]
     pub force: bool,
+    /// Also abort every socket the datapath translated to the backend, at once (after the
+    /// table write that took it out). Sockets that named the backend's own address are
+    /// never touched.
+    #[serde(default)]
+    pub terminate: bool,
     /// Drain on every host of the fleet (written to etcd through this daemon).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub fleet: bool,
+}
+
+/// The answer to `POST /v1/drain` with `terminate` (a plain drain answers 204, no body).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DrainReport {
+    /// What `terminate` aborted; `null` when it was not asked for.
+    #[serde(default)]
+    pub terminated: Option<TerminatedReport>,
+}
+
+/// Sockets aborted.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TerminatedReport {
+    /// TCP sockets.
+    pub tcp: u32,
+    /// Connected UDP sockets.
+    pub udp: u32,
 }
 
 /// `POST /v1/undrain`.
@@ -210,7 +269,7 @@ pub struct OutBackend {
     pub name: String,
     /// Address.
     pub address: String,
-    /// Why: `drained by alice: maintenance`, `unhealthy: refused: ...`, `ejected by the breaker (3 ejections)`, `weight 0`, `standby: priority 1 while priority 0 takes connections`, `unknown: no verdict yet`.
+    /// Why: `drained by alice: maintenance`, `unhealthy: refused: ...`, `ejected by the breaker (3 ejections)`, `ejected by passive health: the kernel saw 3 connects in a row fail (refused) (first ejection)`, `weight 0`, `standby: priority 1 while priority 0 takes connections`, `unknown: no verdict yet`.
     pub reason: String,
 }
 
@@ -222,7 +281,7 @@ pub struct EventRecord {
     pub seq: u64,
     /// When, in milliseconds since the Unix epoch.
     pub at_unix_ms: u64,
-    /// `backend` (health or breaker), `failover`, `drain`, `reload`.
+    /// `backend` (health, breaker or passive health), `failover`, `drain`, `reload`, `split_brain`, `terminate` (sockets aborted).
     pub kind: String,
     /// The service (empty for a reload).
     pub service: String,
@@ -339,12 +398,13 @@ pub struct Caller {
 pub trait ControlHandler: Send + Sync + 'static {
     /// Every service and backend.
     fn status(&self) -> impl Future<Output = Result<StatusReport, ControlError>> + Send;
-    /// Takes a backend out of new connections; persisted before it returns.
+    /// Takes a backend out of new connections; persisted before it returns. With
+    /// `terminate`, also aborts its translated sockets and reports how many.
     fn drain(
         &self,
         caller: Caller,
         request: DrainRequest,
-    ) -> impl Future<Output = Result<(), ControlError>> + Send;
+    ) -> impl Future<Output = Result<DrainReport, ControlError>> + Send;
     /// Puts a drained backend back; persisted before it returns.
     fn undrain(
         &self,

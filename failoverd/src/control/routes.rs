@@ -188,7 +188,11 @@ where
             handler.drain(caller.clone(), r)
         })
         .await
-        .map(|()| no_content()),
+        // A plain drain answers as it always did; only --terminate has something to say.
+        .map(|report| match report.terminated {
+            None => no_content(),
+            Some(_) => json(StatusCode::OK, &report),
+        }),
         Route::Undrain => call(route, request, &mut asked, |r: UndrainRequest| {
             handler.undrain(caller.clone(), r)
         })

@@ -21,12 +21,13 @@ use super::{
 use crate::{
     config::{self, ServiceConfig},
     control::{
-        BackendReport, Caller, ControlError, ControlHandler, DrainInfo, DrainRequest, EventRecord,
-        EventsReport, ExplainReport, FailbackRequest, OutBackend, ProbeReport, ReachableBackend,
-        ServiceReport, StatusReport, UndrainRequest,
+        BackendReport, Caller, ControlError, ControlHandler, DrainInfo, DrainReport, DrainRequest,
+        EventRecord, EventsReport, ExplainReport, FailbackRequest, KernelOutcomes, OutBackend,
+        PassiveReport, ProbeReport, ReachableBackend, ServiceReport, StatusReport,
+        TerminatedReport, UndrainRequest,
     },
-    datapath::{PinnedMaps, Protocol},
-    decision::{Drain, Explanation, OutReason, ServiceStatus},
+    datapath::{CounterTotals, PinnedMaps, Protocol},
+    decision::{Drain, Explanation, OutReason, PassiveStatus, ServiceStatus},
     health::HealthStatus,
 };
 
@@ -66,13 +67,14 @@ impl DaemonApi {
         }
     }
 
-    fn kernel_connects(&self, id: u32) -> u64 {
-        let Some(maps) = &self.counters else { return 0 };
+    /// The kernel's counters of `id`; `None` without pinned counters or when unreadable.
+    fn kernel_counters(&self, id: u32) -> Option<CounterTotals> {
+        let maps = self.counters.as_ref()?;
         match super::lock(maps).counters(id) {
-            Ok(c) => c.connects,
+            Ok(c) => Some(c),
             Err(e) => {
                 tracing::warn!(id, error = %e, "could not read kernel counters");
-                0
+                None
             }
         }
     }
@@ -83,25 +85,35 @@ impl DaemonApi {
         let mut backends: Vec<BackendReport> = s
             .backends
             .into_iter()
-            .map(|b| BackendReport {
-                kernel_connects: self.kernel_connects(b.id),
-                name: b.name,
-                address: b.addr.to_string(),
-                state: b.state.to_string(),
-                weight: b.weight,
-                priority: b.priority,
-                in_table: b.in_table,
-                last_probe: b.last_probe.map(|p| ProbeReport {
-                    ok: p.result.is_ok(),
-                    detail: match &*p.result {
-                        Ok(ok) => ok.detail.clone(),
-                        Err(e) => format!("{}: {e}", e.reason()),
-                    },
-                    latency_ms: p.latency.as_secs_f64() * 1000.0,
-                }),
-                in_state_seconds: b.in_state_for.as_secs_f64(),
-                ejections: b.ejections,
-                drain: b.drain.map(drain_info),
+            .map(|b| {
+                let counters = self.kernel_counters(b.id);
+                BackendReport {
+                    kernel_connects: counters.map_or(0, |c| c.connects),
+                    kernel_outcomes: counters.map(|c| KernelOutcomes {
+                        established: c.established,
+                        connect_failures: c.connect_failures,
+                        syn_timeouts: c.syn_timeouts,
+                        diverted: c.diverted,
+                    }),
+                    name: b.name,
+                    address: b.addr.to_string(),
+                    state: b.state.to_string(),
+                    weight: b.weight,
+                    priority: b.priority,
+                    in_table: b.in_table,
+                    last_probe: b.last_probe.map(|p| ProbeReport {
+                        ok: p.result.is_ok(),
+                        detail: match &*p.result {
+                            Ok(ok) => ok.detail.clone(),
+                            Err(e) => format!("{}: {e}", e.reason()),
+                        },
+                        latency_ms: p.latency.as_secs_f64() * 1000.0,
+                    }),
+                    in_state_seconds: b.in_state_for.as_secs_f64(),
+                    ejections: b.ejections,
+                    drain: b.drain.map(drain_info),
+                    passive: passive_report(&b.passive),
+                }
             })
             .collect();
         // A backend whose name resolves to nothing shows as such, not as missing.
@@ -119,6 +131,8 @@ impl DaemonApi {
                 ejections: 0,
                 kernel_connects: 0,
                 drain: None,
+                passive: None,
+                kernel_outcomes: None,
             });
         }
         let datapath_error = self.handle.write_failure(&s.vip).map(|f| f.to_string());
@@ -138,6 +152,20 @@ impl DaemonApi {
             backends,
         }
     }
+}
+
+/// A backend's passive health for status; `None` while the kernel has told nothing.
+fn passive_report(p: &PassiveStatus) -> Option<PassiveReport> {
+    if p.last_failure.is_none() && p.ejections == 0 {
+        return None;
+    }
+    Some(PassiveReport {
+        consecutive_failures: p.consecutive,
+        last_failure: p.last_failure.map(|(_, kind)| kind.to_string()),
+        last_failure_seconds_ago: p.last_failure.map(|(ago, _)| ago.as_secs_f64()),
+        ejections: p.ejections,
+        ejected: p.ejected,
+    })
 }
 
 fn drain_info(d: Drain) -> DrainInfo {
@@ -167,6 +195,7 @@ fn drain_error(e: DrainError) -> ControlError {
         DrainError::UnknownService { .. } => ControlError::NotFound(e.to_string()),
         DrainError::Refused(_) => ControlError::Invalid(e.to_string()),
         DrainError::Persist(source) => ControlError::Failed(format!("{e}: {source}")),
+        DrainError::NotTerminated(source) => ControlError::Failed(format!("{e}: {source}")),
         DrainError::NotWritten | DrainError::Stopped => ControlError::Failed(e.to_string()),
     }
 }
@@ -188,6 +217,19 @@ fn out_sentence(reason: &OutReason) -> String {
         OutReason::Ejected { ejections } => {
             format!("ejected by the breaker ({ejections} ejections)")
         }
+        OutReason::PassiveEjected {
+            consecutive,
+            kind,
+            ejections,
+        } => format!(
+            "ejected by passive health: the kernel saw {consecutive} connects in a row fail{} ({})",
+            kind.map(|k| format!(" ({k})")).unwrap_or_default(),
+            if *ejections == 1 {
+                "first ejection".to_string()
+            } else {
+                format!("{ejections} ejections")
+            }
+        ),
         OutReason::Unknown => "unknown: no verdict yet".to_string(),
         OutReason::Unhealthy(Some(evidence)) => format!("unhealthy: {evidence}"),
         OutReason::Unhealthy(None) => HealthStatus::Unhealthy.word().to_string(),
@@ -304,7 +346,11 @@ impl ControlHandler for DaemonApi {
         })
     }
 
-    async fn drain(&self, caller: Caller, request: DrainRequest) -> Result<(), ControlError> {
+    async fn drain(
+        &self,
+        caller: Caller,
+        request: DrainRequest,
+    ) -> Result<DrainReport, ControlError> {
         if request.fleet {
             return self.fleet_drain(caller, request).await;
         }
@@ -316,11 +362,19 @@ impl ControlHandler for DaemonApi {
                 fleet: false,
             },
             force: request.force,
+            terminate: request.terminate,
         };
-        self.handle
+        let terminated = self
+            .handle
             .set_drain(&self.store, &request.service, &request.backend, change)
             .await
-            .map_err(drain_error)
+            .map_err(drain_error)?;
+        Ok(DrainReport {
+            terminated: terminated.map(|t| TerminatedReport {
+                tcp: t.tcp,
+                udp: t.udp,
+            }),
+        })
     }
 
     async fn undrain(&self, caller: Caller, request: UndrainRequest) -> Result<(), ControlError> {
@@ -336,6 +390,7 @@ impl ControlHandler for DaemonApi {
                 DrainChange::Undrain,
             )
             .await
+            .map(drop)
             .map_err(drain_error)
     }
 

@@ -15,7 +15,7 @@ pub struct EventRecord {
     pub seq: u64,
     /// When, in milliseconds since the Unix epoch.
     pub at_unix_ms: u64,
-    /// `backend`, `failover`, `drain`, `reload`.
+    /// `backend`, `failover`, `drain`, `reload`, `split_brain`, `terminate`.
     pub kind: &'static str,
     /// The service (empty for a reload).
     pub service: String,
@@ -58,7 +58,7 @@ impl Default for Events {
 
 /// What happened, before it gets a number and a time.
 pub struct Event<'a> {
-    /// `backend`, `failover`, `drain`, `reload`.
+    /// `backend`, `failover`, `drain`, `reload`, `split_brain`, `terminate`.
     pub kind: &'static str,
     /// The service (empty for a reload).
     pub service: &'a str,

@@ -20,7 +20,10 @@ use super::{
 };
 use crate::{
     config::{self, Config, ConfigError},
-    control::{Caller, ControlError, DrainRequest, FleetLinkReport, FleetReport, UndrainRequest},
+    control::{
+        Caller, ControlError, DrainReport, DrainRequest, FleetLinkReport, FleetReport,
+        UndrainRequest,
+    },
     decision::Drain,
     fleet::{agent::FleetTarget, FleetDrain, FleetLink, FleetState, FleetStore, Keys},
 };
@@ -197,6 +200,7 @@ impl DaemonApi {
                 let change = DrainChange::Drain {
                     drain: want,
                     force: d.force,
+                    terminate: d.terminate,
                 };
                 self.fleet_drain_change(link, service, backend, change)
                     .await;
@@ -233,10 +237,11 @@ impl DaemonApi {
             .set_drain(&self.store, service, backend, change)
             .await
         {
-            Ok(()) => tracing::info!(
+            Ok(terminated) => tracing::info!(
                 service,
                 backend,
                 host = link.host(),
+                ?terminated,
                 "fleet: {what} applied"
             ),
             // A service or backend this host does not have: the drain is for other hosts.
@@ -262,7 +267,7 @@ impl DaemonApi {
         &self,
         caller: Caller,
         request: DrainRequest,
-    ) -> Result<(), ControlError> {
+    ) -> Result<DrainReport, ControlError> {
         let side = self.fleet.as_ref().ok_or_else(not_fleet)?;
         self.known_backend(&request.service, &request.backend)?;
         let drain = FleetDrain {
@@ -271,6 +276,7 @@ impl DaemonApi {
             at_unix: now_unix(),
             reason: request.reason,
             force: request.force,
+            terminate: request.terminate,
         };
         let revision = side
             .link
@@ -280,7 +286,8 @@ impl DaemonApi {
         self.await_applied(side, revision).await?;
         let here = self.handle.drains();
         match here.get(&request.service).and_then(|b| b.get(&request.backend)) {
-            Some(d) if d.fleet => Ok(()),
+            // Each host terminates as it applies the drain: no count to report from here.
+            Some(d) if d.fleet => Ok(DrainReport::default()),
             _ => Err(ControlError::Failed(format!(
                 "the fleet drain is in etcd (revision {revision}) but this host refused it (see `failoverd events`); `undrain --fleet` takes it back"
             ))),

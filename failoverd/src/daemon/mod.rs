@@ -21,6 +21,7 @@ mod hostname;
 pub mod lock;
 mod observer;
 mod operator;
+mod passive;
 pub mod prober;
 mod readiness;
 mod reload;
@@ -132,6 +133,8 @@ pub struct Running<D> {
     handle: DaemonHandle,
     shutdown: watch::Sender<bool>,
     writer: JoinHandle<Writer<D>>,
+    /// Routes the kernel's connect failures, when the datapath reports them.
+    passive: Option<JoinHandle<()>>,
 }
 
 /// Starts probing (with the real network probes) and managing every service of `config`.
@@ -156,6 +159,10 @@ pub async fn start_with<D: Datapath + 'static>(
     drains: Drains,
     checker: Arc<dyn HealthCheck>,
 ) -> Result<Running<D>, DaemonError> {
+    let mut datapath = datapath;
+    // Taken before the writer owns the datapath: read by its own task, so a failure never
+    // waits behind map writes.
+    let connect_events = datapath.take_connect_events();
     let writer = Writer::new(datapath)?;
     let kernel = writer.view();
     let adopted = writer.written().clone();
@@ -180,6 +187,7 @@ pub async fn start_with<D: Datapath + 'static>(
         ids: Mutex::new(ids),
         observer: observer::Observer::new(Arc::new(events::Events::default())),
         kernel,
+        routes: passive::Routes::default(),
     });
     let handle = DaemonHandle {
         inner: Arc::new(Inner {
@@ -198,11 +206,19 @@ pub async fn start_with<D: Datapath + 'static>(
             services.insert(service.name.clone(), started);
         }
     }
+    let passive = connect_events.map(|events| {
+        tokio::spawn(passive::forward(
+            events,
+            Arc::clone(&handle.inner.shared),
+            shutdown_rx.clone(),
+        ))
+    });
     let writer = tokio::spawn(run_writer(writer, writer_rx, shutdown_rx));
     Ok(Running {
         handle,
         shutdown: shutdown_tx,
         writer,
+        passive,
     })
 }
 
@@ -445,6 +461,11 @@ impl<D: Datapath + 'static> Running<D> {
         }
         // Receivers may all be gone already; the result does not matter.
         self.shutdown.send(true).ok();
+        if let Some(passive) = self.passive {
+            if let Err(e) = passive.await {
+                tracing::error!(error = %e, "the connect-failure reader ended abnormally");
+            }
+        }
         match self.writer.await {
             Ok(writer) => writer.into_datapath(),
             Err(e) => std::panic::resume_unwind(e.into_panic()),

@@ -5,8 +5,8 @@ use std::sync::Arc;
 
 use super::events::{Event, Events};
 use crate::{
-    datapath::{Vip, VipTable},
-    decision::{Evidence, ServiceState, Transition},
+    datapath::{DatapathError, Terminated, Vip, VipTable},
+    decision::{Evidence, PassiveHold, ServiceState, Termination, Transition},
     health::HealthStatus,
     metrics,
 };
@@ -244,6 +244,88 @@ impl Observer {
             }
             Transition::TableUnbuildable { why } => {
                 tracing::error!(service, error = %why, "cannot build the table; left as it is");
+            }
+            Transition::PassiveFailure {
+                backend,
+                kind,
+                consecutive,
+            } => {
+                // One per failed connect: a metric and a debug line, never an event (a dead
+                // backend under load fails thousands of connects a second).
+                metrics::passive_failure(service, backend, kind.as_str());
+                tracing::debug!(service, backend = %backend, kind = kind.as_str(), consecutive, "kernel saw a connect fail");
+            }
+            Transition::PassiveEjected {
+                backend,
+                kind,
+                consecutive,
+                open_for,
+                ejections,
+            } => {
+                metrics::transition(service, backend, "ejected");
+                metrics::ejection(service, backend);
+                metrics::passive_ejection(service, backend);
+                let until = if open_for.is_zero() {
+                    "out until rise passing probes".to_string()
+                } else {
+                    format!("breaker open for {}", humantime::format_duration(*open_for))
+                };
+                let open_for = humantime::format_duration(*open_for);
+                emit(
+                    "backend",
+                    Some(backend),
+                    None,
+                    Some("ejected".into()),
+                    format!("passive: the kernel saw {consecutive} connects in a row fail ({kind}); {until}"),
+                );
+                tracing::warn!(service, backend = %backend, kind = kind.as_str(), consecutive, open_for = %open_for, ejections, "kernel-observed connect failures: backend ejected");
+            }
+            Transition::PassiveHeld {
+                backend,
+                consecutive,
+                why,
+            } => match why {
+                PassiveHold::MaxEjected => {
+                    tracing::warn!(service, backend = %backend, consecutive, why = why.as_str(), "kernel-observed connect failures, but ejecting it would exceed max_ejected_percent; kept");
+                }
+                PassiveHold::AlreadyOut => {
+                    tracing::debug!(service, backend = %backend, consecutive, why = why.as_str(), "kernel-observed connect failures to a backend already out");
+                }
+            },
+        }
+    }
+
+    /// Records what one termination did: its metric, its event and its log line.
+    pub fn terminated(
+        &self,
+        service: &str,
+        termination: &Termination,
+        result: &Result<Terminated, DatapathError>,
+    ) {
+        let (backend, reason) = (&termination.backend, termination.reason.as_str());
+        match result {
+            Ok(done) => {
+                metrics::sockets_terminated(service, backend, reason, u64::from(done.total()));
+                self.events.emit(Event {
+                    kind: "terminate",
+                    service,
+                    backend: Some(backend),
+                    from: None,
+                    to: Some(reason.to_string()),
+                    detail: format!("{} tcp and {} udp sockets aborted", done.tcp, done.udp),
+                });
+                tracing::info!(service, backend = %backend, reason, tcp = done.tcp, udp = done.udp, "sockets to the backend aborted");
+            }
+            Err(e) => {
+                self.events.emit(Event {
+                    kind: "terminate",
+                    service,
+                    backend: Some(backend),
+                    from: None,
+                    to: Some(reason.to_string()),
+                    detail: format!("failed: {e}"),
+                });
+                tracing::error!(service, backend = %backend, reason, error = %e, "could not abort the sockets to the backend");
             }
         }
     }

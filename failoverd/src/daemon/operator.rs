@@ -10,7 +10,7 @@ use super::{
     DaemonError, DaemonHandle, DrainStore,
 };
 use crate::{
-    datapath::{Protocol, Vip},
+    datapath::{Protocol, Terminated, Vip},
     decision::Explanation,
     reconcile::WriterMessage,
 };
@@ -47,14 +47,22 @@ impl DaemonHandle {
     }
 
     /// Drains or undrains a backend: checked, recorded in `store`, and in the kernel's table
-    /// before this returns.
+    /// before this returns. A drain with `terminate` also aborts the sockets translated to
+    /// the backend, after that write, and returns what was aborted.
     pub async fn set_drain(
         &self,
         store: &DrainStore,
         service: &str,
         backend: &str,
         change: DrainChange,
-    ) -> Result<(), DrainError> {
+    ) -> Result<Option<Terminated>, DrainError> {
+        let terminate = matches!(
+            change,
+            DrainChange::Drain {
+                terminate: true,
+                ..
+            }
+        );
         let _one_at_a_time = self.inner.changes.lock().await;
         let tx = self
             .sender(service)
@@ -89,14 +97,27 @@ impl DaemonHandle {
         })))
         .await
         .map_err(|_| DrainError::Stopped)?;
-        answer.await.map_err(|_| DrainError::Stopped)??;
+        let aborted = answer.await.map_err(|_| DrainError::Stopped)??;
         // Recorded and handed to the writer: the file is the truth now.
         *lock(&self.inner.drains) = next;
         // Return only once the kernel holds it; no lock but the drain lock is held here.
         if !self.barrier().await.map_err(|_| DrainError::Stopped)? {
             return Err(DrainError::NotWritten);
         }
-        Ok(())
+        if !terminate {
+            return Ok(None);
+        }
+        let mut total = Terminated::default();
+        for done in aborted {
+            // Gone only when the writer stopped: the daemon is shutting down.
+            let t = done
+                .await
+                .map_err(|_| DrainError::Stopped)?
+                .map_err(DrainError::NotTerminated)?;
+            total.tcp += t.tcp;
+            total.udp += t.udp;
+        }
+        Ok(Some(total))
     }
 
     /// The drains in force (what `drains.json` holds).

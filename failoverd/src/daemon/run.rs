@@ -214,11 +214,14 @@ async fn export_kernel_counters(
             for service in handle.status().await.unwrap_or_default() {
                 for backend in &service.backends {
                     match maps.counters(backend.id) {
-                        Ok(c) => crate::metrics::kernel_connects(
-                            &service.name,
-                            &backend.name,
-                            c.connects,
-                        ),
+                        Ok(c) => {
+                            crate::metrics::kernel_connects(
+                                &service.name,
+                                &backend.name,
+                                c.connects,
+                            );
+                            crate::metrics::kernel_outcomes(&service.name, &backend.name, &c);
+                        }
                         Err(e) => {
                             tracing::debug!(backend = %backend.name, error = %e, "kernel counters unreadable")
                         }

@@ -22,7 +22,7 @@ use super::{
     readiness::Readiness,
 };
 use crate::{
-    datapath::{IdAllocator, IdsExhausted, VipTable},
+    datapath::{ConnectFailure, DatapathError, IdAllocator, IdsExhausted, Terminated, VipTable},
     decision::{
         BackendKey, CounterIds, Decision, Drain, Evidence, Explanation, Input, Refused,
         ServiceState, ServiceStatus, Transition,
@@ -35,6 +35,9 @@ use crate::{
 /// before it is applied, so a failure changes nothing.
 pub type Persist = Box<dyn FnOnce() -> Result<(), DrainStoreError> + Send>;
 
+/// What one termination the core asked for did, once the writer has done it.
+pub type Aborted = Result<Terminated, DatapathError>;
+
 /// A drain or an undrain.
 #[derive(Clone, Debug)]
 pub enum DrainChange {
@@ -44,6 +47,8 @@ pub enum DrainChange {
         drain: Drain,
         /// Allow draining the last live backend.
         force: bool,
+        /// Also abort every socket translated to it, at once.
+        terminate: bool,
     },
     /// Put it back.
     Undrain,
@@ -67,6 +72,9 @@ pub enum DrainError {
     /// Recorded, but the datapath write failed; the writer retries it.
     #[error("the drain is recorded but the datapath write failed; it is being retried (see the daemon's log)")]
     NotWritten,
+    /// Drained (recorded and written), but aborting its sockets failed.
+    #[error("the backend is drained, but aborting its open sockets failed")]
+    NotTerminated(#[source] DatapathError),
     /// The daemon is stopping.
     #[error("the daemon is stopping")]
     Stopped,
@@ -87,6 +95,8 @@ pub enum Message {
     /// Boxed: it is rare and large, and every slot of every service's channel is as large
     /// as the largest message.
     Drain(Box<DrainMessage>),
+    /// The kernel saw a translated connect to one of the service's backends fail.
+    ConnectFailed(ConnectFailure),
     /// Operator: go back to the best live priority now (`failback: manual`).
     Failback {
         /// Answered once decided.
@@ -118,8 +128,9 @@ pub struct DrainMessage {
     pub change: DrainChange,
     /// Records it before it is applied.
     pub persist: Persist,
-    /// The outcome.
-    pub reply: oneshot::Sender<Result<(), DrainError>>,
+    /// The outcome: with `terminate`, where what was aborted will be told (after the table
+    /// write that took the backend out); awaited by the asker, not by the service task.
+    pub reply: oneshot::Sender<Result<Vec<oneshot::Receiver<Aborted>>, DrainError>>,
 }
 
 impl From<ProbeReport> for Message {
@@ -142,6 +153,8 @@ pub struct Shared {
     pub observer: Observer,
     /// What the writer knows of the kernel: VIPs it cannot make hold their table.
     pub kernel: KernelView,
+    /// Backend ids to the service tasks that own them, for the kernel's connect failures.
+    pub routes: super::passive::Routes,
 }
 
 impl Shared {
@@ -200,6 +213,8 @@ pub struct ServiceTask {
     gauges: Gauges,
     /// Addresses of IP backends, fed to the core when the task starts.
     initial: Vec<(usize, Vec<SocketAddr>)>,
+    /// The backend ids routed to this task (see [`super::passive::Routes`]).
+    routed: Vec<u32>,
     ready: bool,
     tx: mpsc::Sender<Message>,
     shared: Arc<Shared>,
@@ -208,6 +223,7 @@ pub struct ServiceTask {
 impl Drop for ServiceTask {
     fn drop(&mut self) {
         self.shared.readiness.service_ended(self.ready);
+        self.shared.routes.set(&self.tx, &self.routed, Vec::new());
     }
 }
 
@@ -232,6 +248,7 @@ impl ServiceTask {
             probing: BTreeMap::new(),
             gauges: Gauges::default(),
             initial,
+            routed: Vec::new(),
             ready: false,
             tx,
             shared,
@@ -292,6 +309,16 @@ impl ServiceTask {
                 Message::Explain { reply } => {
                     reply.send(self.state.explain()).ok();
                 }
+                Message::ConnectFailed(f) => {
+                    self.input(Input::ConnectFailed {
+                        backend_id: f.backend_id,
+                        kind: f.kind,
+                        consecutive: f.consecutive,
+                        suspect: f.suspect,
+                    })
+                    .await
+                    .ok();
+                }
                 Message::Drain(drain) => {
                     let DrainMessage {
                         backend,
@@ -325,13 +352,14 @@ impl ServiceTask {
         .ok();
     }
 
-    /// Checks, records, then applies a drain change.
+    /// Checks, records, then applies a drain change; with `terminate`, answers where what
+    /// was aborted will be told.
     async fn drain(
         &mut self,
         backend: String,
         change: DrainChange,
         persist: Persist,
-    ) -> Result<(), DrainError> {
+    ) -> Result<Vec<oneshot::Receiver<Aborted>>, DrainError> {
         match &change {
             DrainChange::Drain { force, .. } => self.state.check_drain(&backend, *force)?,
             DrainChange::Undrain => self.state.check_undrain(&backend)?,
@@ -342,19 +370,24 @@ impl ServiceTask {
             .map_err(|_| DrainError::Stopped)?
             .map_err(DrainError::Persist)?;
         let input = match change {
-            DrainChange::Drain { drain, force } => Input::Drain {
+            DrainChange::Drain {
+                drain,
+                force,
+                terminate,
+            } => Input::Drain {
                 backend,
                 drain,
                 force,
+                terminate,
             },
             DrainChange::Undrain => Input::Undrain { backend },
         };
-        self.input(input).await?;
-        Ok(())
+        Ok(self.input(input).await?)
     }
 
-    /// Feeds one input to the core and acts on its decision.
-    async fn input(&mut self, input: Input) -> Result<(), Refused> {
+    /// Feeds one input to the core and acts on its decision; returns, per termination it
+    /// asked for, what the datapath aborted (dropping them changes nothing).
+    async fn input(&mut self, input: Input) -> Result<Vec<oneshot::Receiver<Aborted>>, Refused> {
         let addresses_may_change = matches!(input, Input::Addrs { .. });
         let decision = self
             .state
@@ -367,18 +400,18 @@ impl ServiceTask {
         {
             self.sync_probing();
         }
-        self.act(decision).await;
-        Ok(())
+        Ok(self.act(decision).await)
     }
 
-    /// Records the transitions and hands a new table to the writer.
-    async fn act(&mut self, decision: Decision) {
+    /// Records the transitions, hands a new table to the writer, then what else the
+    /// decision asks of the datapath (in that order: the writer does them in order).
+    async fn act(&mut self, decision: Decision) -> Vec<oneshot::Receiver<Aborted>> {
         if !self.ready && self.state.is_settled(Instant::now()) {
             self.ready = true;
             self.shared.readiness.service_ready();
         }
         if decision.is_empty() {
-            return;
+            return Vec::new();
         }
         let (name, vip) = (&self.state.config().name, self.state.config().vip());
         for t in &decision.transitions {
@@ -396,10 +429,48 @@ impl ServiceTask {
                 tracing::debug!(service = %name, "writer gone (shutting down)");
             }
         }
+        for id in decision.clear_suspect {
+            if self
+                .shared
+                .writer
+                .send(WriterMessage::ClearSuspect(id))
+                .await
+                .is_err()
+            {
+                tracing::debug!(service = %name, "writer gone (shutting down)");
+            }
+        }
+        let mut aborted = Vec::with_capacity(decision.terminate.len());
+        for termination in decision.terminate {
+            let (reply, answer) = oneshot::channel();
+            let message = WriterMessage::Terminate {
+                backend_ids: vec![termination.id],
+                reply,
+            };
+            if self.shared.writer.send(message).await.is_err() {
+                tracing::debug!(service = %name, "writer gone (shutting down)");
+                continue;
+            }
+            // Recorded off this task: the service goes on deciding while the kernel walks
+            // its sockets.
+            let (done, result) = oneshot::channel();
+            let (shared, service) = (Arc::clone(&self.shared), name.clone());
+            tokio::spawn(async move {
+                let Ok(outcome) = answer.await else { return };
+                shared.observer.terminated(&service, &termination, &outcome);
+                // The asker (a drain --terminate) may not wait.
+                done.send(outcome).ok();
+            });
+            aborted.push(result);
+        }
+        aborted
     }
 
-    /// Subscribes new backends to their probe loops and unsubscribes removed ones.
+    /// Subscribes new backends to their probe loops and unsubscribes removed ones, and
+    /// routes the kernel's connect failures for their ids here.
     fn sync_probing(&mut self) {
+        let ids = self.state.backends().map(|b| b.id).collect();
+        self.routed = self.shared.routes.set(&self.tx, &self.routed, ids);
         let config = self.state.config();
         self.probing
             .retain(|key, _| self.state.backends().any(|b| b.key == *key));

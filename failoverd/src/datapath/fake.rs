@@ -13,7 +13,12 @@ use std::{
 
 use failoverd_shared::map_names;
 
-use super::{CounterTotals, Datapath, DatapathError, InstalledTable, Vip, VipTable};
+use tokio::sync::mpsc;
+
+use super::{
+    BoxFuture, ConnectEvents, ConnectFailure, CounterTotals, Datapath, DatapathError,
+    InstalledTable, Terminated, Vip, VipTable,
+};
 
 /// Holds tables in memory, checks them exactly as the real datapath does, and
 /// records every write so tests can assert that only changed VIPs were written.
@@ -53,6 +58,17 @@ struct FakeKernel {
     writes: Vec<FakeWrite>,
     /// Ids whose counters were reset, in order.
     resets: Vec<u32>,
+    /// Where [`FakeHandle::connect_failed`] sends; the receiver is handed out once.
+    failures_tx: Option<mpsc::UnboundedSender<ConnectFailure>>,
+    failures_rx: Option<mpsc::UnboundedReceiver<ConnectFailure>>,
+    /// Backend ids whose suspect marks were lifted, in order.
+    suspect_clears: Vec<u32>,
+    /// Every `terminate` call's backend ids, in order.
+    terminations: Vec<Vec<u32>>,
+    /// Sockets "open" per backend id: what a `terminate` of that id reports as aborted.
+    open_sockets: HashMap<u32, Terminated>,
+    /// Set: every `terminate` fails with this errno (recorded all the same).
+    failing_terminations: Option<i32>,
 }
 
 /// A cloneable handle on a [`FakeDatapath`]'s in-memory kernel, for changing it
@@ -191,6 +207,69 @@ impl FakeHandle {
     pub fn restore(&self) {
         lock(&self.kernel).broken = None;
     }
+
+    /// Reports a kernel-observed connect failure, as the ring buffer would.
+    pub fn connect_failed(&self, failure: ConnectFailure) {
+        let mut kernel = lock(&self.kernel);
+        kernel.ensure_failure_channel();
+        if let Some(tx) = &kernel.failures_tx {
+            // The receiver lives as long as the daemon reading it; a test that reports
+            // after the daemon stopped has nothing to tell.
+            let _ = tx.send(failure);
+        }
+    }
+
+    /// Backend ids whose suspect marks the daemon lifted, in order.
+    pub fn suspect_clears(&self) -> Vec<u32> {
+        lock(&self.kernel).suspect_clears.clone()
+    }
+
+    /// Every `terminate` call's backend ids, in order.
+    pub fn terminations(&self) -> Vec<Vec<u32>> {
+        lock(&self.kernel).terminations.clone()
+    }
+
+    /// Pretends sockets are open to `backend_id`: a later `terminate` of it reports them.
+    pub fn set_open_sockets(&self, backend_id: u32, open: Terminated) {
+        lock(&self.kernel).open_sockets.insert(backend_id, open);
+    }
+
+    /// Makes every later `terminate` fail with `errno` (`None`: succeed again), as a
+    /// kernel without the iterator or `SOCK_DESTROY` would.
+    pub fn fail_terminations(&self, errno: Option<i32>) {
+        lock(&self.kernel).failing_terminations = errno;
+    }
+}
+
+impl FakeKernel {
+    fn ensure_failure_channel(&mut self) {
+        if self.failures_tx.is_none() {
+            let (tx, rx) = mpsc::unbounded_channel();
+            self.failures_tx = Some(tx);
+            self.failures_rx = Some(rx);
+        }
+    }
+}
+
+/// The fake's [`ConnectEvents`]: what [`FakeHandle::connect_failed`] sent.
+struct FakeConnectEvents {
+    rx: mpsc::UnboundedReceiver<ConnectFailure>,
+}
+
+impl ConnectEvents for FakeConnectEvents {
+    fn next_batch(&mut self) -> BoxFuture<'_, Result<Vec<ConnectFailure>, DatapathError>> {
+        Box::pin(async move {
+            let Some(first) = self.rx.recv().await else {
+                // Every sender is gone with the fake: nothing will ever come.
+                return std::future::pending().await;
+            };
+            let mut batch = vec![first];
+            while let Ok(more) = self.rx.try_recv() {
+                batch.push(more);
+            }
+            Ok(batch)
+        })
+    }
 }
 
 impl Datapath for FakeDatapath {
@@ -273,6 +352,34 @@ impl Datapath for FakeDatapath {
             None => Ok(()),
         }
     }
+
+    fn take_connect_events(&mut self) -> Option<Box<dyn ConnectEvents>> {
+        let mut kernel = self.kernel();
+        kernel.ensure_failure_channel();
+        let rx = kernel.failures_rx.take()?;
+        Some(Box::new(FakeConnectEvents { rx }))
+    }
+
+    fn clear_suspect(&mut self, backend_id: u32) -> Result<(), DatapathError> {
+        self.kernel().suspect_clears.push(backend_id);
+        Ok(())
+    }
+
+    fn terminate(&mut self, backend_ids: &[u32]) -> Result<Terminated, DatapathError> {
+        let mut kernel = self.kernel();
+        kernel.terminations.push(backend_ids.to_vec());
+        if let Some(errno) = kernel.failing_terminations {
+            return Err(syscall_error("terminating sockets", "sock_destroy", errno));
+        }
+        let mut done = Terminated::default();
+        for id in backend_ids {
+            if let Some(open) = kernel.open_sockets.remove(id) {
+                done.tcp += open.tcp;
+                done.udp += open.udp;
+            }
+        }
+        Ok(done)
+    }
 }
 
 #[cfg(test)]
@@ -323,6 +430,8 @@ mod tests {
                 id: 2,
             }],
             slots: vec![0],
+            fallback: Vec::new(),
+            passive_threshold: 0,
         };
         let err = dp.apply(&bad).unwrap_err();
         assert!(matches!(

@@ -54,7 +54,9 @@ impl IdAllocator {
         let mut ids = IdAllocator::default();
         for t in tables {
             ids.take(t.vip_id);
-            for b in &t.backends {
+            // The fallback group's ids too: the pinned table still names them, so handing
+            // one to another backend would mix two backends' counters and sockets.
+            for b in t.all_backends() {
                 ids.take(b.id);
             }
         }
@@ -148,6 +150,8 @@ mod tests {
                 id: backend_id,
             }],
             slots: vec![0],
+            fallback: Vec::new(),
+            passive_threshold: 0,
         }
     }
 

@@ -5,6 +5,7 @@
 //! bpffs); [`FakeDatapath`] keeps tables in memory for tests without root.
 
 mod bpf;
+mod evidence;
 mod fake;
 mod ids;
 mod table;
@@ -15,6 +16,7 @@ pub use bpf::{
     cgroup2_mount, cleanup, AttachReport, BpfDatapath, CgroupSpec, CleanupReport, DatapathConfig,
     DatapathError, PinnedMaps,
 };
+pub use evidence::{BoxFuture, ConnectEvents, ConnectFailure, ConnectFailureKind, Terminated};
 pub use fake::{FakeDatapath, FakeHandle, FakeWrite};
 pub use ids::{IdAllocator, IdsExhausted};
 pub use table::{Protocol, TableBackend, TableError, Vip, VipTable};
@@ -30,8 +32,9 @@ pub struct InstalledTable {
 
 /// Counters of one VIP id or backend id, summed over CPUs; each counts one thing.
 ///
-/// Under a backend id only `connects` and `no_sock_storage` are counted; the
-/// refusals (`rejected`, `bad_table`, `family_mismatch`) under the VIP's id.
+/// Under a backend id: `connects`, `no_sock_storage` and the kernel-observed outcomes
+/// (`established`, `connect_failures`, `syn_timeouts`, `diverted`); the refusals
+/// (`rejected`, `bad_table`, `family_mismatch`) under the VIP's id.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub struct CounterTotals {
     /// `connect()`/`sendmsg()` calls translated.
@@ -44,6 +47,14 @@ pub struct CounterTotals {
     pub bad_table: u64,
     /// Calls refused with EAFNOSUPPORT: an IPv6 backend for an AF_INET socket.
     pub family_mismatch: u64,
+    /// Translated TCP connects that completed the handshake.
+    pub established: u64,
+    /// Translated TCP connects refused or reset before the handshake completed.
+    pub connect_failures: u64,
+    /// SYN retransmission timeouts of translated TCP connects (a black-holed backend).
+    pub syn_timeouts: u64,
+    /// Connects the kernel sent elsewhere because this backend was marked suspect.
+    pub diverted: u64,
 }
 
 impl<T: Datapath + ?Sized> Datapath for Box<T> {
@@ -77,6 +88,18 @@ impl<T: Datapath + ?Sized> Datapath for Box<T> {
 
     fn check_intact(&self) -> Result<(), DatapathError> {
         (**self).check_intact()
+    }
+
+    fn take_connect_events(&mut self) -> Option<Box<dyn ConnectEvents>> {
+        (**self).take_connect_events()
+    }
+
+    fn clear_suspect(&mut self, backend_id: u32) -> Result<(), DatapathError> {
+        (**self).clear_suspect(backend_id)
+    }
+
+    fn terminate(&mut self, backend_ids: &[u32]) -> Result<Terminated, DatapathError> {
+        (**self).terminate(backend_ids)
     }
 }
 
@@ -122,5 +145,24 @@ pub trait Datapath: Send {
     /// Default: always in place (nothing outside the process to lose).
     fn check_intact(&self) -> Result<(), DatapathError> {
         Ok(())
+    }
+
+    /// The kernel's stream of failed translated connects, handed out once (later calls
+    /// return `None`). Default: none (a datapath that observes nothing).
+    fn take_connect_events(&mut self) -> Option<Box<dyn ConnectEvents>> {
+        None
+    }
+
+    /// Lifts the kernel's suspect mark of `backend_id` (its consecutive-failure count
+    /// goes back to zero), when the daemon decides not to eject it. Default: nothing to lift.
+    fn clear_suspect(&mut self, _backend_id: u32) -> Result<(), DatapathError> {
+        Ok(())
+    }
+
+    /// Aborts every socket the datapath translated to one of `backend_ids` (TCP in any
+    /// state, connected UDP); sockets that named a backend's own address are never
+    /// touched. Default: nothing to abort.
+    fn terminate(&mut self, _backend_ids: &[u32]) -> Result<Terminated, DatapathError> {
+        Ok(Terminated::default())
     }
 }

@@ -114,6 +114,14 @@ pub struct VipTable {
     pub backends: Vec<TableBackend>,
     /// Indexes into `backends`, repeated by weight; empty = refuse connects.
     pub slots: Vec<u8>,
+    /// Where the kernel sends a connect when every backend the slots name is marked
+    /// suspect by kernel-observed failures (passive health), before the daemon has even
+    /// woken: the live backends of the next priority. Never named by a slot; as many as
+    /// fit beside `backends` in the layout are kept.
+    pub fallback: Vec<TableBackend>,
+    /// Passive health: this many kernel-observed connect failures in a row mark a backend
+    /// of this table suspect, so new connects avoid it at once. 0 = off.
+    pub passive_threshold: u32,
 }
 
 /// Why a table cannot be encoded into the map layout.
@@ -170,7 +178,27 @@ impl VipTable {
             vip_id,
             backends,
             slots,
+            fallback: Vec::new(),
+            passive_threshold: 0,
         })
+    }
+
+    /// The same table with `fallback` as its fallback group (see [`VipTable::fallback`]).
+    pub fn with_fallback(mut self, fallback: Vec<TableBackend>) -> Self {
+        self.fallback = fallback;
+        self
+    }
+
+    /// The same table with passive health marking backends suspect after `threshold`
+    /// failures in a row (0 = off).
+    pub fn with_passive_threshold(mut self, threshold: u32) -> Self {
+        self.passive_threshold = threshold;
+        self
+    }
+
+    /// Every backend the table names: the slot group, then the fallback group.
+    pub fn all_backends(&self) -> impl Iterator<Item = &TableBackend> {
+        self.backends.iter().chain(&self.fallback)
     }
 
     /// A table with no slots: connects to the VIP are refused with ECONNREFUSED.
@@ -180,6 +208,8 @@ impl VipTable {
             vip_id,
             backends: Vec::new(),
             slots: Vec::new(),
+            fallback: Vec::new(),
+            passive_threshold: 0,
         }
     }
 
@@ -200,14 +230,23 @@ impl VipTable {
                 count: self.slots.len(),
             });
         }
+        // The fallback group is best effort: what does not fit beside the slot group is
+        // left out rather than failing the write of the table that matters.
+        let fallback = self
+            .fallback
+            .len()
+            .min(shared::MAX_BACKENDS - self.backends.len());
         let mut value = shared::Service {
             generation,
             vip_id: self.vip_id,
-            backend_count: self.backends.len() as u16,
+            passive_threshold: self.passive_threshold.min(u32::from(u16::MAX)) as u16,
+            backend_count: (self.backends.len() + fallback) as u16,
+            active_count: self.backends.len() as u16,
             slot_count: self.slots.len() as u16,
             ..Default::default()
         };
-        for (slot, b) in value.backends.iter_mut().zip(&self.backends) {
+        let named = self.backends.iter().chain(&self.fallback[..fallback]);
+        for (slot, b) in value.backends.iter_mut().zip(named) {
             if b.addr.is_ipv4() != vip.addr.is_ipv4() {
                 return Err(TableError::FamilyMismatch {
                     vip,
@@ -217,7 +256,7 @@ impl VipTable {
             *slot = shared::Backend {
                 addr_be: addr_to_words(b.addr.ip()),
                 port_be: b.addr.port().to_be(),
-                pad: 0,
+                flags: 0,
                 id: b.id,
             };
         }
@@ -237,18 +276,22 @@ impl VipTable {
     /// The table a map value holds (counts clamped to the layout's bounds).
     pub fn decode(vip: Vip, value: &shared::Service) -> Self {
         let backend_count = usize::from(value.backend_count).min(shared::MAX_BACKENDS);
+        let active_count = usize::from(value.active_count).min(backend_count);
         let slot_count = usize::from(value.slot_count).min(shared::MAX_SLOTS);
+        let entry = |b: &shared::Backend| TableBackend {
+            addr: SocketAddr::new(words_to_addr(b.addr_be), u16::from_be(b.port_be)),
+            id: b.id,
+        };
         VipTable {
             vip,
             vip_id: value.vip_id,
-            backends: value.backends[..backend_count]
-                .iter()
-                .map(|b| TableBackend {
-                    addr: SocketAddr::new(words_to_addr(b.addr_be), u16::from_be(b.port_be)),
-                    id: b.id,
-                })
-                .collect(),
+            backends: value.backends[..active_count].iter().map(entry).collect(),
             slots: value.slots[..slot_count].to_vec(),
+            fallback: value.backends[active_count..backend_count]
+                .iter()
+                .map(entry)
+                .collect(),
+            passive_threshold: u32::from(value.passive_threshold),
         }
     }
 
@@ -274,7 +317,7 @@ fn addr_to_words(ip: IpAddr) -> [u32; 4] {
 }
 
 /// The IP that map address words name: `::ffff:a.b.c.d` is IPv4.
-fn words_to_addr(words: [u32; 4]) -> IpAddr {
+pub(crate) fn words_to_addr(words: [u32; 4]) -> IpAddr {
     let v6 = Ipv6Addr::from(shared::addr_octets(words));
     match v6.to_ipv4_mapped() {
         Some(v4) => IpAddr::V4(v4),
@@ -338,6 +381,50 @@ mod tests {
     }
 
     #[test]
+    fn fallback_group_and_threshold_round_trip_and_slots_never_name_the_fallback() {
+        let table = VipTable::weighted(
+            vip("127.1.0.1:80"),
+            7,
+            vec![backend("127.0.0.1:8080", 8)],
+            &[1],
+        )
+        .unwrap()
+        .with_fallback(vec![
+            backend("127.0.0.2:8080", 9),
+            backend("127.0.0.3:8080", 10),
+        ])
+        .with_passive_threshold(3);
+        let value = table.encode(1).unwrap();
+        assert_eq!((value.backend_count, value.active_count), (3, 1));
+        assert!(value.slots[..usize::from(value.slot_count)]
+            .iter()
+            .all(|&s| s == 0));
+        assert_eq!(value.passive_threshold, 3);
+        assert_eq!(VipTable::decode(table.vip, &value), table);
+    }
+
+    #[test]
+    fn a_fallback_group_that_does_not_fit_is_cut_not_refused() {
+        let many = (0..40)
+            .map(|i| backend(&format!("127.0.1.{i}:80"), 100 + i))
+            .collect();
+        let table = VipTable::weighted(
+            vip("127.1.0.1:80"),
+            1,
+            vec![backend("127.0.0.1:80", 2)],
+            &[1],
+        )
+        .unwrap()
+        .with_fallback(many);
+        let value = table.encode(1).unwrap();
+        assert_eq!(usize::from(value.backend_count), shared::MAX_BACKENDS);
+        assert_eq!(
+            VipTable::decode(table.vip, &value).fallback.len(),
+            shared::MAX_BACKENDS - 1
+        );
+    }
+
+    #[test]
     fn mixed_families_are_refused() {
         let table =
             VipTable::weighted(vip("127.1.0.1:80"), 1, vec![backend("[::1]:80", 2)], &[1]).unwrap();
@@ -354,6 +441,8 @@ mod tests {
             vip_id: 1,
             backends: vec![backend("127.0.0.1:80", 2)],
             slots: vec![0, 1],
+            fallback: Vec::new(),
+            passive_threshold: 0,
         };
         assert_eq!(
             table.encode(1),

@@ -72,9 +72,18 @@ impl ServiceState {
             };
             let from_hostname = matches!(entry.address, BackendAddress::Host { .. });
             let mut backend = Backend::new(&self.config, &entry, key, from_hostname, id, now);
+            // An id from a pinned table may carry a suspect mark the kernel set while no
+            // daemon (or the service's predecessor) was there to confirm or lift it: trust
+            // no mark this core did not see. Lifted as soon as a table names the id; a
+            // backend that is really dead is marked again after the threshold.
+            backend.passive.marked = self.adopted_ids.contains_key(&addr);
             // Drains are keyed by backend name, which for a hostname's addresses is only
             // known here.
-            backend.drain = self.drains.get(&backend.name).cloned();
+            // A restored drain's grace (`drain_after`) counts from now: the core has no wall
+            // clock to tell how much of it passed before a restart.
+            if let Some(drain) = self.drains.get(&backend.name).cloned() {
+                backend.set_drain(drain, self.config.terminate.drain_after, now);
+            }
             if from_hostname {
                 out.push(Transition::AddressAdded {
                     backend: backend.name.clone(),
@@ -122,6 +131,7 @@ impl ServiceState {
             if !self.adopted_ids.values().any(|&id| id == b.id) {
                 ids.release(b.id);
             }
+            self.effects.removed.push((b.id, b.name.clone()));
             out.push(Transition::AddressRemoved {
                 backend: b.name,
                 why,

@@ -7,6 +7,7 @@ use tokio::time::Instant;
 use crate::{
     breaker::{Breaker, BreakerParams},
     config::{BackendConfig, ServiceConfig},
+    datapath::ConnectFailureKind,
     health::{HealthState, HealthStatus, ProbeResult},
 };
 
@@ -44,6 +45,23 @@ pub struct LastProbe {
     pub result: Arc<ProbeResult>,
 }
 
+/// What the kernel has told about one backend's translated connects (passive health).
+#[derive(Clone, Debug, Default)]
+pub struct PassiveState {
+    /// The last failed connect the kernel reported: when, and how it failed.
+    pub last_failure: Option<(Instant, ConnectFailureKind)>,
+    /// Failures in a row as of the last report (the kernel keeps the count; an established
+    /// connect resets it there, and the next report says so).
+    pub consecutive: u32,
+    /// Times kernel evidence ejected it.
+    pub ejections: u32,
+    /// Whether the breaker is open now because of kernel evidence (not probes).
+    pub ejected: bool,
+    /// The kernel marked it suspect and the mark is not lifted yet: lifted as soon as the
+    /// backend is in the VIP's table (again), so a stale mark never diverts its traffic.
+    pub marked: bool,
+}
+
 /// Everything the core knows about one backend address.
 #[derive(Debug)]
 pub struct Backend {
@@ -75,6 +93,11 @@ pub struct Backend {
     /// Its hostname no longer resolves to it, but it keeps taking connections until the
     /// addresses that replaced it have their first verdicts (make before break).
     pub retiring: bool,
+    /// Kernel-observed connect failures (passive health).
+    pub passive: PassiveState,
+    /// While drained with `terminate.drain_after` set: when what is still open to it is
+    /// aborted.
+    pub drain_deadline: Option<Instant>,
 }
 
 impl Backend {
@@ -111,7 +134,16 @@ impl Backend {
             since: now,
             verdict_due: after(now, first_verdict_wait(service)),
             retiring: false,
+            passive: PassiveState::default(),
+            drain_deadline: None,
         }
+    }
+
+    /// Holds it out of new connections for `drain`, from `now`; with `drain_after` set, what
+    /// is still open to it is aborted once that grace is over.
+    pub(super) fn set_drain(&mut self, drain: Drain, drain_after: Option<Duration>, now: Instant) {
+        self.drain = Some(drain);
+        self.drain_deadline = drain_after.map(|grace| after(now, grace));
     }
 
     /// Takes new connections: healthy, breaker closed, not drained (weight is

@@ -5,14 +5,15 @@ use std::{net::SocketAddr, sync::Arc};
 use tokio::time::Instant;
 
 use super::backend::{BackendKey, Drain};
-use crate::{datapath::IdsExhausted, health::ProbeResult};
+use crate::{
+    datapath::{ConnectFailureKind, IdsExhausted},
+    health::ProbeResult,
+};
 
 /// One input to a service's decision core.
 ///
 /// Every source of evidence about a backend is a variant here, so that one place decides
-/// which backends of a VIP take new connections. Kernel-observed connect outcomes (passive
-/// health), role answers of database checks and fleet-wide drains are the next inputs to
-/// land here.
+/// which backends of a VIP take new connections.
 #[derive(Clone, Debug)]
 pub enum Input {
     /// A probe finished.
@@ -39,6 +40,8 @@ pub enum Input {
         drain: Drain,
         /// Allow draining the last live backend.
         force: bool,
+        /// Also abort every socket the datapath translated to it, at once (`--terminate`).
+        terminate: bool,
     },
     /// An operator puts a drained backend back (`failoverd undrain`).
     Undrain {
@@ -47,8 +50,21 @@ pub enum Input {
     },
     /// An operator sends traffic back to the best live priority (`failback: manual`).
     Failback,
-    /// Time passed: breaker periods may have ended, first verdicts may be overdue.
+    /// Time passed: breaker periods may have ended, first verdicts may be overdue, a
+    /// drain's `drain_after` grace may be over.
     Tick,
+    /// The kernel saw a translated connect to one of the service's backends fail (passive
+    /// health; see [`crate::datapath::ConnectFailure`]).
+    ConnectFailed {
+        /// The backend's counter id.
+        backend_id: u32,
+        /// Refused, or no answer to the SYN.
+        kind: ConnectFailureKind,
+        /// Failures to it in a row, this one included, as the kernel counts them.
+        consecutive: u32,
+        /// Whether the kernel marked it suspect already (new connects avoid it).
+        suspect: bool,
+    },
 }
 
 /// Why the core refused an operator's input; nothing changed.

@@ -1,8 +1,9 @@
 //! The decision core: each service as a pure state machine.
 //!
 //! ```text
-//! Input (probe result, addresses, drain, failback, tick)
-//!   └─► ServiceState::handle(input, now) ─► Decision { table if changed, transitions }
+//! Input (probe result, kernel-observed connect failure, addresses, drain, failback, tick)
+//!   └─► ServiceState::handle(input, now)
+//!         ─► Decision { table if changed, transitions, suspect marks to lift, sockets to abort }
 //! ```
 //! No channels, no clock reads, no metrics, no control-API types: the daemon's shell
 //! (`daemon::service`) does the I/O and hands every [`Transition`] to one observer, and the
@@ -12,14 +13,16 @@
 mod addrs;
 mod backend;
 mod input;
+mod passive;
 mod report;
 mod service;
+mod terminate;
 #[cfg(test)]
 mod tests;
 mod transition;
 
-pub use backend::{Backend, BackendKey, Drain, LastProbe};
+pub use backend::{Backend, BackendKey, Drain, LastProbe, PassiveState};
 pub use input::{CounterIds, Input, Refused};
-pub use report::{BackendStatus, Explanation, OutReason, ServiceStatus};
+pub use report::{BackendStatus, Explanation, OutReason, PassiveStatus, ServiceStatus};
 pub use service::ServiceState;
-pub use transition::{Decision, Evidence, Transition};
+pub use transition::{Decision, Evidence, PassiveHold, TerminateReason, Termination, Transition};

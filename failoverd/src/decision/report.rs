@@ -10,7 +10,10 @@ use super::{
     service::ServiceState,
     transition::Evidence,
 };
-use crate::{datapath::Vip, health::HealthStatus};
+use crate::{
+    datapath::{ConnectFailureKind, Vip},
+    health::HealthStatus,
+};
 
 /// A service as status shows it.
 #[derive(Clone, Debug)]
@@ -66,6 +69,21 @@ pub struct BackendStatus {
     pub in_state_for: Duration,
     /// Who drained it, when and why, while drained.
     pub drain: Option<Drain>,
+    /// What the kernel has told about its connects (passive health).
+    pub passive: PassiveStatus,
+}
+
+/// A backend's passive health as status shows it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PassiveStatus {
+    /// Failed connects in a row as of the kernel's last report.
+    pub consecutive: u32,
+    /// The last failed connect the kernel reported: how long ago, and how it failed.
+    pub last_failure: Option<(Duration, ConnectFailureKind)>,
+    /// Times kernel evidence ejected it.
+    pub ejections: u32,
+    /// Whether it is out now because of kernel evidence.
+    pub ejected: bool,
 }
 
 /// Where a connect to a VIP goes now, and why every other backend is out.
@@ -95,6 +113,15 @@ pub enum OutReason {
     /// The breaker holds it out.
     Ejected {
         /// Ejections not yet forgiven.
+        ejections: u32,
+    },
+    /// The breaker holds it out because the kernel saw its connects fail (passive health).
+    PassiveEjected {
+        /// Failed connects in a row that ejected it.
+        consecutive: u32,
+        /// How the last one failed.
+        kind: Option<ConnectFailureKind>,
+        /// Ejections not yet forgiven (probe and passive ones alike).
         ejections: u32,
     },
     /// No verdict yet.
@@ -160,6 +187,15 @@ impl ServiceState {
                     last_probe: b.last_probe.clone(),
                     in_state_for: now.saturating_duration_since(b.since),
                     drain: b.drain.clone(),
+                    passive: PassiveStatus {
+                        consecutive: b.passive.consecutive,
+                        last_failure: b
+                            .passive
+                            .last_failure
+                            .map(|(at, kind)| (now.saturating_duration_since(at), kind)),
+                        ejections: b.passive.ejections,
+                        ejected: b.passive.ejected && b.breaker.is_open(),
+                    },
                 })
                 .collect(),
         }
@@ -197,6 +233,12 @@ impl ServiceState {
                         .as_ref()
                         .and_then(|k| self.backends.get(k))
                         .map(|k| k.name.clone()),
+                }
+            } else if b.breaker.is_open() && b.passive.ejected {
+                OutReason::PassiveEjected {
+                    consecutive: b.passive.consecutive,
+                    kind: b.passive.last_failure.map(|(_, k)| k),
+                    ejections: b.breaker.ejections(),
                 }
             } else if b.breaker.is_open() {
                 OutReason::Ejected {

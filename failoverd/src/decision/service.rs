@@ -15,7 +15,7 @@ use tokio::time::Instant;
 use super::{
     backend::{after, first_verdict_wait, Backend, BackendKey, Drain, LastProbe},
     input::{CounterIds, Input, Refused},
-    transition::{Decision, Evidence, Transition},
+    transition::{Decision, Evidence, TerminateReason, Termination, Transition},
 };
 use crate::{
     breaker::may_eject,
@@ -53,6 +53,32 @@ pub struct ServiceState {
     pub(super) one_primary: bool,
     /// While more than one backend claims primary: them, and the one kept.
     pub(super) split: Option<(Vec<BackendKey>, Option<BackendKey>)>,
+    /// Suspect marks to lift and sockets to abort, gathered while one input is handled and
+    /// handed out with its [`Decision`].
+    pub(super) effects: Effects,
+}
+
+/// What one input asks of the datapath besides a table.
+#[derive(Debug, Default)]
+pub(super) struct Effects {
+    pub clear_suspect: Vec<u32>,
+    pub terminate: Vec<Termination>,
+    /// Backends removed during this input (DNS), by id: their names, for a termination
+    /// asked for once the table without them is decided.
+    pub removed: Vec<(u32, String)>,
+}
+
+impl Effects {
+    /// Asks for `id`'s sockets to be aborted, once per input.
+    pub fn terminate(&mut self, backend: &str, id: u32, reason: TerminateReason) {
+        if !self.terminate.iter().any(|t| t.id == id) {
+            self.terminate.push(Termination {
+                backend: backend.to_string(),
+                id,
+                reason,
+            });
+        }
+    }
 }
 
 impl ServiceState {
@@ -76,9 +102,10 @@ impl ServiceState {
             vip: config.vip(),
             vip_id,
             backends: BTreeMap::new(),
+            // The fallback group's too, so a restart rebuilds the very same table.
             adopted_ids: adopted
                 .iter()
-                .flat_map(|t| t.backends.iter().map(|b| (b.addr, b.id)))
+                .flat_map(|t| t.all_backends().map(|b| (b.addr, b.id)))
                 .collect(),
             drains,
             active: None,
@@ -86,6 +113,7 @@ impl ServiceState {
             table: adopted,
             managed: false,
             failback_requested: false,
+            effects: Effects::default(),
             config,
         }
     }
@@ -154,13 +182,17 @@ impl ServiceState {
         self.backends.values()
     }
 
-    /// When the core next needs a [`Input::Tick`]: a breaker's open period ends, or (before
-    /// the table is managed) a first verdict becomes overdue.
+    /// When the core next needs a [`Input::Tick`]: a breaker's open period ends, a drain's
+    /// `drain_after` grace is over, or (before the table is managed) a first verdict becomes
+    /// overdue.
     pub fn next_deadline(&self) -> Option<Instant> {
-        let breakers = self
-            .backends
-            .values()
-            .filter_map(|b| b.breaker.next_deadline());
+        let breakers = self.backends.values().filter_map(|b| {
+            let drain = b.drain_deadline.filter(|_| b.drain.is_some());
+            match (b.breaker.next_deadline(), drain) {
+                (Some(a), Some(d)) => Some(a.min(d)),
+                (a, d) => a.or(d),
+            }
+        });
         let verdicts = self
             .backends
             .values()
@@ -168,6 +200,15 @@ impl ServiceState {
             .map(|b| b.verdict_due);
         let resolve = (!self.managed).then_some(self.resolve_due);
         breakers.chain(verdicts).chain(resolve).min()
+    }
+
+    /// The threshold the kernel marks a backend suspect at: `passive.consecutive_failures`
+    /// for a TCP VIP; 0 (off) for UDP, which has no connect for the kernel to watch.
+    pub fn passive_threshold(&self) -> u32 {
+        match self.vip.protocol {
+            crate::datapath::Protocol::Tcp => self.config.passive.consecutive_failures,
+            crate::datapath::Protocol::Udp => 0,
+        }
     }
 
     /// Feeds one input observed at `now`. Operator inputs can be refused, and then change
@@ -196,8 +237,9 @@ impl ServiceState {
                 backend,
                 drain,
                 force,
+                terminate,
             } => {
-                self.drain(&backend, drain, force, now, &mut out)?;
+                self.drain(&backend, drain, force, terminate, now, &mut out)?;
                 true
             }
             Input::Undrain { backend } => {
@@ -213,6 +255,12 @@ impl ServiceState {
                 self.tick(now, &mut out);
                 true
             }
+            Input::ConnectFailed {
+                backend_id,
+                kind,
+                consecutive,
+                suspect,
+            } => self.connect_failed(backend_id, kind, consecutive, suspect, now, &mut out),
         };
         self.retire_replaced(now, ids, &mut out);
         // Most probe results change nothing; until the table is managed, time alone (an
@@ -222,9 +270,13 @@ impl ServiceState {
         } else {
             None
         };
+        self.lift_marks_in_table();
+        let effects = std::mem::take(&mut self.effects);
         Ok(Decision {
             table,
             transitions: out,
+            clear_suspect: effects.clear_suspect,
+            terminate: effects.terminate,
         })
     }
 
@@ -321,9 +373,22 @@ impl ServiceState {
                 evidence: Evidence(Arc::clone(&result)),
             });
         }
-        if let Some(event) = b.breaker.observe(passed, now, may) {
+        // A server answering in the wrong role works: it is a standby, not a flake. Feeding
+        // that to the breaker would eject a replica that waits to be promoted, and hold the
+        // new primary out for `open_for` after a failover.
+        let breaker_event = match &*result {
+            Err(e) if e.is_wrong_role() => None,
+            _ => b.breaker.observe(passed, now, may),
+        };
+        if let Some(event) = breaker_event {
             changed = true;
             b.since = now;
+            // Readmitted, or re-opened by a failed trial probe: either way the breaker no
+            // longer holds it out on kernel evidence alone. (Half-opening changes nothing:
+            // it is still out for what the kernel saw.)
+            if !matches!(event, crate::breaker::BreakerEvent::HalfOpened) {
+                b.passive.ejected = false;
+            }
             out.extend(breaker_transition(&b.name, event, Some(Evidence(result))));
         }
         changed
@@ -335,6 +400,11 @@ impl ServiceState {
                 b.since = now;
                 out.extend(breaker_transition(&b.name, event, None));
             }
+            if b.drain.is_some() && b.drain_deadline.is_some_and(|d| now >= d) {
+                b.drain_deadline = None;
+                self.effects
+                    .terminate(&b.name, b.id, TerminateReason::DrainAfter);
+            }
         }
     }
 
@@ -343,14 +413,22 @@ impl ServiceState {
         backend: &str,
         drain: Drain,
         force: bool,
+        terminate: bool,
         now: Instant,
         out: &mut Vec<Transition>,
     ) -> Result<(), Refused> {
         let key = self.drainable(backend, force)?;
         self.drains.insert(backend.to_string(), drain.clone());
+        let drain_after = self.config.terminate.drain_after;
         let b = self.backends.get_mut(&key).expect("found by key_of");
-        b.drain = Some(drain.clone());
+        b.set_drain(drain.clone(), drain_after, now);
         b.since = now;
+        if terminate {
+            // Aborted at once, and not again when the grace is over.
+            b.drain_deadline = None;
+            self.effects
+                .terminate(&b.name, b.id, TerminateReason::Drain);
+        }
         out.push(Transition::Drained {
             backend: backend.to_string(),
             drain,
@@ -368,6 +446,7 @@ impl ServiceState {
         self.drains.remove(backend);
         let b = self.backends.get_mut(&key).expect("found by key_of");
         b.drain = None;
+        b.drain_deadline = None;
         b.since = now;
         out.push(Transition::Undrained {
             backend: backend.to_string(),
@@ -512,6 +591,14 @@ impl ServiceState {
             members.truncate(failoverd_shared::MAX_BACKENDS);
         }
         let backends: Vec<&Backend> = self.backends.values().collect();
+        let fallback: Vec<TableBackend> = self
+            .fallback_group(&selection, &candidates)
+            .into_iter()
+            .map(|i| TableBackend {
+                addr: backends[i].key.addr,
+                id: backends[i].id,
+            })
+            .collect();
         let table = if members.is_empty() {
             VipTable::refusing(self.vip, self.vip_id)
         } else {
@@ -530,7 +617,10 @@ impl ServiceState {
                     return None;
                 }
             }
-        };
+        }
+        .with_fallback(fallback)
+        .with_passive_threshold(self.passive_threshold());
+        self.ask_terminations(&table, out);
         self.active = selection.priority();
         self.panic = matches!(selection, Selection::Panic { .. });
         self.failback_requested = false;

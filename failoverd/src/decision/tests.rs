@@ -4,6 +4,8 @@ use std::{net::SocketAddr, path::Path, sync::Arc, time::Duration};
 
 use tokio::time::Instant;
 
+mod passive;
+
 use super::*;
 use crate::{
     datapath::{IdAllocator, TableBackend, VipTable},
@@ -103,6 +105,8 @@ impl Rig {
                 result,
             });
             all.transitions.extend(d.transitions);
+            all.clear_suspect.extend(d.clear_suspect);
+            all.terminate.extend(d.terminate);
             if d.table.is_some() {
                 all.table = d.table;
             }
@@ -115,6 +119,8 @@ impl Rig {
         for _ in 0..n {
             let d = self.round(results);
             all.transitions.extend(d.transitions);
+            all.clear_suspect.extend(d.clear_suspect);
+            all.terminate.extend(d.terminate);
             if d.table.is_some() {
                 all.table = d.table;
             }
@@ -200,6 +206,19 @@ fn manual_failback_holds_the_backup_until_the_operator_asks() {
     assert_eq!(moves(&d), vec![&Transition::FailedBack { from: 1, to: 0 }]);
 }
 
+/// A table as the kernel holds it for the primary-and-backup service: `backends` in the
+/// slots, `fallback` after them, the default passive threshold.
+fn adopted_with(vip_id: u32, backends: &[(&str, u32)], fallback: &[(&str, u32)]) -> VipTable {
+    let entries = |list: &[(&str, u32)]| -> Vec<TableBackend> {
+        list.iter()
+            .map(|&(a, id)| TableBackend { addr: addr(a), id })
+            .collect()
+    };
+    adopted(vip_id, backends)
+        .with_fallback(entries(fallback))
+        .with_passive_threshold(3)
+}
+
 fn adopted(vip_id: u32, backends: &[(&str, u32)]) -> VipTable {
     let vip = crate::datapath::Vip {
         addr: addr("127.66.0.1:80"),
@@ -215,7 +234,7 @@ fn adopted(vip_id: u32, backends: &[(&str, u32)]) -> VipTable {
 
 #[test]
 fn adopting_a_table_that_stays_is_neither_a_write_nor_a_failover() {
-    let table = adopted(9, &[(A, 10)]);
+    let table = adopted_with(9, &[(A, 10)], &[(B, 11)]);
     let mut r = rig_with("", &PRIMARY_AND_BACKUP, Some(table.clone()));
     assert_eq!(
         r.state
@@ -349,6 +368,7 @@ fn drains_move_traffic_and_refuse_to_leave_nothing_live() {
         backend: "a".into(),
         drain: drain("alice"),
         force: false,
+        terminate: false,
     });
     assert_eq!(r.table_addrs(), vec![addr(B)]);
     assert!(d
@@ -364,6 +384,7 @@ fn drains_move_traffic_and_refuse_to_leave_nothing_live() {
                 backend: "b".into(),
                 drain: drain("alice"),
                 force: false,
+                terminate: false,
             },
             r.now,
             &mut r.ids,
@@ -564,6 +585,26 @@ fn a_demoted_primary_is_out_at_once_not_after_fall_probes() {
         r.state.table().unwrap().slots.is_empty(),
         "no primary left: refused rather than sent to a replica"
     );
+}
+
+#[test]
+fn a_standby_answering_its_role_is_never_ejected_and_joins_at_once_when_promoted() {
+    use crate::health::Role::Primary;
+    let mut r = rig("", &TWO_DATABASES);
+    r.state.one_primary = true;
+    // Long enough for any breaker to have opened on B's "I am a replica" answers.
+    for _ in 0..20 {
+        r.probe_with(A, answers(Primary));
+        r.probe_with(B, demoted(addr(B)));
+    }
+    let status = r.state.status(r.now);
+    let b = status.backends.iter().find(|b| b.name == "b").unwrap();
+    assert!(!b.ejected, "a replica in its role is not a flake: {b:?}");
+    // Failover: B promoted, A demoted. After `rise` answers B takes the VIP, no breaker wait.
+    r.probe_with(B, answers(Primary));
+    r.probe_with(A, demoted(addr(A)));
+    r.probe_with(B, answers(Primary));
+    assert_eq!(r.table_addrs(), vec![addr(B)]);
 }
 
 #[test]

@@ -4,7 +4,7 @@ use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use super::backend::Drain;
 use crate::{
-    datapath::VipTable,
+    datapath::{ConnectFailureKind, VipTable},
     health::{HealthStatus, ProbeResult},
 };
 
@@ -148,6 +148,101 @@ pub enum Transition {
         /// Why.
         why: String,
     },
+    /// The kernel saw a translated connect to the backend fail (passive health).
+    PassiveFailure {
+        /// Backend name.
+        backend: String,
+        /// How it failed.
+        kind: ConnectFailureKind,
+        /// Failures in a row, this one included.
+        consecutive: u32,
+    },
+    /// Kernel evidence took the backend out at once, as if `fall` probes had failed: its
+    /// breaker opened (a breaker ejection like any other).
+    PassiveEjected {
+        /// Backend name.
+        backend: String,
+        /// How the last connect failed.
+        kind: ConnectFailureKind,
+        /// Failures in a row.
+        consecutive: u32,
+        /// How long it stays out before a trial.
+        open_for: Duration,
+        /// Ejections not yet forgiven, this one included.
+        ejections: u32,
+    },
+    /// Kernel evidence reached the threshold but the backend stays as it is.
+    PassiveHeld {
+        /// Backend name.
+        backend: String,
+        /// Failures in a row.
+        consecutive: u32,
+        /// Why it was not ejected.
+        why: PassiveHold,
+    },
+}
+
+/// Why kernel evidence did not eject a backend.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PassiveHold {
+    /// It is out already (unhealthy, ejected, drained, or not yet judged).
+    AlreadyOut,
+    /// Ejecting it would take out more than `max_ejected_percent` of its priority group,
+    /// and one of the group is out already.
+    MaxEjected,
+}
+
+impl PassiveHold {
+    /// The word logs use.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PassiveHold::AlreadyOut => "already_out",
+            PassiveHold::MaxEjected => "max_ejected_percent",
+        }
+    }
+}
+
+/// Why the core asks for a backend's sockets to be aborted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum TerminateReason {
+    /// It left the table unhealthy or ejected (`terminate.on_down`).
+    Down,
+    /// A role check says it is no longer what the service wants (`terminate.on_down`).
+    Demoted,
+    /// A reload (or DNS) removed it while it was in the table (`terminate.on_down`).
+    Removed,
+    /// Traffic failed back and it belongs to the priority left (`terminate.on_failback`).
+    Failback,
+    /// `failoverd drain --terminate`.
+    Drain,
+    /// Its drain's `terminate.drain_after` grace is over.
+    DrainAfter,
+}
+
+impl TerminateReason {
+    /// The `reason` label of `failoverd_sockets_terminated_total`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TerminateReason::Down => "down",
+            TerminateReason::Demoted => "demoted",
+            TerminateReason::Removed => "removed",
+            TerminateReason::Failback => "failback",
+            TerminateReason::Drain => "drain",
+            TerminateReason::DrainAfter => "drain_after",
+        }
+    }
+}
+
+/// One backend whose translated sockets the shell is to abort, after the table write that
+/// took it out.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Termination {
+    /// Backend name.
+    pub backend: String,
+    /// Its counter id, as the kernel's socket storage records it.
+    pub id: u32,
+    /// Why.
+    pub reason: TerminateReason,
 }
 
 /// The probe result behind a transition, kept typed until it is rendered.
@@ -176,11 +271,19 @@ pub struct Decision {
     pub table: Option<VipTable>,
     /// What happened, in order.
     pub transitions: Vec<Transition>,
+    /// Backend ids whose kernel suspect mark is to be lifted (the core did not eject them,
+    /// or they are back in the table).
+    pub clear_suspect: Vec<u32>,
+    /// Backends whose sockets are to be aborted once `table` is written.
+    pub terminate: Vec<Termination>,
 }
 
 impl Decision {
     /// Whether nothing changed.
     pub fn is_empty(&self) -> bool {
-        self.table.is_none() && self.transitions.is_empty()
+        self.table.is_none()
+            && self.transitions.is_empty()
+            && self.clear_suspect.is_empty()
+            && self.terminate.is_empty()
     }
 }

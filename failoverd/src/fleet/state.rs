@@ -38,6 +38,9 @@ pub struct FleetDrain {
     /// Drain even where it is the last live backend.
     #[serde(default)]
     pub force: bool,
+    /// Also abort the sockets each host's VIP sent to the backend (`drain --terminate`).
+    #[serde(default)]
+    pub terminate: bool,
 }
 
 /// Fleet services and drains at one etcd revision.

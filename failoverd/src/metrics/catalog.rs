@@ -69,6 +69,18 @@ pub mod names {
     pub const CONNECTS: &str = "failoverd_connects_total";
     /// Connects the kernel refused (no live backend).
     pub const CONNECTS_REJECTED: &str = "failoverd_connects_rejected_total";
+    /// Translated TCP connects to the backend that completed the handshake (kernel-observed).
+    pub const CONNECTS_ESTABLISHED: &str = "failoverd_connects_established_total";
+    /// Translated TCP connects to the backend that failed, by kind (kernel-observed).
+    pub const CONNECT_FAILURES: &str = "failoverd_connect_failures_total";
+    /// Connects the kernel sent elsewhere because the backend was marked suspect.
+    pub const CONNECTS_DIVERTED: &str = "failoverd_connects_diverted_total";
+    /// Kernel-observed connect failures the daemon received, by kind (passive health).
+    pub const PASSIVE_FAILURES: &str = "failoverd_passive_failures_total";
+    /// Times kernel evidence ejected the backend (passive health).
+    pub const PASSIVE_EJECTIONS: &str = "failoverd_passive_ejections_total";
+    /// Sockets translated to the backend that the datapath aborted, by reason.
+    pub const SOCKETS_TERMINATED: &str = "failoverd_sockets_terminated_total";
     /// Counter: calls to a service's VIP the kernel could not translate cleanly, by `kind`.
     pub const KERNEL_ERRORS: &str = "failoverd_kernel_translation_errors_total";
     /// Datapath writes.
@@ -175,6 +187,42 @@ pub const METRICS: &[Metric] = &[
         kind: Counter,
         labels: SB,
         help: "connects the kernel translated to the backend",
+    },
+    Metric {
+        name: CONNECTS_ESTABLISHED,
+        kind: Counter,
+        labels: SB,
+        help: "translated TCP connects to the backend that completed the handshake, as the kernel saw them",
+    },
+    Metric {
+        name: CONNECT_FAILURES,
+        kind: Counter,
+        labels: &["service", "backend", "kind"],
+        help: "translated TCP connects to the backend that failed before the handshake completed, as the kernel saw them",
+    },
+    Metric {
+        name: CONNECTS_DIVERTED,
+        kind: Counter,
+        labels: SB,
+        help: "connects the kernel sent to another backend because this one was marked suspect",
+    },
+    Metric {
+        name: PASSIVE_FAILURES,
+        kind: Counter,
+        labels: &["service", "backend", "kind"],
+        help: "kernel-observed connect failures the daemon received (passive health)",
+    },
+    Metric {
+        name: PASSIVE_EJECTIONS,
+        kind: Counter,
+        labels: SB,
+        help: "times kernel-observed connect failures ejected the backend",
+    },
+    Metric {
+        name: SOCKETS_TERMINATED,
+        kind: Counter,
+        labels: &["service", "backend", "reason"],
+        help: "sockets translated to the backend that the datapath aborted",
     },
     // Services.
     Metric {

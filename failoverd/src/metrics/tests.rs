@@ -29,6 +29,20 @@ fn every_series_of(service: &str, backends: &[&str]) {
         ejection(service, b);
         backend(service, b, 0, "healthy", true, false);
         kernel_connects(service, b, 7);
+        kernel_outcomes(
+            service,
+            b,
+            &crate::datapath::CounterTotals {
+                established: 5,
+                connect_failures: 2,
+                syn_timeouts: 1,
+                diverted: 1,
+                ..Default::default()
+            },
+        );
+        passive_failure(service, b, "refused");
+        passive_ejection(service, b);
+        sockets_terminated(service, b, "down", 3);
         probe_failure(
             service,
             b,

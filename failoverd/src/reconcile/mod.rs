@@ -42,7 +42,7 @@ use tokio::{
 
 pub use view::{KernelView, WriteFailure};
 
-use crate::datapath::{Datapath, DatapathError, InstalledTable, Vip, VipTable};
+use crate::datapath::{Datapath, DatapathError, InstalledTable, Terminated, Vip, VipTable};
 
 /// How long after its first failed write a VIP is tried again; doubles on each failure.
 pub const RETRY_AFTER: Duration = Duration::from_secs(1);
@@ -84,6 +84,18 @@ pub enum WriterMessage {
     /// is never in a table, so the reset on install does not reach it). Ids
     /// a written table still holds are left alone.
     ResetCounters(u32),
+    /// Lift the kernel's suspect mark of a backend id (passive health): the
+    /// daemon did not eject it, or it is back in its table.
+    ClearSuspect(u32),
+    /// Abort every socket translated to these backend ids, after the tables
+    /// sent before this message are written (so no new connect lands there
+    /// again); answered with what was aborted.
+    Terminate {
+        /// Backend counter ids.
+        backend_ids: Vec<u32>,
+        /// The outcome; the asker may have gone.
+        reply: tokio::sync::oneshot::Sender<Result<Terminated, DatapathError>>,
+    },
 }
 
 impl From<WriterCommand> for WriterMessage {
@@ -112,10 +124,11 @@ enum Owner {
 
 /// Every counter id a table installs, with its owner.
 fn owners_of(table: &VipTable) -> impl Iterator<Item = (u32, Owner)> + '_ {
+    // The fallback group counts too: the kernel translates (and counts) connects to it when
+    // every slot backend is marked suspect.
     std::iter::once((table.vip_id, Owner::Vip(table.vip))).chain(
         table
-            .backends
-            .iter()
+            .all_backends()
             .map(|b| (b.id, Owner::Backend(table.vip, b.addr))),
     )
 }
@@ -429,6 +442,19 @@ impl<D: Datapath> Writer<D> {
         crate::metrics::datapath_failing_vips(failing);
     }
 
+    /// Lifts the kernel's suspect mark of `backend_id`; a failure is logged (the mark then
+    /// diverts connects from a backend the daemon keeps, until the next mark or lift).
+    pub fn clear_suspect(&mut self, backend_id: u32) {
+        if let Err(e) = self.datapath.clear_suspect(backend_id) {
+            tracing::error!(id = backend_id, error = %e, "could not lift a backend's suspect mark");
+        }
+    }
+
+    /// Aborts the sockets translated to `backend_ids`.
+    pub fn terminate(&mut self, backend_ids: &[u32]) -> Result<Terminated, DatapathError> {
+        self.datapath.terminate(backend_ids)
+    }
+
     /// Gives the datapath back (on shutdown).
     pub fn into_datapath(self) -> D {
         self.datapath
@@ -461,17 +487,33 @@ pub async fn run_writer<D: Datapath>(
                 // of verdicts for one VIP becomes one map write. Barriers are
                 // answered after that write.
                 let mut barriers = Vec::new();
+                let mut clears = Vec::new();
+                let mut terminations = Vec::new();
                 let mut next = Some(first);
                 while let Some(message) = next {
                     match message {
                         WriterMessage::Command(command) => writer.queue(command),
                         WriterMessage::Barrier(reply) => barriers.push(reply),
                         WriterMessage::ResetCounters(id) => writer.reset_counters(id),
+                        WriterMessage::ClearSuspect(id) => clears.push(id),
+                        WriterMessage::Terminate { backend_ids, reply } => {
+                            terminations.push((backend_ids, reply));
+                        }
                     }
                     next = messages.try_recv().ok();
                 }
                 // Written means read by the hooks: not while the datapath is gone.
                 let done = !writer.flush() && writer.detached.is_none();
+                // After the write that took the backends out: a client that reconnects
+                // lands on a live backend. A write left to retry does not hold the abort
+                // up (the backend is down either way); the daemon's log says it failed.
+                for id in clears {
+                    writer.clear_suspect(id);
+                }
+                for (backend_ids, reply) in terminations {
+                    // The asker may have stopped waiting; the sockets are aborted anyway.
+                    reply.send(writer.terminate(&backend_ids)).ok();
+                }
                 for reply in barriers {
                     // The asker may have given up; the writes stand anyway.
                     reply.send(done).ok();

@@ -1,7 +1,9 @@
 //! The writer's tests: unprivileged, over `FakeDatapath`, timed ones in paused tokio time.
 
 use super::*;
-use crate::datapath::{CounterTotals, FakeDatapath, FakeHandle, FakeWrite, Protocol, TableBackend};
+use crate::datapath::{
+    CounterTotals, FakeDatapath, FakeHandle, FakeWrite, Protocol, TableBackend, Terminated,
+};
 
 fn vip(n: u8) -> Vip {
     Vip {
@@ -398,4 +400,82 @@ fn a_restart_resets_counters_no_pinned_table_names() {
         counted(40),
         "a pinned backend keeps its counts"
     );
+}
+
+/// A fake that logs the order of the calls that matter to passive health and termination.
+struct Ordered {
+    inner: FakeDatapath,
+    log: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl Datapath for Ordered {
+    fn apply(&mut self, table: &VipTable) -> Result<(), DatapathError> {
+        self.log.lock().unwrap().push(format!(
+            "apply {:?}",
+            table.backends.iter().map(|b| b.id).collect::<Vec<_>>()
+        ));
+        self.inner.apply(table)
+    }
+    fn remove(&mut self, vip: &Vip) -> Result<(), DatapathError> {
+        self.inner.remove(vip)
+    }
+    fn tables(&self) -> Result<BTreeMap<Vip, InstalledTable>, DatapathError> {
+        self.inner.tables()
+    }
+    fn counters(&self, id: u32) -> Result<CounterTotals, DatapathError> {
+        self.inner.counters(id)
+    }
+    fn clear_suspect(&mut self, backend_id: u32) -> Result<(), DatapathError> {
+        self.log.lock().unwrap().push(format!("clear {backend_id}"));
+        self.inner.clear_suspect(backend_id)
+    }
+    fn terminate(&mut self, backend_ids: &[u32]) -> Result<Terminated, DatapathError> {
+        self.log
+            .lock()
+            .unwrap()
+            .push(format!("terminate {backend_ids:?}"));
+        self.inner.terminate(backend_ids)
+    }
+}
+
+/// A client whose socket is aborted reconnects at once: the table it reconnects through
+/// must already be the one without the backend.
+#[tokio::test(start_paused = true)]
+async fn sockets_are_aborted_and_marks_lifted_after_the_table_sent_before_them_is_written() {
+    let inner = FakeDatapath::new();
+    let kernel = inner.handle();
+    let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let writer = Writer::new(Ordered {
+        inner,
+        log: log.clone(),
+    })
+    .unwrap();
+    let (tx, rx) = mpsc::channel(8);
+    let (stop, stop_rx) = watch::channel(false);
+    let task = tokio::spawn(run_writer(writer, rx, stop_rx));
+    kernel.set_open_sockets(7, Terminated { tcp: 3, udp: 1 });
+    // Queued together, before the writer runs: one batch.
+    tx.send(WriterCommand::Apply(table(vip(1), 8)).into())
+        .await
+        .unwrap();
+    let (reply, answer) = tokio::sync::oneshot::channel();
+    tx.send(WriterMessage::Terminate {
+        backend_ids: vec![7],
+        reply,
+    })
+    .await
+    .unwrap();
+    tx.send(WriterMessage::ClearSuspect(8)).await.unwrap();
+    assert_eq!(
+        answer.await.unwrap().unwrap(),
+        Terminated { tcp: 3, udp: 1 }
+    );
+    assert_eq!(
+        *log.lock().unwrap(),
+        ["apply [8]", "clear 8", "terminate [7]"]
+    );
+    assert_eq!(kernel.terminations(), vec![vec![7]]);
+    assert_eq!(kernel.suspect_clears(), vec![8]);
+    stop.send(true).unwrap();
+    task.await.unwrap();
 }

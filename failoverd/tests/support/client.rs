@@ -57,6 +57,11 @@ pub enum Mode {
     /// On one unconnected UDP socket: `sendto(target, "ping")`, then `recvfrom` the answer and
     /// record its id and source address.
     UdpSendRecv,
+    /// A long-lived connection: connect over TCP, read the `B<id>` line (from a backend that
+    /// holds connections open), then wait up to the timeout for the connection to end. The
+    /// attempt records the id and how it ended: its errno (ECONNABORTED when failoverd
+    /// terminated it), `EBADREPLY` for EOF, ETIMEDOUT when it was still open.
+    TcpHold,
 }
 
 /// Default per-operation timeout, in milliseconds.
@@ -315,7 +320,7 @@ fn run_attempts(spec: &ClientSpec) -> io::Result<ClientReport> {
     let timeout = spec.timeout();
     let udp = match spec.mode {
         Mode::UdpSendRecv => Some(udp_socket(targets[0], timeout)?),
-        Mode::TcpReadId | Mode::TcpConnectOnly => None,
+        Mode::TcpReadId | Mode::TcpConnectOnly | Mode::TcpHold => None,
     };
     let interval = Duration::from_millis(spec.interval_ms);
     let start = Instant::now();
@@ -338,6 +343,7 @@ fn run_attempts(spec: &ClientSpec) -> io::Result<ClientReport> {
         let (id, errno) = match (&udp, spec.mode) {
             (Some(socket), _) => udp_attempt(&mut report, socket, target),
             (None, Mode::TcpReadId) => tcp_attempt(&mut report, target, timeout, true),
+            (None, Mode::TcpHold) => tcp_hold(&mut report, target, timeout),
             (None, _) => tcp_attempt(&mut report, target, timeout, false),
         };
         if spec.timeline {
@@ -396,6 +402,46 @@ fn tcp_attempt(
         Ok(_) => report.record_reply(&reply),
         Err(e) => report.record_error(timeout_errno_of(&e)),
     }
+}
+
+/// One long-lived connection (see [`Mode::TcpHold`]).
+fn tcp_hold(report: &mut ClientReport, target: SocketAddr, timeout: Duration) -> Outcome {
+    let stream = match TcpStream::connect_timeout(&target, Duration::from_secs(2)) {
+        Ok(stream) => stream,
+        Err(e) => return report.record_error(errno_of(&e)),
+    };
+    if let Ok(peer) = stream.peer_addr() {
+        report.record_peer(peer);
+    }
+    let mut line = Vec::new();
+    let mut byte = [0u8; 1];
+    if stream
+        .set_read_timeout(Some(Duration::from_secs(2)))
+        .is_err()
+    {
+        return report.record_error(libc::EIO);
+    }
+    while !line.ends_with(b"\n") && line.len() < MAX_REPLY_BYTES as usize {
+        match (&stream).read(&mut byte) {
+            Ok(1) => line.push(byte[0]),
+            Ok(_) => return report.record_error(EBADREPLY),
+            Err(e) => return report.record_error(timeout_errno_of(&e)),
+        }
+    }
+    let id = parse_id(&line);
+    if let Some(id) = id {
+        *report.ids.entry(id).or_insert(0) += 1;
+    }
+    if stream.set_read_timeout(Some(timeout)).is_err() {
+        return report.record_error(libc::EIO);
+    }
+    let errno = match (&stream).read(&mut byte) {
+        Ok(0) => EBADREPLY,
+        Ok(_) => libc::EPROTO,
+        Err(e) => timeout_errno_of(&e),
+    };
+    *report.errors.entry(errno).or_insert(0) += 1;
+    (id, Some(errno))
 }
 
 /// The one unconnected UDP socket of a `UdpSendRecv` client, of the target's family.

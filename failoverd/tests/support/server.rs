@@ -44,6 +44,10 @@ pub struct ServerSpec {
     /// A second address answering every request with HTTP 200 `ok` (a health endpoint).
     #[serde(default)]
     pub health_bind: Option<SocketAddr>,
+    /// Raw TCP: after the reply, keep the connection open until the client closes it (a
+    /// long-lived connection, e.g. a database session).
+    #[serde(default)]
+    pub hold: bool,
 }
 
 impl ServerSpec {
@@ -57,6 +61,7 @@ impl ServerSpec {
             flap_ms: 0,
             flap_max_ms: 0,
             health_bind: None,
+            hold: false,
         }
     }
 
@@ -70,6 +75,7 @@ impl ServerSpec {
             flap_ms: 0,
             flap_max_ms: 0,
             health_bind: None,
+            hold: false,
         }
     }
 }
@@ -265,6 +271,12 @@ fn answer(mut stream: TcpStream, spec: &ServerSpec) {
     let reply = reply_for(spec.id);
     let Some(status) = spec.http_status else {
         stream.write_all(&reply).ok();
+        if spec.hold {
+            // Until the client closes (or the process is frozen or killed).
+            stream.set_read_timeout(None).ok();
+            let mut buf = [0u8; 64];
+            while matches!(stream.read(&mut buf), Ok(n) if n > 0) {}
+        }
         return;
     };
     let mut request = Vec::new();

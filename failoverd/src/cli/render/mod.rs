@@ -3,7 +3,8 @@
 use std::borrow::Cow;
 
 use crate::control::{
-    BackendReport, DrainInfo, ExplainReport, ProbeReport, ReloadReport, ServiceReport, StatusReport,
+    BackendReport, DrainInfo, ExplainReport, PassiveReport, ProbeReport, ReloadReport,
+    ServiceReport, StatusReport,
 };
 
 /// Width every line of the status table fits in: 80 columns.
@@ -75,6 +76,9 @@ pub fn status_table(report: &StatusReport, now_unix: u64) -> String {
                     &mut out,
                     &format!("{INDENT}  {}", drain_note(drain, now_unix)),
                 );
+            }
+            if let Some(note) = backend.passive.as_ref().and_then(passive_note) {
+                line(&mut out, &format!("{INDENT}  {note}"));
             }
         }
     }
@@ -329,6 +333,26 @@ fn count(n: u64) -> String {
         value /= 1000.0;
     }
     format!("{value:.1}E")
+}
+
+/// `kernel: 3 failed connects in a row (refused, 2s ago); passive ejection`, or
+/// nothing to say when the kernel's count is back at zero and nothing holds it out.
+fn passive_note(p: &PassiveReport) -> Option<String> {
+    let last = match (&p.last_failure, p.last_failure_seconds_ago) {
+        (Some(kind), Some(ago)) => format!(
+            " ({}, {} ago)",
+            terminal_safe(kind),
+            compact_duration(ago.max(0.0) as u64)
+        ),
+        _ => String::new(),
+    };
+    match (p.ejected, p.consecutive_failures) {
+        (true, n) => Some(format!(
+            "kernel: {n} failed connects in a row{last}; passive ejection"
+        )),
+        (false, 0) => None,
+        (false, n) => Some(format!("kernel: {n} failed connects in a row{last}")),
+    }
 }
 
 fn drain_note(d: &DrainInfo, now_unix: u64) -> String {

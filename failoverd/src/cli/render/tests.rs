@@ -21,6 +21,8 @@ fn backend(name: &str, address: &str, state: &str) -> BackendReport {
         in_state_seconds: 192.4,
         ejections: 0,
         kernel_connects: 12_034,
+        passive: None,
+        kernel_outcomes: None,
         drain: None,
     }
 }
@@ -377,4 +379,33 @@ fn explain_and_reload_escape_names_and_reasons() {
         unchanged: vec![],
     });
     assert!(!acts_on_terminal(&reload), "{reload:?}");
+}
+
+#[test]
+fn status_shows_the_kernels_evidence_under_the_backend() {
+    let mut a = backend("db-a", "10.0.0.5:5432", "ejected");
+    a.passive = Some(PassiveReport {
+        consecutive_failures: 3,
+        last_failure: Some("refused".into()),
+        last_failure_seconds_ago: Some(2.4),
+        ejections: 1,
+        ejected: true,
+    });
+    let mut b = backend("db-b", "10.0.0.6:5432", "healthy");
+    // The kernel's count went back to zero (an established connect): nothing to say.
+    b.passive = Some(PassiveReport {
+        consecutive_failures: 0,
+        last_failure: Some("refused".into()),
+        last_failure_seconds_ago: Some(60.0),
+        ejections: 0,
+        ejected: false,
+    });
+    let mut report = fixture();
+    report.services[0].backends = vec![a, b];
+    let text = status_table(&report, NOW);
+    assert!(
+        text.contains("kernel: 3 failed connects in a row (refused, 2s ago); passive ejection"),
+        "{text}"
+    );
+    assert_eq!(text.matches("kernel:").count(), 1, "{text}");
 }

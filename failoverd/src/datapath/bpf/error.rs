@@ -16,6 +16,14 @@ pub enum DatapathError {
         /// Names of the capabilities that are missing.
         missing: Vec<&'static str>,
     },
+    /// This kernel (or this build) cannot do what was asked.
+    #[error("{what} is not available here: {detail}")]
+    Unsupported {
+        /// What was asked.
+        what: &'static str,
+        /// Why it cannot be done.
+        detail: String,
+    },
     /// No cgroup v2 hierarchy is mounted.
     #[error(
         "no cgroup2 mount in /proc/mounts: failoverd needs the unified hierarchy \
@@ -271,7 +279,7 @@ mod tests {
 
     #[test]
     fn a_failed_map_write_names_its_errno() {
-        let e = DatapathError::map("writing", "failoverd_services_v2")(
+        let e = DatapathError::map("writing", "failoverd_services_v3")(
             aya::maps::MapError::SyscallError(aya::sys::SyscallError {
                 call: "bpf_map_update_elem",
                 io_error: io::Error::from_raw_os_error(libc::E2BIG),
@@ -280,7 +288,7 @@ mod tests {
         let text = e.to_string();
         assert!(text.contains("E2BIG"), "{text}");
         assert!(text.contains("os error 7"), "{text}");
-        assert!(text.contains("writing map failoverd_services_v2"), "{text}");
+        assert!(text.contains("writing map failoverd_services_v3"), "{text}");
         assert_eq!(e.errno(), Some(libc::E2BIG));
     }
 }

@@ -7,7 +7,7 @@
 use std::{mem::size_of, path::Path};
 
 use aya::maps::{Array, MapData, MapType};
-use failoverd_shared::{map_names, Counters, Meta, Service, SockState, VipKey};
+use failoverd_shared::{map_names, Counters, Meta, Passive, Reverse, Service, SockState, VipKey};
 
 use super::DatapathError;
 
@@ -24,7 +24,7 @@ struct Expected {
     flags: u32,
 }
 
-fn expected() -> [Expected; 4] {
+fn expected() -> [Expected; 8] {
     [
         Expected {
             name: map_names::SERVICES,
@@ -56,6 +56,38 @@ fn expected() -> [Expected; 4] {
             key_size: size_of::<u32>() as u32,
             value_size: size_of::<Meta>() as u32,
             max_entries: 1,
+            flags: 0,
+        },
+        Expected {
+            name: map_names::REVERSE,
+            map_type: MapType::Hash,
+            key_size: size_of::<VipKey>() as u32,
+            value_size: size_of::<Reverse>() as u32,
+            max_entries: failoverd_shared::MAX_COUNTERS,
+            flags: NO_PREALLOC,
+        },
+        Expected {
+            name: map_names::PASSIVE,
+            map_type: MapType::Array,
+            key_size: size_of::<u32>() as u32,
+            value_size: size_of::<Passive>() as u32,
+            max_entries: failoverd_shared::MAX_COUNTERS,
+            flags: 0,
+        },
+        Expected {
+            name: map_names::EVENTS,
+            map_type: MapType::RingBuf,
+            key_size: 0,
+            value_size: 0,
+            max_entries: failoverd_shared::EVENTS_BYTES,
+            flags: 0,
+        },
+        Expected {
+            name: map_names::TERMINATE,
+            map_type: MapType::Hash,
+            key_size: size_of::<u32>() as u32,
+            value_size: size_of::<u8>() as u32,
+            max_entries: failoverd_shared::MAX_TERMINATE_TARGETS,
             flags: 0,
         },
     ]

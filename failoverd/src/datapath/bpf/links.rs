@@ -6,7 +6,10 @@ use std::{
 };
 
 use aya::{
-    programs::{links::FdLink, loaded_programs, CgroupAttachMode, CgroupSockAddr},
+    programs::{
+        links::FdLink, loaded_programs, CgroupAttachMode, CgroupSockAddr, Program, ProgramError,
+        ProgramFd, ProgramInfo, SockOps,
+    },
     Ebpf,
 };
 
@@ -20,9 +23,13 @@ pub struct Hook {
     pub kernel_attach_type: u32,
 }
 
+/// `BPF_CGROUP_SOCK_OPS`.
+const SOCK_OPS_ATTACH_TYPE: u32 = 3;
+
 /// Every hook, reverse translation first: by the time connect() starts
-/// translating, getpeername and recvmsg already undo it.
-pub const HOOKS: [Hook; 8] = [
+/// translating, getpeername and recvmsg already undo it, and sock_ops already
+/// watches the sockets it marks.
+pub const HOOKS: [Hook; 9] = [
     Hook {
         program: "fo_getpeername4",
         kernel_attach_type: 29,
@@ -38,6 +45,10 @@ pub const HOOKS: [Hook; 8] = [
     Hook {
         program: "fo_recvmsg6",
         kernel_attach_type: 20,
+    },
+    Hook {
+        program: "fo_sockops",
+        kernel_attach_type: SOCK_OPS_ATTACH_TYPE,
     },
     Hook {
         program: "fo_sendmsg4",
@@ -56,6 +67,85 @@ pub const HOOKS: [Hook; 8] = [
         kernel_attach_type: 11,
     },
 ];
+
+/// A loaded program of one of the two cgroup kinds failoverd attaches.
+pub enum CgroupProgram<'a> {
+    /// connect/sendmsg/recvmsg/getpeername hooks.
+    SockAddr(&'a mut CgroupSockAddr),
+    /// The sock_ops program (kernel-observed connect outcomes).
+    SockOps(&'a mut SockOps),
+}
+
+impl<'a> CgroupProgram<'a> {
+    /// The program called `name` in `ebpf`, typed by what it is.
+    pub fn find(ebpf: &'a mut Ebpf, name: &'static str) -> Result<Self, DatapathError> {
+        let program = ebpf
+            .program_mut(name)
+            .ok_or_else(|| missing_program(name))?;
+        Ok(match program {
+            Program::SockOps(p) => CgroupProgram::SockOps(p),
+            other => {
+                CgroupProgram::SockAddr(other.try_into().map_err(program_error("typing", name))?)
+            }
+        })
+    }
+
+    /// Loads it into the kernel.
+    pub fn load(&mut self) -> Result<(), ProgramError> {
+        match self {
+            CgroupProgram::SockAddr(p) => p.load(),
+            CgroupProgram::SockOps(p) => p.load(),
+        }
+    }
+
+    fn info(&self) -> Result<ProgramInfo, ProgramError> {
+        match self {
+            CgroupProgram::SockAddr(p) => p.info(),
+            CgroupProgram::SockOps(p) => p.info(),
+        }
+    }
+
+    fn fd(&self) -> Result<&ProgramFd, ProgramError> {
+        match self {
+            CgroupProgram::SockAddr(p) => p.fd(),
+            CgroupProgram::SockOps(p) => p.fd(),
+        }
+    }
+
+    /// Attaches it to a cgroup through a BPF link and hands the link over.
+    fn attach_link(
+        &mut self,
+        cgroup: &std::fs::File,
+        program: &'static str,
+        pin: &Path,
+    ) -> Result<FdLink, DatapathError> {
+        let converted = |e: aya::programs::links::LinkError| DatapathError::Link {
+            op: "converting",
+            path: pin.to_path_buf(),
+            source: std::io::Error::other(e),
+        };
+        match self {
+            CgroupProgram::SockAddr(p) => {
+                let id = p
+                    .attach(cgroup, CgroupAttachMode::Single)
+                    .map_err(program_error("attaching", program))?;
+                let link = p
+                    .take_link(id)
+                    .map_err(program_error("taking link of", program))?;
+                link.try_into().map_err(converted)
+            }
+            CgroupProgram::SockOps(p) => {
+                let id = p
+                    .attach(cgroup, CgroupAttachMode::Single)
+                    .map_err(program_error("attaching", program))?;
+                let link = p
+                    .take_link(id)
+                    .map_err(program_error("taking link of", program))?;
+                link.try_into().map_err(converted)
+            }
+        }
+    }
+}
 
 /// Where a hook's link is pinned.
 pub fn link_pin_path(pin_dir: &Path, program: &str) -> PathBuf {
@@ -91,33 +181,17 @@ pub fn attach_all(
     let mut report = AttachReport::default();
 
     for hook in &HOOKS {
-        let program: &mut CgroupSockAddr = ebpf
-            .program_mut(hook.program)
-            .ok_or_else(|| missing_program(hook.program))?
-            .try_into()
-            .map_err(program_error("typing", hook.program))?;
+        let mut program = CgroupProgram::find(ebpf, hook.program)?;
         let pin = link_pin_path(pin_dir, hook.program);
         if pin.exists() {
-            if adopt(program, hook, &pin, pin_dir, cgroup_id, cgroup)? {
+            if adopt(&program, hook, &pin, pin_dir, cgroup_id, cgroup)? {
                 report.updated += 1;
             } else {
                 report.kept += 1;
             }
             continue;
         }
-        let id = program
-            .attach(&cgroup_file, CgroupAttachMode::Single)
-            .map_err(program_error("attaching", hook.program))?;
-        let link = program
-            .take_link(id)
-            .map_err(program_error("taking link of", hook.program))?;
-        let link: FdLink = link
-            .try_into()
-            .map_err(|e: aya::programs::links::LinkError| DatapathError::Link {
-                op: "converting",
-                path: pin.clone(),
-                source: std::io::Error::other(e),
-            })?;
+        let link = program.attach_link(&cgroup_file, hook.program, &pin)?;
         link.pin(&pin).map_err(|source| DatapathError::Pin {
             path: pin.clone(),
             source,
@@ -129,7 +203,7 @@ pub fn attach_all(
 
 /// Checks a pinned link and swaps its program when it differs. Returns whether it swapped.
 fn adopt(
-    program: &CgroupSockAddr,
+    program: &CgroupProgram<'_>,
     hook: &Hook,
     pin: &Path,
     pin_dir: &Path,

@@ -1,23 +1,28 @@
 //! The services and counters maps, opened from a freshly loaded object or straight from their pins.
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, HashSet},
     path::{Path, PathBuf},
 };
 
 use aya::{
-    maps::{HashMap, IterableMap, Map, MapData, MapError, PerCpuHashMap},
+    maps::{Array, HashMap, IterableMap, Map, MapData, MapError, PerCpuHashMap},
     Ebpf,
 };
-use failoverd_shared::{map_names, Counters, Service, VipKey};
+use failoverd_shared::{map_names, Counters, Passive, Service, VipKey};
 
-use super::{layout, DatapathError};
+use super::{layout, reverse::ReverseMap, DatapathError};
 use crate::datapath::{CounterTotals, InstalledTable, Vip, VipTable};
 
 /// Handles on the maps failoverd reads and writes.
 pub struct PinnedMaps {
     services: HashMap<MapData, VipKey, Service>,
     counters: PerCpuHashMap<MapData, u32, Counters>,
+    reverse: ReverseMap,
+    passive: Array<MapData, Passive>,
+    /// The threshold last written to the passive map per backend id, so an unchanged
+    /// table costs no passive write.
+    thresholds: std::collections::HashMap<u32, u32>,
     pin_dir: PathBuf,
 }
 
@@ -34,7 +39,13 @@ impl PinnedMaps {
         let counters = ebpf
             .take_map(map_names::COUNTERS)
             .ok_or_else(|| missing(map_names::COUNTERS))?;
-        Self::from_maps(services, counters, pin_dir)
+        let reverse = ebpf
+            .take_map(map_names::REVERSE)
+            .ok_or_else(|| missing(map_names::REVERSE))?;
+        let passive = ebpf
+            .take_map(map_names::PASSIVE)
+            .ok_or_else(|| missing(map_names::PASSIVE))?;
+        Self::from_maps([services, counters, reverse, passive], pin_dir)
     }
 
     /// Opens the maps of a datapath pinned under `pin_dir`, without loading or
@@ -56,18 +67,32 @@ impl PinnedMaps {
             Map::from_map_data(data).map_err(DatapathError::map("opening pinned", name))
         };
         Self::from_maps(
-            open(map_names::SERVICES)?,
-            open(map_names::COUNTERS)?,
+            [
+                open(map_names::SERVICES)?,
+                open(map_names::COUNTERS)?,
+                open(map_names::REVERSE)?,
+                open(map_names::PASSIVE)?,
+            ],
             pin_dir,
         )
     }
 
-    fn from_maps(services: Map, counters: Map, pin_dir: &Path) -> Result<Self, DatapathError> {
+    fn from_maps(
+        [services, counters, reverse, passive]: [Map; 4],
+        pin_dir: &Path,
+    ) -> Result<Self, DatapathError> {
         Ok(PinnedMaps {
             services: HashMap::try_from(services)
                 .map_err(DatapathError::map("opening", map_names::SERVICES))?,
             counters: PerCpuHashMap::try_from(counters)
                 .map_err(DatapathError::map("opening", map_names::COUNTERS))?,
+            reverse: ReverseMap::new(
+                HashMap::try_from(reverse)
+                    .map_err(DatapathError::map("opening", map_names::REVERSE))?,
+            ),
+            passive: Array::try_from(passive)
+                .map_err(DatapathError::map("opening", map_names::PASSIVE))?,
+            thresholds: std::collections::HashMap::new(),
             pin_dir: pin_dir.to_path_buf(),
         })
     }
@@ -77,15 +102,98 @@ impl PinnedMaps {
         &self.pin_dir
     }
 
-    /// Replaces a VIP's table in one map update.
+    /// Replaces a VIP's table in one map update, stamped with `generation`.
+    ///
+    /// What the programs read beside the table is written first, so the first connect
+    /// translated by the new table finds it: the reverse entries of its TCP backends
+    /// (and the [`failoverd_shared::backend_flags::SHARED`] flag where another VIP owns the
+    /// address), and each backend's passive threshold — with its failure run reset when
+    /// the backend (re)joins the table, so a readmitted backend starts clean.
+    pub fn write_table(&mut self, table: &VipTable, generation: u64) -> Result<(), DatapathError> {
+        let mut value = table.encode(generation)?;
+        let before: HashSet<u32> = self
+            .table(&table.vip)?
+            .map(|t| t.table.all_backends().map(|b| b.id).collect())
+            .unwrap_or_default();
+        let named = usize::from(value.backend_count);
+        for (entry, backend) in value.backends[..named].iter_mut().zip(table.all_backends()) {
+            entry.flags = self.reverse.claim(&table.vip, table.vip_id, backend)?;
+            self.set_threshold(
+                backend.id,
+                table.passive_threshold,
+                !before.contains(&backend.id),
+            )?;
+        }
+        self.services
+            .insert(table.vip.key(), value, 0)
+            .map_err(DatapathError::map("writing", map_names::SERVICES))
+    }
+
+    /// Installs a map value exactly as given, with nothing written beside it: for tests
+    /// and tools that put in what no writer would (see [`PinnedMaps::write_table`]).
     pub fn write(&mut self, vip: &Vip, value: &Service) -> Result<(), DatapathError> {
         self.services
             .insert(vip.key(), value, 0)
             .map_err(DatapathError::map("writing", map_names::SERVICES))
     }
 
-    /// Removes a VIP; removing one that is absent is not an error.
+    /// Writes a backend id's passive threshold; `fresh` also resets its failure run.
+    fn set_threshold(&mut self, id: u32, threshold: u32, fresh: bool) -> Result<(), DatapathError> {
+        if !fresh && self.thresholds.get(&id) == Some(&threshold) {
+            return Ok(());
+        }
+        let failures = if fresh {
+            0
+        } else {
+            self.passive_entry(id)?.failures
+        };
+        self.passive
+            .set(
+                id,
+                Passive {
+                    failures,
+                    threshold,
+                },
+                0,
+            )
+            .map_err(DatapathError::map("writing", map_names::PASSIVE))?;
+        self.thresholds.insert(id, threshold);
+        Ok(())
+    }
+
+    /// A backend id's passive entry (zero for an id never written).
+    pub fn passive_entry(&self, id: u32) -> Result<Passive, DatapathError> {
+        self.passive
+            .get(&id, 0)
+            .map_err(DatapathError::map("reading", map_names::PASSIVE))
+    }
+
+    /// Ends a backend id's failure run: new connects stop avoiding it.
+    pub fn clear_suspect(&mut self, id: u32) -> Result<(), DatapathError> {
+        let entry = self.passive_entry(id)?;
+        if entry.failures == 0 {
+            return Ok(());
+        }
+        self.passive
+            .set(
+                id,
+                Passive {
+                    failures: 0,
+                    ..entry
+                },
+                0,
+            )
+            .map_err(DatapathError::map("writing", map_names::PASSIVE))
+    }
+
+    /// Removes a VIP and the reverse entries it owns; removing one that is absent is not
+    /// an error.
     pub fn remove(&mut self, vip: &Vip) -> Result<(), DatapathError> {
+        self.remove_table(vip)?;
+        self.reverse.release(vip)
+    }
+
+    fn remove_table(&mut self, vip: &Vip) -> Result<(), DatapathError> {
         match self.services.remove(&vip.key()) {
             Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
             Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => {
@@ -152,21 +260,18 @@ impl PinnedMaps {
         }
     }
 
-    /// The kernel ids of the services and counters maps these handles write.
-    pub fn map_ids(&self) -> Result<[(&'static str, u32); 2], DatapathError> {
-        let services = self
-            .services
-            .map()
-            .info()
-            .map_err(DatapathError::map("reading info of", map_names::SERVICES))?;
-        let counters = self
-            .counters
-            .map()
-            .info()
-            .map_err(DatapathError::map("reading info of", map_names::COUNTERS))?;
+    /// The kernel ids of the maps these handles write.
+    pub fn map_ids(&self) -> Result<[(&'static str, u32); 4], DatapathError> {
+        let id = |map: &MapData, name: &'static str| {
+            map.info()
+                .map(|info| (name, info.id()))
+                .map_err(DatapathError::map("reading info of", name))
+        };
         Ok([
-            (map_names::SERVICES, services.id()),
-            (map_names::COUNTERS, counters.id()),
+            id(self.services.map(), map_names::SERVICES)?,
+            id(self.counters.map(), map_names::COUNTERS)?,
+            id(self.reverse.map(), map_names::REVERSE)?,
+            id(self.passive.map(), map_names::PASSIVE)?,
         ])
     }
 
@@ -195,6 +300,10 @@ impl PinnedMaps {
                 no_sock_storage: acc.no_sock_storage + c.no_sock_storage,
                 bad_table: acc.bad_table + c.bad_table,
                 family_mismatch: acc.family_mismatch + c.family_mismatch,
+                established: acc.established + c.established,
+                connect_failures: acc.connect_failures + c.connect_failures,
+                syn_timeouts: acc.syn_timeouts + c.syn_timeouts,
+                diverted: acc.diverted + c.diverted,
             }))
     }
 }

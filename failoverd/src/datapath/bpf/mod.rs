@@ -8,10 +8,14 @@
 mod bpffs;
 mod cgroup;
 mod error;
+mod events;
 mod layout;
 mod links;
 mod maps;
+mod reverse;
+mod sockdiag;
 mod sys;
+mod terminate;
 
 use std::{
     collections::BTreeMap,
@@ -19,8 +23,7 @@ use std::{
 };
 
 use aya::{
-    maps::{Array, MapData},
-    programs::CgroupSockAddr,
+    maps::{Array, HashMap, MapData, RingBuf},
     Ebpf, EbpfLoader,
 };
 use failoverd_shared::{map_names, Meta};
@@ -30,7 +33,7 @@ pub use error::DatapathError;
 pub use links::AttachReport;
 pub use maps::PinnedMaps;
 
-use super::{CounterTotals, Datapath, InstalledTable, Vip, VipTable};
+use super::{ConnectEvents, CounterTotals, Datapath, InstalledTable, Terminated, Vip, VipTable};
 
 /// The BPF object compiled from `bpf/failoverd.bpf.c` by the build script.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/failoverd.bpf.o"));
@@ -62,9 +65,13 @@ pub struct BpfDatapath {
     attach: AttachReport,
     adopted_maps: usize,
     next_generation: u64,
-    // Keeps the loaded programs open while this value lives; the pinned links
-    // keep them attached after it is gone.
-    _ebpf: Ebpf,
+    /// The connect-failure ring buffer until the daemon takes it.
+    events: Option<events::RingBufEvents>,
+    /// Socket termination, or why this kernel cannot do it.
+    terminator: Result<terminate::Terminator, String>,
+    // Keeps the loaded programs open while this value lives (the pinned links keep
+    // the hooks attached after it is gone) and runs the termination iterators.
+    ebpf: Ebpf,
 }
 
 impl std::fmt::Debug for BpfDatapath {
@@ -98,19 +105,13 @@ impl BpfDatapath {
             })?;
         // Programs first: they hold the map fds (see aya's notes in shared/NOTES.md).
         for hook in &links::HOOKS {
-            let program: &mut CgroupSockAddr = ebpf
-                .program_mut(hook.program)
-                .ok_or_else(|| DatapathError::Program {
-                    op: "finding",
-                    program: hook.program,
-                    source: Box::new(aya::programs::ProgramError::UnexpectedProgramType),
-                })?
-                .try_into()
-                .map_err(links::program_error("typing", hook.program))?;
-            program
+            links::CgroupProgram::find(&mut ebpf, hook.program)?
                 .load()
                 .map_err(links::program_error("loading", hook.program))?;
         }
+        // Termination is an extra: a kernel without the socket iterators still
+        // translates, and says at start why it cannot terminate.
+        let iterators = terminate::load(&mut ebpf).map_err(|e| e.to_string());
         if !pinned.meta_pinned {
             let meta = ebpf
                 .map_mut(map_names::META)
@@ -127,6 +128,27 @@ impl BpfDatapath {
         let cgroup_id = cgroup::cgroup_id(&cgroup)?;
         let maps = PinnedMaps::from_ebpf(&mut ebpf, pin_dir)?;
         let next_generation = maps.max_generation()? + 1;
+        let missing = |name: &str| DatapathError::NotPinned {
+            pin_dir: pin_dir.to_path_buf(),
+            path: pin_dir.join(name),
+        };
+        let ring = ebpf
+            .take_map(map_names::EVENTS)
+            .ok_or_else(|| missing(map_names::EVENTS))?;
+        let ring =
+            RingBuf::try_from(ring).map_err(DatapathError::map("opening", map_names::EVENTS))?;
+        let targets = ebpf
+            .take_map(map_names::TERMINATE)
+            .ok_or_else(|| missing(map_names::TERMINATE))?;
+        let targets: HashMap<MapData, u32, u8> = HashMap::try_from(targets)
+            .map_err(DatapathError::map("opening", map_names::TERMINATE))?;
+        let terminator = iterators.map(|()| terminate::Terminator::new(targets));
+        match &terminator {
+            Ok(_) => tracing::info!(
+                "socket termination: BPF socket iterators find translated sockets, sock_diag SOCK_DESTROY aborts them"
+            ),
+            Err(why) => tracing::warn!(error = %why, "socket termination unavailable on this kernel"),
+        }
         tracing::info!(
             cgroup = %cgroup.display(),
             pin_dir = %pin_dir.display(),
@@ -143,7 +165,9 @@ impl BpfDatapath {
             attach,
             adopted_maps: pinned.maps_pinned,
             next_generation,
-            _ebpf: ebpf,
+            events: Some(events::RingBufEvents::new(ring)),
+            terminator,
+            ebpf,
         })
     }
 
@@ -165,10 +189,29 @@ impl BpfDatapath {
 
 impl Datapath for BpfDatapath {
     fn apply(&mut self, table: &VipTable) -> Result<(), DatapathError> {
-        let value = table.encode(self.next_generation)?;
-        self.maps.write(&table.vip, &value)?;
+        self.maps.write_table(table, self.next_generation)?;
         self.next_generation += 1;
         Ok(())
+    }
+
+    fn take_connect_events(&mut self) -> Option<Box<dyn ConnectEvents>> {
+        self.events
+            .take()
+            .map(|events| Box::new(events) as Box<dyn ConnectEvents>)
+    }
+
+    fn clear_suspect(&mut self, backend_id: u32) -> Result<(), DatapathError> {
+        self.maps.clear_suspect(backend_id)
+    }
+
+    fn terminate(&mut self, backend_ids: &[u32]) -> Result<Terminated, DatapathError> {
+        match &mut self.terminator {
+            Ok(terminator) => terminator.run(&mut self.ebpf, backend_ids),
+            Err(why) => Err(DatapathError::Unsupported {
+                what: "socket termination",
+                detail: why.clone(),
+            }),
+        }
     }
 
     fn remove(&mut self, vip: &Vip) -> Result<(), DatapathError> {
