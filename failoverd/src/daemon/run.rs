@@ -100,6 +100,7 @@ where
     let exporter_counters = counters()?;
     // Fleet mode starts from the fleet state kept in state_dir: the same fleet services as
     // before the restart, whether or not etcd answers now.
+    let mut refused_at_start = None;
     let fleet = match &config.fleet {
         None => None,
         Some(section) => {
@@ -112,6 +113,7 @@ where
                     tracing::error!(error = %e, "fleet: the saved fleet services do not fit the config file; starting without them");
                     crate::metrics::fleet_apply(false);
                     saved.services.clear();
+                    refused_at_start = Some(e.to_string());
                     config.clone()
                 }
             };
@@ -131,6 +133,16 @@ where
             saved.clone(),
         );
         agent_start = Some((link, saved));
+    }
+    if let Some(detail) = refused_at_start {
+        handle.events().emit(super::events::Event {
+            kind: "fleet",
+            service: "",
+            backend: None,
+            from: None,
+            to: Some("error".to_owned()),
+            detail: format!("at start: the saved fleet services were refused, running without them until etcd answers: {detail}"),
+        });
     }
     let api = Arc::new(api);
     let listener = control::server::bind(&config.control.socket)?;

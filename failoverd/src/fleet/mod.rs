@@ -67,14 +67,6 @@ pub enum FleetError {
         #[source]
         source: std::io::Error,
     },
-    /// A key in etcd holds something failoverd did not write.
-    #[error("etcd key {key}: {message}")]
-    BadValue {
-        /// The key.
-        key: String,
-        /// What is wrong.
-        message: String,
-    },
     /// Someone else published between this publish's read and its write.
     #[error("another publish changed the fleet's services meanwhile (revision {revision}); nothing was changed: run it again")]
     Raced {
