@@ -27,6 +27,7 @@ use support::{
 };
 
 type TestResult = Result<(), Failed>;
+type TrialFn = fn() -> TestResult;
 
 /// Env var that turns this binary into a "holder": a client that opens one connection and
 /// waits on it (see [`maybe_run_holder`]).
@@ -39,7 +40,7 @@ fn main() {
     maybe_run_holder();
     support::client::maybe_run_client();
     let args = Arguments::from_args();
-    let trials: Vec<(&'static str, fn() -> TestResult)> = vec![
+    let trials: Vec<(&'static str, TrialFn)> = vec![
         (
             "a_direct_connect_to_a_backend_sees_the_backend",
             a_direct_connect_to_a_backend_sees_the_backend,

@@ -20,6 +20,7 @@ use support::{
 };
 
 type TestResult = Result<(), Failed>;
+type TrialFn = fn() -> TestResult;
 
 /// Probes too slow to take anything out within a trial (three failures take 4 s or more).
 const SLOW: &str = "{ kind: tcp, interval: 2s, timeout: 200ms, rise: 2, fall: 3 }";
@@ -32,7 +33,7 @@ fn main() {
     support::client::maybe_run_client();
     support::server::maybe_run_server();
     let args = Arguments::from_args();
-    let trials: Vec<(&'static str, fn() -> TestResult)> = vec![
+    let trials: Vec<(&'static str, TrialFn)> = vec![
         (
             "refused_connects_eject_at_the_threshold_and_not_before",
             refused_connects_eject_at_the_threshold_and_not_before,

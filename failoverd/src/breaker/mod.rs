@@ -147,27 +147,22 @@ impl Breaker {
         observed.or(ticked)
     }
 
-    /// Takes a closed breaker's backend out at once, on evidence other than probes
-    /// (kernel-observed connect failures). `None` when it is out already.
+    /// Kernel-observed connect failures (passive health) took the backend out. `None` when
+    /// the breaker stays as it is: the breaker is open already, or this is a strike.
     ///
-    /// The first such ejection (with no ejection unforgiven) is a strike, as if `fall` probes
-    /// had failed: the breaker half-opens at once (reported as opened for zero), so the
-    /// backend comes back after `rise` passing probes — a primary restarted after a crash is
-    /// not held out for `open_for`. A repeat before decay forgives the strike opens it like
-    /// any ejection, so repeated ones grow the period toward `max_open_for`.
+    /// The first passive ejection with no ejection unforgiven is a strike: the caller takes
+    /// the backend out by its health state, as if `fall` probes had failed, so it comes back
+    /// after `rise` passing probes (a primary restarted after a crash is not held out for
+    /// `open_for`). A repeat before a healthy stretch of `max_open_for` forgives the strike
+    /// opens the breaker like any ejection, so repeats grow the period toward `max_open_for`.
     pub fn eject(&mut self, now: Instant) -> Option<BreakerEvent> {
         if self.is_open() {
             return None;
         }
         if self.ejections == 0 && !self.struck {
             self.struck = true;
-            self.state = BreakerState::HalfOpen { passes: 0 };
-            self.failures = 0;
             self.healthy_since = None;
-            return Some(BreakerEvent::Opened {
-                for_: Duration::ZERO,
-                ejections: 0,
-            });
+            return None;
         }
         Some(self.open(now))
     }

@@ -224,10 +224,11 @@ fn out_sentence(reason: &OutReason) -> String {
         } => format!(
             "ejected by passive health: the kernel saw {consecutive} connects in a row fail{} ({})",
             kind.map(|k| format!(" ({k})")).unwrap_or_default(),
-            if *ejections == 1 {
-                "first ejection".to_string()
-            } else {
-                format!("{ejections} ejections")
+            match ejections {
+                // A first passive ejection is a strike: no breaker period, only `rise`.
+                0 => "back after rise passing probes".to_string(),
+                1 => "first ejection".to_string(),
+                n => format!("{n} ejections"),
             }
         ),
         OutReason::Unknown => "unknown: no verdict yet".to_string(),

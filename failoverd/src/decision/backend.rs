@@ -163,7 +163,7 @@ impl Backend {
     pub fn state_word(&self) -> &'static str {
         if self.drain.is_some() {
             "drained"
-        } else if self.breaker.is_open() {
+        } else if self.breaker.is_open() || (self.passive.ejected && !self.is_live()) {
             "ejected"
         } else {
             self.health.status().word()

@@ -3,8 +3,10 @@
 //! The `sock_ops` program counts failed connects per backend id in a row (an established
 //! connect resets the count) and, at the table's `passive_threshold`, marks the backend
 //! suspect so the very next connect avoids it. The core then confirms (ejects the backend as
-//! if `fall` probes had failed, through its breaker) or refuses, and a refused mark is
-//! lifted: the kernel must never keep diverting from a backend the daemon keeps in the table.
+//! if `fall` probes had failed; a repeat through its breaker) or refuses, and a refused mark
+//! is lifted: the kernel must never keep diverting from a backend the daemon keeps in the table.
+
+use std::time::Duration;
 
 use tokio::time::Instant;
 
@@ -49,7 +51,10 @@ impl ServiceState {
             .values()
             .filter(|b| b.priority == priority)
             .fold((0, 0), |(n, e), b| {
-                (n + 1, e + usize::from(b.breaker.is_open()))
+                (
+                    n + 1,
+                    e + usize::from(b.breaker.is_open() || b.passive.ejected),
+                )
             });
         // Passive ejections alone may take out max_ejected_percent of a group, but always at
         // least one: a group of one (a primary) must be able to fail over on kernel evidence.
@@ -89,8 +94,13 @@ impl ServiceState {
             b.passive.marked |= suspect;
             return false;
         }
-        let Some(BreakerEvent::Opened { for_, ejections }) = b.breaker.eject(now) else {
-            return false; // Not reached: a live backend's breaker is closed.
+        let (for_, ejections) = match b.breaker.eject(now) {
+            Some(BreakerEvent::Opened { for_, ejections }) => (for_, ejections),
+            // A strike: out as if `fall` probes had failed, back after `rise` passes.
+            _ => {
+                b.health.fail_now();
+                (Duration::ZERO, 0)
+            }
         };
         b.since = now;
         b.passive.ejected = true;

@@ -194,7 +194,7 @@ impl ServiceState {
                             .last_failure
                             .map(|(at, kind)| (now.saturating_duration_since(at), kind)),
                         ejections: b.passive.ejections,
-                        ejected: b.passive.ejected && b.breaker.is_open(),
+                        ejected: b.passive.ejected && !b.is_live(),
                     },
                 })
                 .collect(),
@@ -234,7 +234,7 @@ impl ServiceState {
                         .and_then(|k| self.backends.get(k))
                         .map(|k| k.name.clone()),
                 }
-            } else if b.breaker.is_open() && b.passive.ejected {
+            } else if b.passive.ejected && !b.is_live() && b.drain.is_none() {
                 OutReason::PassiveEjected {
                     consecutive: b.passive.consecutive,
                     kind: b.passive.last_failure.map(|(_, k)| k),

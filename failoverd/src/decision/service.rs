@@ -366,6 +366,10 @@ impl ServiceState {
         if let Some(to) = verdict {
             changed = true;
             b.since = now;
+            if to == crate::health::HealthStatus::Healthy {
+                // Back by its probes: a passive strike (if that is what took it out) is over.
+                b.passive.ejected = false;
+            }
             out.push(Transition::Health {
                 backend: b.name.clone(),
                 addr: key.addr,

@@ -274,10 +274,13 @@ fn a_passively_ejected_backend_returns_after_rise_probes() {
     );
     let d = r.round(&[(A, true), (B, true)]);
     assert_eq!(r.table_addrs(), vec![addr(A)]);
-    assert!(d
-        .transitions
-        .iter()
-        .any(|t| matches!(t, Transition::Readmitted { .. })));
+    assert!(d.transitions.iter().any(|t| matches!(
+        t,
+        Transition::Health {
+            to: HealthStatus::Healthy,
+            ..
+        }
+    )));
     assert_eq!(
         d.clear_suspect,
         vec![r.id(A)],
