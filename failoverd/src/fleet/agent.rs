@@ -371,9 +371,20 @@ async fn session<T: FleetTarget>(
                 }
                 v.last_change_unix = now_unix();
                 let value = serde_json::to_vec(&v).expect("a host view serializes");
+                let value_len = value.len();
                 let put = client.put(keys.host(link.host()), value, Some(PutOptions::new().with_lease(lease)));
-                bounded("publishing the host view", REQUEST_TIMEOUT, put).await?;
-                last_view = Some(v);
+                match bounded("publishing the host view", REQUEST_TIMEOUT, put).await {
+                    Ok(_) => last_view = Some(v),
+                    // No etcd: the session is over.
+                    Err(e) if e.is_unreachable() => return Err(e),
+                    // etcd refused this view (too large for its request limit, or no
+                    // permission on hosts/): the matrix lacks this host, but drains and
+                    // services keep flowing. Said once per different view, not every second.
+                    Err(e) => {
+                        tracing::warn!(error = %e, bytes = value_len, "fleet: etcd refused this host's view; status --fleet will not show it");
+                        last_view = Some(v);
+                    }
+                }
             }
         }
     }
