@@ -25,10 +25,12 @@ use failoverd::{
 use libtest_mimic::{Arguments, Failed, Trial};
 use support::{
     backends::TcpBackend,
+    client::{spawn_client, ClientSpec, Mode},
     daemon::DaemonProcess,
     env::Env,
     etcd::{self, EtcdProcess},
     kernel::{check, loopback, table, tcp_vip},
+    server::{BackendProcess, ServerSpec},
     unique_name, TempDir,
 };
 
@@ -46,6 +48,10 @@ fn main() {
         Trial::test(
             "fleet_over_tls_with_etcd_auth",
             fleet_over_tls_with_etcd_auth,
+        ),
+        Trial::test(
+            "fleet_drain_terminate_aborts_held_sockets_on_every_host",
+            fleet_drain_terminate_aborts_held_sockets_on_every_host,
         ),
     ];
     libtest_mimic::run(&args, trials).exit();
@@ -811,5 +817,119 @@ fn fleet_over_tls_with_etcd_auth() -> TestResult {
         !good_host.d.log_tail(10_000).contains("fleet-secret-1"),
         || "nor the right one".to_owned(),
     )?;
+    Ok(())
+}
+
+/// Waits (at most 5 s) until the kernel of `h` counted `n` established connects to the VIP's
+/// first backend: its holder is connected.
+fn until_established(h: &Host, vip: Vip, n: u64) -> TestResult {
+    until(
+        &format!("{}: {n} held connections", h.name),
+        Duration::from_secs(5),
+        || {
+            let maps = failoverd::datapath::PinnedMaps::open(h.env.pins.path())?;
+            let Some(id) = maps
+                .tables()?
+                .get(&vip)
+                .and_then(|t| t.table.backends.first().map(|b| b.id))
+            else {
+                return Ok(false);
+            };
+            Ok(maps.counters(id)?.established >= n)
+        },
+    )
+    .map(drop)
+}
+
+/// `drain --fleet --terminate` on one host: every host, as it applies the drain, aborts the
+/// connection its VIP sent to the backend (the application sees ECONNABORTED).
+fn fleet_drain_terminate_aborts_held_sockets_on_every_host() -> TestResult {
+    if !etcd::available() {
+        eprintln!(
+            "\n\n*** SKIPPED: {} is missing; install etcd-server (scripts/install-deps.sh) ***\n",
+            etcd::ETCD
+        );
+        return Ok(());
+    }
+    let etcd = EtcdProcess::start("fleetterm")?;
+    let prefix = format!("/{}/", unique_name("fo", "term")?);
+    let a = BackendProcess::spawn(ServerSpec {
+        hold: true,
+        ..ServerSpec::tcp(loopback(), 1)
+    })?;
+    let b = TcpBackend::start(loopback(), 2)?;
+    let mut hosts = Vec::new();
+    for n in 1..=2 {
+        let name = format!("t{n}");
+        let env = Env::new(&format!("fleetterm{n}"))?;
+        let mut d = DaemonProcess::with_sections(
+            &env,
+            &format!("fleetterm{n}"),
+            &fleet_section(&name, &etcd, &prefix),
+            "  []\n",
+        )?;
+        d.start()?;
+        hosts.push(Host { name, env, d });
+    }
+    for h in &hosts {
+        until(
+            &format!("{} connects to etcd", h.name),
+            Duration::from_secs(15),
+            || connected(h),
+        )?;
+    }
+    let vip = tcp_vip("10.206.0.1:80");
+    let files = TempDir(std::env::temp_dir().join(unique_name("fo-fleet-term", "f")?));
+    std::fs::create_dir_all(&files.0)?;
+    let file = files.0.join("held.yaml");
+    std::fs::write(
+        &file,
+        format!(
+            "services:\n  - name: held\n    vip: {}\n    health: {HEALTH}\n    backends:\n      - {{ name: a, address: '{}', priority: 0 }}\n      - {{ name: b, address: '{}', priority: 1 }}\n",
+            vip.addr,
+            a.addr(),
+            b.addr()
+        ),
+    )?;
+    let out = publish(&file, hosts[0].d.config_path())?;
+    check(out.status.success(), || {
+        format!("publish failed: {}", stderr(&out))
+    })?;
+    for h in &hosts {
+        until(
+            &format!("{}'s kernel sends to a", h.name),
+            Duration::from_secs(10),
+            || Ok(kernel_table(h, vip)? == Some(vec![a.addr()])),
+        )?;
+    }
+    let mut holders = Vec::new();
+    for h in &hosts {
+        let spec = ClientSpec {
+            timeout_ms: 8_000,
+            timeline: true,
+            ..ClientSpec::new(vip.addr, Mode::TcpHold, 1)
+        };
+        holders.push(spawn_client(&h.env.cgroup, None, &spec)?);
+        until_established(h, vip, 1)?;
+    }
+    let said = hosts[0]
+        .d
+        .ok(&["drain", "held", "a", "--fleet", "--terminate"])?;
+    check(said.contains("aborted on each host"), || {
+        format!("the drain says what happens: {said}")
+    })?;
+    for (h, holder) in hosts.iter().zip(holders) {
+        let report = holder.wait_report()?;
+        let errno = report.timeline.first().and_then(|attempt| attempt.errno);
+        check(errno == Some(libc::ECONNABORTED), || {
+            format!(
+                "{}: the held connection ended with {errno:?}, want ECONNABORTED",
+                h.name
+            )
+        })?;
+        check(kernel_table(h, vip)? == Some(vec![b.addr()]), || {
+            format!("{}: new connects go to b", h.name)
+        })?;
+    }
     Ok(())
 }
