@@ -13,6 +13,8 @@ packages=(
   systemd                                # tests: systemd-analyze verify of the unit
   postgresql redis-server                # tests: role checks against real servers (tests/roles.rs)
   mariadb-server mariadb-client          # tests: role checks against real servers (tests/roles.rs)
+  protobuf-compiler libprotobuf-dev      # build: etcd-client's gRPC code (protoc and its well-known types)
+  etcd-server etcd-client                # tests: fleet mode against a real etcd (tests/fleet.rs)
 )
 
 missing=()

@@ -13,6 +13,7 @@ pub mod daemon;
 pub mod datapath;
 pub mod decision;
 pub mod dirs;
+pub mod fleet;
 pub mod health;
 pub mod limits;
 pub mod metrics;

@@ -84,6 +84,7 @@ fn run(command: Command) -> anyhow::Result<()> {
         Command::Explain(args) => Ok(cli::explain::run(&args)?),
         Command::Events(args) => Ok(cli::events::run(&args)?),
         Command::Vip(c) => Ok(cli::vip::run(&c)?),
+        Command::Fleet(c) => Ok(cli::fleet::run(&c)?),
         Command::Cleanup(args) => cli::cleanup::run(&args).map(drop).map_err(Into::into),
         Command::Completions(args) => {
             cli::docs::completions(&args);

@@ -377,6 +377,30 @@ pub fn reload(ok: bool) {
     counter!(names::CONFIG_RELOADS, "result" => if ok { "ok" } else { "error" }).increment(1);
 }
 
+/// Registers the fleet series at 0 (fleet mode only): a first refusal is then an increase
+/// an alert sees, and `failoverd_fleet_connected` exists before the first session.
+pub fn fleet_register() {
+    fleet_connected(false);
+    for result in ["ok", "error"] {
+        counter!(names::FLEET_APPLIES, "result" => result).increment(0);
+    }
+}
+
+/// Whether the fleet's etcd session works (recorded only in fleet mode).
+pub fn fleet_connected(connected: bool) {
+    gauge!(names::FLEET_CONNECTED).set(if connected { 1.0 } else { 0.0 });
+}
+
+/// A fleet state from etcd applied (`ok`) or refused with the old one kept (`error`).
+pub fn fleet_apply(ok: bool) {
+    counter!(names::FLEET_APPLIES, "result" => if ok { "ok" } else { "error" }).increment(1);
+}
+
+/// Fleet services running on this host.
+pub fn fleet_services(count: usize) {
+    gauge!(names::FLEET_SERVICES).set(count as f64);
+}
+
 /// The kernel's count of connects translated to one backend (an absolute value).
 ///
 /// Recorded only for a backend registered by [`zero_backend`] and not forgotten since.

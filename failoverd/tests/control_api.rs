@@ -184,6 +184,7 @@ impl ControlHandler for FakeHandler {
 fn status_fixture() -> StatusReport {
     StatusReport {
         version: "0.1.0".into(),
+        fleet: None,
         services: vec![ServiceReport {
             name: "orders-db".into(),
             vip: "10.96.0.10:5432".into(),
@@ -389,6 +390,7 @@ async fn drain_reaches_the_handler_with_the_request_and_the_caller() {
         backend: "db-a".into(),
         reason: Some("kernel upgrade".into()),
         force: true,
+        fleet: false,
         terminate: false,
     };
     let report = server.client().drain(&request).await.unwrap();
@@ -409,6 +411,7 @@ async fn drain_terminate_answers_what_was_aborted() {
         reason: None,
         force: false,
         terminate: true,
+        fleet: false,
     };
     let report = server.client().drain(&request).await.unwrap();
     assert_eq!(report.terminated, Some(TerminatedReport { tcp: 3, udp: 1 }));
@@ -425,6 +428,7 @@ async fn undrain_failback_and_reload_reach_the_handler() {
     let undrain = UndrainRequest {
         service: "orders-db".into(),
         backend: "db-a".into(),
+        fleet: false,
     };
     let failback = FailbackRequest {
         service: "orders-db".into(),
@@ -530,6 +534,7 @@ async fn handler_errors_map_to_statuses_and_reach_the_client_verbatim() {
         backend: "db-z".into(),
         reason: None,
         force: false,
+        fleet: false,
         terminate: false,
     };
     let cases = [

@@ -319,6 +319,7 @@ async fn drains_are_in_the_table_when_the_call_returns_and_undrain_needs_a_drain
         backend: backend.into(),
         reason: Some("CHG-1".into()),
         force: false,
+        fleet: false,
         terminate: false,
     };
     api.drain(caller(), request("a")).await.unwrap();
@@ -333,6 +334,7 @@ async fn drains_are_in_the_table_when_the_call_returns_and_undrain_needs_a_drain
     let undrain = |backend: &str| UndrainRequest {
         service: "svc".into(),
         backend: backend.into(),
+        fleet: false,
     };
     let refused = api.undrain(caller(), undrain("b")).await.unwrap_err();
     assert!(refused.to_string().contains("not drained"), "{refused}");

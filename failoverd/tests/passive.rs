@@ -342,6 +342,7 @@ async fn drain_terminate_through_the_control_api_reports_what_it_aborted() {
         reason: None,
         force: false,
         terminate,
+        fleet: false,
     };
 
     // A plain drain never touches open sockets, on_down or not.
@@ -377,6 +378,7 @@ async fn drain_after_aborts_what_is_left_once_the_grace_is_over() {
         reason: None,
         force: false,
         terminate: false,
+        fleet: false,
     };
     api.drain(caller(), request).await.unwrap();
     let drained = Instant::now();
@@ -484,6 +486,7 @@ async fn a_failed_abort_is_an_error_of_the_drain_not_a_count_of_zero() {
         reason: None,
         force: false,
         terminate: true,
+        fleet: false,
     };
     let err = rig.api().drain(caller(), request).await.unwrap_err();
     assert!(

@@ -142,6 +142,28 @@ impl fmt::Display for Summary<'_> {
             format_duration(c.resolver.min_ttl),
             format_duration(c.resolver.max_ttl)
         )?;
+        if let Some(fleet) = &c.fleet {
+            // Where the fleet's services and drains come from (docs/fleet.md); the password
+            // file is named, never read here.
+            writeln!(
+                f,
+                "  fleet:    host {}, etcd {} under {}{}{}",
+                fleet.host,
+                fleet.etcd.endpoints.join(","),
+                fleet.etcd.prefix,
+                if fleet.etcd.tls.is_some() {
+                    ", TLS"
+                } else {
+                    ""
+                },
+                fleet
+                    .etcd
+                    .username
+                    .as_ref()
+                    .map(|u| format!(", user {u}"))
+                    .unwrap_or_default()
+            )?;
+        }
         for service in &c.services {
             writeln!(f)?;
             write_service(f, service)?;

@@ -11,7 +11,8 @@ use crate::{
     failoverd drain orders-db db-a --reason 'kernel upgrade'\n  \
     failoverd drain orders-db db-b --force    # even if it is the last live backend\n  \
     failoverd drain orders-db db-a --terminate  # and abort its open connections now\n  \
-    failoverd undrain orders-db db-a\n\n\
+    failoverd undrain orders-db db-a\n  \
+    failoverd drain orders-db db-a --fleet --reason 'replica rebuild'   # every host\n\n\
     New connects stop going to the backend at once; open connections are left\n\
     alone (unless --terminate, or terminate.drain_after in the config). The drain survives daemon restarts and shows in `failoverd status`.\n\
     Draining the last live backend of a VIP is refused unless --force is given.")]
@@ -31,6 +32,9 @@ pub struct DrainArgs {
     /// address are never touched.
     #[arg(long)]
     pub terminate: bool,
+    /// Drain it on every host of the fleet (written to etcd through this daemon; needs `fleet`).
+    #[arg(long)]
+    pub fleet: bool,
     /// Which daemon to ask.
     #[command(flatten)]
     pub socket: SocketArgs,
@@ -46,6 +50,9 @@ pub struct UndrainArgs {
     pub service: String,
     /// The backend, as named in the config.
     pub backend: String,
+    /// Undo a fleet drain, on every host of the fleet.
+    #[arg(long)]
+    pub fleet: bool,
     /// Which daemon to ask.
     #[command(flatten)]
     pub socket: SocketArgs,
@@ -60,6 +67,7 @@ pub fn run(args: &DrainArgs) -> Result<(), CommandError> {
         reason: args.reason.clone(),
         force: args.force,
         terminate: args.terminate,
+        fleet: args.fleet,
     };
     let report = block_on(async { Ok(client.drain(&request).await?) })?;
     print(&drained_line(args, report.terminated))
@@ -67,6 +75,18 @@ pub fn run(args: &DrainArgs) -> Result<(), CommandError> {
 
 /// What `failoverd drain` says it did.
 fn drained_line(args: &DrainArgs, terminated: Option<TerminatedReport>) -> String {
+    if args.fleet {
+        // Each host applies (and terminates) from its own watch: no count comes back.
+        let sockets = if args.terminate {
+            "open sockets to it are aborted on each host as it applies the drain"
+        } else {
+            "open ones are left alone"
+        };
+        return format!(
+            "drained {} of {} on every host of the fleet (applied here; the others apply it from etcd): new connections avoid it, {sockets}\n",
+            args.backend, args.service
+        );
+    }
     match terminated {
         Some(t) => format!(
             "drained {} of {}: new connections avoid it; {} tcp and {} udp sockets to it aborted\n",
@@ -90,10 +110,16 @@ pub fn run_undrain(args: &UndrainArgs) -> Result<(), CommandError> {
     let request = UndrainRequest {
         service: args.service.clone(),
         backend: args.backend.clone(),
+        fleet: args.fleet,
     };
     block_on(async { Ok(client.undrain(&request).await?) })?;
+    let scope = if args.fleet {
+        " on every host of the fleet"
+    } else {
+        ""
+    };
     print(&format!(
-        "undrained {} of {}: it takes new connections again while healthy\n",
+        "undrained {} of {}{scope}: it takes new connections again while healthy\n",
         args.backend, args.service
     ))
 }
@@ -109,6 +135,7 @@ mod tests {
             reason: None,
             force: false,
             terminate,
+            fleet: false,
             socket: SocketArgs::default(),
         }
     }
@@ -121,5 +148,11 @@ mod tests {
             "drained db-a of orders-db: new connections avoid it; 12 tcp and 1 udp sockets to it aborted\n"
         );
         assert!(drained_line(&args(true), None).contains("did not report aborting"));
+        let fleet = DrainArgs {
+            fleet: true,
+            ..args(true)
+        };
+        assert!(drained_line(&fleet, None).contains("on every host of the fleet"));
+        assert!(drained_line(&fleet, None).contains("aborted on each host"));
     }
 }

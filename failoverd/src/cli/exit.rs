@@ -38,8 +38,21 @@ pub fn code(error: &(dyn Error + 'static)) -> u8 {
             error.downcast_ref::<super::cleanup::CleanupError>(),
             Some(super::cleanup::CleanupError::Config(_))
         )
+        || matches!(
+            error.downcast_ref::<super::fleet::FleetCliError>(),
+            Some(super::fleet::FleetCliError::Config(_))
+        )
     {
         return BAD_CONFIG;
+    }
+    // etcd, for a fleet command, is what the daemon is for the others: not reached.
+    if matches!(
+        error.downcast_ref::<super::fleet::FleetCliError>(),
+        Some(super::fleet::FleetCliError::Fleet(
+            crate::fleet::FleetError::Unreachable { .. } | crate::fleet::FleetError::Timeout { .. }
+        ))
+    ) {
+        return UNREACHABLE;
     }
     match error.downcast_ref::<CommandError>() {
         Some(CommandError::Config(_)) => BAD_CONFIG,

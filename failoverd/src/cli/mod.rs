@@ -10,6 +10,7 @@ pub mod events;
 pub mod exit;
 pub mod explain;
 pub mod failback;
+pub mod fleet;
 pub mod logs;
 pub mod output;
 pub mod reload;
@@ -73,6 +74,9 @@ pub enum Command {
     /// Install, list or remove VIP tables in the kernel datapath by hand.
     #[command(subcommand)]
     Vip(vip::VipCommand),
+    /// Publish services to the fleet's etcd, or see what a publish would change.
+    #[command(subcommand)]
+    Fleet(fleet::FleetCommand),
     /// Detach failoverd's hooks and remove everything it pinned.
     Cleanup(cleanup::CleanupArgs),
     /// A self-contained run: two local HTTP backends, a VIP in a cgroup of its

@@ -18,6 +18,10 @@ use crate::cli::{
     address, state, weight, priority, last probe, time in state and the connects\n\
     the kernel sent it. The JSON fields are described in docs/control-api.md.")]
 pub struct StatusArgs {
+    /// The fleet matrix instead: per service and backend, how many hosts see it up and which
+    /// do not (read from etcd by this daemon; needs `fleet`).
+    #[arg(long)]
+    pub fleet: bool,
     /// How to print the answer.
     #[command(flatten)]
     pub output: OutputArgs,
@@ -29,9 +33,33 @@ pub struct StatusArgs {
 /// Runs `failoverd status`: asks the daemon and prints its answer.
 pub fn run(args: &StatusArgs) -> Result<(), CommandError> {
     let client = args.socket.client()?;
+    if args.fleet {
+        let report = block_on(async { Ok(client.fleet().await?) })?;
+        let text = match args.output.output {
+            Output::Table => crate::cli::fleet::matrix_table(&report, now_unix()),
+            Output::Json => crate::cli::output::json(&report)?,
+        };
+        return print(&text);
+    }
     let report = block_on(async { Ok(client.status().await?) })?;
     let text = match args.output.output {
-        Output::Table => render::status_table(&report, now_unix()),
+        Output::Table => {
+            let mut text = render::status_table(&report, now_unix());
+            if let Some(f) = &report.fleet {
+                let link = if f.connected {
+                    "connected to etcd"
+                } else {
+                    "NOT connected to etcd (serving the last fleet state applied)"
+                };
+                text.push_str(&format!(
+                    "\nfleet: host {}, {link}, revision {}, {} fleet services\n",
+                    render::terminal_safe(&f.host),
+                    f.revision,
+                    f.services.len()
+                ));
+            }
+            text
+        }
         Output::Json => {
             render::status_json(&report).map_err(|e| CommandError::Output { source: e.into() })?
         }

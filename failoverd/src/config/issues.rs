@@ -36,6 +36,11 @@ impl Issues {
         });
     }
 
+    /// Every problem, in the order found.
+    pub fn into_vec(self) -> Vec<Issue> {
+        self.0
+    }
+
     /// Whether every rule held.
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()

@@ -11,12 +11,13 @@ use failoverd_shared::{VipKey, MAX_BACKENDS, MAX_COUNTERS, MAX_SERVICES, RESERVE
 use super::{
     issues::Issues,
     merge::{self, Scope, Section},
+    model::DEFAULT_FLEET_PREFIX,
     model::{DEFAULT_WEIGHT, MAX_TTL, MAX_WEIGHT},
     passive,
-    raw::{RawBackend, RawConfig, RawControl, RawDatapath, RawResolver, RawService},
+    raw::{RawBackend, RawConfig, RawControl, RawDatapath, RawFleet, RawResolver, RawService},
     syntax::check_name,
-    BackendAddress, BackendConfig, Config, ControlSection, DatapathSection, MetricsSection,
-    ResolverSection, ServiceConfig,
+    BackendAddress, BackendConfig, Config, ControlSection, DatapathSection, EtcdSection, EtcdTls,
+    FleetSection, MetricsSection, ResolverSection, ServiceConfig,
 };
 use crate::datapath::{CgroupSpec, Protocol, Vip};
 
@@ -38,6 +39,7 @@ pub(super) fn lower(raw: RawConfig, source: &Path, issues: &mut Issues) -> Confi
             .unwrap_or(MetricsSection::default().per_backend),
     };
     let resolver = resolver(raw.resolver.as_ref(), issues);
+    let fleet = raw.fleet.as_ref().map(|f| fleet(f, issues));
 
     let defaults = raw.defaults.as_ref();
     let default_health = defaults.and_then(|d| d.health.as_ref()).map(|raw| Section {
@@ -212,6 +214,7 @@ pub(super) fn lower(raw: RawConfig, source: &Path, issues: &mut Issues) -> Confi
         metrics,
         resolver,
         services,
+        fleet,
         source: source.to_path_buf(),
     }
 }
@@ -499,5 +502,145 @@ fn resolver(raw: Option<&RawResolver>, issues: &mut Issues) -> ResolverSection {
             .map(|list| list.iter().map(|ns| ns.0 .0).collect()),
         min_ttl,
         max_ttl,
+    }
+}
+
+/// Longest `fleet.host`: 253 bytes, a DNS name's limit (it becomes part of an etcd key).
+const MAX_HOST_LEN: usize = 253;
+
+fn fleet(raw: &RawFleet, issues: &mut Issues) -> FleetSection {
+    let etcd = &raw.etcd;
+    if etcd.endpoints.is_empty() {
+        issues.value(
+            "fleet.etcd.endpoints",
+            "endpoints is empty; list the client URLs of the etcd members (http://host:2379)",
+        );
+    }
+    for (i, e) in etcd.endpoints.iter().enumerate() {
+        let tls = e.starts_with("https://");
+        if !(tls || e.starts_with("http://")) || e.contains(char::is_whitespace) {
+            issues.value(
+                format!("fleet.etcd.endpoints[{i}]"),
+                format!("endpoint `{e}` must be a URL: http://host:port or https://host:port"),
+            );
+        } else if tls && etcd.tls.is_none() {
+            issues.value(
+                format!("fleet.etcd.endpoints[{i}]"),
+                format!(
+                    "endpoint `{e}` is https but fleet.etcd.tls is missing; give at least its `ca`"
+                ),
+            );
+        }
+    }
+    let prefix = etcd
+        .prefix
+        .clone()
+        .unwrap_or_else(|| DEFAULT_FLEET_PREFIX.to_owned());
+    if !prefix.starts_with('/') || !prefix.ends_with('/') || prefix.len() < 2 {
+        // Without the trailing slash `/failoverd` would also match `/failoverd-staging/…`.
+        issues.value(
+            "fleet.etcd.prefix",
+            format!("prefix `{prefix}` must start and end with `/` and name a directory, like /failoverd/"),
+        );
+    }
+    if etcd.password {
+        issues.key(
+            "fleet.etcd.password",
+            "an inline password is not accepted: put it in a file only failoverd's user can read and name that file with password_file",
+        );
+    }
+    match (&etcd.username, &etcd.password_file) {
+        (Some(_), None) => issues.value(
+            "fleet.etcd.username",
+            "username needs password_file (the file that holds the etcd password)",
+        ),
+        (None, Some(_)) => issues.value("fleet.etcd.password_file", "password_file needs username"),
+        _ => {}
+    }
+    if let Some(user) = &etcd.username {
+        if user.is_empty() {
+            issues.value("fleet.etcd.username", "username is empty");
+        }
+    }
+    let password_file = absolute(
+        etcd.password_file.as_ref(),
+        "fleet.etcd.password_file",
+        PathBuf::new(),
+        issues,
+    );
+    let tls = etcd.tls.as_ref().map(|t| {
+        if t.cert.is_some() != t.key.is_some() {
+            let key = if t.cert.is_some() {
+                "fleet.etcd.tls.cert"
+            } else {
+                "fleet.etcd.tls.key"
+            };
+            issues.value(key, "cert and key go together: give both or neither");
+        }
+        EtcdTls {
+            ca: absolute(Some(&t.ca), "fleet.etcd.tls.ca", PathBuf::new(), issues),
+            cert: t
+                .cert
+                .as_ref()
+                .map(|c| absolute(Some(c), "fleet.etcd.tls.cert", PathBuf::new(), issues)),
+            key: t
+                .key
+                .as_ref()
+                .map(|k| absolute(Some(k), "fleet.etcd.tls.key", PathBuf::new(), issues)),
+        }
+    });
+    let host = match &raw.host {
+        Some(host) => {
+            if let Err(message) = check_host(host) {
+                issues.value("fleet.host", message);
+            }
+            host.clone()
+        }
+        None => local_hostname(),
+    };
+    FleetSection {
+        etcd: EtcdSection {
+            endpoints: etcd.endpoints.clone(),
+            prefix,
+            tls,
+            username: etcd.username.clone(),
+            password_file: etcd.password_file.as_ref().map(|_| password_file),
+        },
+        host,
+    }
+}
+
+/// A fleet host name: one etcd key segment, so no `/`, and shown in terminals, so printable.
+fn check_host(host: &str) -> Result<(), String> {
+    if host.is_empty() || host.len() > MAX_HOST_LEN {
+        return Err(format!("host must be 1 to {MAX_HOST_LEN} bytes"));
+    }
+    if let Some(c) = host
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_')))
+    {
+        return Err(format!(
+            "host `{}` has {c:?}; use letters, digits, `.`, `-` and `_`",
+            host.escape_debug()
+        ));
+    }
+    Ok(())
+}
+
+/// The machine's hostname (what `fleet.host` defaults to); `localhost` if it has none.
+pub(super) fn local_hostname() -> String {
+    let mut buf = [0u8; 256];
+    // SAFETY: the buffer is valid for its length; gethostname NUL-terminates within it
+    // or truncates (then the last byte is set to 0 below).
+    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len() - 1) };
+    if rc != 0 {
+        return "localhost".to_owned();
+    }
+    let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len() - 1);
+    let name = String::from_utf8_lossy(&buf[..end]).into_owned();
+    if check_host(&name).is_ok() {
+        name
+    } else {
+        "localhost".to_owned()
     }
 }

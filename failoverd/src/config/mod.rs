@@ -17,6 +17,7 @@
 mod address;
 mod depth;
 mod error;
+pub mod fleet;
 mod issues;
 mod locate;
 mod lower;
@@ -35,11 +36,11 @@ pub use depth::MAX_DEPTH;
 pub use error::ConfigError;
 pub use model::{
     BackendConfig, BreakerConfig, Config, ControlSection, DatabaseCheckConfig, DatapathSection,
-    ExecCheckConfig, Failback, HealthConfig, HealthKind, HttpCheckConfig, MetricsSection,
-    OnAllDown, PassiveConfig, ResolverSection, ServiceConfig, TcpCheckConfig, TerminateConfig,
-    DEFAULT_CONTROL_SOCKET, DEFAULT_METRICS_LISTEN, DEFAULT_STATE_DIR, DEFAULT_WEIGHT,
-    MAX_DRAIN_AFTER, MAX_INTERVAL, MAX_LAG, MAX_OPEN_FOR, MAX_THRESHOLD, MAX_TTL, MAX_WEIGHT,
-    MIN_INTERVAL,
+    EtcdSection, EtcdTls, ExecCheckConfig, Failback, FleetSection, HealthConfig, HealthKind,
+    HttpCheckConfig, MetricsSection, OnAllDown, PassiveConfig, ResolverSection, ServiceConfig,
+    TcpCheckConfig, TerminateConfig, DEFAULT_CONTROL_SOCKET, DEFAULT_FLEET_PREFIX,
+    DEFAULT_METRICS_LISTEN, DEFAULT_STATE_DIR, DEFAULT_WEIGHT, MAX_DRAIN_AFTER, MAX_INTERVAL,
+    MAX_LAG, MAX_OPEN_FOR, MAX_THRESHOLD, MAX_TTL, MAX_WEIGHT, MIN_INTERVAL,
 };
 pub use read::{load, load_async, MAX_FILE_SIZE};
 pub use status::StatusMatch;

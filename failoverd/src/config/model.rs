@@ -59,9 +59,53 @@ pub struct Config {
     pub resolver: ResolverSection,
     /// `services`: one entry per VIP, `defaults` already merged in.
     pub services: Vec<ServiceConfig>,
+    /// `fleet`: shared services and drains from etcd. Default: `None`, this host alone.
+    pub fleet: Option<FleetSection>,
     /// The file this configuration came from (as given to [`super::load`]).
     pub source: PathBuf,
 }
+
+/// `fleet`: this daemon takes part in a fleet whose shared state lives in etcd
+/// (see `docs/fleet.md`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FleetSection {
+    /// `etcd`: how to reach the etcd cluster.
+    pub etcd: EtcdSection,
+    /// `host`: this host's name in the fleet (`hosts/<host>`, drains' `by`). Default: the
+    /// machine's hostname.
+    pub host: String,
+}
+
+/// `fleet.etcd`: the etcd v3 cluster that holds the fleet's state.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EtcdSection {
+    /// `endpoints`: client URLs, `http://host:port` or `https://host:port`; at least one.
+    pub endpoints: Vec<String>,
+    /// `prefix`: every key failoverd reads or writes starts with it; ends with `/`.
+    /// Default: `/failoverd/`.
+    pub prefix: String,
+    /// `tls`: client TLS; required for `https://` endpoints. Default: none (plain HTTP).
+    pub tls: Option<EtcdTls>,
+    /// `username`: etcd user (auth enabled); needs `password_file`. Default: none.
+    pub username: Option<String>,
+    /// `password_file`: file whose first line is the etcd password; never logged.
+    /// Default: none.
+    pub password_file: Option<PathBuf>,
+}
+
+/// `fleet.etcd.tls`: PEM files for a TLS connection to etcd.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EtcdTls {
+    /// `ca`: the CA that signed etcd's server certificates.
+    pub ca: PathBuf,
+    /// `cert`: this client's certificate, for etcd's `--client-cert-auth`. Default: none.
+    pub cert: Option<PathBuf>,
+    /// `key`: the private key of `cert`; given together with it. Default: none.
+    pub key: Option<PathBuf>,
+}
+
+/// Default of `fleet.etcd.prefix`: `/failoverd/`.
+pub const DEFAULT_FLEET_PREFIX: &str = "/failoverd/";
 
 /// `datapath`: where the BPF hooks attach and pin.
 #[derive(Clone, Debug, PartialEq, Eq)]

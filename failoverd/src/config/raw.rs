@@ -31,7 +31,36 @@ pub(super) struct RawConfig {
     pub metrics: Option<RawMetrics>,
     pub resolver: Option<RawResolver>,
     pub defaults: Option<RawDefaults>,
+    pub fleet: Option<RawFleet>,
     pub services: Vec<RawService>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawFleet {
+    pub etcd: RawEtcd,
+    pub host: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawEtcd {
+    pub endpoints: Vec<String>,
+    pub prefix: Option<String>,
+    pub tls: Option<RawEtcdTls>,
+    pub username: Option<String>,
+    pub password_file: Option<PathBuf>,
+    /// Only ever refused, like `health.password`: a secret does not belong in the config.
+    #[serde(default, deserialize_with = "present")]
+    pub password: bool,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawEtcdTls {
+    pub ca: PathBuf,
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
 }
 
 #[derive(Debug, Deserialize)]

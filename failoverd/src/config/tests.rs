@@ -1128,6 +1128,46 @@ fn an_env_name_given_twice_is_refused_at_the_second() {
     assert_eq!(got, "11:9: services[0].health.env.A: duplicate key `A`");
 }
 
+mod fleet_section {
+    use super::*;
+
+    const ETCD: &str = "fleet:\n  host: h1\n  etcd:\n    endpoints: [http://10.0.0.9:2379]\n";
+
+    #[test]
+    fn defaults_fill_the_prefix_and_nothing_is_fleet_without_the_section() {
+        assert_eq!(ok(MINIMAL).fleet, None);
+        let f = ok(&format!("{ETCD}{MINIMAL}")).fleet.unwrap();
+        assert_eq!(f.etcd.prefix, "/failoverd/");
+        assert_eq!(f.host, "h1");
+        assert_eq!(f.etcd.tls, None);
+    }
+
+    #[test]
+    fn the_host_defaults_to_the_hostname() {
+        let text = format!("fleet:\n  etcd:\n    endpoints: [http://10.0.0.9:2379]\n{MINIMAL}");
+        assert!(!ok(&text).fleet.unwrap().host.is_empty());
+    }
+
+    #[test]
+    fn bad_fleet_values_are_located() {
+        let cases = [
+            ("fleet:\n  etcd:\n    endpoints: []\n", "3:16: fleet.etcd.endpoints: endpoints is empty"),
+            ("fleet:\n  etcd:\n    endpoints: [10.0.0.9:2379]\n", "3:17: fleet.etcd.endpoints[0]: endpoint `10.0.0.9:2379` must be a URL"),
+            ("fleet:\n  etcd:\n    endpoints: [https://e:2379]\n", "3:17: fleet.etcd.endpoints[0]: endpoint `https://e:2379` is https but fleet.etcd.tls is missing"),
+            ("fleet:\n  etcd:\n    endpoints: [http://e:2379]\n    prefix: /failoverd\n", "4:13: fleet.etcd.prefix: prefix `/failoverd` must start and end with `/`"),
+            ("fleet:\n  etcd:\n    endpoints: [http://e:2379]\n    password: x\n", "4:5: fleet.etcd.password: an inline password is not accepted"),
+            ("fleet:\n  etcd:\n    endpoints: [http://e:2379]\n    username: u\n", "4:15: fleet.etcd.username: username needs password_file"),
+            ("fleet:\n  etcd:\n    endpoints: [http://e:2379]\n    username: u\n    password_file: pw\n", "5:20: fleet.etcd.password_file: password_file `pw` must be an absolute path"),
+            ("fleet:\n  etcd:\n    endpoints: [http://e:2379]\n    tls: { ca: /ca.pem, cert: /c.pem }\n", "4:31: fleet.etcd.tls.cert: cert and key go together"),
+            ("fleet:\n  host: a/b\n  etcd:\n    endpoints: [http://e:2379]\n", "2:9: fleet.host: host `a/b` has '/'"),
+        ];
+        for (fleet, want) in cases {
+            let got = err(&format!("{fleet}{MINIMAL}"));
+            assert!(got.starts_with(want), "{fleet}\ngot:  {got}\nwant: {want}");
+        }
+    }
+}
+
 #[test]
 fn passive_health_is_on_with_three_and_terminate_is_off_by_default() {
     let s = &ok(MINIMAL).services[0];

@@ -19,7 +19,7 @@ use tokio::net::UnixStream;
 
 use super::{
     query, DrainReport, DrainRequest, ErrorBody, EventsReport, ExplainReport, FailbackRequest,
-    ReloadReport, StatusReport, UndrainRequest,
+    FleetReport, ReloadReport, StatusReport, UndrainRequest,
 };
 
 /// How long one request may take, connecting included: 10 s.
@@ -126,6 +126,12 @@ impl ControlClient {
     /// `GET /v1/status`: every service and backend.
     pub async fn status(&self) -> Result<StatusReport, ClientError> {
         let answer = self.call(Method::GET, "/v1/status".into(), None).await?;
+        answer.json()
+    }
+
+    /// `GET /v1/fleet`: every fleet host's view side by side.
+    pub async fn fleet(&self) -> Result<FleetReport, ClientError> {
+        let answer = self.call(Method::GET, "/v1/fleet".into(), None).await?;
         answer.json()
     }
 

@@ -14,6 +14,22 @@ pub struct StatusReport {
     pub version: String,
     /// Services in name order.
     pub services: Vec<ServiceReport>,
+    /// The daemon's link to its fleet; absent without a `fleet` section.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fleet: Option<FleetLinkReport>,
+}
+
+/// A daemon's link to its fleet, in a [`StatusReport`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FleetLinkReport {
+    /// This host's name in the fleet.
+    pub host: String,
+    /// Whether its etcd session works (if not, it serves the last fleet state applied).
+    pub connected: bool,
+    /// The fleet revision applied here.
+    pub revision: i64,
+    /// The fleet services running here, in name order.
+    pub services: Vec<String>,
 }
 
 /// One service in a [`StatusReport`].
@@ -134,6 +150,10 @@ pub struct DrainInfo {
     pub at_unix: u64,
     /// The operator's reason, if given.
     pub reason: Option<String>,
+    /// A fleet drain (`drain --fleet`): `by` is `user@host`, and it is undone with
+    /// `undrain --fleet` only.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub fleet: bool,
 }
 
 /// `POST /v1/drain`.
@@ -154,6 +174,9 @@ pub struct DrainRequest {
     /// never touched.
     #[serde(default)]
     pub terminate: bool,
+    /// Drain on every host of the fleet (written to etcd through this daemon).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub fleet: bool,
 }
 
 /// The answer to `POST /v1/drain` with `terminate` (a plain drain answers 204, no body).
@@ -180,6 +203,9 @@ pub struct UndrainRequest {
     pub service: String,
     /// Backend name.
     pub backend: String,
+    /// Undo a fleet drain on every host (deleted from etcd through this daemon).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub fleet: bool,
 }
 
 /// `POST /v1/failback`.
@@ -278,6 +304,63 @@ pub struct EventsReport {
     pub next: u64,
 }
 
+/// `GET /v1/fleet`: every host's view side by side (fleet mode only).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FleetReport {
+    /// Every host with a live `hosts/<host>` key, in name order.
+    pub hosts: Vec<FleetHostRow>,
+    /// Every service any host runs, in name order.
+    pub services: Vec<FleetServiceRow>,
+}
+
+/// One host in a [`FleetReport`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FleetHostRow {
+    /// `fleet.host`.
+    pub host: String,
+    /// failoverd's version there.
+    pub version: String,
+    /// The fleet revision it last applied.
+    pub revision: i64,
+    /// Services it runs (local and fleet).
+    pub services: usize,
+    /// When its view last changed, in seconds since the Unix epoch.
+    pub last_change_unix: u64,
+}
+
+/// One service in a [`FleetReport`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FleetServiceRow {
+    /// Service name.
+    pub name: String,
+    /// Hosts that run it.
+    pub hosts: usize,
+    /// Its backends, in name order.
+    pub backends: Vec<FleetBackendRow>,
+}
+
+/// One backend in a [`FleetServiceRow`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FleetBackendRow {
+    /// Backend name.
+    pub name: String,
+    /// Hosts that see it healthy.
+    pub up: usize,
+    /// Hosts that run its service.
+    pub of: usize,
+    /// The hosts that do not see it healthy, with what they see.
+    pub not_up: Vec<HostState>,
+}
+
+/// A host and the state it sees a backend in.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostState {
+    /// The host.
+    pub host: String,
+    /// `unhealthy`, `drained`, `unknown`…
+    pub state: String,
+}
+
 /// The body of every error response (4xx/5xx).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ErrorBody {
@@ -351,4 +434,12 @@ pub trait ControlHandler: Send + Sync + 'static {
         after: u64,
         wait: bool,
     ) -> impl Future<Output = Result<EventsReport, ControlError>> + Send;
+    /// Every fleet host's view side by side; refused by a daemon without `fleet`.
+    fn fleet(&self) -> impl Future<Output = Result<FleetReport, ControlError>> + Send {
+        async {
+            Err(ControlError::Invalid(
+                "this daemon is not in fleet mode (its config has no `fleet` section)".into(),
+            ))
+        }
+    }
 }

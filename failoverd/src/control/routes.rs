@@ -35,10 +35,11 @@ enum Route {
     Reload,
     Explain,
     Events,
+    Fleet,
 }
 
 impl Route {
-    const ALL: [Route; 7] = [
+    const ALL: [Route; 8] = [
         Route::Status,
         Route::Drain,
         Route::Undrain,
@@ -46,6 +47,7 @@ impl Route {
         Route::Reload,
         Route::Explain,
         Route::Events,
+        Route::Fleet,
     ];
 
     fn path(self) -> &'static str {
@@ -57,13 +59,14 @@ impl Route {
             Route::Reload => "/v1/reload",
             Route::Explain => "/v1/explain",
             Route::Events => "/v1/events",
+            Route::Fleet => "/v1/fleet",
         }
     }
 
     /// `GET` or `POST`: also the `Allow` header of a 405.
     fn method(self) -> &'static str {
         match self {
-            Route::Status | Route::Explain | Route::Events => "GET",
+            Route::Status | Route::Explain | Route::Events | Route::Fleet => "GET",
             Route::Drain | Route::Undrain | Route::Failback | Route::Reload => "POST",
         }
     }
@@ -158,6 +161,7 @@ where
                 &handler.events(q.after, q.wait).await?,
             ))
         }
+        Route::Fleet => Ok(json(StatusCode::OK, &handler.fleet().await?)),
         Route::Drain | Route::Undrain | Route::Failback | Route::Reload => {
             mutate(handler, peer, route, request).await
         }
@@ -209,7 +213,7 @@ where
                 .map_err(Refusal::from),
             Err(refusal) => Err(refusal),
         },
-        Route::Status | Route::Explain | Route::Events => Err(Refusal::new(
+        Route::Status | Route::Explain | Route::Events | Route::Fleet => Err(Refusal::new(
             StatusCode::INTERNAL_SERVER_ERROR,
             format!("{route} changes nothing"),
         )),

@@ -36,11 +36,16 @@ const STATUS_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Answers the control API from a running daemon.
 pub struct DaemonApi {
-    handle: DaemonHandle,
-    store: DrainStore,
+    pub(super) handle: DaemonHandle,
+    pub(super) store: DrainStore,
     config_path: PathBuf,
     /// Kernel counters, read straight from the pinned maps (None with a fake datapath).
     counters: Option<Mutex<PinnedMaps>>,
+    /// The link to the fleet's etcd, in fleet mode.
+    pub(super) fleet: Option<super::fleet::FleetSide>,
+    /// The config from the file and the fleet state applied on top of it: a reload of the
+    /// file and a change from etcd both join the two, one at a time.
+    pub(super) joined: tokio::sync::Mutex<super::fleet::Joined>,
 }
 
 impl DaemonApi {
@@ -51,11 +56,14 @@ impl DaemonApi {
         config_path: PathBuf,
         counters: Option<PinnedMaps>,
     ) -> Self {
+        let local = handle.config();
         DaemonApi {
             handle,
             store,
             config_path,
             counters: counters.map(Mutex::new),
+            fleet: None,
+            joined: tokio::sync::Mutex::new(super::fleet::Joined::local(local)),
         }
     }
 
@@ -165,10 +173,11 @@ fn drain_info(d: Drain) -> DrainInfo {
         by: d.by,
         at_unix: d.at_unix,
         reason: d.reason,
+        fleet: d.fleet,
     }
 }
 
-fn daemon_error(e: DaemonError) -> ControlError {
+pub(super) fn daemon_error(e: DaemonError) -> ControlError {
     match e {
         DaemonError::UnknownService { .. } | DaemonError::UnknownVip { .. } => {
             ControlError::NotFound(e.to_string())
@@ -301,7 +310,7 @@ fn reload_report(r: ReloadReport) -> crate::control::ReloadReport {
     }
 }
 
-fn now_unix() -> u64 {
+pub(super) fn now_unix() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
@@ -334,6 +343,7 @@ impl ControlHandler for DaemonApi {
                 .into_iter()
                 .map(|s| self.report(s, &configs))
                 .collect(),
+            fleet: self.fleet_link_report(),
         })
     }
 
@@ -342,11 +352,15 @@ impl ControlHandler for DaemonApi {
         caller: Caller,
         request: DrainRequest,
     ) -> Result<DrainReport, ControlError> {
+        if request.fleet {
+            return self.fleet_drain(caller, request).await;
+        }
         let change = DrainChange::Drain {
             drain: Drain {
                 by: caller.user,
                 at_unix: now_unix(),
                 reason: request.reason,
+                fleet: false,
             },
             force: request.force,
             terminate: request.terminate,
@@ -364,7 +378,11 @@ impl ControlHandler for DaemonApi {
         })
     }
 
-    async fn undrain(&self, _caller: Caller, request: UndrainRequest) -> Result<(), ControlError> {
+    async fn undrain(&self, caller: Caller, request: UndrainRequest) -> Result<(), ControlError> {
+        if request.fleet {
+            return self.fleet_undrain(caller, request).await;
+        }
+        self.refuse_local_undrain_of_fleet_drain(&request)?;
         self.handle
             .set_drain(
                 &self.store,
@@ -393,12 +411,7 @@ impl ControlHandler for DaemonApi {
         // Parsing is CPU work on untrusted-size input: never on an async worker.
         let loaded = config::load_async(&self.config_path).await;
         let result = match loaded {
-            Ok(new) => self
-                .handle
-                .reload(new)
-                .await
-                .map(reload_report)
-                .map_err(daemon_error),
+            Ok(new) => self.reload_joined(new).await.map(reload_report),
             Err(e) => Err(ControlError::BadConfig(e.to_string())),
         };
         if let Err(e) = &result {
@@ -421,6 +434,10 @@ impl ControlHandler for DaemonApi {
             detail,
         });
         result
+    }
+
+    async fn fleet(&self) -> Result<crate::control::FleetReport, ControlError> {
+        self.fleet_report().await
     }
 
     async fn events(&self, after: u64, wait: bool) -> Result<EventsReport, ControlError> {

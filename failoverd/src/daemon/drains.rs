@@ -302,6 +302,7 @@ mod tests {
                 by: "alice".into(),
                 at_unix: 1_700_000_000,
                 reason: Some("kernel upgrade".into()),
+                fleet: false,
             },
         );
         store.save(&drains).unwrap();

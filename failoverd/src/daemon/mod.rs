@@ -16,6 +16,7 @@
 pub mod api;
 pub mod drains;
 pub mod events;
+pub mod fleet;
 mod hostname;
 pub mod lock;
 mod observer;

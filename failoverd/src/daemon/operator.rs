@@ -120,6 +120,11 @@ impl DaemonHandle {
         Ok(Some(total))
     }
 
+    /// The drains in force (what `drains.json` holds).
+    pub fn drains(&self) -> super::Drains {
+        lock(&self.inner.drains).clone()
+    }
+
     /// Probes finished so far and the probe targets running now: whether probing moves.
     pub fn probe_progress(&self) -> (u64, usize) {
         let probes = &self.inner.shared.probes;

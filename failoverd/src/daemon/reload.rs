@@ -32,6 +32,7 @@ impl DaemonHandle {
                 ("control", old.control != new.control),
                 ("metrics", old.metrics != new.metrics),
                 ("resolver", old.resolver != new.resolver),
+                ("fleet", old.fleet != new.fleet),
             ];
             if let Some((section, _)) = sections.into_iter().find(|(_, changed)| *changed) {
                 return Err(DaemonError::NeedsRestart { section });

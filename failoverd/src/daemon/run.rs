@@ -39,6 +39,9 @@ pub enum RunError {
     /// The control socket could not be set up.
     #[error(transparent)]
     Control(#[from] control::server::ServerError),
+    /// `state_dir/fleet.json` could not be read: refusing to guess the fleet state.
+    #[error(transparent)]
+    Fleet(#[from] crate::fleet::FleetError),
     /// The signal handlers could not be set up.
     #[error("setting up {what}: {source}")]
     Setup {
@@ -95,14 +98,53 @@ where
     };
     let api_counters = counters()?;
     let exporter_counters = counters()?;
-    let running = start(&config, datapath, drains).await?;
+    // Fleet mode starts from the fleet state kept in state_dir: the same fleet services as
+    // before the restart, whether or not etcd answers now.
+    let mut refused_at_start = None;
+    let fleet = match &config.fleet {
+        None => None,
+        Some(section) => {
+            let fleet_store = crate::fleet::FleetStore::new(&config.control.state_dir);
+            let mut saved = fleet_store.load()?;
+            let link = crate::fleet::FleetLink::new(section.clone(), saved.revision);
+            let joined = match super::fleet::join_state(&config, &saved, link.keys()) {
+                Ok(joined) => joined,
+                Err(e) => {
+                    tracing::error!(error = %e, "fleet: the saved fleet services do not fit the config file; starting without them");
+                    crate::metrics::fleet_apply(false);
+                    saved.services.clear();
+                    refused_at_start = Some(e.to_string());
+                    config.clone()
+                }
+            };
+            Some((link, fleet_store, saved, joined))
+        }
+    };
+    let first = fleet.as_ref().map_or(&config, |(.., joined)| joined);
+    let running = start(first, datapath, drains).await?;
     let handle = running.handle();
-    let api = Arc::new(DaemonApi::new(
-        handle.clone(),
-        store,
-        config_path,
-        api_counters,
-    ));
+    let mut api = DaemonApi::new(handle.clone(), store, config_path, api_counters);
+    let mut agent_start = None;
+    if let Some((link, fleet_store, saved, _)) = fleet {
+        api = api.with_fleet(
+            Arc::clone(&link),
+            fleet_store,
+            config.clone(),
+            saved.clone(),
+        );
+        agent_start = Some((link, saved));
+    }
+    if let Some(detail) = refused_at_start {
+        handle.events().emit(super::events::Event {
+            kind: "fleet",
+            service: "",
+            backend: None,
+            from: None,
+            to: Some("error".to_owned()),
+            detail: format!("at start: the saved fleet services were refused, running without them until etcd answers: {detail}"),
+        });
+    }
+    let api = Arc::new(api);
     let listener = control::server::bind(&config.control.socket)?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let server = tokio::spawn(control::server::serve(
@@ -127,6 +169,14 @@ where
         longest_probe_cycle(&config),
         stop_rx.clone(),
     ));
+    let fleet_agent = tokio::spawn({
+        let (api, stop) = (Arc::clone(&api), stop_rx.clone());
+        async move {
+            if let Some((link, saved)) = agent_start {
+                crate::fleet::agent::run(link, api, saved, stop).await;
+            }
+        }
+    });
     let kernel = tokio::spawn(export_kernel_counters(handle, exporter_counters, stop_rx));
 
     shutdown.await;
@@ -139,6 +189,7 @@ where
         ("readiness notifier", ready),
         ("watchdog", watchdog),
         ("kernel counter export", kernel),
+        ("fleet agent", fleet_agent),
     ] {
         if let Err(e) = task.await {
             tracing::error!(task = what, error = %e, "a daemon task ended abnormally");

@@ -30,6 +30,10 @@ pub struct Drain {
     pub at_unix: u64,
     /// The operator's reason, if given.
     pub reason: Option<String>,
+    /// Set for a fleet drain (from etcd, `by` is `user@host`): only `undrain --fleet` or
+    /// the fleet undoes it. Absent from drains written before fleet mode existed.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub fleet: bool,
 }
 
 /// The last probe of a backend, kept typed until something renders it.

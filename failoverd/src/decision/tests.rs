@@ -355,6 +355,7 @@ fn drain(by: &str) -> Drain {
         by: by.into(),
         at_unix: 1,
         reason: Some("maintenance".into()),
+        fleet: false,
     }
 }
 

@@ -95,6 +95,12 @@ pub mod names {
     pub const DATAPATH_LAST_WRITE: &str = "failoverd_datapath_last_write_timestamp_seconds";
     /// Config reloads, by result (ok, error).
     pub const CONFIG_RELOADS: &str = "failoverd_config_reloads_total";
+    /// 1 while the daemon has a working session with etcd (fleet mode only).
+    pub const FLEET_CONNECTED: &str = "failoverd_fleet_connected";
+    /// Fleet states applied from etcd, by result (ok, error: refused, the old set kept).
+    pub const FLEET_APPLIES: &str = "failoverd_fleet_applies_total";
+    /// Fleet services running on this host.
+    pub const FLEET_SERVICES: &str = "failoverd_fleet_services";
     /// 1, labelled with the version.
     pub const BUILD_INFO: &str = "failoverd_build_info";
     /// Panics in the daemon. Best effort: a panic ends the process, so a scrape sees 1 only if
@@ -291,6 +297,24 @@ pub const METRICS: &[Metric] = &[
         kind: Counter,
         labels: &["result"],
         help: "reloads (failoverd reload or SIGHUP)",
+    },
+    Metric {
+        name: FLEET_CONNECTED,
+        kind: Gauge,
+        labels: &[],
+        help: "1 while the daemon has a working session with etcd",
+    },
+    Metric {
+        name: FLEET_APPLIES,
+        kind: Counter,
+        labels: &["result"],
+        help: "fleet states from etcd applied",
+    },
+    Metric {
+        name: FLEET_SERVICES,
+        kind: Gauge,
+        labels: &[],
+        help: "fleet services running on this host",
     },
     Metric {
         name: BUILD_INFO,

@@ -67,6 +67,9 @@ fn every_metric() {
     datapath_repair("missing");
     datapath_failing_vips(0);
     reload(true);
+    fleet_connected(true);
+    fleet_apply(true);
+    fleet_services(1);
     gauge!(names::BUILD_INFO, "version" => "test").set(1.0);
     counter!(names::PANICS).increment(0);
     collect_process();

@@ -12,6 +12,7 @@ pub mod cgroup;
 pub mod client;
 pub mod daemon;
 pub mod env;
+pub mod etcd;
 pub mod kernel;
 pub mod netns;
 pub mod pins;

@@ -363,11 +363,13 @@ fn drain_note(d: &DrainInfo, now_unix: u64) -> String {
         format!("{} ago", compact_duration(age))
     };
     let by = terminal_safe(&d.by);
+    // A fleet drain says so: it is undone with `undrain --fleet`, on every host.
+    let drained = if d.fleet { "fleet-drained" } else { "drained" };
     match &d.reason {
         Some(reason) if !reason.is_empty() => {
-            format!("drained by {by} {when}: {}", terminal_safe(reason))
+            format!("{drained} by {by} {when}: {}", terminal_safe(reason))
         }
-        _ => format!("drained by {by} {when}"),
+        _ => format!("{drained} by {by} {when}"),
     }
 }
 

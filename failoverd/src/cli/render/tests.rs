@@ -33,6 +33,7 @@ fn fixture() -> StatusReport {
         by: "alice".to_owned(),
         at_unix: NOW - 600,
         reason: Some("maintenance".to_owned()),
+        fleet: false,
     });
     let mut refused = backend("db-c", "10.0.0.7:5432", "unhealthy");
     refused.priority = 1;
@@ -56,9 +57,11 @@ fn fixture() -> StatusReport {
         by: "bob".to_owned(),
         at_unix: NOW,
         reason: Some("r".repeat(200)),
+        fleet: false,
     });
     StatusReport {
         version: "0.1.0".to_owned(),
+        fleet: None,
         services: vec![
             ServiceReport {
                 name: "orders-db".to_owned(),
@@ -163,6 +166,7 @@ fn columns_line_up_across_services() {
 fn an_empty_report_says_so() {
     let report = StatusReport {
         version: "0.1.0".to_owned(),
+        fleet: None,
         services: vec![],
     };
     assert_eq!(
