@@ -188,13 +188,15 @@ pub fn zero_service(service: &str, priorities: &[u8]) {
 /// Like [`zero_service`], for one backend's transition and ejection counters (and its kernel
 /// connect count).
 pub fn zero_backend(service: &str, backend: &str) {
+    // Without per-backend series nothing is recorded per backend, so nothing needs guarding:
+    // at tens of thousands of backends the set alone was megabytes.
+    if !per_backend() {
+        return;
+    }
     live_mut()
         .entry(service.to_string())
         .or_default()
         .insert(backend.to_string());
-    if !per_backend() {
-        return;
-    }
     for to in [
         "healthy",
         "unhealthy",

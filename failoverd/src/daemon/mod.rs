@@ -55,6 +55,10 @@ use service::{Message, ServiceTask, Shared};
 /// Probes in flight at once, across all backends.
 pub const MAX_PROBES_IN_FLIGHT: usize = 256;
 
+/// Messages a service's channel holds before senders wait: tokio allocates its channels in
+/// blocks of 32 slots, so this is one block.
+const SERVICE_QUEUE: usize = 32;
+
 /// Why the daemon could not start or answer.
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
@@ -100,7 +104,8 @@ pub enum DaemonError {
 
 /// A running service: its channel, its stop switch, its tasks and the config it runs.
 struct ServiceHandle {
-    config: ServiceConfig,
+    /// The same allocation the service's decision core holds.
+    config: Arc<ServiceConfig>,
     /// The VIP's id in the kernel's counters.
     vip_id: u32,
     tx: mpsc::Sender<Message>,
@@ -232,14 +237,18 @@ impl DaemonHandle {
             adopted = adopted.is_some(),
             "service loaded; worst-case detection time is fall × interval + timeout"
         );
-        let (tx, rx) = mpsc::channel(1024);
+        // Operators and DNS watchers only (probe results come through the targets' feeds): a
+        // status of every service at once is one message each, so one block of the channel's
+        // 32 slots is all a service ever allocates.
+        let (tx, rx) = mpsc::channel(SERVICE_QUEUE);
         let (stop_tx, stop_rx) = watch::channel(false);
         let drains = lock(&self.inner.drains)
             .get(&service.name)
             .cloned()
             .unwrap_or_default();
+        let config = Arc::new(service.clone());
         let state = ServiceState::new(
-            service.clone(),
+            Arc::clone(&config),
             vip_id,
             adopted,
             drains,
@@ -261,11 +270,11 @@ impl DaemonHandle {
                 )),
             }
         }
-        let task = ServiceTask::new(state, initial, tx.clone(), Arc::clone(shared));
+        let task = ServiceTask::new(state, initial, Arc::clone(shared));
         tasks.push(tokio::spawn(task.run(rx, stop_rx)));
         Ok(ServiceHandle {
             vip_id,
-            config: service.clone(),
+            config,
             tx,
             stop: stop_tx,
             tasks,

@@ -8,17 +8,18 @@ use std::{
     collections::BTreeMap,
     net::SocketAddr,
     sync::{Arc, Mutex, PoisonError},
+    time::Duration,
 };
 
 use tokio::{
-    sync::{mpsc, oneshot, watch},
+    sync::{mpsc, oneshot, watch, Notify},
     time::Instant,
 };
 
 use super::{
     drains::DrainStoreError,
     observer::{Gauges, Observer},
-    prober::{ProbeHub, ProbeReport, ProbeTarget, Subscription},
+    prober::{ProbeHub, ProbeTarget, Published, Subscription},
     readiness::Readiness,
 };
 use crate::{
@@ -72,10 +73,9 @@ pub enum DrainError {
     Stopped,
 }
 
-/// What a service task reacts to.
+/// What a service task reacts to, besides probe results (which it reads from its targets'
+/// feeds when its bell rings: see [`super::prober`]).
 pub enum Message {
-    /// A probe finished.
-    Probe(ProbeReport),
     /// A backend entry now resolves to these addresses.
     Addrs {
         /// Index of the backend in the service's config.
@@ -122,18 +122,12 @@ pub struct DrainMessage {
     pub reply: oneshot::Sender<Result<(), DrainError>>,
 }
 
-impl From<ProbeReport> for Message {
-    fn from(report: ProbeReport) -> Self {
-        Message::Probe(report)
-    }
-}
-
 /// What every service task shares.
 pub struct Shared {
     /// Where tables go.
     pub writer: mpsc::Sender<WriterMessage>,
     /// The probe loops, shared across services.
-    pub probes: ProbeHub<Message>,
+    pub probes: ProbeHub,
     /// Services running, and how many are ready.
     pub readiness: Readiness,
     /// Counter ids.
@@ -186,7 +180,7 @@ impl CounterIds for LockedIds<'_> {
 
 /// A backend's probe subscription and its latency histogram (looked up once).
 struct Probing {
-    _subscription: Subscription<Message>,
+    subscription: Subscription,
     latency: metrics::Histogram,
     /// The backend's name, for its per-probe series without a search per result.
     name: String,
@@ -201,8 +195,26 @@ pub struct ServiceTask {
     /// Addresses of IP backends, fed to the core when the task starts.
     initial: Vec<(usize, Vec<SocketAddr>)>,
     ready: bool,
-    tx: mpsc::Sender<Message>,
+    /// Rung by the feeds of this service's probe targets on every result.
+    bell: Arc<Notify>,
+    /// The probe lag last fed to the core, in [`LAG_STEP`]s.
+    fed_lag: Duration,
     shared: Arc<Shared>,
+}
+
+/// The probe lag is fed to the core in steps of this: a change smaller than it moves no
+/// first-verdict deadline that matters, and feeding every millisecond of jitter would be an
+/// input per wake.
+const LAG_STEP: Duration = Duration::from_millis(10);
+
+/// What woke a service task.
+enum Woke {
+    /// An operator or the DNS watcher.
+    Message(Message),
+    /// A probe target published a result.
+    Probes,
+    /// The core's deadline passed.
+    Deadline,
 }
 
 impl Drop for ServiceTask {
@@ -212,12 +224,10 @@ impl Drop for ServiceTask {
 }
 
 impl ServiceTask {
-    /// A task for `state`; `initial` are the addresses of its IP backends, `tx` its own
-    /// channel (probe loops send on it).
+    /// A task for `state`; `initial` are the addresses of its IP backends.
     pub fn new(
         state: ServiceState,
         initial: Vec<(usize, Vec<SocketAddr>)>,
-        tx: mpsc::Sender<Message>,
         shared: Arc<Shared>,
     ) -> Self {
         let config = state.config();
@@ -233,7 +243,8 @@ impl ServiceTask {
             gauges: Gauges::default(),
             initial,
             ready: false,
-            tx,
+            bell: Arc::new(Notify::new()),
+            fed_lag: Duration::ZERO,
             shared,
         }
     }
@@ -248,29 +259,40 @@ impl ServiceTask {
             .await
             .ok();
         }
+        let bell = Arc::clone(&self.bell);
         loop {
             let deadline = self.state.next_deadline();
             // Decide inside select!, act after it: the branch futures must be gone before
             // anything else is awaited.
-            let message = tokio::select! {
+            let woke = tokio::select! {
                 biased;
                 _ = stop.wait_for(|stop| *stop) => return,
+                // A ring while busy was kept as a permit: no result waits for another one.
+                _ = bell.notified() => Woke::Probes,
                 message = rx.recv() => match message {
-                    Some(message) => Some(message),
+                    Some(message) => Woke::Message(message),
                     None => return,
                 },
-                _ = sleep_until_opt(deadline) => None,
+                _ = sleep_until_opt(deadline) => Woke::Deadline,
             };
-            let Some(message) = message else {
-                self.input(Input::Tick).await.ok();
-                continue;
+            let message = match woke {
+                Woke::Probes => {
+                    self.on_probes().await;
+                    continue;
+                }
+                Woke::Deadline => {
+                    // A deadline that the measured lag stretches is not due yet.
+                    self.follow_lag().await;
+                    self.input(Input::Tick).await.ok();
+                    continue;
+                }
+                Woke::Message(message) => message,
             };
             match message {
                 Message::Stop { reply } => {
                     reply.send(self.state.table().cloned()).ok();
                     return;
                 }
-                Message::Probe(report) => self.on_probe(report).await,
                 Message::Addrs {
                     config_index,
                     addrs,
@@ -306,23 +328,53 @@ impl ServiceTask {
         }
     }
 
-    async fn on_probe(&mut self, report: ProbeReport) {
-        if let Some(p) = self.probing.get(&report.key) {
+    /// Takes every result the service's targets published since it last looked, in order
+    /// per target, then follows the probe lag.
+    async fn on_probes(&mut self) {
+        let mut batch: Vec<(BackendKey, Published)> = Vec::new();
+        let mut read = Vec::new();
+        for (key, p) in &self.probing {
+            let lost = p.subscription.read(&mut read);
+            if lost > 0 {
+                tracing::error!(service = %self.state.config().name, backend = %key.addr, lost, "probe results were lost: this service task stalled for over a thousand probe intervals");
+            }
+            batch.extend(read.drain(..).map(|r| (*key, r)));
+        }
+        for (key, published) in batch {
+            self.on_probe(key, published).await;
+        }
+        self.follow_lag().await;
+    }
+
+    async fn on_probe(&mut self, key: BackendKey, published: Published) {
+        if let Some(p) = self.probing.get(&key) {
             self.shared.observer.probe(
                 &self.state.config().name,
                 &p.name,
                 &p.latency,
-                report.started.elapsed().as_secs_f64(),
-                &Evidence(Arc::clone(&report.result)),
+                published.started.elapsed().as_secs_f64(),
+                &Evidence(Arc::clone(&published.result)),
             );
         }
         self.input(Input::Probe {
-            key: report.key,
-            started: report.started,
-            result: report.result,
+            key,
+            started: published.started,
+            result: published.result,
         })
         .await
         .ok();
+    }
+
+    /// Tells the core how late probes run now, when that moved by a [`LAG_STEP`] or more.
+    async fn follow_lag(&mut self) {
+        let lag = self.shared.probes.lag();
+        let step = LAG_STEP.as_nanos();
+        let lag =
+            Duration::from_nanos(u64::try_from(lag.as_nanos() / step * step).unwrap_or(u64::MAX));
+        if lag != self.fed_lag {
+            self.fed_lag = lag;
+            self.input(Input::ProbeLag { lag }).await.ok();
+        }
     }
 
     /// Checks, records, then applies a drain change.
@@ -415,15 +467,19 @@ impl ServiceTask {
                     interval: config.health.interval,
                     timeout: config.health.timeout,
                 },
-                b.key,
-                self.tx.clone(),
+                Arc::clone(&self.bell),
             );
             self.probing.insert(
                 b.key,
                 Probing {
-                    _subscription: subscription,
+                    subscription,
                     latency: crate::metrics::probe_latency(&config.name, &b.name),
-                    name: b.name.clone(),
+                    // Only per-backend series name it.
+                    name: if crate::metrics::per_backend() {
+                        b.name.clone()
+                    } else {
+                        String::new()
+                    },
                 },
             );
         }

@@ -13,7 +13,7 @@ use std::{
 use tokio::time::Instant;
 
 use super::{
-    backend::{after, first_verdict_wait, Backend, BackendKey, Drain, LastProbe},
+    backend::{after, first_verdict_wait, verdict_stretch, Backend, BackendKey, Drain, LastProbe},
     input::{CounterIds, Input, Refused},
     transition::{Decision, Evidence, Transition},
 };
@@ -28,7 +28,9 @@ use crate::{
 /// The state of one service and the rules that turn inputs into its VIP's table.
 #[derive(Debug)]
 pub struct ServiceState {
-    pub(super) config: ServiceConfig,
+    /// Shared with the daemon's handle on the service: one copy per service, not one per
+    /// holder.
+    pub(super) config: Arc<ServiceConfig>,
     pub(super) vip: Vip,
     pub(super) vip_id: u32,
     pub(super) backends: BTreeMap<BackendKey, Backend>,
@@ -53,6 +55,8 @@ pub struct ServiceState {
     pub(super) one_primary: bool,
     /// While more than one backend claims primary: them, and the one kept.
     pub(super) split: Option<(Vec<BackendKey>, Option<BackendKey>)>,
+    /// How late probes start, as last fed ([`Input::ProbeLag`]): stretches first verdicts.
+    probe_lag: std::time::Duration,
 }
 
 impl ServiceState {
@@ -63,16 +67,18 @@ impl ServiceState {
     /// backend has a first verdict, and it tells where traffic goes now — so a restart or a
     /// reload neither counts a failover that did not happen nor undoes a manual failover.
     pub fn new(
-        config: ServiceConfig,
+        config: impl Into<Arc<ServiceConfig>>,
         vip_id: u32,
         adopted: Option<VipTable>,
         drains: BTreeMap<String, Drain>,
         now: Instant,
     ) -> Self {
+        let config = config.into();
         ServiceState {
             resolve_due: after(now, first_verdict_wait(&config)),
             one_primary: crate::health::Probe::for_config(&config.health).wants_one_primary(),
             split: None,
+            probe_lag: std::time::Duration::ZERO,
             vip: config.vip(),
             vip_id,
             backends: BTreeMap::new(),
@@ -154,6 +160,12 @@ impl ServiceState {
         self.backends.values()
     }
 
+    /// How much later than [`Backend::verdict_due`] first verdicts are due, given the probe
+    /// lag last fed.
+    pub fn verdict_stretch(&self) -> std::time::Duration {
+        verdict_stretch(&self.config, self.probe_lag)
+    }
+
     /// When the core next needs a [`Input::Tick`]: a breaker's open period ends, or (before
     /// the table is managed) a first verdict becomes overdue.
     pub fn next_deadline(&self) -> Option<Instant> {
@@ -165,8 +177,9 @@ impl ServiceState {
             .backends
             .values()
             .filter(|_| !self.managed)
-            .map(|b| b.verdict_due);
-        let resolve = (!self.managed).then_some(self.resolve_due);
+            .map(|b| after(b.verdict_due, self.verdict_stretch()));
+        // Only a service with no address at all waits for `resolve_due`.
+        let resolve = (!self.managed && self.backends.is_empty()).then_some(self.resolve_due);
         breakers.chain(verdicts).chain(resolve).min()
     }
 
@@ -212,6 +225,10 @@ impl ServiceState {
             Input::Tick => {
                 self.tick(now, &mut out);
                 true
+            }
+            Input::ProbeLag { lag } => {
+                self.probe_lag = lag;
+                false
             }
         };
         self.retire_replaced(now, ids, &mut out);
@@ -490,7 +507,10 @@ impl ServiceState {
             let nothing_resolves =
                 self.backends.is_empty() && self.table.is_none() && now >= self.resolve_due;
             if !nothing_resolves
-                && (self.backends.is_empty() || !self.backends.values().all(|b| b.has_verdict(now)))
+                && (self.backends.is_empty() || {
+                    let stretch = self.verdict_stretch();
+                    !self.backends.values().all(|b| b.has_verdict(now, stretch))
+                })
             {
                 return None;
             }
