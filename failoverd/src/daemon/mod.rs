@@ -17,6 +17,7 @@ pub mod api;
 pub mod drains;
 pub mod events;
 mod hostname;
+mod inbox;
 pub mod lock;
 mod observer;
 mod operator;
@@ -54,10 +55,6 @@ use service::{Message, ServiceTask, Shared};
 
 /// Probes in flight at once, across all backends.
 pub const MAX_PROBES_IN_FLIGHT: usize = 256;
-
-/// Messages a service's channel holds before senders wait: tokio allocates its channels in
-/// blocks of 32 slots, so this is one block.
-const SERVICE_QUEUE: usize = 32;
 
 /// Why the daemon could not start or answer.
 #[derive(Debug, thiserror::Error)]
@@ -108,7 +105,7 @@ struct ServiceHandle {
     config: Arc<ServiceConfig>,
     /// The VIP's id in the kernel's counters.
     vip_id: u32,
-    tx: mpsc::Sender<Message>,
+    tx: inbox::Sender,
     stop: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
 }
@@ -119,6 +116,8 @@ struct Inner {
     /// One drain change or reload at a time, so the drains file always holds a consistent
     /// set. Never taken by status.
     changes: tokio::sync::Mutex<()>,
+    /// The running config's sections, its `services` left out: each service's config lives
+    /// once, shared by its handle and its task (see [`DaemonHandle::service_configs`]).
     config: Mutex<Config>,
     shared: Arc<Shared>,
     resolver: Mutex<Option<Resolver>>,
@@ -189,7 +188,7 @@ pub async fn start_with<D: Datapath + 'static>(
         inner: Arc::new(Inner {
             services: tokio::sync::RwLock::new(BTreeMap::new()),
             changes: tokio::sync::Mutex::new(()),
-            config: Mutex::new(config.clone()),
+            config: Mutex::new(sections(config)),
             shared,
             resolver: Mutex::new(None),
             drains: Mutex::new(drains),
@@ -208,6 +207,19 @@ pub async fn start_with<D: Datapath + 'static>(
         shutdown: shutdown_tx,
         writer,
     })
+}
+
+/// `config` without its services: what the daemon keeps of a config beside the services'
+/// own (a second copy of 10,000 service configs is megabytes).
+fn sections(config: &Config) -> Config {
+    Config {
+        datapath: config.datapath.clone(),
+        control: config.control.clone(),
+        metrics: config.metrics.clone(),
+        resolver: config.resolver.clone(),
+        services: Vec::new(),
+        source: config.source.clone(),
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -237,10 +249,10 @@ impl DaemonHandle {
             adopted = adopted.is_some(),
             "service loaded; worst-case detection time is fall × interval + timeout"
         );
-        // Operators and DNS watchers only (probe results come through the targets' feeds): a
-        // status of every service at once is one message each, so one block of the channel's
-        // 32 slots is all a service ever allocates.
-        let (tx, rx) = mpsc::channel(SERVICE_QUEUE);
+        // Operators and DNS watchers only; probe results come through the targets' feeds,
+        // which ring the same bell.
+        let bell = Arc::new(tokio::sync::Notify::new());
+        let (tx, rx) = inbox::inbox(Arc::clone(&bell));
         let (stop_tx, stop_rx) = watch::channel(false);
         let drains = lock(&self.inner.drains)
             .get(&service.name)
@@ -270,7 +282,7 @@ impl DaemonHandle {
                 )),
             }
         }
-        let task = ServiceTask::new(state, initial, Arc::clone(shared));
+        let task = ServiceTask::new(state, initial, bell, Arc::clone(shared));
         tasks.push(tokio::spawn(task.run(rx, stop_rx)));
         Ok(ServiceHandle {
             vip_id,
@@ -297,7 +309,7 @@ impl DaemonHandle {
         Ok(made)
     }
 
-    async fn sender(&self, service: &str) -> Result<mpsc::Sender<Message>, DaemonError> {
+    async fn sender(&self, service: &str) -> Result<inbox::Sender, DaemonError> {
         self.inner
             .services
             .read()
@@ -329,9 +341,20 @@ impl DaemonHandle {
         self.inner.services.read().await.keys().cloned().collect()
     }
 
-    /// The config the daemon runs now.
+    /// The config the daemon runs now, without its `services` (see [`Self::service_configs`]).
     pub fn config(&self) -> Config {
         lock(&self.inner.config).clone()
+    }
+
+    /// The config of every running service, in name order.
+    pub async fn service_configs(&self) -> Vec<Arc<ServiceConfig>> {
+        self.inner
+            .services
+            .read()
+            .await
+            .values()
+            .map(|s| Arc::clone(&s.config))
+            .collect()
     }
 
     /// Sends a service back to its best live priority (for `failback: manual`).

@@ -86,7 +86,7 @@ impl DaemonHandle {
             services.insert(service.name.clone(), started);
         }
         drop(services);
-        *super::lock(&self.inner.config) = new;
+        *super::lock(&self.inner.config) = super::sections(&new);
         if !self.barrier().await? {
             tracing::warn!("reload applied; some datapath writes failed and are being retried");
         }

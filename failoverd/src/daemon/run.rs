@@ -96,6 +96,10 @@ where
     let api_counters = counters()?;
     let exporter_counters = counters()?;
     let running = start(&config, datapath, drains).await?;
+    // The daemon keeps its own copy; at 10,000 services this one is megabytes.
+    let socket = config.control.socket.clone();
+    let probe_cycle = longest_probe_cycle(&config);
+    drop(config);
     let handle = running.handle();
     let api = Arc::new(DaemonApi::new(
         handle.clone(),
@@ -103,7 +107,7 @@ where
         config_path,
         api_counters,
     ));
-    let listener = control::server::bind(&config.control.socket)?;
+    let listener = control::server::bind(&socket)?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let server = tokio::spawn(control::server::serve(
         listener,
@@ -122,11 +126,7 @@ where
         },
         stop_rx.clone(),
     ));
-    let watchdog = tokio::spawn(pet_watchdog(
-        handle.clone(),
-        longest_probe_cycle(&config),
-        stop_rx.clone(),
-    ));
+    let watchdog = tokio::spawn(pet_watchdog(handle.clone(), probe_cycle, stop_rx.clone()));
     let kernel = tokio::spawn(export_kernel_counters(handle, exporter_counters, stop_rx));
 
     shutdown.await;
@@ -144,8 +144,8 @@ where
             tracing::error!(task = what, error = %e, "a daemon task ended abnormally");
         }
     }
-    if let Err(e) = std::fs::remove_file(&config.control.socket) {
-        tracing::warn!(socket = %config.control.socket.display(), error = %e, "could not remove the control socket");
+    if let Err(e) = std::fs::remove_file(&socket) {
+        tracing::warn!(socket = %socket.display(), error = %e, "could not remove the control socket");
     }
     tracing::info!("shutting down; the datapath stays pinned and keeps translating");
     let datapath = running.shutdown().await;

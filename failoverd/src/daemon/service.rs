@@ -5,7 +5,6 @@
 //! table to the writer. Nothing here decides anything.
 
 use std::{
-    collections::BTreeMap,
     net::SocketAddr,
     sync::{Arc, Mutex, PoisonError},
     time::Duration,
@@ -18,6 +17,7 @@ use tokio::{
 
 use super::{
     drains::DrainStoreError,
+    inbox,
     observer::{Gauges, Observer},
     prober::{ProbeHub, ProbeTarget, Published, Subscription},
     readiness::Readiness,
@@ -26,7 +26,7 @@ use crate::{
     datapath::{IdAllocator, IdsExhausted, VipTable},
     decision::{
         BackendKey, CounterIds, Decision, Drain, Evidence, Explanation, Input, Refused,
-        ServiceState, ServiceStatus, Transition,
+        ServiceState, ServiceStatus, SortedMap, Transition,
     },
     health::Probe,
     reconcile::{KernelView, WriterCommand, WriterMessage},
@@ -190,7 +190,8 @@ struct Probing {
 pub struct ServiceTask {
     state: ServiceState,
     probe: Arc<Probe>,
-    probing: BTreeMap<BackendKey, Probing>,
+    /// Sorted by key, as the core's backends.
+    probing: SortedMap<BackendKey, Probing>,
     gauges: Gauges,
     /// Addresses of IP backends, fed to the core when the task starts.
     initial: Vec<(usize, Vec<SocketAddr>)>,
@@ -207,14 +208,10 @@ pub struct ServiceTask {
 /// input per wake.
 const LAG_STEP: Duration = Duration::from_millis(10);
 
-/// What woke a service task.
-enum Woke {
-    /// An operator or the DNS watcher.
-    Message(Message),
-    /// A probe target published a result.
-    Probes,
-    /// The core's deadline passed.
-    Deadline,
+/// Whether a service task goes on after a message.
+enum Handled {
+    Go,
+    Stop,
 }
 
 impl Drop for ServiceTask {
@@ -224,10 +221,12 @@ impl Drop for ServiceTask {
 }
 
 impl ServiceTask {
-    /// A task for `state`; `initial` are the addresses of its IP backends.
+    /// A task for `state`; `initial` are the addresses of its IP backends, `bell` its
+    /// wake-up, rung by its inbox and its probe targets' feeds.
     pub fn new(
         state: ServiceState,
         initial: Vec<(usize, Vec<SocketAddr>)>,
+        bell: Arc<Notify>,
         shared: Arc<Shared>,
     ) -> Self {
         let config = state.config();
@@ -239,18 +238,18 @@ impl ServiceTask {
         ServiceTask {
             probe: Arc::new(Probe::for_config(&config.health)),
             state,
-            probing: BTreeMap::new(),
+            probing: SortedMap::new(),
             gauges: Gauges::default(),
             initial,
             ready: false,
-            bell: Arc::new(Notify::new()),
+            bell,
             fed_lag: Duration::ZERO,
             shared,
         }
     }
 
-    /// Runs until `stop` turns true, the channel closes, or a `Stop` message.
-    pub async fn run(mut self, mut rx: mpsc::Receiver<Message>, mut stop: watch::Receiver<bool>) {
+    /// Runs until `stop` turns true (or its sender is gone), or a `Stop` message.
+    pub async fn run(mut self, rx: inbox::Receiver, mut stop: watch::Receiver<bool>) {
         for (config_index, addrs) in std::mem::take(&mut self.initial) {
             self.input(Input::Addrs {
                 config_index,
@@ -264,68 +263,68 @@ impl ServiceTask {
             let deadline = self.state.next_deadline();
             // Decide inside select!, act after it: the branch futures must be gone before
             // anything else is awaited.
-            let woke = tokio::select! {
+            let rung = tokio::select! {
                 biased;
                 _ = stop.wait_for(|stop| *stop) => return,
-                // A ring while busy was kept as a permit: no result waits for another one.
-                _ = bell.notified() => Woke::Probes,
-                message = rx.recv() => match message {
-                    Some(message) => Woke::Message(message),
-                    None => return,
-                },
-                _ = sleep_until_opt(deadline) => Woke::Deadline,
+                // A ring while busy was kept as a permit: nothing waits for another ring.
+                _ = bell.notified() => true,
+                _ = sleep_until_opt(deadline) => false,
             };
-            let message = match woke {
-                Woke::Probes => {
-                    self.on_probes().await;
-                    continue;
-                }
-                Woke::Deadline => {
-                    // A deadline that the measured lag stretches is not due yet.
-                    self.follow_lag().await;
-                    self.input(Input::Tick).await.ok();
-                    continue;
-                }
-                Woke::Message(message) => message,
-            };
-            match message {
-                Message::Stop { reply } => {
-                    reply.send(self.state.table().cloned()).ok();
+            if !rung {
+                // A deadline that the measured lag stretches is not due yet.
+                self.follow_lag().await;
+                self.input(Input::Tick).await.ok();
+                continue;
+            }
+            self.on_probes().await;
+            while let Some(message) = rx.try_recv() {
+                if let Handled::Stop = self.on_message(message).await {
                     return;
-                }
-                Message::Addrs {
-                    config_index,
-                    addrs,
-                } => {
-                    self.input(Input::Addrs {
-                        config_index,
-                        addrs,
-                    })
-                    .await
-                    .ok();
-                }
-                Message::Failback { reply } => {
-                    self.input(Input::Failback).await.ok();
-                    reply.send(()).ok();
-                }
-                Message::Status { reply } => {
-                    reply.send(self.state.status(Instant::now())).ok();
-                }
-                Message::Explain { reply } => {
-                    reply.send(self.state.explain()).ok();
-                }
-                Message::Drain(drain) => {
-                    let DrainMessage {
-                        backend,
-                        change,
-                        persist,
-                        reply,
-                    } = *drain;
-                    let result = self.drain(backend, change, persist).await;
-                    reply.send(result).ok();
                 }
             }
         }
+    }
+
+    /// Acts on one operator or DNS message.
+    async fn on_message(&mut self, message: Message) -> Handled {
+        match message {
+            Message::Stop { reply } => {
+                reply.send(self.state.table().cloned()).ok();
+                return Handled::Stop;
+            }
+            Message::Addrs {
+                config_index,
+                addrs,
+            } => {
+                self.input(Input::Addrs {
+                    config_index,
+                    addrs,
+                })
+                .await
+                .ok();
+            }
+            Message::Failback { reply } => {
+                self.input(Input::Failback).await.ok();
+                reply.send(()).ok();
+            }
+            Message::Status { reply } => {
+                reply.send(self.state.status(Instant::now())).ok();
+            }
+            Message::Explain { reply } => {
+                reply.send(self.state.explain()).ok();
+            }
+            Message::Drain(drain) => {
+                let DrainMessage {
+                    backend,
+                    change,
+                    persist,
+                    reply,
+                } = *drain;
+                let result = self.drain(backend, change, persist).await;
+                reply.send(result).ok();
+            }
+        }
+        Handled::Go
     }
 
     /// Takes every result the service's targets published since it last looked, in order
@@ -333,7 +332,7 @@ impl ServiceTask {
     async fn on_probes(&mut self) {
         let mut batch: Vec<(BackendKey, Published)> = Vec::new();
         let mut read = Vec::new();
-        for (key, p) in &self.probing {
+        for (key, p) in self.probing.iter() {
             let lost = p.subscription.read(&mut read);
             if lost > 0 {
                 tracing::error!(service = %self.state.config().name, backend = %key.addr, lost, "probe results were lost: this service task stalled for over a thousand probe intervals");

@@ -14,6 +14,7 @@ mod backend;
 mod input;
 mod report;
 mod service;
+mod sorted;
 #[cfg(test)]
 mod tests;
 mod transition;
@@ -22,4 +23,5 @@ pub use backend::{Backend, BackendKey, Drain, LastProbe};
 pub use input::{CounterIds, Input, Refused};
 pub use report::{BackendStatus, Explanation, OutReason, ServiceStatus};
 pub use service::ServiceState;
+pub use sorted::SortedMap;
 pub use transition::{Decision, Evidence, Transition};

@@ -15,6 +15,7 @@ use tokio::time::Instant;
 use super::{
     backend::{after, first_verdict_wait, verdict_stretch, Backend, BackendKey, Drain, LastProbe},
     input::{CounterIds, Input, Refused},
+    sorted::SortedMap,
     transition::{Decision, Evidence, Transition},
 };
 use crate::{
@@ -33,7 +34,8 @@ pub struct ServiceState {
     pub(super) config: Arc<ServiceConfig>,
     pub(super) vip: Vip,
     pub(super) vip_id: u32,
-    pub(super) backends: BTreeMap<BackendKey, Backend>,
+    /// One sorted vector, not a tree: see [`SortedMap`].
+    pub(super) backends: SortedMap<BackendKey, Backend>,
     /// Ids an adopted table gave to addresses, reused so kernel counters continue.
     pub(super) adopted_ids: HashMap<SocketAddr, u32>,
     /// Drains by backend name, applied as backends appear (a hostname's addresses come late).
@@ -81,7 +83,7 @@ impl ServiceState {
             probe_lag: std::time::Duration::ZERO,
             vip: config.vip(),
             vip_id,
-            backends: BTreeMap::new(),
+            backends: SortedMap::new(),
             adopted_ids: adopted
                 .iter()
                 .flat_map(|t| t.backends.iter().map(|b| (b.addr, b.id)))
