@@ -106,7 +106,10 @@ struct ServiceHandle {
     /// The VIP's id in the kernel's counters.
     vip_id: u32,
     tx: inbox::Sender,
-    stop: watch::Sender<bool>,
+    /// Stops its DNS watchers (`None` without hostname backends: a watch channel is a few
+    /// hundred bytes, times every service). The task itself stops on `Message::Stop` or the
+    /// daemon-wide [`Inner::stopping`].
+    stop: Option<watch::Sender<bool>>,
     tasks: Vec<JoinHandle<()>>,
 }
 
@@ -120,6 +123,8 @@ struct Inner {
     /// once, shared by its handle and its task (see [`DaemonHandle::service_configs`]).
     config: Mutex<Config>,
     shared: Arc<Shared>,
+    /// Turns true when the daemon stops: every service task watches it.
+    stopping: watch::Sender<bool>,
     resolver: Mutex<Option<Resolver>>,
     drains: Mutex<Drains>,
 }
@@ -190,6 +195,7 @@ pub async fn start_with<D: Datapath + 'static>(
             changes: tokio::sync::Mutex::new(()),
             config: Mutex::new(sections(config)),
             shared,
+            stopping: watch::channel(false).0,
             resolver: Mutex::new(None),
             drains: Mutex::new(drains),
         }),
@@ -253,7 +259,7 @@ impl DaemonHandle {
         // which ring the same bell.
         let bell = Arc::new(tokio::sync::Notify::new());
         let (tx, rx) = inbox::inbox(Arc::clone(&bell));
-        let (stop_tx, stop_rx) = watch::channel(false);
+        let mut dns_stop: Option<watch::Sender<bool>> = None;
         let drains = lock(&self.inner.drains)
             .get(&service.name)
             .cloned()
@@ -278,17 +284,19 @@ impl DaemonHandle {
                     service.vip,
                     index,
                     tx.clone(),
-                    stop_rx.clone(),
+                    dns_stop
+                        .get_or_insert_with(|| watch::channel(false).0)
+                        .subscribe(),
                 )),
             }
         }
         let task = ServiceTask::new(state, initial, bell, Arc::clone(shared));
-        tasks.push(tokio::spawn(task.run(rx, stop_rx)));
+        tasks.push(tokio::spawn(task.run(rx, self.inner.stopping.subscribe())));
         Ok(ServiceHandle {
             vip_id,
             config,
             tx,
-            stop: stop_tx,
+            stop: dns_stop,
             tasks,
         })
     }
@@ -429,7 +437,9 @@ async fn stop_service(handle: ServiceHandle) -> Option<VipTable> {
         Err(_) => None,
     };
     // Stops its DNS watchers too.
-    handle.stop.send(true).ok();
+    if let Some(stop) = &handle.stop {
+        stop.send(true).ok();
+    }
     for task in handle.tasks {
         if let Err(e) = task.await {
             tracing::error!(error = %e, "a service task ended abnormally");
@@ -464,8 +474,9 @@ impl<D: Datapath + 'static> Running<D> {
     pub async fn shutdown(self) -> D {
         let services = std::mem::take(&mut *self.handle.inner.services.write().await);
         // Every service first, then the waiting: one by one, 10,000 services took seconds.
-        for handle in services.values() {
-            handle.stop.send(true).ok();
+        self.handle.inner.stopping.send_replace(true);
+        for stop in services.values().filter_map(|h| h.stop.as_ref()) {
+            stop.send(true).ok();
         }
         for (_, handle) in services {
             for task in handle.tasks {

@@ -74,7 +74,7 @@ impl ServiceState {
             let mut backend = Backend::new(&self.config, &entry, key, from_hostname, id, now);
             // Drains are keyed by backend name, which for a hostname's addresses is only
             // known here.
-            backend.drain = self.drains.get(&backend.name).cloned();
+            backend.drain = self.drains.get(&backend.name).cloned().map(Box::new);
             if from_hostname {
                 out.push(Transition::AddressAdded {
                     backend: backend.name.clone(),

@@ -368,7 +368,7 @@ impl ServiceState {
         let key = self.drainable(backend, force)?;
         self.drains.insert(backend.to_string(), drain.clone());
         let b = self.backends.get_mut(&key).expect("found by key_of");
-        b.drain = Some(drain.clone());
+        b.drain = Some(Box::new(drain.clone()));
         b.since = now;
         out.push(Transition::Drained {
             backend: backend.to_string(),
