@@ -48,7 +48,11 @@ impl HealthCheck for Alternating {
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ProbeResult> + Send + 'a>> {
         Box::pin(async move {
             tokio::time::sleep(self.takes).await;
-            if self.probes.fetch_add(1, Ordering::Relaxed) % 2 == 0 {
+            if self
+                .probes
+                .fetch_add(1, Ordering::Relaxed)
+                .is_multiple_of(2)
+            {
                 Ok(ProbeOk {
                     latency: self.takes,
                     detail: "connected".into(),
