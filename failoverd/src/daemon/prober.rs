@@ -210,18 +210,19 @@ async fn run(
     let mut next = due;
     loop {
         tokio::time::sleep_until(next).await;
+        // The slot's start: the next slot counts from here, and a wait for a permit is part
+        // of the probe's time (and of the slots it skips).
+        let started = Instant::now();
         let result = {
             let Ok(_permit) = permits.acquire().await else {
                 return;
             };
-            let started = Instant::now();
-            lag.record(started.saturating_duration_since(due), started);
-            let result = checker
+            let now = Instant::now();
+            lag.record(now.saturating_duration_since(due), now);
+            checker
                 .check(&target.probe, target.addr, target.timeout)
-                .await;
-            (started, result)
+                .await
         };
-        let (started, result) = result;
         completed.fetch_add(1, Ordering::Relaxed);
         feed.publish(started, Arc::new(result));
         due = started + target.interval;

@@ -210,7 +210,9 @@ const LAG_STEP: Duration = Duration::from_millis(10);
 
 /// Whether a service task goes on after a message.
 enum Handled {
+    /// Next message, or back to waiting.
     Go,
+    /// A `Stop` was answered: the task ends.
     Stop,
 }
 
