@@ -13,11 +13,13 @@ use std::{
     net::SocketAddr,
     sync::{
         atomic::{AtomicBool, Ordering},
-        OnceLock, PoisonError, RwLock,
+        Arc, OnceLock, PoisonError, RwLock,
     },
 };
 
-use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram};
+use metrics::{
+    counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram, SharedString,
+};
 
 pub use catalog::names;
 pub use recorder::{Handle, Recorder};
@@ -116,14 +118,58 @@ pub fn collect_process() {
 /// without this the record would bring its series back, to stay forever. The `kernel_*`
 /// functions record only for what is here, under the read lock, and the `forget_*` functions
 /// remove under the write lock, so no record can slip between a check and the removal.
-static LIVE: RwLock<BTreeMap<String, BTreeSet<String>>> = RwLock::new(BTreeMap::new());
+///
+/// The names are kept as `Arc<str>` and every series of a service or backend takes its label
+/// value from here: one allocation per name instead of one per series (a service has a dozen
+/// series, a backend with per-backend series about sixteen).
+static LIVE: RwLock<Live> = RwLock::new(BTreeMap::new());
 
-fn live() -> std::sync::RwLockReadGuard<'static, BTreeMap<String, BTreeSet<String>>> {
+/// Services by name, each with its backends' names.
+type Live = BTreeMap<Arc<str>, BTreeSet<Arc<str>>>;
+
+fn live() -> std::sync::RwLockReadGuard<'static, Live> {
     LIVE.read().unwrap_or_else(PoisonError::into_inner)
 }
 
-fn live_mut() -> std::sync::RwLockWriteGuard<'static, BTreeMap<String, BTreeSet<String>>> {
+fn live_mut() -> std::sync::RwLockWriteGuard<'static, Live> {
     LIVE.write().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// `name` as a label value: the registered name's allocation when there is one.
+fn shared(registered: Option<&Arc<str>>, name: &str) -> SharedString {
+    registered.map_or_else(
+        || SharedString::from(name.to_string()),
+        |r| SharedString::from(Arc::clone(r)),
+    )
+}
+
+/// The `service` label value of `service`.
+fn service_label(service: &str) -> SharedString {
+    shared(live().get_key_value(service).map(|(k, _)| k), service)
+}
+
+/// The `service` and `backend` label values of one backend.
+fn backend_labels(service: &str, backend: &str) -> (SharedString, SharedString) {
+    let live = live();
+    let entry = live.get_key_value(service);
+    (
+        shared(entry.map(|(k, _)| k), service),
+        shared(entry.and_then(|(_, b)| b.get(backend)), backend),
+    )
+}
+
+/// A priority as a label value (`none` when refusing), without an allocation per series.
+fn priority_label(p: Option<u8>) -> SharedString {
+    static NUMBERS: OnceLock<Vec<&'static str>> = OnceLock::new();
+    let Some(p) = p else {
+        return SharedString::const_str("none");
+    };
+    let numbers = NUMBERS.get_or_init(|| {
+        (0..=u8::MAX)
+            .map(|n| &*Box::leak(n.to_string().into_boxed_str()))
+            .collect()
+    });
+    SharedString::const_str(numbers[usize::from(p)])
 }
 
 /// Removes every series of `service`: its service, backend and kernel series.
@@ -165,36 +211,55 @@ pub fn forget_backend(service: &str, backend: &str) {
 /// appears at 1 is 0). Also what lets the kernel counters of `service` be exported (see
 /// [`forget_service`]).
 pub fn zero_service(service: &str, priorities: &[u8]) {
-    live_mut().entry(service.to_string()).or_default();
+    let s = {
+        let mut live = live_mut();
+        let name = match live.get_key_value(service) {
+            Some((name, _)) => Arc::clone(name),
+            None => {
+                let name: Arc<str> = Arc::from(service);
+                live.insert(Arc::clone(&name), BTreeSet::new());
+                name
+            }
+        };
+        SharedString::from(name)
+    };
     let mut labels: Vec<Option<u8>> = priorities.iter().copied().map(Some).collect();
     labels.push(None);
     for &from in &labels {
         for &to in &labels {
             if from != to {
-                let label = |p: Option<u8>| p.map_or_else(|| "none".to_string(), |p| p.to_string());
-                counter!(names::FAILOVERS, "service" => service.to_string(), "from_priority" => label(from), "to_priority" => label(to))
+                counter!(names::FAILOVERS, "service" => s.clone(), "from_priority" => priority_label(from), "to_priority" => priority_label(to))
                     .increment(0);
             }
         }
     }
-    counter!(names::CONNECTS_REJECTED, "service" => service.to_string()).increment(0);
-    gauge!(names::SPLIT_BRAIN, "service" => service.to_string()).set(0.0);
+    counter!(names::CONNECTS_REJECTED, "service" => s.clone()).increment(0);
+    gauge!(names::SPLIT_BRAIN, "service" => s.clone()).set(0.0);
     for kind in KERNEL_ERROR_KINDS {
-        counter!(names::KERNEL_ERRORS, "service" => service.to_string(), "kind" => kind)
-            .increment(0);
+        counter!(names::KERNEL_ERRORS, "service" => s.clone(), "kind" => kind).increment(0);
     }
 }
 
 /// Like [`zero_service`], for one backend's transition and ejection counters (and its kernel
 /// connect count).
 pub fn zero_backend(service: &str, backend: &str) {
-    live_mut()
-        .entry(service.to_string())
-        .or_default()
-        .insert(backend.to_string());
+    // Without per-backend series nothing is recorded per backend, so nothing needs guarding:
+    // at tens of thousands of backends the set alone was megabytes.
     if !per_backend() {
         return;
     }
+    {
+        let mut live = live_mut();
+        if !live.contains_key(service) {
+            live.insert(Arc::from(service), BTreeSet::new());
+        }
+        if let Some(backends) = live.get_mut(service) {
+            if !backends.contains(backend) {
+                backends.insert(Arc::from(backend));
+            }
+        }
+    }
+    let (s, b) = backend_labels(service, backend);
     for to in [
         "healthy",
         "unhealthy",
@@ -203,11 +268,11 @@ pub fn zero_backend(service: &str, backend: &str) {
         "drained",
         "undrained",
     ] {
-        counter!(names::BACKEND_TRANSITIONS, "service" => service.to_string(), "backend" => backend.to_string(), "to" => to)
+        counter!(names::BACKEND_TRANSITIONS, "service" => s.clone(), "backend" => b.clone(), "to" => to)
             .increment(0);
     }
-    counter!(names::BREAKER_EJECTIONS, "service" => service.to_string(), "backend" => backend.to_string()).increment(0);
-    counter!(names::PASSIVE_EJECTIONS, "service" => service.to_string(), "backend" => backend.to_string()).increment(0);
+    counter!(names::BREAKER_EJECTIONS, "service" => s.clone(), "backend" => b.clone()).increment(0);
+    counter!(names::PASSIVE_EJECTIONS, "service" => s, "backend" => b).increment(0);
 }
 
 /// The kernel reported a failed connect to a backend (`kind`: refused, syn_timeout).
@@ -273,7 +338,8 @@ pub fn probe_latency(service: &str, backend: &str) -> metrics::Histogram {
     if !per_backend() {
         return metrics::Histogram::noop();
     }
-    histogram!(names::PROBE_DURATION, "service" => service.to_string(), "backend" => backend.to_string())
+    let (s, b) = backend_labels(service, backend);
+    histogram!(names::PROBE_DURATION, "service" => s, "backend" => b)
 }
 
 /// `n` probe slots were skipped because the daemon fell behind.
@@ -286,7 +352,8 @@ pub fn probe_failure(service: &str, backend: &str, error: &ProbeError) {
     if !per_backend() {
         return;
     }
-    counter!(names::PROBE_FAILURES, "service" => service.to_string(), "backend" => backend.to_string(), "reason" => error.reason())
+    let (s, b) = backend_labels(service, backend);
+    counter!(names::PROBE_FAILURES, "service" => s, "backend" => b, "reason" => error.reason())
         .increment(1);
 }
 
@@ -295,8 +362,8 @@ pub fn transition(service: &str, backend: &str, to: &'static str) {
     if !per_backend() {
         return;
     }
-    counter!(names::BACKEND_TRANSITIONS, "service" => service.to_string(), "backend" => backend.to_string(), "to" => to)
-        .increment(1);
+    let (s, b) = backend_labels(service, backend);
+    counter!(names::BACKEND_TRANSITIONS, "service" => s, "backend" => b, "to" => to).increment(1);
 }
 
 /// The breaker opened.
@@ -304,13 +371,13 @@ pub fn ejection(service: &str, backend: &str) {
     if !per_backend() {
         return;
     }
-    counter!(names::BREAKER_EJECTIONS, "service" => service.to_string(), "backend" => backend.to_string()).increment(1);
+    let (s, b) = backend_labels(service, backend);
+    counter!(names::BREAKER_EJECTIONS, "service" => s, "backend" => b).increment(1);
 }
 
 /// The active priority changed (from `None` = refusing, to `None` = refusing).
 pub fn failover(service: &str, from: Option<u8>, to: Option<u8>) {
-    let label = |p: Option<u8>| p.map_or_else(|| "none".to_string(), |p| p.to_string());
-    counter!(names::FAILOVERS, "service" => service.to_string(), "from_priority" => label(from), "to_priority" => label(to))
+    counter!(names::FAILOVERS, "service" => service_label(service), "from_priority" => priority_label(from), "to_priority" => priority_label(to))
         .increment(1);
 }
 
@@ -326,8 +393,8 @@ pub fn backend(
     if !per_backend() {
         return;
     }
-    let (s, b) = (service.to_string(), backend.to_string());
-    gauge!(names::BACKEND_UP, "service" => s.clone(), "backend" => b.clone(), "priority" => priority.to_string())
+    let (s, b) = backend_labels(service, backend);
+    gauge!(names::BACKEND_UP, "service" => s.clone(), "backend" => b.clone(), "priority" => priority_label(Some(priority)))
         .set(f64::from(u8::from(up)));
     for candidate in ["unknown", "healthy", "unhealthy", "ejected", "drained"] {
         gauge!(names::BACKEND_STATE, "service" => s.clone(), "backend" => b.clone(), "state" => candidate)
@@ -339,14 +406,15 @@ pub fn backend(
 
 /// A service's gauges.
 pub fn service(service: &str, active: Option<u8>, live: usize) {
-    gauge!(names::SERVICE_ACTIVE_PRIORITY, "service" => service.to_string())
+    let s = service_label(service);
+    gauge!(names::SERVICE_ACTIVE_PRIORITY, "service" => s.clone())
         .set(active.map_or(-1.0, f64::from));
-    gauge!(names::SERVICE_LIVE_BACKENDS, "service" => service.to_string()).set(live as f64);
+    gauge!(names::SERVICE_LIVE_BACKENDS, "service" => s).set(live as f64);
 }
 
 /// Whether a `role: primary` service sees more than one primary now.
 pub fn split_brain(service: &str, split: bool) {
-    gauge!(names::SPLIT_BRAIN, "service" => service.to_string()).set(f64::from(u8::from(split)));
+    gauge!(names::SPLIT_BRAIN, "service" => service_label(service)).set(f64::from(u8::from(split)));
 }
 
 /// A datapath write, successful or not.
@@ -409,10 +477,13 @@ pub fn kernel_connects(service: &str, backend: &str, connects: u64) {
         return;
     }
     let live = live();
-    if !live.get(service).is_some_and(|b| b.contains(backend)) {
+    let Some((s, b)) = live
+        .get_key_value(service)
+        .and_then(|(s, backends)| Some((s, backends.get(backend)?)))
+    else {
         return;
-    }
-    counter!(names::CONNECTS, "service" => service.to_string(), "backend" => backend.to_string())
+    };
+    counter!(names::CONNECTS, "service" => SharedString::from(Arc::clone(s)), "backend" => SharedString::from(Arc::clone(b)))
         .absolute(connects);
 }
 
@@ -425,11 +496,11 @@ pub const KERNEL_ERROR_KINDS: [&str; 3] = ["no_sock_storage", "bad_table", "fami
 /// Recorded only for a service registered by [`zero_service`] and not forgotten since.
 pub fn kernel_errors(service: &str, counts: [u64; 3]) {
     let live = live();
-    if !live.contains_key(service) {
+    let Some((s, _)) = live.get_key_value(service) else {
         return;
-    }
+    };
     for (kind, count) in KERNEL_ERROR_KINDS.into_iter().zip(counts) {
-        counter!(names::KERNEL_ERRORS, "service" => service.to_string(), "kind" => kind)
+        counter!(names::KERNEL_ERRORS, "service" => SharedString::from(Arc::clone(s)), "kind" => kind)
             .absolute(count);
     }
 }
@@ -440,10 +511,11 @@ pub fn kernel_errors(service: &str, counts: [u64; 3]) {
 /// Recorded only for a service registered by [`zero_service`] and not forgotten since.
 pub fn kernel_rejections(service: &str, rejected: u64) {
     let live = live();
-    if !live.contains_key(service) {
+    let Some((s, _)) = live.get_key_value(service) else {
         return;
-    }
-    counter!(names::CONNECTS_REJECTED, "service" => service.to_string()).absolute(rejected);
+    };
+    counter!(names::CONNECTS_REJECTED, "service" => SharedString::from(Arc::clone(s)))
+        .absolute(rejected);
 }
 
 /// The health word for the `to` label of a transition.

@@ -331,12 +331,9 @@ impl ControlHandler for DaemonApi {
         }
         // One copy of the config and one index for the whole report: per service, they made
         // `status` quadratic (minutes at 10,000 services).
-        let config = self.handle.config();
-        let configs: HashMap<&str, &ServiceConfig> = config
-            .services
-            .iter()
-            .map(|c| (c.name.as_str(), c))
-            .collect();
+        let config = self.handle.service_configs().await;
+        let configs: HashMap<&str, &ServiceConfig> =
+            config.iter().map(|c| (c.name.as_str(), &**c)).collect();
         Ok(StatusReport {
             version: env!("CARGO_PKG_VERSION").to_string(),
             services: services

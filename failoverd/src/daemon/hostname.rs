@@ -2,12 +2,9 @@
 
 use std::net::SocketAddr;
 
-use tokio::{
-    sync::{mpsc, watch},
-    task::JoinHandle,
-};
+use tokio::{sync::watch, task::JoinHandle};
 
-use super::service::Message;
+use super::{inbox, service::Message};
 use crate::resolve::{self, Resolver};
 
 /// Forwards a hostname's resolved addresses of the VIP's family to its service.
@@ -17,7 +14,7 @@ pub(super) fn watch(
     port: u16,
     vip: SocketAddr,
     config_index: usize,
-    tx: mpsc::Sender<Message>,
+    tx: inbox::Sender,
     stop: watch::Receiver<bool>,
 ) -> JoinHandle<()> {
     tokio::spawn(async move {

@@ -18,6 +18,7 @@ pub mod drains;
 pub mod events;
 pub mod fleet;
 mod hostname;
+mod inbox;
 pub mod lock;
 mod observer;
 mod operator;
@@ -102,11 +103,15 @@ pub enum DaemonError {
 
 /// A running service: its channel, its stop switch, its tasks and the config it runs.
 struct ServiceHandle {
-    config: ServiceConfig,
+    /// The same allocation the service's decision core holds.
+    config: Arc<ServiceConfig>,
     /// The VIP's id in the kernel's counters.
     vip_id: u32,
-    tx: mpsc::Sender<Message>,
-    stop: watch::Sender<bool>,
+    tx: inbox::Sender,
+    /// Stops its DNS watchers (`None` without hostname backends: a watch channel is a few
+    /// hundred bytes, times every service). The task itself stops on `Message::Stop` or the
+    /// daemon-wide [`Inner::stopping`].
+    stop: Option<watch::Sender<bool>>,
     tasks: Vec<JoinHandle<()>>,
 }
 
@@ -116,8 +121,12 @@ struct Inner {
     /// One drain change or reload at a time, so the drains file always holds a consistent
     /// set. Never taken by status.
     changes: tokio::sync::Mutex<()>,
+    /// The running config's sections, its `services` left out: each service's config lives
+    /// once, shared by its handle and its task (see [`DaemonHandle::service_configs`]).
     config: Mutex<Config>,
     shared: Arc<Shared>,
+    /// Turns true when the daemon stops: every service task watches it.
+    stopping: watch::Sender<bool>,
     resolver: Mutex<Option<Resolver>>,
     drains: Mutex<Drains>,
 }
@@ -193,8 +202,9 @@ pub async fn start_with<D: Datapath + 'static>(
         inner: Arc::new(Inner {
             services: tokio::sync::RwLock::new(BTreeMap::new()),
             changes: tokio::sync::Mutex::new(()),
-            config: Mutex::new(config.clone()),
+            config: Mutex::new(sections(config)),
             shared,
+            stopping: watch::channel(false).0,
             resolver: Mutex::new(None),
             drains: Mutex::new(drains),
         }),
@@ -220,6 +230,20 @@ pub async fn start_with<D: Datapath + 'static>(
         writer,
         passive,
     })
+}
+
+/// `config` without its services: what the daemon keeps of a config beside the services'
+/// own (a second copy of 10,000 service configs is megabytes).
+fn sections(config: &Config) -> Config {
+    Config {
+        datapath: config.datapath.clone(),
+        control: config.control.clone(),
+        metrics: config.metrics.clone(),
+        resolver: config.resolver.clone(),
+        fleet: config.fleet.clone(),
+        services: Vec::new(),
+        source: config.source.clone(),
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -249,14 +273,18 @@ impl DaemonHandle {
             adopted = adopted.is_some(),
             "service loaded; worst-case detection time is fall × interval + timeout"
         );
-        let (tx, rx) = mpsc::channel(1024);
-        let (stop_tx, stop_rx) = watch::channel(false);
+        // Operators and DNS watchers only; probe results come through the targets' feeds,
+        // which ring the same bell.
+        let bell = Arc::new(tokio::sync::Notify::new());
+        let (tx, rx) = inbox::inbox(Arc::clone(&bell));
+        let mut dns_stop: Option<watch::Sender<bool>> = None;
         let drains = lock(&self.inner.drains)
             .get(&service.name)
             .cloned()
             .unwrap_or_default();
+        let config = Arc::new(service.clone());
         let state = ServiceState::new(
-            service.clone(),
+            Arc::clone(&config),
             vip_id,
             adopted,
             drains,
@@ -274,17 +302,19 @@ impl DaemonHandle {
                     service.vip,
                     index,
                     tx.clone(),
-                    stop_rx.clone(),
+                    dns_stop
+                        .get_or_insert_with(|| watch::channel(false).0)
+                        .subscribe(),
                 )),
             }
         }
-        let task = ServiceTask::new(state, initial, tx.clone(), Arc::clone(shared));
-        tasks.push(tokio::spawn(task.run(rx, stop_rx)));
+        let task = ServiceTask::new(state, initial, bell, tx.clone(), Arc::clone(shared));
+        tasks.push(tokio::spawn(task.run(rx, self.inner.stopping.subscribe())));
         Ok(ServiceHandle {
             vip_id,
-            config: service.clone(),
+            config,
             tx,
-            stop: stop_tx,
+            stop: dns_stop,
             tasks,
         })
     }
@@ -305,7 +335,7 @@ impl DaemonHandle {
         Ok(made)
     }
 
-    async fn sender(&self, service: &str) -> Result<mpsc::Sender<Message>, DaemonError> {
+    async fn sender(&self, service: &str) -> Result<inbox::Sender, DaemonError> {
         self.inner
             .services
             .read()
@@ -337,9 +367,20 @@ impl DaemonHandle {
         self.inner.services.read().await.keys().cloned().collect()
     }
 
-    /// The config the daemon runs now.
+    /// The config the daemon runs now, without its `services` (see [`Self::service_configs`]).
     pub fn config(&self) -> Config {
         lock(&self.inner.config).clone()
+    }
+
+    /// The config of every running service, in name order.
+    pub async fn service_configs(&self) -> Vec<Arc<ServiceConfig>> {
+        self.inner
+            .services
+            .read()
+            .await
+            .values()
+            .map(|s| Arc::clone(&s.config))
+            .collect()
     }
 
     /// Sends a service back to its best live priority (for `failback: manual`).
@@ -414,7 +455,9 @@ async fn stop_service(handle: ServiceHandle) -> Option<VipTable> {
         Err(_) => None,
     };
     // Stops its DNS watchers too.
-    handle.stop.send(true).ok();
+    if let Some(stop) = &handle.stop {
+        stop.send(true).ok();
+    }
     for task in handle.tasks {
         if let Err(e) = task.await {
             tracing::error!(error = %e, "a service task ended abnormally");
@@ -449,8 +492,9 @@ impl<D: Datapath + 'static> Running<D> {
     pub async fn shutdown(self) -> D {
         let services = std::mem::take(&mut *self.handle.inner.services.write().await);
         // Every service first, then the waiting: one by one, 10,000 services took seconds.
-        for handle in services.values() {
-            handle.stop.send(true).ok();
+        self.handle.inner.stopping.send_replace(true);
+        for stop in services.values().filter_map(|h| h.stop.as_ref()) {
+            stop.send(true).ok();
         }
         for (_, handle) in services {
             for task in handle.tasks {

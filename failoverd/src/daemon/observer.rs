@@ -364,8 +364,11 @@ impl Gauges {
                 .backends()
                 .filter(|b| b.is_live() && b.weight > 0)
                 .count(),
+            // Kept only to export them: without per-backend series, one copy of every
+            // backend's name per service less.
             backends: state
                 .backends()
+                .filter(|_| metrics::per_backend())
                 .map(|b| {
                     let up = state.is_managed()
                         && table.is_some_and(|t| t.backends.iter().any(|x| x.addr == b.key.addr));

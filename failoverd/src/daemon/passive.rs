@@ -13,9 +13,9 @@ use std::{
     sync::{Mutex, PoisonError},
 };
 
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 
-use super::service::Message;
+use super::{inbox::Sender, service::Message};
 use crate::{
     datapath::{ConnectEvents, ConnectFailure},
     reconcile::WriterMessage,
@@ -24,20 +24,20 @@ use crate::{
 /// Which service task owns each backend counter id: one lookup per failure, no name search
 /// and no lock a service holds for long. Each task keeps its own ids in step.
 #[derive(Default)]
-pub struct Routes(Mutex<HashMap<u32, mpsc::Sender<Message>>>);
+pub struct Routes(Mutex<HashMap<u32, Sender>>);
 
 impl Routes {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u32, mpsc::Sender<Message>>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u32, Sender>> {
         self.0.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Makes `ids` route to `tx`, and the ids `tx` had before that are not in `ids` route
     /// nowhere. Returns `ids`, for the next call.
-    pub fn set(&self, tx: &mpsc::Sender<Message>, had: &[u32], ids: Vec<u32>) -> Vec<u32> {
+    pub fn set(&self, tx: &Sender, had: &[u32], ids: Vec<u32>) -> Vec<u32> {
         let mut routes = self.lock();
         for id in had.iter().filter(|id| !ids.contains(id)) {
             // A reload may have handed the id to a successor task already: only our own goes.
-            if routes.get(id).is_some_and(|owner| owner.same_channel(tx)) {
+            if routes.get(id).is_some_and(|owner| owner.same_inbox(tx)) {
                 routes.remove(id);
             }
         }
@@ -48,7 +48,7 @@ impl Routes {
     }
 
     /// The task that owns `backend_id`, if any.
-    fn owner(&self, backend_id: u32) -> Option<mpsc::Sender<Message>> {
+    fn owner(&self, backend_id: u32) -> Option<Sender> {
         self.lock().get(&backend_id).cloned()
     }
 }
@@ -83,8 +83,7 @@ pub async fn forward(
 
 async fn route(shared: &super::service::Shared, failure: ConnectFailure) {
     match shared.routes.owner(failure.backend_id) {
-        // Waits when the service's queue is full: the ring buffer holds what comes meanwhile,
-        // and the kernel's own mark already steers connects away.
+        // Never waits: the service's inbox queues it and rings the task.
         Some(tx) => {
             if tx.send(Message::ConnectFailed(failure)).await.is_err() {
                 tracing::debug!(

@@ -1,6 +1,17 @@
 //! Probe loops, one per distinct target: a backend that several services list (the same
-//! address, check, interval and timeout) is probed once and every service gets the result.
+//! address, check, interval and timeout) is probed once and every service reads the result.
 //! Loops are anchored to probe starts, jittered, and capped in concurrency across the daemon.
+//!
+//! A result is published once, into its target's [`Feed`]: a short log of numbered results
+//! that every subscriber reads at its own pace, woken by one [`Notify`] per service task. So
+//! one probe costs one publish and one wake per subscribing service — not a message per
+//! service, and not a per-service buffer sized for bursts. A slow service never blocks the
+//! loop (publishing never waits) and loses nothing: the feed keeps every result some
+//! subscriber has not read yet, because rise/fall counting needs every result, not just the
+//! latest.
+
+mod feed;
+mod lag;
 
 use std::{
     collections::HashMap,
@@ -13,26 +24,15 @@ use std::{
 };
 
 use tokio::{
-    sync::{mpsc, Semaphore},
+    sync::{Notify, Semaphore},
     task::JoinHandle,
     time::Instant,
 };
 
-use crate::{
-    decision::BackendKey,
-    health::{HealthCheck, Probe, ProbeResult},
-};
+pub use feed::{Feed, Published};
+pub use lag::LagMeter;
 
-/// One probe's result, for one subscribed backend.
-#[derive(Clone, Debug)]
-pub struct ProbeReport {
-    /// The backend that subscribed.
-    pub key: BackendKey,
-    /// When the probe started.
-    pub started: Instant,
-    /// What it saw (one allocation shared by every subscriber).
-    pub result: Arc<ProbeResult>,
-}
+use crate::health::{HealthCheck, Probe};
 
 /// What to probe. Two backends with equal targets share one loop.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -47,44 +47,42 @@ pub struct ProbeTarget {
     pub timeout: Duration,
 }
 
-/// Who gets a loop's results: a service's backend, on the service's channel.
-struct Subscriber<E> {
-    id: u64,
-    key: BackendKey,
-    events: mpsc::Sender<E>,
-}
-
-/// One running loop and its subscribers.
-struct Loop<E> {
-    target: ProbeTarget,
-    subscribers: Arc<Mutex<Vec<Subscriber<E>>>>,
+/// One running loop: its feed (which knows its target) and its task.
+struct Loop {
+    feed: Arc<Feed>,
     task: JoinHandle<()>,
 }
 
 /// Loops by address, interval and timeout; the few with different checks on the same address
 /// are told apart by comparing the check.
-type Loops<E> = HashMap<(SocketAddr, Duration, Duration), Vec<Loop<E>>>;
+type Loops = HashMap<(SocketAddr, Duration, Duration), Vec<Loop>>;
 
-/// The daemon's probe loops, delivering [`ProbeReport`]s as messages of type `E` (the
-/// service task's own message type). Subscribing returns a guard; when the last guard of a
-/// target is dropped its loop stops.
-pub struct ProbeHub<E> {
+/// The key a target's loop is filed under.
+fn slot(target: &ProbeTarget) -> (SocketAddr, Duration, Duration) {
+    (target.addr, target.interval, target.timeout)
+}
+
+/// The daemon's probe loops. Subscribing returns a [`Subscription`] that reads the target's
+/// results; when the last subscription of a target is dropped its loop stops.
+pub struct ProbeHub {
     checker: Arc<dyn HealthCheck>,
     permits: Arc<Semaphore>,
-    loops: Arc<Mutex<Loops<E>>>,
+    loops: Arc<Mutex<Loops>>,
     next_id: AtomicU64,
     /// Probes finished since the hub started: the watchdog's evidence that probing moves.
     completed: Arc<AtomicU64>,
+    /// How late probes start, daemon-wide: first-verdict deadlines stretch with it.
+    lag: Arc<LagMeter>,
 }
 
-/// Keeps a backend subscribed to its target's loop; dropping it unsubscribes.
-pub struct Subscription<E> {
-    loops: Weak<Mutex<Loops<E>>>,
-    target: ProbeTarget,
-    id: u64,
+/// A backend's subscription to its target's results; dropping it unsubscribes.
+pub struct Subscription {
+    loops: Weak<Mutex<Loops>>,
+    feed: Arc<Feed>,
+    reader: Arc<feed::Reader>,
 }
 
-impl<E: From<ProbeReport> + Send + 'static> ProbeHub<E> {
+impl ProbeHub {
     /// A hub whose loops probe with `checker` and share `permits`: at most that many probes
     /// in flight.
     pub fn new(checker: Arc<dyn HealthCheck>, permits: Arc<Semaphore>) -> Self {
@@ -94,6 +92,7 @@ impl<E: From<ProbeReport> + Send + 'static> ProbeHub<E> {
             loops: Arc::new(Mutex::new(HashMap::new())),
             next_id: AtomicU64::new(0),
             completed: Arc::new(AtomicU64::new(0)),
+            lag: Arc::new(LagMeter::default()),
         }
     }
 
@@ -107,75 +106,78 @@ impl<E: From<ProbeReport> + Send + 'static> ProbeHub<E> {
         lock(&self.loops).values().map(Vec::len).sum()
     }
 
-    /// Sends `target`'s probe results to `events` as reports for `key`, starting a loop
-    /// unless one already probes that target.
-    pub fn subscribe(
-        &self,
-        target: ProbeTarget,
-        key: BackendKey,
-        events: mpsc::Sender<E>,
-    ) -> Subscription<E> {
+    /// How late probe starts have been lately, daemon-wide (see [`LagMeter`]).
+    pub fn lag(&self) -> Duration {
+        self.lag.get(Instant::now())
+    }
+
+    /// Subscribes to `target`'s results, starting a loop unless one already probes it. The
+    /// subscription reads only results published from now on; `bell` is notified on each.
+    pub fn subscribe(&self, target: ProbeTarget, bell: Arc<Notify>) -> Subscription {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let subscriber = Subscriber { id, key, events };
         let mut loops = lock(&self.loops);
-        let same = loops
-            .entry((target.addr, target.interval, target.timeout))
-            .or_default();
-        match same.iter().find(|l| l.target == target) {
-            Some(existing) => lock(&existing.subscribers).push(subscriber),
+        let same = loops.entry(slot(&target)).or_default();
+        let feed = match same.iter().find(|l| *l.feed.target() == target) {
+            Some(existing) => Arc::clone(&existing.feed),
             None => {
-                let subscribers = Arc::new(Mutex::new(vec![subscriber]));
+                let feed = Arc::new(Feed::new(target));
                 let task = tokio::spawn(run(
-                    target.clone(),
-                    Arc::clone(&subscribers),
+                    Arc::clone(&feed),
                     Arc::clone(&self.checker),
                     Arc::clone(&self.permits),
                     Arc::clone(&self.completed),
+                    Arc::clone(&self.lag),
                 ));
                 same.push(Loop {
-                    target: target.clone(),
-                    subscribers,
+                    feed: Arc::clone(&feed),
                     task,
                 });
+                feed
             }
-        }
+        };
+        // Under the hub's lock, so a concurrent last unsubscribe cannot stop this loop.
+        let reader = feed.add_reader(id, bell);
         Subscription {
             loops: Arc::downgrade(&self.loops),
-            target,
-            id,
+            feed,
+            reader,
         }
     }
 }
 
-impl<E> Drop for Subscription<E> {
+impl Subscription {
+    /// Appends the results published since the last read, oldest first, to `out`; returns
+    /// how many were lost because the feed had to drop them before this reader took them
+    /// (only after [`feed::KEEP_MAX`] unread results: a service stalled that long).
+    pub fn read(&self, out: &mut Vec<Published>) -> u64 {
+        self.feed.read(&self.reader, out)
+    }
+}
+
+impl Drop for Subscription {
     fn drop(&mut self) {
         // The hub is gone: its loops went with it.
         let Some(loops) = self.loops.upgrade() else {
             return;
         };
         let mut loops = lock(&loops);
-        let slot = (self.target.addr, self.target.interval, self.target.timeout);
+        if self.feed.remove_reader(self.reader.id) > 0 {
+            return;
+        }
+        let slot = slot(self.feed.target());
         let Some(same) = loops.get_mut(&slot) else {
             return;
         };
-        let Some(i) = same.iter().position(|l| l.target == self.target) else {
-            return;
-        };
-        let empty = {
-            let mut subscribers = lock(&same[i].subscribers);
-            subscribers.retain(|s| s.id != self.id);
-            subscribers.is_empty()
-        };
-        if empty {
+        if let Some(i) = same.iter().position(|l| Arc::ptr_eq(&l.feed, &self.feed)) {
             same.swap_remove(i).task.abort();
-            if same.is_empty() {
-                loops.remove(&slot);
-            }
+        }
+        if same.is_empty() {
+            loops.remove(&slot);
         }
     }
 }
 
-impl<E> Drop for ProbeHub<E> {
+impl Drop for ProbeHub {
     fn drop(&mut self) {
         for l in lock(&self.loops).values().flatten() {
             l.task.abort();
@@ -189,49 +191,43 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-/// Probes `target` until aborted, sending each result to every subscriber.
+/// Probes the feed's target until aborted, publishing each result into the feed.
 ///
 /// Starts are anchored (`start + interval`, not `end + interval`), so a slow probe does not
 /// stretch the detection time; the first start is jittered over one interval so a thousand
-/// backends do not probe in lockstep.
-async fn run<E: From<ProbeReport>>(
-    target: ProbeTarget,
-    subscribers: Arc<Mutex<Vec<Subscriber<E>>>>,
+/// backends do not probe in lockstep. How late each probe starts after the slot it was due
+/// in (a late timer, a wait for a permit, slots skipped behind a slow probe) goes to `lag`.
+async fn run(
+    feed: Arc<Feed>,
     checker: Arc<dyn HealthCheck>,
     permits: Arc<Semaphore>,
     completed: Arc<AtomicU64>,
+    lag: Arc<LagMeter>,
 ) {
+    let target = feed.target().clone();
     let jitter = target.interval.mul_f64(fastrand::f64());
-    let mut next = Instant::now() + jitter;
+    let mut due = Instant::now() + jitter;
+    let mut next = due;
     loop {
         tokio::time::sleep_until(next).await;
+        // The slot's start: the next slot counts from here, and a wait for a permit is part
+        // of the probe's time (and of the slots it skips).
         let started = Instant::now();
         let result = {
             let Ok(_permit) = permits.acquire().await else {
                 return;
             };
-            Arc::new(
-                checker
-                    .check(&target.probe, target.addr, target.timeout)
-                    .await,
-            )
+            let now = Instant::now();
+            lag.record(now.saturating_duration_since(due), now);
+            checker
+                .check(&target.probe, target.addr, target.timeout)
+                .await
         };
         completed.fetch_add(1, Ordering::Relaxed);
-        let to: Vec<(BackendKey, mpsc::Sender<E>)> = lock(&subscribers)
-            .iter()
-            .map(|s| (s.key, s.events.clone()))
-            .collect();
-        for (key, events) in to {
-            // A service that stopped drops its subscription soon; nothing to do meanwhile.
-            let report = ProbeReport {
-                key,
-                started,
-                result: Arc::clone(&result),
-            };
-            events.send(report.into()).await.ok();
-        }
-        next = started + target.interval;
-        // Waiting for a permit or a busy service may have eaten slots: skip them rather than
+        feed.publish(started, Arc::new(result));
+        due = started + target.interval;
+        next = due;
+        // Waiting for a permit or a slow probe may have eaten slots: skip them rather than
         // burst, and say so, since a skipped probe stretches the detection time.
         let now = Instant::now();
         let mut skipped = 0u64;
@@ -264,74 +260,4 @@ fn warn_skipped(addr: SocketAddr, skipped: u64) {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn target(addr: SocketAddr, interval_ms: u64) -> ProbeTarget {
-        ProbeTarget {
-            addr,
-            probe: Arc::new(Probe::Tcp),
-            interval: Duration::from_millis(interval_ms),
-            timeout: Duration::from_millis(5),
-        }
-    }
-
-    fn key(config_index: usize, addr: SocketAddr) -> BackendKey {
-        BackendKey { config_index, addr }
-    }
-
-    /// The next probe result `rx` gets, for which backend, within a second.
-    async fn next_result(rx: &mut mpsc::Receiver<ProbeReport>) -> (BackendKey, bool) {
-        match tokio::time::timeout(Duration::from_secs(1), rx.recv()).await {
-            Ok(Some(ProbeReport { key, result, .. })) => (key, result.is_ok()),
-            other => panic!("expected a probe result, got {:?}", other.is_ok()),
-        }
-    }
-
-    fn hub() -> ProbeHub<ProbeReport> {
-        ProbeHub::new(
-            Arc::new(crate::health::NetworkCheck),
-            Arc::new(Semaphore::new(8)),
-        )
-    }
-
-    #[tokio::test]
-    async fn services_with_the_same_target_share_one_loop_until_the_last_leaves() {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("listener");
-        let addr = listener.local_addr().expect("addr");
-        let hub = hub();
-        let (tx_a, mut rx_a) = mpsc::channel(16);
-        let (tx_b, mut rx_b) = mpsc::channel(16);
-        let a = hub.subscribe(target(addr, 10), key(0, addr), tx_a);
-        let b = hub.subscribe(target(addr, 10), key(3, addr), tx_b);
-        assert_eq!(hub.targets(), 1, "one target, one loop");
-        // Both services get every result, each under its own key.
-        assert_eq!(next_result(&mut rx_a).await, (key(0, addr), true));
-        assert_eq!(next_result(&mut rx_b).await, (key(3, addr), true));
-
-        // Another interval is another target.
-        let (tx_c, _rx_c) = mpsc::channel(16);
-        let c = hub.subscribe(target(addr, 20), key(0, addr), tx_c);
-        assert_eq!(hub.targets(), 2);
-
-        drop(a);
-        assert_eq!(hub.targets(), 2, "b still listens to the first loop");
-        while rx_b.try_recv().is_ok() {}
-        assert_eq!(next_result(&mut rx_b).await, (key(3, addr), true));
-        drop(b);
-        drop(c);
-        assert_eq!(hub.targets(), 0, "no subscriber, no loop");
-    }
-
-    #[tokio::test]
-    async fn a_dead_target_reports_failures() {
-        let addr = {
-            let l = std::net::TcpListener::bind("127.0.0.1:0").expect("listener");
-            l.local_addr().expect("addr")
-        };
-        let hub = hub();
-        let (tx, mut rx) = mpsc::channel(16);
-        let _s = hub.subscribe(target(addr, 10), key(0, addr), tx);
-        assert_eq!(next_result(&mut rx).await, (key(0, addr), false));
-    }
-}
+mod tests;

@@ -44,7 +44,7 @@ impl DaemonHandle {
         let mut adopt: BTreeMap<String, VipTable> = BTreeMap::new();
         for name in names {
             let keep = new.services.iter().find(|s| s.name == name);
-            if keep == Some(&services[&name].config) {
+            if keep == Some(&*services[&name].config) {
                 report.unchanged.push(name);
                 continue;
             }
@@ -87,7 +87,7 @@ impl DaemonHandle {
             services.insert(service.name.clone(), started);
         }
         drop(services);
-        *super::lock(&self.inner.config) = new;
+        *super::lock(&self.inner.config) = super::sections(&new);
         if !self.barrier().await? {
             tracing::warn!("reload applied; some datapath writes failed and are being retried");
         }

@@ -145,7 +145,11 @@ where
         });
     }
     let api = Arc::new(api);
-    let listener = control::server::bind(&config.control.socket)?;
+    let socket = config.control.socket.clone();
+    let probe_cycle = longest_probe_cycle(&config);
+    // The daemon keeps its own copy; at 10,000 services this one is megabytes.
+    drop(config);
+    let listener = control::server::bind(&socket)?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let server = tokio::spawn(control::server::serve(
         listener,
@@ -164,11 +168,7 @@ where
         },
         stop_rx.clone(),
     ));
-    let watchdog = tokio::spawn(pet_watchdog(
-        handle.clone(),
-        longest_probe_cycle(&config),
-        stop_rx.clone(),
-    ));
+    let watchdog = tokio::spawn(pet_watchdog(handle.clone(), probe_cycle, stop_rx.clone()));
     let fleet_agent = tokio::spawn({
         let (api, stop) = (Arc::clone(&api), stop_rx.clone());
         async move {
@@ -195,8 +195,8 @@ where
             tracing::error!(task = what, error = %e, "a daemon task ended abnormally");
         }
     }
-    if let Err(e) = std::fs::remove_file(&config.control.socket) {
-        tracing::warn!(socket = %config.control.socket.display(), error = %e, "could not remove the control socket");
+    if let Err(e) = std::fs::remove_file(&socket) {
+        tracing::warn!(socket = %socket.display(), error = %e, "could not remove the control socket");
     }
     tracing::info!("shutting down; the datapath stays pinned and keeps translating");
     let datapath = running.shutdown().await;

@@ -5,27 +5,28 @@
 //! table to the writer. Nothing here decides anything.
 
 use std::{
-    collections::BTreeMap,
     net::SocketAddr,
     sync::{Arc, Mutex, PoisonError},
+    time::Duration,
 };
 
 use tokio::{
-    sync::{mpsc, oneshot, watch},
+    sync::{mpsc, oneshot, watch, Notify},
     time::Instant,
 };
 
 use super::{
     drains::DrainStoreError,
+    inbox,
     observer::{Gauges, Observer},
-    prober::{ProbeHub, ProbeReport, ProbeTarget, Subscription},
+    prober::{ProbeHub, ProbeTarget, Published, Subscription},
     readiness::Readiness,
 };
 use crate::{
     datapath::{ConnectFailure, DatapathError, IdAllocator, IdsExhausted, Terminated, VipTable},
     decision::{
         BackendKey, CounterIds, Decision, Drain, Evidence, Explanation, Input, Refused,
-        ServiceState, ServiceStatus, Transition,
+        ServiceState, ServiceStatus, SortedMap, Transition,
     },
     health::Probe,
     reconcile::{KernelView, WriterCommand, WriterMessage},
@@ -80,10 +81,9 @@ pub enum DrainError {
     Stopped,
 }
 
-/// What a service task reacts to.
+/// What a service task reacts to, besides probe results (which it reads from its targets'
+/// feeds when its bell rings: see [`super::prober`]).
 pub enum Message {
-    /// A probe finished.
-    Probe(ProbeReport),
     /// A backend entry now resolves to these addresses.
     Addrs {
         /// Index of the backend in the service's config.
@@ -133,18 +133,12 @@ pub struct DrainMessage {
     pub reply: oneshot::Sender<Result<Vec<oneshot::Receiver<Aborted>>, DrainError>>,
 }
 
-impl From<ProbeReport> for Message {
-    fn from(report: ProbeReport) -> Self {
-        Message::Probe(report)
-    }
-}
-
 /// What every service task shares.
 pub struct Shared {
     /// Where tables go.
     pub writer: mpsc::Sender<WriterMessage>,
     /// The probe loops, shared across services.
-    pub probes: ProbeHub<Message>,
+    pub probes: ProbeHub,
     /// Services running, and how many are ready.
     pub readiness: Readiness,
     /// Counter ids.
@@ -199,7 +193,7 @@ impl CounterIds for LockedIds<'_> {
 
 /// A backend's probe subscription and its latency histogram (looked up once).
 struct Probing {
-    _subscription: Subscription<Message>,
+    subscription: Subscription,
     latency: metrics::Histogram,
     /// The backend's name, for its per-probe series without a search per result.
     name: String,
@@ -209,15 +203,34 @@ struct Probing {
 pub struct ServiceTask {
     state: ServiceState,
     probe: Arc<Probe>,
-    probing: BTreeMap<BackendKey, Probing>,
+    /// Sorted by key, as the core's backends.
+    probing: SortedMap<BackendKey, Probing>,
     gauges: Gauges,
     /// Addresses of IP backends, fed to the core when the task starts.
     initial: Vec<(usize, Vec<SocketAddr>)>,
     /// The backend ids routed to this task (see [`super::passive::Routes`]).
     routed: Vec<u32>,
     ready: bool,
-    tx: mpsc::Sender<Message>,
+    /// Rung by the feeds of this service's probe targets on every result.
+    bell: Arc<Notify>,
+    /// Its own inbox's sender: what the passive-health routes hand its failures to.
+    tx: inbox::Sender,
+    /// The probe lag last fed to the core, in [`LAG_STEP`]s.
+    fed_lag: Duration,
     shared: Arc<Shared>,
+}
+
+/// The probe lag is fed to the core in steps of this: a change smaller than it moves no
+/// first-verdict deadline that matters, and feeding every millisecond of jitter would be an
+/// input per wake.
+const LAG_STEP: Duration = Duration::from_millis(10);
+
+/// Whether a service task goes on after a message.
+enum Handled {
+    /// Next message, or back to waiting.
+    Go,
+    /// A `Stop` was answered: the task ends.
+    Stop,
 }
 
 impl Drop for ServiceTask {
@@ -228,12 +241,13 @@ impl Drop for ServiceTask {
 }
 
 impl ServiceTask {
-    /// A task for `state`; `initial` are the addresses of its IP backends, `tx` its own
-    /// channel (probe loops send on it).
+    /// A task for `state`; `initial` are the addresses of its IP backends, `bell` its
+    /// wake-up, rung by its inbox and its probe targets' feeds.
     pub fn new(
         state: ServiceState,
         initial: Vec<(usize, Vec<SocketAddr>)>,
-        tx: mpsc::Sender<Message>,
+        bell: Arc<Notify>,
+        tx: inbox::Sender,
         shared: Arc<Shared>,
     ) -> Self {
         let config = state.config();
@@ -245,18 +259,20 @@ impl ServiceTask {
         ServiceTask {
             probe: Arc::new(Probe::for_config(&config.health)),
             state,
-            probing: BTreeMap::new(),
+            probing: SortedMap::new(),
             gauges: Gauges::default(),
             initial,
             routed: Vec::new(),
             ready: false,
+            bell,
             tx,
+            fed_lag: Duration::ZERO,
             shared,
         }
     }
 
-    /// Runs until `stop` turns true, the channel closes, or a `Stop` message.
-    pub async fn run(mut self, mut rx: mpsc::Receiver<Message>, mut stop: watch::Receiver<bool>) {
+    /// Runs until `stop` turns true (or its sender is gone), or a `Stop` message.
+    pub async fn run(mut self, rx: inbox::Receiver, mut stop: watch::Receiver<bool>) {
         for (config_index, addrs) in std::mem::take(&mut self.initial) {
             self.input(Input::Addrs {
                 config_index,
@@ -265,91 +281,132 @@ impl ServiceTask {
             .await
             .ok();
         }
+        let bell = Arc::clone(&self.bell);
         loop {
             let deadline = self.state.next_deadline();
             // Decide inside select!, act after it: the branch futures must be gone before
             // anything else is awaited.
-            let message = tokio::select! {
+            let rung = tokio::select! {
                 biased;
                 _ = stop.wait_for(|stop| *stop) => return,
-                message = rx.recv() => match message {
-                    Some(message) => Some(message),
-                    None => return,
-                },
-                _ = sleep_until_opt(deadline) => None,
+                // A ring while busy was kept as a permit: nothing waits for another ring.
+                _ = bell.notified() => true,
+                _ = sleep_until_opt(deadline) => false,
             };
-            let Some(message) = message else {
+            if !rung {
+                // A deadline that the measured lag stretches is not due yet.
+                self.follow_lag().await;
                 self.input(Input::Tick).await.ok();
                 continue;
-            };
-            match message {
-                Message::Stop { reply } => {
-                    reply.send(self.state.table().cloned()).ok();
+            }
+            self.on_probes().await;
+            while let Some(message) = rx.try_recv() {
+                if let Handled::Stop = self.on_message(message).await {
                     return;
-                }
-                Message::Probe(report) => self.on_probe(report).await,
-                Message::Addrs {
-                    config_index,
-                    addrs,
-                } => {
-                    self.input(Input::Addrs {
-                        config_index,
-                        addrs,
-                    })
-                    .await
-                    .ok();
-                }
-                Message::Failback { reply } => {
-                    self.input(Input::Failback).await.ok();
-                    reply.send(()).ok();
-                }
-                Message::Status { reply } => {
-                    reply.send(self.state.status(Instant::now())).ok();
-                }
-                Message::Explain { reply } => {
-                    reply.send(self.state.explain()).ok();
-                }
-                Message::ConnectFailed(f) => {
-                    self.input(Input::ConnectFailed {
-                        backend_id: f.backend_id,
-                        kind: f.kind,
-                        consecutive: f.consecutive,
-                        suspect: f.suspect,
-                    })
-                    .await
-                    .ok();
-                }
-                Message::Drain(drain) => {
-                    let DrainMessage {
-                        backend,
-                        change,
-                        persist,
-                        reply,
-                    } = *drain;
-                    let result = self.drain(backend, change, persist).await;
-                    reply.send(result).ok();
                 }
             }
         }
     }
 
-    async fn on_probe(&mut self, report: ProbeReport) {
-        if let Some(p) = self.probing.get(&report.key) {
+    /// Acts on one operator or DNS message.
+    async fn on_message(&mut self, message: Message) -> Handled {
+        match message {
+            Message::Stop { reply } => {
+                reply.send(self.state.table().cloned()).ok();
+                return Handled::Stop;
+            }
+            Message::Addrs {
+                config_index,
+                addrs,
+            } => {
+                self.input(Input::Addrs {
+                    config_index,
+                    addrs,
+                })
+                .await
+                .ok();
+            }
+            Message::Failback { reply } => {
+                self.input(Input::Failback).await.ok();
+                reply.send(()).ok();
+            }
+            Message::Status { reply } => {
+                reply.send(self.state.status(Instant::now())).ok();
+            }
+            Message::Explain { reply } => {
+                reply.send(self.state.explain()).ok();
+            }
+            Message::ConnectFailed(f) => {
+                self.input(Input::ConnectFailed {
+                    backend_id: f.backend_id,
+                    kind: f.kind,
+                    consecutive: f.consecutive,
+                    suspect: f.suspect,
+                })
+                .await
+                .ok();
+            }
+            Message::Drain(drain) => {
+                let DrainMessage {
+                    backend,
+                    change,
+                    persist,
+                    reply,
+                } = *drain;
+                let result = self.drain(backend, change, persist).await;
+                reply.send(result).ok();
+            }
+        }
+        Handled::Go
+    }
+
+    /// Takes every result the service's targets published since it last looked, in order
+    /// per target, then follows the probe lag.
+    async fn on_probes(&mut self) {
+        let mut batch: Vec<(BackendKey, Published)> = Vec::new();
+        let mut read = Vec::new();
+        for (key, p) in self.probing.iter() {
+            let lost = p.subscription.read(&mut read);
+            if lost > 0 {
+                tracing::error!(service = %self.state.config().name, backend = %key.addr, lost, "probe results were lost: this service task stalled for over a thousand probe intervals");
+            }
+            batch.extend(read.drain(..).map(|r| (*key, r)));
+        }
+        for (key, published) in batch {
+            self.on_probe(key, published).await;
+        }
+        self.follow_lag().await;
+    }
+
+    async fn on_probe(&mut self, key: BackendKey, published: Published) {
+        if let Some(p) = self.probing.get(&key) {
             self.shared.observer.probe(
                 &self.state.config().name,
                 &p.name,
                 &p.latency,
-                report.started.elapsed().as_secs_f64(),
-                &Evidence(Arc::clone(&report.result)),
+                published.started.elapsed().as_secs_f64(),
+                &Evidence(Arc::clone(&published.result)),
             );
         }
         self.input(Input::Probe {
-            key: report.key,
-            started: report.started,
-            result: report.result,
+            key,
+            started: published.started,
+            result: published.result,
         })
         .await
         .ok();
+    }
+
+    /// Tells the core how late probes run now, when that moved by a [`LAG_STEP`] or more.
+    async fn follow_lag(&mut self) {
+        let lag = self.shared.probes.lag();
+        let step = LAG_STEP.as_nanos();
+        let lag =
+            Duration::from_nanos(u64::try_from(lag.as_nanos() / step * step).unwrap_or(u64::MAX));
+        if lag != self.fed_lag {
+            self.fed_lag = lag;
+            self.input(Input::ProbeLag { lag }).await.ok();
+        }
     }
 
     /// Checks, records, then applies a drain change; with `terminate`, answers where what
@@ -486,15 +543,19 @@ impl ServiceTask {
                     interval: config.health.interval,
                     timeout: config.health.timeout,
                 },
-                b.key,
-                self.tx.clone(),
+                Arc::clone(&self.bell),
             );
             self.probing.insert(
                 b.key,
                 Probing {
-                    _subscription: subscription,
+                    subscription,
                     latency: crate::metrics::probe_latency(&config.name, &b.name),
-                    name: b.name.clone(),
+                    // Only per-backend series name it.
+                    name: if crate::metrics::per_backend() {
+                        b.name.clone()
+                    } else {
+                        String::new()
+                    },
                 },
             );
         }

@@ -101,6 +101,7 @@ impl ServiceState {
         ids: &mut dyn CounterIds,
         out: &mut Vec<Transition>,
     ) {
+        let stretch = self.verdict_stretch();
         let done: Vec<BackendKey> = self
             .backends
             .iter()
@@ -108,7 +109,9 @@ impl ServiceState {
                 b.retiring
                     && (!b.is_live()
                         || self.backends.iter().all(|(k, o)| {
-                            k.config_index != key.config_index || o.retiring || o.has_verdict(now)
+                            k.config_index != key.config_index
+                                || o.retiring
+                                || o.has_verdict(now, stretch)
                         }))
             })
             .map(|(k, _)| *k)

@@ -1,6 +1,6 @@
 //! What the decision core reacts to: typed inputs, and why an operator's input can be refused.
 
-use std::{net::SocketAddr, sync::Arc};
+use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use tokio::time::Instant;
 
@@ -64,6 +64,13 @@ pub enum Input {
         consecutive: u32,
         /// Whether the kernel marked it suspect already (new connects avoid it).
         suspect: bool,
+    },
+    /// Probes start this late after their slots, daemon-wide, as the prober measured it
+    /// lately: a first verdict is due that much later per probe it needs, so an overloaded
+    /// daemon does not write a VIP with no live backend only because its probes are late.
+    ProbeLag {
+        /// The measured lateness (0 on a daemon that keeps up).
+        lag: Duration,
     },
 }
 

@@ -16,6 +16,7 @@ mod input;
 mod passive;
 mod report;
 mod service;
+mod sorted;
 mod terminate;
 #[cfg(test)]
 mod tests;
@@ -25,4 +26,5 @@ pub use backend::{Backend, BackendKey, Drain, LastProbe, PassiveState};
 pub use input::{CounterIds, Input, Refused};
 pub use report::{BackendStatus, Explanation, OutReason, PassiveStatus, ServiceStatus};
 pub use service::ServiceState;
+pub use sorted::SortedMap;
 pub use transition::{Decision, Evidence, PassiveHold, TerminateReason, Termination, Transition};

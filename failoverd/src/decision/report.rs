@@ -186,7 +186,7 @@ impl ServiceState {
                     id: b.id,
                     last_probe: b.last_probe.clone(),
                     in_state_for: now.saturating_duration_since(b.since),
-                    drain: b.drain.clone(),
+                    drain: b.drain.as_deref().cloned(),
                     passive: PassiveStatus {
                         consecutive: b.passive.consecutive,
                         last_failure: b
@@ -226,7 +226,7 @@ impl ServiceState {
                 .as_ref()
                 .filter(|(all, kept)| all.contains(&b.key) && kept.as_ref() != Some(&b.key));
             let reason = if let Some(d) = &b.drain {
-                OutReason::Drained(d.clone())
+                OutReason::Drained((**d).clone())
             } else if let Some((_, kept)) = split {
                 OutReason::SplitBrain {
                     kept: kept

@@ -13,8 +13,9 @@ use std::{
 use tokio::time::Instant;
 
 use super::{
-    backend::{after, first_verdict_wait, Backend, BackendKey, Drain, LastProbe},
+    backend::{after, first_verdict_wait, verdict_stretch, Backend, BackendKey, Drain, LastProbe},
     input::{CounterIds, Input, Refused},
+    sorted::SortedMap,
     transition::{Decision, Evidence, TerminateReason, Termination, Transition},
 };
 use crate::{
@@ -28,10 +29,13 @@ use crate::{
 /// The state of one service and the rules that turn inputs into its VIP's table.
 #[derive(Debug)]
 pub struct ServiceState {
-    pub(super) config: ServiceConfig,
+    /// Shared with the daemon's handle on the service: one copy per service, not one per
+    /// holder.
+    pub(super) config: Arc<ServiceConfig>,
     pub(super) vip: Vip,
     pub(super) vip_id: u32,
-    pub(super) backends: BTreeMap<BackendKey, Backend>,
+    /// One sorted vector, not a tree: see [`SortedMap`].
+    pub(super) backends: SortedMap<BackendKey, Backend>,
     /// Ids an adopted table gave to addresses, reused so kernel counters continue.
     pub(super) adopted_ids: HashMap<SocketAddr, u32>,
     /// Drains by backend name, applied as backends appear (a hostname's addresses come late).
@@ -53,6 +57,8 @@ pub struct ServiceState {
     pub(super) one_primary: bool,
     /// While more than one backend claims primary: them, and the one kept.
     pub(super) split: Option<(Vec<BackendKey>, Option<BackendKey>)>,
+    /// How late probes start, as last fed ([`Input::ProbeLag`]): stretches first verdicts.
+    probe_lag: std::time::Duration,
     /// Suspect marks to lift and sockets to abort, gathered while one input is handled and
     /// handed out with its [`Decision`].
     pub(super) effects: Effects,
@@ -89,19 +95,21 @@ impl ServiceState {
     /// backend has a first verdict, and it tells where traffic goes now — so a restart or a
     /// reload neither counts a failover that did not happen nor undoes a manual failover.
     pub fn new(
-        config: ServiceConfig,
+        config: impl Into<Arc<ServiceConfig>>,
         vip_id: u32,
         adopted: Option<VipTable>,
         drains: BTreeMap<String, Drain>,
         now: Instant,
     ) -> Self {
+        let config = config.into();
         ServiceState {
             resolve_due: after(now, first_verdict_wait(&config)),
             one_primary: crate::health::Probe::for_config(&config.health).wants_one_primary(),
             split: None,
+            probe_lag: std::time::Duration::ZERO,
             vip: config.vip(),
             vip_id,
-            backends: BTreeMap::new(),
+            backends: SortedMap::new(),
             // The fallback group's too, so a restart rebuilds the very same table.
             adopted_ids: adopted
                 .iter()
@@ -182,6 +190,12 @@ impl ServiceState {
         self.backends.values()
     }
 
+    /// How much later than [`Backend::verdict_due`] first verdicts are due, given the probe
+    /// lag last fed.
+    pub fn verdict_stretch(&self) -> std::time::Duration {
+        verdict_stretch(&self.config, self.probe_lag)
+    }
+
     /// When the core next needs a [`Input::Tick`]: a breaker's open period ends, a drain's
     /// `drain_after` grace is over, or (before the table is managed) a first verdict becomes
     /// overdue.
@@ -197,8 +211,9 @@ impl ServiceState {
             .backends
             .values()
             .filter(|_| !self.managed)
-            .map(|b| b.verdict_due);
-        let resolve = (!self.managed).then_some(self.resolve_due);
+            .map(|b| after(b.verdict_due, self.verdict_stretch()));
+        // Only a service with no address at all waits for `resolve_due`.
+        let resolve = (!self.managed && self.backends.is_empty()).then_some(self.resolve_due);
         breakers.chain(verdicts).chain(resolve).min()
     }
 
@@ -261,6 +276,10 @@ impl ServiceState {
                 consecutive,
                 suspect,
             } => self.connect_failed(backend_id, kind, consecutive, suspect, now, &mut out),
+            Input::ProbeLag { lag } => {
+                self.probe_lag = lag;
+                false
+            }
         };
         self.retire_replaced(now, ids, &mut out);
         // Most probe results change nothing; until the table is managed, time alone (an
@@ -573,7 +592,10 @@ impl ServiceState {
             let nothing_resolves =
                 self.backends.is_empty() && self.table.is_none() && now >= self.resolve_due;
             if !nothing_resolves
-                && (self.backends.is_empty() || !self.backends.values().all(|b| b.has_verdict(now)))
+                && (self.backends.is_empty() || {
+                    let stretch = self.verdict_stretch();
+                    !self.backends.values().all(|b| b.has_verdict(now, stretch))
+                })
             {
                 return None;
             }

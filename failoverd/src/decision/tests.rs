@@ -669,3 +669,49 @@ fn without_role_primary_two_primaries_share_the_vip() {
     }
     assert_eq!(r.table_addrs(), vec![addr(A), addr(B)]);
 }
+
+#[test]
+fn late_probes_stretch_the_first_verdict_deadline() {
+    let mut r = rig("", &PRIMARY_AND_BACKUP);
+    let unstretched = r.state.next_deadline().expect("a first-verdict deadline");
+    // Probes start 200 ms late: each of the max(rise, fall) + 1 = 4 probe slots a first
+    // verdict counts on may be that late.
+    let d = r.feed(Input::ProbeLag {
+        lag: Duration::from_millis(200),
+    });
+    assert_eq!(d, Decision::default(), "lag alone decides nothing");
+    let stretched = r.state.next_deadline().expect("still a deadline");
+    assert_eq!(stretched - unstretched, Duration::from_millis(800));
+    // At the old deadline nothing is overdue: no table with no live backend is written.
+    r.now = unstretched;
+    let d = r.feed(Input::Tick);
+    assert_eq!(d.table, None);
+    assert!(!r.state.is_managed());
+    // The late verdicts arrive: the first table sends to the primary.
+    let d = r.rounds(2, &[(A, true), (B, true)]);
+    assert_eq!(r.table_addrs(), vec![addr(A)]);
+    assert!(!d
+        .transitions
+        .iter()
+        .any(|t| matches!(t, Transition::AllDown { .. })));
+
+    // Without the lag, the same moment writes a VIP that refuses: what a first start under
+    // probe overload did before.
+    let mut r = rig("", &PRIMARY_AND_BACKUP);
+    r.now = r.state.next_deadline().expect("the unstretched deadline");
+    let d = r.feed(Input::Tick);
+    assert!(d.table.expect("written").slots.is_empty());
+}
+
+#[test]
+fn the_stretch_follows_the_lag_back_down() {
+    let mut r = rig("", &PRIMARY_AND_BACKUP);
+    let unstretched = r.state.next_deadline().unwrap();
+    r.feed(Input::ProbeLag {
+        lag: Duration::from_secs(1),
+    });
+    r.feed(Input::ProbeLag {
+        lag: Duration::ZERO,
+    });
+    assert_eq!(r.state.next_deadline(), Some(unstretched));
+}
