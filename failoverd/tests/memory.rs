@@ -63,9 +63,11 @@ const SERVICES: usize = 2_000;
 const BACKENDS: usize = 8;
 /// Heap a service of 8 backends may hold, as this test counts it: a debug build (larger
 /// futures than release) and the in-memory datapath's own copies and write log included.
-/// 15.2 KiB when it was set (27 KiB per service of RSS before issue 14's changes); a guard
-/// against structure that grows per service again, not the RSS target itself.
-const BUDGET_PER_SERVICE: usize = 16 * 1024;
+/// 15.2 KiB when it was set (27 KiB per service of RSS before issue 14's changes), 16.8 KiB
+/// once passive health's per-backend state, the tables' fallback groups and the id routes
+/// came in; a guard against structure that grows per service again (by a quarter or more),
+/// not the RSS target itself, which the scale bench measures.
+const BUDGET_PER_SERVICE: usize = 21 * 1024;
 
 /// Every probe passes.
 struct AllUp;
