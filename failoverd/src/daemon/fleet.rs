@@ -269,7 +269,8 @@ impl DaemonApi {
         request: DrainRequest,
     ) -> Result<DrainReport, ControlError> {
         let side = self.fleet.as_ref().ok_or_else(not_fleet)?;
-        self.known_backend(&request.service, &request.backend)?;
+        self.known_backend(&request.service, &request.backend)
+            .await?;
         let drain = FleetDrain {
             by: caller.user,
             host: side.link.host().to_owned(),
@@ -326,10 +327,10 @@ impl DaemonApi {
         }
     }
 
-    fn known_backend(&self, service: &str, backend: &str) -> Result<(), ControlError> {
-        let config = self.handle.config();
-        let s = config
-            .services
+    async fn known_backend(&self, service: &str, backend: &str) -> Result<(), ControlError> {
+        // The running services: the daemon keeps no second copy of their configs.
+        let configs = self.handle.service_configs().await;
+        let s = configs
             .iter()
             .find(|s| s.name == service)
             .ok_or_else(|| ControlError::NotFound(format!("no service named `{service}`")))?;
