@@ -28,20 +28,23 @@ pub fn load(ebpf: &mut Ebpf) -> Result<(), DatapathError> {
         source: Box::new(aya::programs::ProgramError::Btf(e)),
     })?;
     for (name, kind) in ITERATORS {
-        let program: &mut Iter = ebpf
-            .program_mut(name)
-            .ok_or_else(|| DatapathError::Program {
-                op: "finding",
-                program: name,
-                source: Box::new(aya::programs::ProgramError::UnexpectedProgramType),
-            })?
-            .try_into()
-            .map_err(program_error("typing", name))?;
-        program
+        iterator(ebpf, name)?
             .load(kind, &btf)
             .map_err(program_error("loading", name))?;
     }
     Ok(())
+}
+
+/// The iterator program called `name` in `ebpf`.
+fn iterator<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut Iter, DatapathError> {
+    ebpf.program_mut(name)
+        .ok_or_else(|| DatapathError::Program {
+            op: "finding",
+            program: name,
+            source: Box::new(aya::programs::ProgramError::UnexpectedProgramType),
+        })?
+        .try_into()
+        .map_err(program_error("typing", name))
 }
 
 /// What terminating needs: the targets map the iterators read.
@@ -90,15 +93,7 @@ impl Terminator {
 fn doomed_sockets(ebpf: &mut Ebpf) -> Result<Vec<DoomedSocket>, DatapathError> {
     let mut doomed = Vec::new();
     for (name, _) in ITERATORS {
-        let program: &mut Iter = ebpf
-            .program_mut(name)
-            .ok_or_else(|| DatapathError::Program {
-                op: "finding",
-                program: name,
-                source: Box::new(aya::programs::ProgramError::UnexpectedProgramType),
-            })?
-            .try_into()
-            .map_err(program_error("typing", name))?;
+        let program = iterator(ebpf, name)?;
         let id = program.attach().map_err(program_error("attaching", name))?;
         let link = program
             .take_link(id)
