@@ -6,6 +6,7 @@
 //! so no client is left talking to a server that now refuses its writes.
 
 use std::{
+    io::Read,
     net::SocketAddr,
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
@@ -50,22 +51,13 @@ impl Blocked {
         loop {
             if self.0.try_wait()?.is_some() {
                 let at = monotonic_ns();
+                // Both pipes are small (a few lines) and the process has exited: no deadlock.
                 let mut said = String::new();
-                for pipe in [
-                    self.0
-                        .stdout
-                        .take()
-                        .map(|p| Box::new(p) as Box<dyn std::io::Read>),
-                    self.0
-                        .stderr
-                        .take()
-                        .map(|p| Box::new(p) as Box<dyn std::io::Read>),
-                ]
-                .into_iter()
-                .flatten()
-                {
-                    let mut pipe = pipe;
-                    let _ = pipe.read_to_string(&mut said);
+                if let Some(mut out) = self.0.stdout.take() {
+                    let _ = out.read_to_string(&mut said);
+                }
+                if let Some(mut err) = self.0.stderr.take() {
+                    let _ = err.read_to_string(&mut said);
                 }
                 return Ok((at, said.trim().to_owned()));
             }
@@ -83,8 +75,6 @@ impl Drop for Blocked {
         let _ = self.0.wait();
     }
 }
-
-use std::io::Read;
 
 /// Subscribers connected to a Redis server (`sub=` above 0 in its `CLIENT LIST`): the held
 /// clients, and never the daemon's role probes, which come and go on their own.
