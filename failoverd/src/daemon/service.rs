@@ -272,12 +272,19 @@ impl ServiceTask {
     }
 
     /// Runs until `stop` turns true (or its sender is gone), or a `Stop` message.
+    ///
+    /// Every piece of work is awaited boxed ([`Box::pin`]): a task's future is as large as
+    /// the largest state it may be suspended in, and the work's nested futures (an input
+    /// handed to the writer, a drain written to disk) are over a kilobyte. Boxed, they take
+    /// memory only while they run: one allocation per service per probe round (10,000 a
+    /// second at 10,000 services, nothing beside a probe), while an idle service, nearly
+    /// every service nearly all the time, holds just its state and its wake-ups.
     pub async fn run(mut self, rx: inbox::Receiver, mut stop: watch::Receiver<bool>) {
         for (config_index, addrs) in std::mem::take(&mut self.initial) {
-            self.input(Input::Addrs {
+            Box::pin(self.input(Input::Addrs {
                 config_index,
                 addrs,
-            })
+            }))
             .await
             .ok();
         }
@@ -295,17 +302,23 @@ impl ServiceTask {
             };
             if !rung {
                 // A deadline that the measured lag stretches is not due yet.
-                self.follow_lag().await;
-                self.input(Input::Tick).await.ok();
+                Box::pin(self.on_tick()).await;
                 continue;
             }
-            self.on_probes().await;
+            Box::pin(self.on_probes()).await;
             while let Some(message) = rx.try_recv() {
-                if let Handled::Stop = self.on_message(message).await {
+                if let Handled::Stop = Box::pin(self.on_message(message)).await {
                     return;
                 }
             }
         }
+    }
+
+    /// A deadline of the core's is due.
+    async fn on_tick(&mut self) {
+        // A deadline that the measured lag stretches is not due yet.
+        self.follow_lag().await;
+        self.input(Input::Tick).await.ok();
     }
 
     /// Acts on one operator or DNS message.

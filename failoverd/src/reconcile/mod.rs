@@ -27,13 +27,10 @@
 //!   shows counts of the backend that had its id before.
 
 mod check;
+mod owners;
 mod view;
 
-use std::{
-    collections::{BTreeMap, HashMap},
-    net::SocketAddr,
-    time::Duration,
-};
+use std::{collections::BTreeMap, time::Duration};
 
 use tokio::{
     sync::{mpsc, watch},
@@ -43,6 +40,7 @@ use tokio::{
 pub use view::{KernelView, WriteFailure};
 
 use crate::datapath::{Datapath, DatapathError, InstalledTable, Terminated, Vip, VipTable};
+use owners::{marks_of, Owners};
 
 /// How long after its first failed write a VIP is tried again; doubles on each failure.
 pub const RETRY_AFTER: Duration = Duration::from_secs(1);
@@ -113,26 +111,6 @@ impl WriterCommand {
     }
 }
 
-/// Whom a counter id counts for.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Owner {
-    /// The VIP's own counters.
-    Vip(Vip),
-    /// A backend address of a VIP.
-    Backend(Vip, SocketAddr),
-}
-
-/// Every counter id a table installs, with its owner.
-fn owners_of(table: &VipTable) -> impl Iterator<Item = (u32, Owner)> + '_ {
-    // The fallback group counts too: the kernel translates (and counts) connects to it when
-    // every slot backend is marked suspect.
-    std::iter::once((table.vip_id, Owner::Vip(table.vip))).chain(
-        table
-            .all_backends()
-            .map(|b| (b.id, Owner::Backend(table.vip, b.addr))),
-    )
-}
-
 /// A failing VIP's retry schedule.
 #[derive(Debug)]
 struct Backoff {
@@ -148,7 +126,7 @@ pub struct Writer<D> {
     pending: BTreeMap<Vip, WriterCommand>,
     backoff: BTreeMap<Vip, Backoff>,
     /// The owner each counter id was last installed (or adopted) for.
-    owners: HashMap<u32, Owner>,
+    owners: Owners,
     /// Set while the datapath itself is not in place.
     detached: Option<WriteFailure>,
     /// Set while checking that it is in place fails (logged once).
@@ -172,7 +150,7 @@ impl<D: Datapath> Writer<D> {
             .into_iter()
             .map(|(vip, InstalledTable { table, .. })| (vip, table))
             .collect();
-        let owners = written.values().flat_map(owners_of).collect();
+        let owners = Owners::of(written.values());
         let mut writer = Writer {
             datapath,
             written,
@@ -201,7 +179,7 @@ impl<D: Datapath> Writer<D> {
             }
         };
         let mut reset = 0usize;
-        for id in ids.into_iter().filter(|id| !self.owners.contains_key(id)) {
+        for id in ids.into_iter().filter(|id| !self.owners.contains(*id)) {
             match self.datapath.reset_counters(id) {
                 Ok(()) => reset += 1,
                 Err(e) => {
@@ -316,12 +294,13 @@ impl<D: Datapath> Writer<D> {
                 match command {
                     WriterCommand::Apply(table) => {
                         tracing::debug!(vip = %vip, backends = table.backends.len(), slots = table.slots.len(), "table written");
-                        self.owners.extend(owners_of(&table));
+                        self.owners.installed(&table);
                         self.written.insert(vip, table);
                     }
                     WriterCommand::Remove(vip) => {
                         tracing::info!(vip = %vip, "VIP removed from the datapath");
                         self.written.remove(&vip);
+                        self.owners.vip_removed(&vip);
                     }
                 }
                 self.recovered(vip);
@@ -337,12 +316,12 @@ impl<D: Datapath> Writer<D> {
     /// Resets the counters of every id `table` installs for another owner
     /// than the one this writer last saw with it (or for the first time).
     fn reset_new_owners(&mut self, table: &VipTable) -> Result<(), DatapathError> {
-        for (id, owner) in owners_of(table) {
-            if self.owners.get(&id) != Some(&owner) {
+        for (id, mark) in marks_of(table) {
+            if self.owners.get(id) != Some(mark) {
                 self.datapath.reset_counters(id)?;
                 // Recorded at once: a retry after a failed apply must not reset
                 // counts the id gathers once installed.
-                self.owners.insert(id, owner);
+                self.owners.set(id, mark);
             }
         }
         Ok(())
@@ -355,19 +334,21 @@ impl<D: Datapath> Writer<D> {
     pub fn reset_counters(&mut self, id: u32) {
         // Every installed id is in `owners` (recorded on install and on
         // adoption), so looking at its last owner's table is enough.
-        let installed = self.owners.get(&id).filter(|owner| {
-            let vip = match owner {
-                Owner::Vip(vip) | Owner::Backend(vip, _) => vip,
-            };
-            self.written
-                .get(vip)
-                .is_some_and(|t| owners_of(t).any(|(held, o)| held == id && o == **owner))
+        let installed = self.owners.get(id).filter(|mark| {
+            self.owners
+                .vip_of(mark.vip_id)
+                .and_then(|vip| self.written.get(&vip))
+                .is_some_and(|t| marks_of(t).any(|(held, m)| held == id && m == *mark))
         });
-        if let Some(owner) = installed {
-            tracing::warn!(id, owner = ?owner, "asked to reset the counters of an id a written table holds; left alone");
+        if let Some(mark) = installed {
+            tracing::warn!(
+                id,
+                vip_id = mark.vip_id,
+                "asked to reset the counters of an id a written table holds; left alone"
+            );
             return;
         }
-        self.owners.remove(&id);
+        self.owners.remove(id);
         if let Err(e) = self.datapath.reset_counters(id) {
             tracing::warn!(id, error = %e, "could not reset the counters of a new id; they are reset when it is installed");
         }
