@@ -4,6 +4,7 @@ use std::{
     collections::{hash_map::Entry, HashMap},
     net::SocketAddr,
     path::{Path, PathBuf},
+    sync::Arc,
 };
 
 use failoverd_shared::{VipKey, MAX_BACKENDS, MAX_COUNTERS, MAX_SERVICES, RESERVED_COUNTER_IDS};
@@ -17,7 +18,7 @@ use super::{
     raw::{RawBackend, RawConfig, RawControl, RawDatapath, RawFleet, RawResolver, RawService},
     syntax::check_name,
     BackendAddress, BackendConfig, Config, ControlSection, DatapathSection, EtcdSection, EtcdTls,
-    FleetSection, MetricsSection, ResolverSection, ServiceConfig,
+    FleetSection, HealthConfig, MetricsSection, ResolverSection, ServiceConfig,
 };
 use crate::datapath::{CgroupSpec, Protocol, Vip};
 
@@ -89,6 +90,7 @@ pub(super) fn lower(raw: RawConfig, source: &Path, issues: &mut Issues) -> Confi
     // (`127.0.0.1:80` and `[::ffff:127.0.0.1]:80`) cannot both be accepted.
     let mut vip_owners: HashMap<VipKey, usize> = HashMap::new();
     let mut services = Vec::with_capacity(raw.services.len());
+    let mut healths = Vec::new();
     for (i, s) in raw.services.iter().enumerate() {
         let path = format!("services[{i}]");
         let at = |key: &str| format!("{path}.{key}");
@@ -199,7 +201,7 @@ pub(super) fn lower(raw: RawConfig, source: &Path, issues: &mut Issues) -> Confi
             protocol: vip.protocol,
             on_all_down: s.on_all_down.as_ref().map(|v| v.0).unwrap_or_default(),
             failback: s.failback.as_ref().map(|v| v.0).unwrap_or_default(),
-            health,
+            health: shared_health(&mut healths, health),
             breaker,
             passive,
             terminate,
@@ -221,6 +223,25 @@ pub(super) fn lower(raw: RawConfig, source: &Path, issues: &mut Issues) -> Confi
 
 /// The datapath's fixed sizes: services in its map, counter ids for services
 /// and backends. A file beyond them would load and then fail write by write.
+/// Health sections lately seen, the newest last: [`shared_health`] looks this far back.
+const SHARED_HEALTH_LOOKBACK: usize = 16;
+
+/// `health` as an allocation shared with an earlier service's equal section, if one of the
+/// last few distinct ones is equal (with thousands of services nearly all use the same,
+/// usually `defaults.health`, and a section with every check kind's keys is ~400 bytes and a
+/// few allocations); a new one otherwise. Looking only a few back keeps loading linear.
+fn shared_health(seen: &mut Vec<Arc<HealthConfig>>, health: HealthConfig) -> Arc<HealthConfig> {
+    if let Some(same) = seen.iter().rev().find(|h| ***h == health) {
+        return Arc::clone(same);
+    }
+    let health = Arc::new(health);
+    if seen.len() == SHARED_HEALTH_LOOKBACK {
+        seen.remove(0);
+    }
+    seen.push(Arc::clone(&health));
+    health
+}
+
 pub(super) fn kernel_limits(services: &[ServiceConfig], issues: &mut Issues) {
     let max_services = MAX_SERVICES as usize;
     if services.len() > max_services {

@@ -5,6 +5,7 @@ use std::{
     net::{IpAddr, Ipv4Addr, SocketAddr},
     path::PathBuf,
     str::FromStr,
+    sync::Arc,
     time::Duration,
 };
 
@@ -207,8 +208,9 @@ pub struct ServiceConfig {
     pub on_all_down: OnAllDown,
     /// `failback`: whether traffic returns to a recovered higher priority by itself. Default: auto.
     pub failback: Failback,
-    /// `health`: the probe, `defaults.health` merged in per key.
-    pub health: HealthConfig,
+    /// `health`: the probe, `defaults.health` merged in per key. Shared: services with equal
+    /// sections (at scale nearly all, the defaults) hold one copy (see `lower`).
+    pub health: Arc<HealthConfig>,
     /// `breaker`: the circuit breaker, `defaults.breaker` merged in per key.
     pub breaker: BreakerConfig,
     /// `passive`: kernel-observed connect failures (passive health), `defaults.passive` merged in per key.

@@ -132,7 +132,7 @@ fn a_minimal_file_gets_every_default() {
     assert_eq!(s.protocol, Protocol::Tcp);
     assert_eq!(s.on_all_down, OnAllDown::Reject);
     assert_eq!(s.failback, Failback::Auto);
-    assert_eq!(s.health, HealthConfig::default());
+    assert_eq!(*s.health, HealthConfig::default());
     assert_eq!(s.breaker, BreakerConfig::default());
     let b = &s.backends[0];
     assert_eq!(b.name, "10.0.0.1:80");
@@ -1235,4 +1235,32 @@ fn bad_passive_and_terminate_values_are_located() {
         "defaults: {{ terminate: {{ drain_after: soon }} }}\n{MINIMAL}"
     ));
     assert!(e.contains("invalid drain_after `soon`"), "{e}");
+}
+
+#[test]
+fn services_with_equal_health_sections_share_one_copy() {
+    let c = ok(r#"
+defaults:
+  health: { kind: http, path: /healthz }
+services:
+  - name: a
+    vip: 10.9.0.1:80
+    backends: [{ address: 10.0.0.1:80 }]
+  - name: b
+    vip: 10.9.0.2:80
+    backends: [{ address: 10.0.0.2:80 }]
+  - name: c
+    vip: 10.9.0.3:80
+    health: { path: /other }
+    backends: [{ address: 10.0.0.3:80 }]
+  - name: d
+    vip: 10.9.0.4:80
+    backends: [{ address: 10.0.0.4:80 }]
+"#);
+    let health = |i: usize| &c.services[i].health;
+    assert!(std::sync::Arc::ptr_eq(health(0), health(1)));
+    assert!(std::sync::Arc::ptr_eq(health(0), health(3)));
+    assert!(!std::sync::Arc::ptr_eq(health(0), health(2)));
+    assert_eq!(health(2).http.path, "/other");
+    assert_eq!(health(3).http.path, "/healthz");
 }
