@@ -551,7 +551,7 @@ impl ServiceTask {
             crate::metrics::zero_backend(&config.name, &b.name);
             let subscription = self.shared.probes.subscribe(
                 ProbeTarget {
-                    addr: b.probe_addr,
+                    addr: b.probe_addr(&config.health),
                     probe: Arc::clone(&self.probe),
                     interval: config.health.interval,
                     timeout: config.health.timeout,

@@ -6,7 +6,7 @@ use tokio::time::Instant;
 
 use crate::{
     breaker::{Breaker, BreakerParams},
-    config::{BackendConfig, ServiceConfig},
+    config::{BackendConfig, HealthConfig, ServiceConfig},
     datapath::ConnectFailureKind,
     health::{HealthState, HealthStatus, ProbeResult},
 };
@@ -70,8 +70,6 @@ pub struct Backend {
     /// Name used by status, logs and drain: the configured name, or
     /// `name@ip:port` for each address of a hostname backend.
     pub name: String,
-    /// Where probes go (the traffic address, or its `health.port`).
-    pub probe_addr: SocketAddr,
     /// Share of new connections within its priority group.
     pub weight: u32,
     /// 0 is preferred.
@@ -119,7 +117,6 @@ impl Backend {
             } else {
                 config.name.clone()
             },
-            probe_addr: SocketAddr::new(key.addr.ip(), h.probe_port(key.addr.port())),
             weight: config.weight,
             priority: config.priority,
             id,
@@ -138,6 +135,12 @@ impl Backend {
             passive: PassiveState::default(),
             drain_deadline: None,
         }
+    }
+
+    /// Where its probes go: its traffic address, or its `health.port` (derived, not kept: 32
+    /// bytes in each of tens of thousands of backends).
+    pub fn probe_addr(&self, health: &HealthConfig) -> SocketAddr {
+        SocketAddr::new(self.key.addr.ip(), health.probe_port(self.key.addr.port()))
     }
 
     /// Holds it out of new connections for `drain`, from `now`; with `drain_after` set, what
