@@ -940,7 +940,10 @@ fn writer_restores_an_entry_deleted_from_the_pinned_map() -> TestResult {
     let vip = tcp_vip("127.77.17.1:80");
     let writer = WriterTask::start(env.open()?)?;
     check(
-        writer.write(WriterCommand::Apply(table(vip, &[(backend.addr(), 81)])?))?,
+        writer.write(WriterCommand::Apply(Arc::new(table(
+            vip,
+            &[(backend.addr(), 81)],
+        )?)))?,
         || "the first write failed".into(),
     )?;
 
@@ -969,7 +972,10 @@ fn writer_reports_a_datapath_cleaned_up_under_it() -> TestResult {
     let backend = TcpBackend::start(loopback(), 82)?;
     let vip = tcp_vip("127.77.17.2:80");
     let writer = WriterTask::start(env.open()?)?;
-    writer.write(WriterCommand::Apply(table(vip, &[(backend.addr(), 82)])?))?;
+    writer.write(WriterCommand::Apply(Arc::new(table(
+        vip,
+        &[(backend.addr(), 82)],
+    )?)))?;
     check(writer.view.failing(&vip).is_none(), || {
         "failing before anything happened".into()
     })?;

@@ -175,7 +175,7 @@ pub async fn start_with<D: Datapath + 'static>(
     let writer = Writer::new(datapath)?;
     let kernel = writer.view();
     let adopted = writer.written().clone();
-    let ids = IdAllocator::from_tables(adopted.values());
+    let ids = IdAllocator::from_tables(adopted.values().map(|t| &**t));
     let (writer_tx, writer_rx) = mpsc::channel(1024);
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
 
@@ -212,7 +212,8 @@ pub async fn start_with<D: Datapath + 'static>(
     {
         let mut services = handle.inner.services.write().await;
         for service in &config.services {
-            let started = handle.start_service(service, adopted.get(&service.vip()).cloned())?;
+            let started = handle
+                .start_service(service, adopted.get(&service.vip()).map(|t| (**t).clone()))?;
             services.insert(service.name.clone(), started);
         }
     }

@@ -45,7 +45,8 @@ pub struct ServiceState {
     /// Whether the last decision was panic mode.
     pub(super) panic: bool,
     /// The table last decided, or the one adopted from the kernel before that.
-    pub(super) table: Option<VipTable>,
+    /// Shared with the writer, which keeps what it wrote: one copy per VIP, not two.
+    pub(super) table: Option<Arc<VipTable>>,
     /// Every backend had its first verdict: the core manages the table.
     pub(super) managed: bool,
     /// An operator asked for a failback: the next decision ignores `failback: manual` once.
@@ -118,7 +119,7 @@ impl ServiceState {
             drains,
             active: None,
             panic: false,
-            table: adopted,
+            table: adopted.map(Arc::new),
             managed: false,
             failback_requested: false,
             effects: Effects::default(),
@@ -182,7 +183,7 @@ impl ServiceState {
 
     /// The table last decided or adopted.
     pub fn table(&self) -> Option<&VipTable> {
-        self.table.as_ref()
+        self.table.as_deref()
     }
 
     /// The backends, in key order.
@@ -584,7 +585,7 @@ impl ServiceState {
     }
 
     /// Decides the table the VIP should have; returns it when it differs from the last.
-    fn decide(&mut self, now: Instant, out: &mut Vec<Transition>) -> Option<VipTable> {
+    fn decide(&mut self, now: Instant, out: &mut Vec<Transition>) -> Option<Arc<VipTable>> {
         if !self.managed {
             // A pinned table stays as it is until every backend has a verdict. Afterwards a
             // backend that joins (a new DNS address) is simply not live until it has one. A
@@ -650,10 +651,11 @@ impl ServiceState {
         self.active = selection.priority();
         self.panic = matches!(selection, Selection::Panic { .. });
         self.failback_requested = false;
-        if self.table.as_ref() == Some(&table) {
+        if self.table.as_deref() == Some(&table) {
             return None;
         }
-        self.table = Some(table.clone());
+        let table = Arc::new(table);
+        self.table = Some(Arc::clone(&table));
         Some(table)
     }
 

@@ -268,7 +268,7 @@ impl std::fmt::Display for Evidence {
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Decision {
     /// The VIP's new table, when it differs from the last one decided (or adopted).
-    pub table: Option<VipTable>,
+    pub table: Option<Arc<VipTable>>,
     /// What happened, in order.
     pub transitions: Vec<Transition>,
     /// Backend ids whose kernel suspect mark is to be lifted (the core did not eject them,

@@ -69,7 +69,7 @@ impl<D: Datapath> Writer<D> {
                 continue;
             }
             match self.datapath.table(vip) {
-                Ok(Some(found)) if found.table == *want => {}
+                Ok(Some(found)) if found.table == **want => {}
                 Ok(Some(found)) => drifted.push((
                     *vip,
                     Drift::Altered {

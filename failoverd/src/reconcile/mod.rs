@@ -30,7 +30,7 @@ mod check;
 mod owners;
 mod view;
 
-use std::{collections::BTreeMap, time::Duration};
+use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
 use tokio::{
     sync::{mpsc, watch},
@@ -60,8 +60,8 @@ const FAILURES_LOGGED_PER_FLUSH: usize = 5;
 /// What a service asks of the writer.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum WriterCommand {
-    /// Make the VIP's table this one.
-    Apply(VipTable),
+    /// Make the VIP's table this one (shared with the service's core, which decided it).
+    Apply(Arc<VipTable>),
     /// Stop translating the VIP.
     Remove(Vip),
 }
@@ -122,7 +122,7 @@ struct Backoff {
 /// The writer's state: what the datapath holds and what is still to be written.
 pub struct Writer<D> {
     datapath: D,
-    written: BTreeMap<Vip, VipTable>,
+    written: BTreeMap<Vip, Arc<VipTable>>,
     pending: BTreeMap<Vip, WriterCommand>,
     backoff: BTreeMap<Vip, Backoff>,
     /// The owner each counter id was last installed (or adopted) for.
@@ -145,12 +145,12 @@ impl<D: Datapath> Writer<D> {
     /// id is handed out again (see the module docs); a failure to do so is
     /// logged, not fatal.
     pub fn new(datapath: D) -> Result<Self, DatapathError> {
-        let written: BTreeMap<Vip, VipTable> = datapath
+        let written: BTreeMap<Vip, Arc<VipTable>> = datapath
             .tables()?
             .into_iter()
-            .map(|(vip, InstalledTable { table, .. })| (vip, table))
+            .map(|(vip, InstalledTable { table, .. })| (vip, Arc::new(table)))
             .collect();
-        let owners = Owners::of(written.values());
+        let owners = Owners::of(written.values().map(|t| &**t));
         let mut writer = Writer {
             datapath,
             written,
@@ -196,7 +196,7 @@ impl<D: Datapath> Writer<D> {
     }
 
     /// The tables the datapath held when the writer started, or holds after its writes.
-    pub fn written(&self) -> &BTreeMap<Vip, VipTable> {
+    pub fn written(&self) -> &BTreeMap<Vip, Arc<VipTable>> {
         &self.written
     }
 

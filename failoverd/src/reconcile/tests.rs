@@ -77,11 +77,11 @@ impl Running {
 #[test]
 fn writes_only_what_changed() {
     let mut w = Writer::new(FakeDatapath::new()).unwrap();
-    w.queue(WriterCommand::Apply(table(vip(1), 1)));
-    w.queue(WriterCommand::Apply(table(vip(2), 2)));
+    w.queue(WriterCommand::Apply(Arc::new(table(vip(1), 1))));
+    w.queue(WriterCommand::Apply(Arc::new(table(vip(2), 2))));
     assert!(!w.flush());
-    w.queue(WriterCommand::Apply(table(vip(1), 1)));
-    w.queue(WriterCommand::Apply(table(vip(2), 3)));
+    w.queue(WriterCommand::Apply(Arc::new(table(vip(1), 1))));
+    w.queue(WriterCommand::Apply(Arc::new(table(vip(2), 3))));
     w.flush();
     assert_eq!(w.writes(), 3);
     assert_eq!(writes(&w).last(), Some(&FakeWrite::Apply(table(vip(2), 3))));
@@ -93,7 +93,7 @@ fn adopts_pinned_tables_and_does_not_rewrite_them() {
     dp.apply(&table(vip(1), 1)).unwrap();
     dp.writes.clear();
     let mut w = Writer::new(dp).unwrap();
-    w.queue(WriterCommand::Apply(table(vip(1), 1)));
+    w.queue(WriterCommand::Apply(Arc::new(table(vip(1), 1))));
     w.flush();
     assert_eq!(w.writes(), 0);
     assert!(writes(&w).is_empty());
@@ -104,21 +104,24 @@ async fn a_failed_write_is_kept_and_retried_after_its_backoff() {
     let mut dp = FakeDatapath::new();
     dp.fail_next_write = Some("map full".into());
     let mut w = Writer::new(dp).unwrap();
-    w.queue(WriterCommand::Apply(table(vip(1), 1)));
+    w.queue(WriterCommand::Apply(Arc::new(table(vip(1), 1))));
     assert!(w.flush(), "the failed write must stay queued");
     assert_eq!(w.errors(), 1);
     assert!(w.flush(), "not retried before its backoff");
     assert_eq!(w.errors(), 1);
     tokio::time::advance(RETRY_AFTER).await;
     assert!(!w.flush());
-    assert_eq!(w.written().get(&vip(1)), Some(&table(vip(1), 1)));
+    assert_eq!(
+        w.written().get(&vip(1)).map(|t| &**t),
+        Some(&table(vip(1), 1))
+    );
 }
 
 #[test]
 fn the_newest_command_for_a_vip_wins() {
     let mut w = Writer::new(FakeDatapath::new()).unwrap();
-    w.queue(WriterCommand::Apply(table(vip(1), 1)));
-    w.queue(WriterCommand::Apply(table(vip(1), 2)));
+    w.queue(WriterCommand::Apply(Arc::new(table(vip(1), 1))));
+    w.queue(WriterCommand::Apply(Arc::new(table(vip(1), 2))));
     w.flush();
     assert_eq!(writes(&w), vec![FakeWrite::Apply(table(vip(1), 2))]);
 }
@@ -139,7 +142,7 @@ async fn the_task_retries_after_a_second_and_stops_on_shutdown() {
     let (tx, rx) = mpsc::channel(8);
     let (stop_tx, stop_rx) = watch::channel(false);
     let task = tokio::spawn(run_writer(writer, rx, stop_rx));
-    tx.send(WriterCommand::Apply(table(vip(1), 1)).into())
+    tx.send(WriterCommand::Apply(Arc::new(table(vip(1), 1))).into())
         .await
         .unwrap();
     tokio::time::sleep(RETRY_AFTER + Duration::from_millis(10)).await;
@@ -153,14 +156,14 @@ fn a_new_table_for_a_failing_vip_is_tried_at_once() {
     let dp = FakeDatapath::new();
     dp.handle().fail_writes(libc::ENOMEM, 1);
     let mut w = Writer::new(dp).unwrap();
-    w.queue(WriterCommand::Apply(table(vip(1), 1)));
+    w.queue(WriterCommand::Apply(Arc::new(table(vip(1), 1))));
     assert!(w.flush());
-    w.queue(WriterCommand::Apply(table(vip(1), 2)));
+    w.queue(WriterCommand::Apply(Arc::new(table(vip(1), 2))));
     assert!(
         !w.flush(),
         "a different table does not wait for the backoff"
     );
-    assert_eq!(w.written()[&vip(1)], table(vip(1), 2));
+    assert_eq!(*w.written()[&vip(1)], table(vip(1), 2));
 }
 
 /// Issue 16 item 8: more VIPs than the services map holds.
@@ -169,8 +172,12 @@ async fn a_full_map_is_retried_with_backoff_and_reported_with_its_errno() {
     let dp = FakeDatapath::new();
     dp.handle().set_max_entries(Some(1));
     let running = Running::start(dp);
-    running.send(WriterCommand::Apply(table(vip(1), 1))).await;
-    running.send(WriterCommand::Apply(table(vip(2), 2))).await;
+    running
+        .send(WriterCommand::Apply(Arc::new(table(vip(1), 1))))
+        .await;
+    running
+        .send(WriterCommand::Apply(Arc::new(table(vip(2), 2))))
+        .await;
     assert!(!running.barrier().await, "vip 2 cannot be written");
 
     let failure = running.view.failing(&vip(2)).expect("vip 2 is failing");
@@ -193,7 +200,10 @@ async fn a_full_map_is_retried_with_backoff_and_reported_with_its_errno() {
     assert_eq!(running.view.failing(&vip(2)), None);
     assert_eq!(running.view.failing_count(), 0);
     let writer = running.stop().await;
-    assert_eq!(writer.written().get(&vip(2)), Some(&table(vip(2), 2)));
+    assert_eq!(
+        writer.written().get(&vip(2)).map(|t| &**t),
+        Some(&table(vip(2), 2))
+    );
     assert_eq!(writer.errors(), 8);
 }
 
@@ -202,7 +212,9 @@ async fn a_failing_write_shows_in_the_view_until_it_recovers() {
     let dp = FakeDatapath::new();
     dp.handle().fail_writes(libc::ENOMEM, 2);
     let running = Running::start(dp);
-    running.send(WriterCommand::Apply(table(vip(1), 1))).await;
+    running
+        .send(WriterCommand::Apply(Arc::new(table(vip(1), 1))))
+        .await;
     assert!(!running.barrier().await);
     let failure = running.view.failing(&vip(1)).expect("failing");
     assert_eq!((failure.errno, failure.attempts), (Some(libc::ENOMEM), 1));
@@ -220,8 +232,12 @@ async fn a_failing_write_shows_in_the_view_until_it_recovers() {
 #[tokio::test(start_paused = true)]
 async fn an_entry_deleted_behind_the_writers_back_is_restored() {
     let running = Running::start(FakeDatapath::new());
-    running.send(WriterCommand::Apply(table(vip(1), 1))).await;
-    running.send(WriterCommand::Apply(table(vip(2), 2))).await;
+    running
+        .send(WriterCommand::Apply(Arc::new(table(vip(1), 1))))
+        .await;
+    running
+        .send(WriterCommand::Apply(Arc::new(table(vip(2), 2))))
+        .await;
     assert!(running.barrier().await);
 
     running.kernel.delete_entry(&vip(1));
@@ -244,7 +260,9 @@ async fn an_entry_deleted_behind_the_writers_back_is_restored() {
 #[tokio::test(start_paused = true)]
 async fn an_entry_altered_behind_the_writers_back_is_rewritten() {
     let running = Running::start(FakeDatapath::new());
-    running.send(WriterCommand::Apply(table(vip(1), 1))).await;
+    running
+        .send(WriterCommand::Apply(Arc::new(table(vip(1), 1))))
+        .await;
     assert!(running.barrier().await);
     running.kernel.alter_entry(table(vip(1), 9));
     tokio::time::sleep(CHECK_EVERY + Duration::from_millis(10)).await;
@@ -260,8 +278,12 @@ async fn an_entry_altered_behind_the_writers_back_is_rewritten() {
 #[tokio::test(start_paused = true)]
 async fn a_datapath_taken_apart_makes_every_vip_fail_until_it_is_back() {
     let running = Running::start(FakeDatapath::new());
-    running.send(WriterCommand::Apply(table(vip(1), 1))).await;
-    running.send(WriterCommand::Apply(table(vip(2), 2))).await;
+    running
+        .send(WriterCommand::Apply(Arc::new(table(vip(1), 1))))
+        .await;
+    running
+        .send(WriterCommand::Apply(Arc::new(table(vip(2), 2))))
+        .await;
     assert!(running.barrier().await);
     running.kernel.take_apart("link pin /x was removed");
     tokio::time::sleep(CHECK_EVERY + Duration::from_millis(10)).await;
@@ -289,7 +311,9 @@ async fn a_datapath_taken_apart_makes_every_vip_fail_until_it_is_back() {
 #[tokio::test(start_paused = true)]
 async fn a_check_that_cannot_look_changes_nothing() {
     let running = Running::start(FakeDatapath::new());
-    running.send(WriterCommand::Apply(table(vip(1), 1))).await;
+    running
+        .send(WriterCommand::Apply(Arc::new(table(vip(1), 1))))
+        .await;
     assert!(running.barrier().await);
     running.kernel.fail_checks(Some(libc::EMFILE));
     tokio::time::sleep(2 * CHECK_EVERY + Duration::from_millis(10)).await;
@@ -309,7 +333,9 @@ async fn a_check_that_cannot_look_changes_nothing() {
 async fn a_reset_message_zeroes_an_id_no_table_holds_and_spares_live_ones() {
     let dp = FakeDatapath::new();
     let running = Running::start(dp);
-    running.send(WriterCommand::Apply(table(vip(1), 7))).await;
+    running
+        .send(WriterCommand::Apply(Arc::new(table(vip(1), 7))))
+        .await;
     assert!(running.barrier().await);
     running.kernel.set_counters(7, counted(5));
     running.kernel.set_counters(9, counted(60));
@@ -346,7 +372,7 @@ fn an_id_installed_for_another_owner_counts_from_zero() {
     // Same VIP, same id 7, another backend address.
     let mut moved = table(vip(1), 8);
     moved.backends[0].id = 7;
-    w.queue(WriterCommand::Apply(moved));
+    w.queue(WriterCommand::Apply(Arc::new(moved)));
     w.flush();
     assert_eq!(kernel.counters(7), CounterTotals::default());
     assert_eq!(
@@ -365,7 +391,7 @@ fn the_same_owner_keeps_its_counts_across_a_restart_and_removal() {
     let mut w = Writer::new(dp).unwrap();
     w.queue(WriterCommand::Remove(vip(1)));
     w.flush();
-    w.queue(WriterCommand::Apply(table(vip(1), 7)));
+    w.queue(WriterCommand::Apply(Arc::new(table(vip(1), 7))));
     w.flush();
     assert_eq!(kernel.counters(7), counted(100));
     assert!(kernel.resets().is_empty());
@@ -392,7 +418,7 @@ fn a_restart_resets_counters_no_pinned_table_names() {
 
     // The restart.
     let w = Writer::new(dp).unwrap();
-    let mut ids = crate::datapath::IdAllocator::from_tables(w.written().values());
+    let mut ids = crate::datapath::IdAllocator::from_tables(w.written().values().map(|t| &**t));
     assert_eq!(ids.allocate(), Ok(3), "the freed id is handed out again");
     assert_eq!(kernel.counters(3), CounterTotals::default());
     assert_eq!(
@@ -455,7 +481,7 @@ async fn sockets_are_aborted_and_marks_lifted_after_the_table_sent_before_them_i
     let task = tokio::spawn(run_writer(writer, rx, stop_rx));
     kernel.set_open_sockets(7, Terminated { tcp: 3, udp: 1 });
     // Queued together, before the writer runs: one batch.
-    tx.send(WriterCommand::Apply(table(vip(1), 8)).into())
+    tx.send(WriterCommand::Apply(Arc::new(table(vip(1), 8))).into())
         .await
         .unwrap();
     let (reply, answer) = tokio::sync::oneshot::channel();
