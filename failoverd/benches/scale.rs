@@ -875,10 +875,18 @@ const SWEEP_ENV: &str = "FO_BENCH_SWEEP";
 /// The sweep's sizes.
 const SWEEP: [usize; 4] = [1_000, 2_500, 5_000, 10_000];
 
+/// `FO_BENCH_SWEEP_VIPS=10000[,2500…]`: only these sizes, and no figures (a quick look at one
+/// size while changing the daemon's memory).
+const SWEEP_VIPS_ENV: &str = "FO_BENCH_SWEEP_VIPS";
+
 fn sweep(listeners: &Listeners) -> Result<(), Box<dyn std::error::Error>> {
+    let chosen: Option<Vec<usize>> = std::env::var(SWEEP_VIPS_ENV)
+        .ok()
+        .map(|v| v.split(',').filter_map(|n| n.trim().parse().ok()).collect());
+    let sizes = chosen.clone().unwrap_or_else(|| SWEEP.to_vec());
     let mut rss = Vec::new();
     let mut load = Vec::new();
-    for vips in SWEEP {
+    for vips in sizes {
         let o = run_variant(Variant::Shared, vips, listeners)?;
         rss.push((vips as f64, o.rss_kb as f64 / 1024.0));
         load.push((vips as f64, o.all.as_secs_f64()));
@@ -887,6 +895,9 @@ fn sweep(listeners: &Listeners) -> Result<(), Box<dyn std::error::Error>> {
             o.rss_kb as f64 / 1024.0,
             o.all.as_secs_f64()
         );
+    }
+    if chosen.is_some() {
+        return Ok(());
     }
     common::figures::line(
         &common::figures::path("scale-rss.svg"),
