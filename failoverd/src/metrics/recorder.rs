@@ -18,7 +18,10 @@
 use std::{
     collections::{BTreeMap, HashMap},
     fmt::Write as _,
-    sync::{atomic::AtomicU64, atomic::Ordering, Arc, Mutex, PoisonError, RwLock},
+    sync::{
+        atomic::{AtomicU64, AtomicUsize, Ordering},
+        Arc, Mutex, PoisonError, RwLock,
+    },
 };
 
 use metrics::{Counter, Gauge, Histogram, HistogramFn, Key, KeyName, Metadata, SharedString, Unit};
@@ -90,6 +93,10 @@ struct Inner {
     registry: Registry<Key, SeriesStorage>,
     /// `# HELP` text by metric name (the first description given wins).
     help: RwLock<HashMap<String, String>>,
+    /// The length of the last render's text: the next one reserves a little more at once.
+    /// At 80,000 backends with per-backend series the text is ~190 MiB, and growing a String
+    /// by doubling could hold up to twice that.
+    last_len: AtomicUsize,
 }
 
 /// The recorder: install it with `metrics::set_global_recorder`, read it through [`Handle`].
@@ -114,6 +121,7 @@ impl Recorder {
                     buckets: buckets.iter().copied().collect(),
                 }),
                 help: RwLock::new(HashMap::new()),
+                last_len: AtomicUsize::new(0),
             }),
         }
     }
@@ -225,7 +233,8 @@ impl Handle {
             .help
             .read()
             .unwrap_or_else(PoisonError::into_inner);
-        let mut out = String::new();
+        let last_len = self.inner.last_len.load(Ordering::Relaxed);
+        let mut out = String::with_capacity(last_len + last_len / 16);
         // Counters, gauges, histograms, each kind by name: the registry's families and the
         // blocks' merged, as one render of the registry alone listed them.
         let mut counters = counters.iter().peekable();
@@ -299,6 +308,7 @@ impl Handle {
                 }
             }
         }
+        self.inner.last_len.store(out.len(), Ordering::Relaxed);
         out
     }
 }
