@@ -238,6 +238,8 @@ pub fn zero_backend(service: &str, backend: &str) {
 }
 
 /// The kernel reported a failed connect to a backend (`kind`: refused, syn_timeout).
+///
+/// Recorded only for a backend registered by [`zero_backend`] and not forgotten since.
 pub fn passive_failure(service: &str, backend: &str, kind: &'static str) {
     with_backend(service, backend, |b| {
         if let Some(i) = labels::index(&labels::CONNECT_KINDS, kind) {
@@ -247,6 +249,8 @@ pub fn passive_failure(service: &str, backend: &str, kind: &'static str) {
 }
 
 /// Kernel evidence ejected a backend.
+///
+/// Recorded only for a backend registered by [`zero_backend`] and not forgotten since.
 pub fn passive_ejection(service: &str, backend: &str) {
     with_backend(service, backend, |b| {
         b.passive_ejections.fetch_add(1, Ordering::Relaxed);
@@ -301,6 +305,8 @@ pub fn probes_skipped(n: u64) {
 }
 
 /// A probe failed, for `reason`.
+///
+/// Recorded only for a backend registered by [`zero_backend`] and not forgotten since.
 pub fn probe_failure(service: &str, backend: &str, error: &ProbeError) {
     with_backend(service, backend, |b| {
         if let Some(i) = labels::index(&labels::PROBE_REASONS, error.reason()) {
@@ -310,6 +316,8 @@ pub fn probe_failure(service: &str, backend: &str, error: &ProbeError) {
 }
 
 /// A backend changed state (`to`: healthy, unhealthy, ejected, readmitted, drained, undrained).
+///
+/// Recorded only for a backend registered by [`zero_backend`] and not forgotten since.
 pub fn transition(service: &str, backend: &str, to: &'static str) {
     with_backend(service, backend, |b| {
         if let Some(i) = labels::index(&labels::TRANSITIONS, to) {
@@ -319,6 +327,8 @@ pub fn transition(service: &str, backend: &str, to: &'static str) {
 }
 
 /// The breaker opened.
+///
+/// Recorded only for a backend registered by [`zero_backend`] and not forgotten since.
 pub fn ejection(service: &str, backend: &str) {
     with_backend(service, backend, |b| {
         b.breaker_ejections.fetch_add(1, Ordering::Relaxed);
@@ -327,11 +337,15 @@ pub fn ejection(service: &str, backend: &str) {
 }
 
 /// The active priority changed (from `None` = refusing, to `None` = refusing).
+///
+/// Recorded only for a service registered by [`zero_service`] and not forgotten since.
 pub fn failover(service: &str, from: Option<u8>, to: Option<u8>) {
     with_service(service, |s| s.failover(from, to, 1));
 }
 
 /// A backend's gauges.
+///
+/// Recorded only for a backend registered by [`zero_backend`] and not forgotten since.
 pub fn backend(
     service: &str,
     backend: &str,
@@ -348,6 +362,8 @@ pub fn backend(
 }
 
 /// A service's gauges.
+///
+/// Recorded only for a service registered by [`zero_service`] and not forgotten since.
 pub fn service(service: &str, active: Option<u8>, live: usize) {
     with_service(service, |s| {
         s.active
@@ -358,6 +374,8 @@ pub fn service(service: &str, active: Option<u8>, live: usize) {
 }
 
 /// Whether a `role: primary` service sees more than one primary now.
+///
+/// Recorded only for a service registered by [`zero_service`] and not forgotten since.
 pub fn split_brain(service: &str, split: bool) {
     with_service(service, |s| s.split_brain.store(split, Ordering::Relaxed));
 }
