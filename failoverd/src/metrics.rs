@@ -1,15 +1,19 @@
-//! Prometheus metrics: what failoverd records and when, the recorder that keeps it (and forgets
-//! the series of what went away), and the HTTP listener for `/metrics`, `/healthz` and `/readyz`.
+//! Prometheus metrics: what failoverd records and when, where it is kept (the daemon-wide series
+//! in the recorder, the series of each service and backend in compact blocks that go with
+//! them), and the HTTP listener for `/metrics`, `/healthz` and `/readyz`.
 //!
 //! The names, kinds, labels and `# HELP` texts are one table, [`catalog::METRICS`], that
 //! docs/metrics.md is checked against.
 
+mod blocks;
 pub mod catalog;
+mod exposition;
+mod labels;
 mod recorder;
 mod server;
 
 use std::{
-    collections::{BTreeMap, BTreeSet},
+    collections::BTreeMap,
     net::SocketAddr,
     sync::{
         atomic::{AtomicBool, Ordering},
@@ -17,15 +21,14 @@ use std::{
     },
 };
 
-use metrics::{
-    counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram, SharedString,
-};
+use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gauge};
 
 pub use catalog::names;
 pub use recorder::{Handle, Recorder};
 pub use server::{bind, serve, HEADER_TIMEOUT, MAX_CONNECTIONS, MAX_LIFETIME};
 
 use crate::health::{HealthStatus, ProbeError};
+use blocks::{BackendBlock, ServiceBlock};
 
 /// Probe latency buckets: 0.5 ms to 5 s (probes time out well before that).
 const PROBE_BUCKETS: &[f64] = &[
@@ -70,7 +73,7 @@ pub fn install() -> Result<Handle, MetricsError> {
     if let Some(handle) = HANDLE.get() {
         return Ok(handle.clone());
     }
-    let recorder = Recorder::new(&[(names::PROBE_DURATION, PROBE_BUCKETS)]);
+    let recorder = Recorder::new(&[]);
     let handle = recorder.handle();
     // Another thread may have won the race; then its recorder stays.
     if metrics::set_global_recorder(recorder).is_ok() {
@@ -110,66 +113,56 @@ pub fn collect_process() {
         .collect();
 }
 
-/// The services (and their backends) whose series exist: registered by [`zero_service`] and
-/// [`zero_backend`], dropped by [`forget_service`] and [`forget_backend`].
+/// The services (and their backends) whose series exist, with those series: registered by
+/// [`zero_service`] and [`zero_backend`], dropped by [`forget_service`] and [`forget_backend`].
 ///
-/// The kernel counters are exported from a snapshot of the service list taken up to a status
-/// round-trip earlier, so a reload can remove a service between the snapshot and the record;
-/// without this the record would bring its series back, to stay forever. The `kernel_*`
-/// functions record only for what is here, under the read lock, and the `forget_*` functions
-/// remove under the write lock, so no record can slip between a check and the removal.
+/// Every function recording a series labelled by `service` records only into what is here,
+/// under the read lock, and the `forget_*` functions remove under the write lock, so no record
+/// can slip between a check and the removal and bring a forgotten series back. (The kernel
+/// counters are exported from a snapshot of the service list taken up to a status round-trip
+/// earlier, so a reload can remove a service between the snapshot and the record.)
 ///
-/// The names are kept as `Arc<str>` and every series of a service or backend takes its label
-/// value from here: one allocation per name instead of one per series (a service has a dozen
-/// series, a backend with per-backend series about sixteen).
+/// Each name is kept once, as the map's `Arc<str>` key; the series are plain atomics in a
+/// [`blocks::ServiceBlock`] and, with per-backend series, one [`blocks::BackendBlock`] per
+/// backend (about 0.5 KiB, where the registry's 16 series took 5.3 KiB).
 static LIVE: RwLock<Live> = RwLock::new(BTreeMap::new());
 
-/// Services by name, each with its backends' names.
-type Live = BTreeMap<Arc<str>, BTreeSet<Arc<str>>>;
+/// Services by name, each with its series and its backends'.
+type Live = BTreeMap<Arc<str>, ServiceBlock>;
+
+/// The map of live services: [`LIVE`], or in a unit test the one its thread renders alone.
+fn live_lock() -> &'static RwLock<Live> {
+    #[cfg(test)]
+    if let Some(local) = tests::LOCAL_LIVE.with(std::cell::Cell::get) {
+        return local;
+    }
+    &LIVE
+}
 
 fn live() -> std::sync::RwLockReadGuard<'static, Live> {
-    LIVE.read().unwrap_or_else(PoisonError::into_inner)
+    live_lock().read().unwrap_or_else(PoisonError::into_inner)
 }
 
 fn live_mut() -> std::sync::RwLockWriteGuard<'static, Live> {
-    LIVE.write().unwrap_or_else(PoisonError::into_inner)
+    live_lock().write().unwrap_or_else(PoisonError::into_inner)
 }
 
-/// `name` as a label value: the registered name's allocation when there is one.
-fn shared(registered: Option<&Arc<str>>, name: &str) -> SharedString {
-    registered.map_or_else(
-        || SharedString::from(name.to_string()),
-        |r| SharedString::from(Arc::clone(r)),
-    )
+/// Runs `f` on the block of `service`, if it is live.
+fn with_service(service: &str, f: impl FnOnce(&ServiceBlock)) {
+    if let Some(block) = live().get(service) {
+        f(block);
+    }
 }
 
-/// The `service` label value of `service`.
-fn service_label(service: &str) -> SharedString {
-    shared(live().get_key_value(service).map(|(k, _)| k), service)
-}
-
-/// The `service` and `backend` label values of one backend.
-fn backend_labels(service: &str, backend: &str) -> (SharedString, SharedString) {
-    let live = live();
-    let entry = live.get_key_value(service);
-    (
-        shared(entry.map(|(k, _)| k), service),
-        shared(entry.and_then(|(_, b)| b.get(backend)), backend),
-    )
-}
-
-/// A priority as a label value (`none` when refusing), without an allocation per series.
-fn priority_label(p: Option<u8>) -> SharedString {
-    static NUMBERS: OnceLock<Vec<&'static str>> = OnceLock::new();
-    let Some(p) = p else {
-        return SharedString::const_str("none");
-    };
-    let numbers = NUMBERS.get_or_init(|| {
-        (0..=u8::MAX)
-            .map(|n| &*Box::leak(n.to_string().into_boxed_str()))
-            .collect()
-    });
-    SharedString::const_str(numbers[usize::from(p)])
+/// Runs `f` on the block of one backend of `service`, if per-backend series are on and the
+/// backend is live.
+fn with_backend(service: &str, backend: &str, f: impl FnOnce(&Arc<BackendBlock>)) {
+    if !per_backend() {
+        return;
+    }
+    if let Some(block) = live().get(service).and_then(|s| s.backends.get(backend)) {
+        f(block);
+    }
 }
 
 /// Removes every series of `service`: its service, backend and kernel series.
@@ -178,13 +171,9 @@ fn priority_label(p: Option<u8>) -> SharedString {
 /// its own task records into its series no more (the kernel counter export, which works from
 /// a snapshot, is held off here). A service started again later (also a changed service,
 /// restarted by a reload) calls [`zero_service`] and starts from fresh series, its alert
-/// counters at 0. Removes nothing in a recorder other than the one [`install`] installed.
+/// counters at 0.
 pub fn forget_service(service: &str) {
-    let mut live = live_mut();
-    live.remove(service);
-    if let Some(handle) = HANDLE.get() {
-        handle.forget(|labels| labels.contains(&("service", service)));
-    }
+    live_mut().remove(service);
 }
 
 /// Removes every series of one backend of `service` (`backend` is the label value: the
@@ -192,17 +181,11 @@ pub fn forget_service(service: &str) {
 ///
 /// Call it when the backend leaves the service — removed by a reload, or its address replaced
 /// by a new resolution — once its probes are unsubscribed and the service's state no longer
-/// lists it, so nothing records into its series again. Removes nothing in a recorder other than
-/// the one [`install`] installed.
+/// lists it, so nothing records into its series again. A latency handle from
+/// [`probe_latency`] still held records into nothing that is rendered.
 pub fn forget_backend(service: &str, backend: &str) {
-    let mut live = live_mut();
-    if let Some(backends) = live.get_mut(service) {
-        backends.remove(backend);
-    }
-    if let Some(handle) = HANDLE.get() {
-        handle.forget(|labels| {
-            labels.contains(&("service", service)) && labels.contains(&("backend", backend))
-        });
+    if let Some(block) = live_mut().get_mut(service) {
+        block.backends.remove(backend);
     }
 }
 
@@ -211,85 +194,68 @@ pub fn forget_backend(service: &str, backend: &str) {
 /// appears at 1 is 0). Also what lets the kernel counters of `service` be exported (see
 /// [`forget_service`]).
 pub fn zero_service(service: &str, priorities: &[u8]) {
-    let s = {
-        let mut live = live_mut();
-        let name = match live.get_key_value(service) {
-            Some((name, _)) => Arc::clone(name),
-            None => {
-                let name: Arc<str> = Arc::from(service);
-                live.insert(Arc::clone(&name), BTreeSet::new());
-                name
-            }
-        };
-        SharedString::from(name)
+    let mut live = live_mut();
+    if !live.contains_key(service) {
+        live.insert(Arc::from(service), ServiceBlock::default());
+    }
+    let Some(block) = live.get(service) else {
+        return;
     };
+    // connects_rejected, split_brain and the kernel errors exist with the block, at 0.
     let mut labels: Vec<Option<u8>> = priorities.iter().copied().map(Some).collect();
     labels.push(None);
     for &from in &labels {
         for &to in &labels {
             if from != to {
-                counter!(names::FAILOVERS, "service" => s.clone(), "from_priority" => priority_label(from), "to_priority" => priority_label(to))
-                    .increment(0);
+                block.failover(from, to, 0);
             }
         }
-    }
-    counter!(names::CONNECTS_REJECTED, "service" => s.clone()).increment(0);
-    gauge!(names::SPLIT_BRAIN, "service" => s.clone()).set(0.0);
-    for kind in KERNEL_ERROR_KINDS {
-        counter!(names::KERNEL_ERRORS, "service" => s.clone(), "kind" => kind).increment(0);
     }
 }
 
 /// Like [`zero_service`], for one backend's transition and ejection counters (and its kernel
-/// connect count).
+/// connect count). Without per-backend series it registers nothing: nothing is recorded per
+/// backend then.
 pub fn zero_backend(service: &str, backend: &str) {
-    // Without per-backend series nothing is recorded per backend, so nothing needs guarding:
-    // at tens of thousands of backends the set alone was megabytes.
     if !per_backend() {
         return;
     }
-    {
-        let mut live = live_mut();
-        if !live.contains_key(service) {
-            live.insert(Arc::from(service), BTreeSet::new());
-        }
-        if let Some(backends) = live.get_mut(service) {
-            if !backends.contains(backend) {
-                backends.insert(Arc::from(backend));
-            }
-        }
+    let mut live = live_mut();
+    if !live.contains_key(service) {
+        live.insert(Arc::from(service), ServiceBlock::default());
     }
-    let (s, b) = backend_labels(service, backend);
-    for to in [
-        "healthy",
-        "unhealthy",
-        "ejected",
-        "readmitted",
-        "drained",
-        "undrained",
-    ] {
-        counter!(names::BACKEND_TRANSITIONS, "service" => s.clone(), "backend" => b.clone(), "to" => to)
-            .increment(0);
+    let Some(block) = live.get_mut(service) else {
+        return;
+    };
+    if !block.backends.contains_key(backend) {
+        block
+            .backends
+            .insert(Arc::from(backend), Arc::new(BackendBlock::default()));
     }
-    counter!(names::BREAKER_EJECTIONS, "service" => s.clone(), "backend" => b.clone()).increment(0);
-    counter!(names::PASSIVE_EJECTIONS, "service" => s, "backend" => b).increment(0);
+    if let Some(b) = block.backends.get(backend) {
+        b.zero();
+    }
 }
 
 /// The kernel reported a failed connect to a backend (`kind`: refused, syn_timeout).
+///
+/// Recorded only for a backend registered by [`zero_backend`] and not forgotten since.
 pub fn passive_failure(service: &str, backend: &str, kind: &'static str) {
-    if !per_backend() {
-        return;
-    }
-    counter!(names::PASSIVE_FAILURES, "service" => service.to_string(), "backend" => backend.to_string(), "kind" => kind)
-        .increment(1);
+    with_backend(service, backend, |b| {
+        if let Some(i) = labels::index(&labels::CONNECT_KINDS, kind) {
+            b.add(&b.passive_failures, blocks::bit::PASSIVE_FAILURE, i, 1);
+        }
+    });
 }
 
 /// Kernel evidence ejected a backend.
+///
+/// Recorded only for a backend registered by [`zero_backend`] and not forgotten since.
 pub fn passive_ejection(service: &str, backend: &str) {
-    if !per_backend() {
-        return;
-    }
-    counter!(names::PASSIVE_EJECTIONS, "service" => service.to_string(), "backend" => backend.to_string()).increment(1);
+    with_backend(service, backend, |b| {
+        b.passive_ejections.fetch_add(1, Ordering::Relaxed);
+        b.mark(blocks::bit::EJECTIONS);
+    });
 }
 
 /// The datapath aborted `count` sockets translated to a backend, for `reason` (down,
@@ -300,15 +266,11 @@ pub fn passive_ejection(service: &str, backend: &str) {
 /// backend removed by a reload or DNS is aborted after its series went, and recording it
 /// would bring them back for good (the event and the log line still tell).
 pub fn sockets_terminated(service: &str, backend: &str, reason: &'static str, count: u64) {
-    if !per_backend() {
-        return;
-    }
-    let live = live();
-    if !live.get(service).is_some_and(|b| b.contains(backend)) {
-        return;
-    }
-    counter!(names::SOCKETS_TERMINATED, "service" => service.to_string(), "backend" => backend.to_string(), "reason" => reason)
-        .increment(count);
+    with_backend(service, backend, |b| {
+        if let Some(i) = labels::index(&labels::TERMINATE_REASONS, reason) {
+            b.add(&b.terminated, blocks::bit::TERMINATED, i, count);
+        }
+    });
 }
 
 /// The kernel's counts of what became of the connects translated to one backend (absolute
@@ -316,30 +278,25 @@ pub fn sockets_terminated(service: &str, backend: &str, reason: &'static str, co
 ///
 /// Recorded only for a backend registered by [`zero_backend`] and not forgotten since.
 pub fn kernel_outcomes(service: &str, backend: &str, c: &crate::datapath::CounterTotals) {
-    if !per_backend() {
-        return;
-    }
-    let live = live();
-    if !live.get(service).is_some_and(|b| b.contains(backend)) {
-        return;
-    }
-    let (s, b) = (service.to_string(), backend.to_string());
-    counter!(names::CONNECTS_ESTABLISHED, "service" => s.clone(), "backend" => b.clone())
-        .absolute(c.established);
-    counter!(names::CONNECT_FAILURES, "service" => s.clone(), "backend" => b.clone(), "kind" => "refused")
-        .absolute(c.connect_failures);
-    counter!(names::CONNECT_FAILURES, "service" => s.clone(), "backend" => b.clone(), "kind" => "syn_timeout")
-        .absolute(c.syn_timeouts);
-    counter!(names::CONNECTS_DIVERTED, "service" => s, "backend" => b).absolute(c.diverted);
+    with_backend(service, backend, |b| {
+        // `fetch_max`, as the registry's `Counter::absolute` did: never backwards.
+        b.established.fetch_max(c.established, Ordering::Relaxed);
+        b.connect_failures[0].fetch_max(c.connect_failures, Ordering::Relaxed);
+        b.connect_failures[1].fetch_max(c.syn_timeouts, Ordering::Relaxed);
+        b.diverted.fetch_max(c.diverted, Ordering::Relaxed);
+        b.mark(blocks::bit::OUTCOMES);
+    });
 }
 
-/// A backend's probe-latency histogram: looked up once, recorded into on every probe.
+/// A backend's probe-latency histogram: looked up once, recorded into on every probe. A no-op
+/// without per-backend series or for a backend not registered by [`zero_backend`].
 pub fn probe_latency(service: &str, backend: &str) -> metrics::Histogram {
-    if !per_backend() {
-        return metrics::Histogram::noop();
-    }
-    let (s, b) = backend_labels(service, backend);
-    histogram!(names::PROBE_DURATION, "service" => s, "backend" => b)
+    let mut handle = metrics::Histogram::noop();
+    with_backend(service, backend, |b| {
+        b.mark(blocks::bit::LATENCY);
+        handle = metrics::Histogram::from_arc(Arc::clone(b));
+    });
+    handle
 }
 
 /// `n` probe slots were skipped because the daemon fell behind.
@@ -348,40 +305,47 @@ pub fn probes_skipped(n: u64) {
 }
 
 /// A probe failed, for `reason`.
+///
+/// Recorded only for a backend registered by [`zero_backend`] and not forgotten since.
 pub fn probe_failure(service: &str, backend: &str, error: &ProbeError) {
-    if !per_backend() {
-        return;
-    }
-    let (s, b) = backend_labels(service, backend);
-    counter!(names::PROBE_FAILURES, "service" => s, "backend" => b, "reason" => error.reason())
-        .increment(1);
+    with_backend(service, backend, |b| {
+        if let Some(i) = labels::index(&labels::PROBE_REASONS, error.reason()) {
+            b.add(&b.probe_failures, blocks::bit::PROBE_FAILURE, i, 1);
+        }
+    });
 }
 
 /// A backend changed state (`to`: healthy, unhealthy, ejected, readmitted, drained, undrained).
+///
+/// Recorded only for a backend registered by [`zero_backend`] and not forgotten since.
 pub fn transition(service: &str, backend: &str, to: &'static str) {
-    if !per_backend() {
-        return;
-    }
-    let (s, b) = backend_labels(service, backend);
-    counter!(names::BACKEND_TRANSITIONS, "service" => s, "backend" => b, "to" => to).increment(1);
+    with_backend(service, backend, |b| {
+        if let Some(i) = labels::index(&labels::TRANSITIONS, to) {
+            b.add(&b.transitions, blocks::bit::TRANSITION, i, 1);
+        }
+    });
 }
 
 /// The breaker opened.
+///
+/// Recorded only for a backend registered by [`zero_backend`] and not forgotten since.
 pub fn ejection(service: &str, backend: &str) {
-    if !per_backend() {
-        return;
-    }
-    let (s, b) = backend_labels(service, backend);
-    counter!(names::BREAKER_EJECTIONS, "service" => s, "backend" => b).increment(1);
+    with_backend(service, backend, |b| {
+        b.breaker_ejections.fetch_add(1, Ordering::Relaxed);
+        b.mark(blocks::bit::EJECTIONS);
+    });
 }
 
 /// The active priority changed (from `None` = refusing, to `None` = refusing).
+///
+/// Recorded only for a service registered by [`zero_service`] and not forgotten since.
 pub fn failover(service: &str, from: Option<u8>, to: Option<u8>) {
-    counter!(names::FAILOVERS, "service" => service_label(service), "from_priority" => priority_label(from), "to_priority" => priority_label(to))
-        .increment(1);
+    with_service(service, |s| s.failover(from, to, 1));
 }
 
 /// A backend's gauges.
+///
+/// Recorded only for a backend registered by [`zero_backend`] and not forgotten since.
 pub fn backend(
     service: &str,
     backend: &str,
@@ -390,31 +354,30 @@ pub fn backend(
     up: bool,
     breaker_open: bool,
 ) {
-    if !per_backend() {
-        return;
-    }
-    let (s, b) = backend_labels(service, backend);
-    gauge!(names::BACKEND_UP, "service" => s.clone(), "backend" => b.clone(), "priority" => priority_label(Some(priority)))
-        .set(f64::from(u8::from(up)));
-    for candidate in ["unknown", "healthy", "unhealthy", "ejected", "drained"] {
-        gauge!(names::BACKEND_STATE, "service" => s.clone(), "backend" => b.clone(), "state" => candidate)
-            .set(f64::from(u8::from(candidate == state)));
-    }
-    gauge!(names::BREAKER_OPEN, "service" => s, "backend" => b)
-        .set(f64::from(u8::from(breaker_open)));
+    with_backend(service, backend, |b| {
+        if let Some(state) = labels::index(&labels::STATES, state) {
+            b.set_gauges(priority, state, up, breaker_open);
+        }
+    });
 }
 
 /// A service's gauges.
+///
+/// Recorded only for a service registered by [`zero_service`] and not forgotten since.
 pub fn service(service: &str, active: Option<u8>, live: usize) {
-    let s = service_label(service);
-    gauge!(names::SERVICE_ACTIVE_PRIORITY, "service" => s.clone())
-        .set(active.map_or(-1.0, f64::from));
-    gauge!(names::SERVICE_LIVE_BACKENDS, "service" => s).set(live as f64);
+    with_service(service, |s| {
+        s.active
+            .store(active.map_or(-1, i16::from), Ordering::Relaxed);
+        s.live.store(live as u64, Ordering::Relaxed);
+        s.gauges_set.store(true, Ordering::Relaxed);
+    });
 }
 
 /// Whether a `role: primary` service sees more than one primary now.
+///
+/// Recorded only for a service registered by [`zero_service`] and not forgotten since.
 pub fn split_brain(service: &str, split: bool) {
-    gauge!(names::SPLIT_BRAIN, "service" => service_label(service)).set(f64::from(u8::from(split)));
+    with_service(service, |s| s.split_brain.store(split, Ordering::Relaxed));
 }
 
 /// A datapath write, successful or not.
@@ -473,18 +436,10 @@ pub fn fleet_services(count: usize) {
 ///
 /// Recorded only for a backend registered by [`zero_backend`] and not forgotten since.
 pub fn kernel_connects(service: &str, backend: &str, connects: u64) {
-    if !per_backend() {
-        return;
-    }
-    let live = live();
-    let Some((s, b)) = live
-        .get_key_value(service)
-        .and_then(|(s, backends)| Some((s, backends.get(backend)?)))
-    else {
-        return;
-    };
-    counter!(names::CONNECTS, "service" => SharedString::from(Arc::clone(s)), "backend" => SharedString::from(Arc::clone(b)))
-        .absolute(connects);
+    with_backend(service, backend, |b| {
+        b.connects.fetch_max(connects, Ordering::Relaxed);
+        b.mark(blocks::bit::CONNECTS);
+    });
 }
 
 /// The `kind` labels of [`names::KERNEL_ERRORS`], one per kernel counter that means a fault.
@@ -495,14 +450,11 @@ pub const KERNEL_ERROR_KINDS: [&str; 3] = ["no_sock_storage", "bad_table", "fami
 ///
 /// Recorded only for a service registered by [`zero_service`] and not forgotten since.
 pub fn kernel_errors(service: &str, counts: [u64; 3]) {
-    let live = live();
-    let Some((s, _)) = live.get_key_value(service) else {
-        return;
-    };
-    for (kind, count) in KERNEL_ERROR_KINDS.into_iter().zip(counts) {
-        counter!(names::KERNEL_ERRORS, "service" => SharedString::from(Arc::clone(s)), "kind" => kind)
-            .absolute(count);
-    }
+    with_service(service, |s| {
+        for (counter, count) in s.kernel_errors.iter().zip(counts) {
+            counter.fetch_max(count, Ordering::Relaxed);
+        }
+    });
 }
 
 /// The kernel's count of connects to a service's VIP refused for want of a live backend (an
@@ -510,12 +462,9 @@ pub fn kernel_errors(service: &str, counts: [u64; 3]) {
 ///
 /// Recorded only for a service registered by [`zero_service`] and not forgotten since.
 pub fn kernel_rejections(service: &str, rejected: u64) {
-    let live = live();
-    let Some((s, _)) = live.get_key_value(service) else {
-        return;
-    };
-    counter!(names::CONNECTS_REJECTED, "service" => SharedString::from(Arc::clone(s)))
-        .absolute(rejected);
+    with_service(service, |s| {
+        s.rejected.fetch_max(rejected, Ordering::Relaxed);
+    });
 }
 
 /// The health word for the `to` label of a transition.

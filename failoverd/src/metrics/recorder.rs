@@ -11,11 +11,17 @@
 //!
 //! Histograms are recorded straight into their buckets (under a per-series lock), so nothing
 //! piles up between scrapes and no upkeep is needed.
+//!
+//! The families labelled by `service` are not kept here but in compact blocks (see
+//! [`super::blocks`]); a render merges them in, each family in its place by kind and name.
 
 use std::{
     collections::{BTreeMap, HashMap},
     fmt::Write as _,
-    sync::{atomic::AtomicU64, atomic::Ordering, Arc, Mutex, PoisonError, RwLock},
+    sync::{
+        atomic::{AtomicU64, AtomicUsize, Ordering},
+        Arc, Mutex, PoisonError, RwLock,
+    },
 };
 
 use metrics::{Counter, Gauge, Histogram, HistogramFn, Key, KeyName, Metadata, SharedString, Unit};
@@ -24,6 +30,11 @@ use metrics_exporter_prometheus::formatting::{
     write_type_line,
 };
 use metrics_util::registry::{Registry, Storage};
+
+use super::{
+    catalog::{self, Kind},
+    exposition::{write_block_family, Float, BLOCK_FAMILIES},
+};
 
 /// Prometheus's default histogram buckets, for histograms given none.
 const DEFAULT_BUCKETS: &[f64] = &[
@@ -82,6 +93,10 @@ struct Inner {
     registry: Registry<Key, SeriesStorage>,
     /// `# HELP` text by metric name (the first description given wins).
     help: RwLock<HashMap<String, String>>,
+    /// The length of the last render's text: the next one reserves a little more at once.
+    /// At 80,000 backends with per-backend series the text is ~190 MiB, and growing a String
+    /// by doubling could hold up to twice that.
+    last_len: AtomicUsize,
 }
 
 /// The recorder: install it with `metrics::set_global_recorder`, read it through [`Handle`].
@@ -106,6 +121,7 @@ impl Recorder {
                     buckets: buckets.iter().copied().collect(),
                 }),
                 help: RwLock::new(HashMap::new()),
+                last_len: AtomicUsize::new(0),
             }),
         }
     }
@@ -181,8 +197,9 @@ impl Handle {
         registry.retain_histograms(|key, _| keep(key));
     }
 
-    /// Every series in the Prometheus text format (version 0.0.4), metrics sorted by name, each
-    /// with its `# HELP` (when described) and `# TYPE` line.
+    /// Every series in the Prometheus text format (version 0.0.4), the registry's and the
+    /// blocks': counters, gauges, then histograms, each kind sorted by name, each metric with its
+    /// `# HELP` (as described, else from the catalog) and `# TYPE` line.
     pub fn render(&self) -> String {
         let registry = &self.inner.registry;
         let mut counters: Series<u64> = BTreeMap::new();
@@ -216,36 +233,82 @@ impl Handle {
             .help
             .read()
             .unwrap_or_else(PoisonError::into_inner);
-        let mut out = String::new();
-        let head = |out: &mut String, name: &str, kind: &str| {
-            if let Some(text) = help.get(name) {
-                write_help_line(out, name, None, None, text);
-            }
-            write_type_line(out, name, None, None, kind);
-        };
-        for (name, series) in &counters {
-            head(&mut out, name, "counter");
-            for (labels, value) in series {
-                line(&mut out, name, "", labels, None, value);
-            }
-        }
-        for (name, series) in &gauges {
-            head(&mut out, name, "gauge");
-            for (labels, value) in series {
-                line(&mut out, name, "", labels, None, Float(*value));
-            }
-        }
-        for (name, series) in &histograms {
-            head(&mut out, name, "histogram");
-            for (labels, (buckets, sum, count)) in series {
-                for (le, n) in buckets {
-                    line(&mut out, name, "_bucket", labels, Some(&le.to_string()), n);
+        let last_len = self.inner.last_len.load(Ordering::Relaxed);
+        let mut out = String::with_capacity(last_len + last_len / 16);
+        // Counters, gauges, histograms, each kind by name: the registry's families and the
+        // blocks' merged, as one render of the registry alone listed them.
+        let mut counters = counters.iter().peekable();
+        let mut gauges = gauges.iter().peekable();
+        let mut histograms = histograms.iter().peekable();
+        let mut blocks = BLOCK_FAMILIES.iter().peekable();
+        for kind in [Kind::Counter, Kind::Gauge, Kind::Histogram] {
+            loop {
+                let registry_next = match kind {
+                    Kind::Counter => counters.peek().map(|(n, _)| n.as_str()),
+                    Kind::Gauge => gauges.peek().map(|(n, _)| n.as_str()),
+                    Kind::Histogram => histograms.peek().map(|(n, _)| n.as_str()),
+                };
+                let block_next = blocks.peek().filter(|(_, k)| *k == kind).map(|(n, _)| *n);
+                let name: String = match (registry_next, block_next) {
+                    (None, None) => break,
+                    (Some(r), Some(b)) => r.min(b).to_string(),
+                    (Some(r), None) => r.to_string(),
+                    (None, Some(b)) => b.to_string(),
+                };
+                let start = out.len();
+                if let Some(text) = help
+                    .get(&name)
+                    .map(String::as_str)
+                    .or_else(|| catalog::find(&name).map(|m| m.help))
+                {
+                    write_help_line(&mut out, &name, None, None, text);
                 }
-                line(&mut out, name, "_bucket", labels, Some("+Inf"), count);
-                line(&mut out, name, "_sum", labels, None, Float(*sum));
-                line(&mut out, name, "_count", labels, None, count);
+                write_type_line(&mut out, &name, None, None, kind.word());
+                let mut wrote = false;
+                match kind {
+                    Kind::Counter => {
+                        if let Some((_, series)) = counters.next_if(|(n, _)| **n == name) {
+                            for (labels, value) in series {
+                                line(&mut out, &name, "", labels, None, value);
+                            }
+                            wrote = true;
+                        }
+                    }
+                    Kind::Gauge => {
+                        if let Some((_, series)) = gauges.next_if(|(n, _)| **n == name) {
+                            for (labels, value) in series {
+                                line(&mut out, &name, "", labels, None, Float(*value));
+                            }
+                            wrote = true;
+                        }
+                    }
+                    Kind::Histogram => {
+                        if let Some((_, series)) = histograms.next_if(|(n, _)| **n == name) {
+                            for (labels, (buckets, sum, count)) in series {
+                                for (le, n) in buckets {
+                                    let le = le.to_string();
+                                    line(&mut out, &name, "_bucket", labels, Some(&le), n);
+                                }
+                                line(&mut out, &name, "_bucket", labels, Some("+Inf"), count);
+                                line(&mut out, &name, "_sum", labels, None, Float(*sum));
+                                line(&mut out, &name, "_count", labels, None, count);
+                            }
+                            wrote = true;
+                        }
+                    }
+                }
+                if let Some((block, _)) = blocks.next_if(|(n, _)| *n == name) {
+                    // One family at a time under the read lock, so a reload's removal waits
+                    // for one family's text, not the whole scrape's.
+                    let live = super::live();
+                    wrote |= write_block_family(&mut out, block, &live);
+                }
+                if !wrote {
+                    out.truncate(start);
+                }
             }
         }
+        self.inner.last_len.store(out.len(), Ordering::Relaxed);
         out
     }
 }
@@ -289,17 +352,4 @@ fn line(
     }
     // Writing to a String does not fail.
     writeln!(out, " {value}").ok();
-}
-
-/// An f64 as the text format spells it: `+Inf`, `-Inf` and `NaN` where Rust would write `inf`.
-struct Float(f64);
-
-impl std::fmt::Display for Float {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self.0 {
-            v if v == f64::INFINITY => f.write_str("+Inf"),
-            v if v == f64::NEG_INFINITY => f.write_str("-Inf"),
-            v => write!(f, "{v}"),
-        }
-    }
 }

@@ -1,22 +1,34 @@
 //! The recorder's exposition: HELP and TYPE for every metric, the per-backend switch, and the
 //! series of removed services and backends leaving `/metrics`.
 
-use std::{collections::BTreeSet, sync::Mutex};
+use std::{cell::Cell, collections::BTreeSet, sync::Mutex};
 
 use super::{catalog::METRICS, *};
 
 /// Held by the tests that flip or depend on the global `per_backend` switch.
 static PER_BACKEND_SWITCH: Mutex<()> = Mutex::new(());
 
-/// What `record` leaves in a fresh recorder's exposition.
+thread_local! {
+    /// The live services this thread's test records into and renders, instead of [`LIVE`]:
+    /// tests run in parallel in one process, and one rendering a fresh recorder must see its
+    /// own services' series only (as `metrics::with_local_recorder` does for the registry).
+    pub(super) static LOCAL_LIVE: Cell<Option<&'static RwLock<Live>>> = const { Cell::new(None) };
+}
+
+/// What `record` leaves in a fresh recorder's exposition (and fresh blocks).
 fn rendered(record: impl FnOnce()) -> String {
-    let recorder = Recorder::new(&[(names::PROBE_DURATION, PROBE_BUCKETS)]);
+    let recorder = Recorder::new(&[]);
     let handle = recorder.handle();
+    // Leaked: a few per test run, and `'static` is what `live_lock` hands out.
+    let local: &'static RwLock<Live> = Box::leak(Box::new(RwLock::new(BTreeMap::new())));
+    LOCAL_LIVE.with(|l| l.set(Some(local)));
     metrics::with_local_recorder(&recorder, || {
         describe_all();
         record()
     });
-    handle.render()
+    let text = handle.render();
+    LOCAL_LIVE.with(|l| l.set(None));
+    text
 }
 
 /// Every per-backend and per-service series of `service`, with backends `backends`.
@@ -152,6 +164,8 @@ fn a_render_shows_the_process_rss_and_open_fds() {
 #[test]
 fn histograms_render_cumulative_buckets_sum_and_count() {
     let text = rendered(|| {
+        zero_service("s", &[0]);
+        zero_backend("s", "b");
         let h = probe_latency("s", "b");
         h.record(0.25);
         h.record(0.5);
@@ -173,7 +187,10 @@ fn histograms_render_cumulative_buckets_sum_and_count() {
 
 #[test]
 fn label_values_are_escaped() {
-    let text = rendered(|| self::service("a\"b\\c\nd", None, 0));
+    let text = rendered(|| {
+        zero_service("a\"b\\c\nd", &[]);
+        self::service("a\"b\\c\nd", None, 0)
+    });
     assert!(
         text.contains(r#"failoverd_service_live_backends{service="a\"b\\c\nd"} 0"#),
         "{text}"
@@ -384,5 +401,211 @@ fn the_doc_table_matches_the_catalog() {
             row.meaning,
             metric.help
         );
+    }
+}
+
+/// A small service of two backends on two priorities, with something recorded into every one
+/// of its families, and one daemon-wide counter between them in the name order.
+fn small_service() {
+    zero_service("shop", &[0, 1]);
+    for (b, priority) in [("a", 0), ("b", 1)] {
+        zero_backend("shop", b);
+        let latency = probe_latency("shop", b);
+        latency.record(0.0007);
+        latency.record(0.3);
+        backend("shop", b, priority, "healthy", priority == 0, false);
+    }
+    transition("shop", "b", "unhealthy");
+    transition("shop", "b", "unknown");
+    ejection("shop", "b");
+    passive_failure("shop", "b", "syn_timeout");
+    passive_ejection("shop", "b");
+    backend("shop", "b", 1, "ejected", false, true);
+    sockets_terminated("shop", "b", "down", 4);
+    probe_failure(
+        "shop",
+        "b",
+        &ProbeError::Refused {
+            addr: "127.0.0.1:1".parse().unwrap(),
+        },
+    );
+    kernel_connects("shop", "a", 11);
+    kernel_outcomes(
+        "shop",
+        "a",
+        &crate::datapath::CounterTotals {
+            established: 9,
+            connect_failures: 1,
+            syn_timeouts: 1,
+            diverted: 0,
+            ..Default::default()
+        },
+    );
+    kernel_rejections("shop", 3);
+    kernel_errors("shop", [0, 2, 0]);
+    failover("shop", Some(0), None);
+    failover("shop", None, Some(0));
+    self::service("shop", Some(0), 1);
+    split_brain("shop", false);
+    probes_skipped(2);
+}
+
+#[test]
+fn a_small_service_renders_as_the_registry_did() {
+    // The files are what the registry-based recorder rendered for `small_service`, before the
+    // series moved to blocks: the same names, labels, values and order.
+    let _switch = PER_BACKEND_SWITCH.lock().unwrap_or_else(|e| e.into_inner());
+    set_per_backend(true);
+    let on = rendered(small_service);
+    set_per_backend(false);
+    let off = rendered(small_service);
+    set_per_backend(true);
+    assert_eq!(on, include_str!("testdata/small-service-per-backend.prom"));
+    assert_eq!(off, include_str!("testdata/small-service.prom"));
+}
+
+/// The series lines (not HELP/TYPE) of a render.
+fn series_lines(text: &str) -> Vec<&str> {
+    text.lines().filter(|l| !l.starts_with('#')).collect()
+}
+
+#[test]
+fn zero_registration_shows_exactly_the_alert_counters_at_0() {
+    let _switch = PER_BACKEND_SWITCH.lock().unwrap_or_else(|e| e.into_inner());
+    set_per_backend(true);
+    let text = rendered(|| {
+        zero_service("z", &[0]);
+        zero_backend("z", "a");
+    });
+    let mut want: Vec<String> = labels::ZEROED_TRANSITIONS
+        .iter()
+        .map(|to| {
+            format!(r#"failoverd_backend_transitions_total{{service="z",backend="a",to="{to}"}} 0"#)
+        })
+        .collect();
+    want.extend(
+        [
+            r#"failoverd_breaker_ejections_total{service="z",backend="a"} 0"#,
+            r#"failoverd_connects_rejected_total{service="z"} 0"#,
+            r#"failoverd_failovers_total{service="z",from_priority="0",to_priority="none"} 0"#,
+            r#"failoverd_failovers_total{service="z",from_priority="none",to_priority="0"} 0"#,
+            r#"failoverd_kernel_translation_errors_total{service="z",kind="bad_table"} 0"#,
+            r#"failoverd_kernel_translation_errors_total{service="z",kind="family_mismatch"} 0"#,
+            r#"failoverd_kernel_translation_errors_total{service="z",kind="no_sock_storage"} 0"#,
+            r#"failoverd_passive_ejections_total{service="z",backend="a"} 0"#,
+            r#"failoverd_split_brain{service="z"} 0"#,
+        ]
+        .map(String::from),
+    );
+    assert_eq!(series_lines(&text), want, "{text}");
+}
+
+#[test]
+fn records_after_forget_backend_do_not_bring_its_series_back() {
+    let _switch = PER_BACKEND_SWITCH.lock().unwrap_or_else(|e| e.into_inner());
+    set_per_backend(true);
+    let text = rendered(|| {
+        zero_service("f", &[0]);
+        zero_backend("f", "gone");
+        let latency = probe_latency("f", "gone");
+        forget_backend("f", "gone");
+        latency.record(0.01);
+        transition("f", "gone", "unhealthy");
+        ejection("f", "gone");
+        backend("f", "gone", 0, "unhealthy", false, false);
+        passive_failure("f", "gone", "refused");
+        passive_ejection("f", "gone");
+        sockets_terminated("f", "gone", "removed", 1);
+        kernel_connects("f", "gone", 1);
+        probe_latency("f", "gone").record(0.02);
+    });
+    assert_eq!(lines_with(&text, "gone"), Vec::<&str>::new(), "{text}");
+    assert!(text.contains(r#"failoverd_split_brain{service="f"} 0"#));
+}
+
+#[test]
+fn histogram_buckets_are_cumulative() {
+    let text = rendered(|| {
+        zero_service("h", &[0]);
+        zero_backend("h", "b");
+        let h = probe_latency("h", "b");
+        for seconds in [0.0001, 0.0005, 0.003, 0.003, 0.2, 7.0] {
+            h.record(seconds);
+        }
+    });
+    let buckets: Vec<u64> = text
+        .lines()
+        .filter(|l| l.starts_with("failoverd_probe_duration_seconds_bucket"))
+        .map(|l| l.rsplit(' ').next().unwrap().parse().unwrap())
+        .collect();
+    assert_eq!(
+        buckets,
+        [2, 2, 2, 4, 4, 4, 4, 4, 5, 5, 5, 5, 5, 6],
+        "{text}"
+    );
+    assert!(
+        text.contains(r#"failoverd_probe_duration_seconds_count{service="h",backend="b"} 6"#),
+        "{text}"
+    );
+}
+
+#[test]
+fn the_closed_label_sets_hold_every_word_their_callers_record() {
+    use crate::{datapath::ConnectFailureKind, decision::TerminateReason, health::HealthStatus};
+    for status in [
+        HealthStatus::Unknown,
+        HealthStatus::Healthy,
+        HealthStatus::Unhealthy,
+    ] {
+        assert!(labels::TRANSITIONS.contains(&status.word()));
+        assert!(labels::STATES.contains(&status.word()));
+    }
+    for kind in [ConnectFailureKind::Refused, ConnectFailureKind::SynTimeout] {
+        assert!(labels::CONNECT_KINDS.contains(&kind.as_str()));
+    }
+    for reason in [
+        TerminateReason::Down,
+        TerminateReason::Demoted,
+        TerminateReason::Removed,
+        TerminateReason::Failback,
+        TerminateReason::Drain,
+        TerminateReason::DrainAfter,
+    ] {
+        assert!(labels::TERMINATE_REASONS.contains(&reason.as_str()));
+    }
+    // Each set is in render order (the text format lists series by label text).
+    for set in [
+        &labels::TRANSITIONS[..],
+        &labels::STATES,
+        &labels::PROBE_REASONS,
+        &labels::CONNECT_KINDS,
+        &labels::TERMINATE_REASONS,
+    ] {
+        assert!(set.windows(2).all(|w| w[0] < w[1]), "{set:?}");
+    }
+    let bounds: Vec<String> = PROBE_BUCKETS.iter().map(f64::to_string).collect();
+    assert_eq!(bounds, labels::PROBE_BUCKET_LE);
+    let mut kinds: Vec<&str> = labels::KERNEL_ERROR_RENDER_ORDER
+        .iter()
+        .map(|&i| KERNEL_ERROR_KINDS[i])
+        .collect();
+    let rendered_order = kinds.clone();
+    kinds.sort_unstable();
+    assert_eq!(rendered_order, kinds);
+}
+
+#[test]
+fn block_families_are_in_render_order() {
+    let kinds = [
+        catalog::Kind::Counter,
+        catalog::Kind::Gauge,
+        catalog::Kind::Histogram,
+    ];
+    let place = |k: catalog::Kind| kinds.iter().position(|x| *x == k);
+    assert!(exposition::BLOCK_FAMILIES
+        .windows(2)
+        .all(|w| (place(w[0].1), w[0].0) < (place(w[1].1), w[1].0)));
+    for (name, kind) in exposition::BLOCK_FAMILIES {
+        assert_eq!(catalog::find(name).map(|m| m.kind), Some(*kind), "{name}");
     }
 }
