@@ -5,10 +5,6 @@ use std::process::ExitCode;
 use clap::Parser;
 use failoverd::cli::{self, Cli, Command};
 
-/// mimalloc instead of glibc's malloc: see docs/benchmarks.md (daemon memory).
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 fn main() -> ExitCode {
     // The CLI ends quietly when its reader goes away (`failoverd status | head -1`), like other
     // Unix tools, instead of panicking in println!; set before clap can print --help.
