@@ -10,7 +10,7 @@
 //! forgives one ejection, so a backend that failed once long ago starts
 //! again from `open_for`, while one that flaps keeps its long ejections.
 
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
 use tokio::time::Instant;
 
@@ -64,7 +64,8 @@ pub enum BreakerEvent {
 /// One backend's circuit breaker.
 #[derive(Clone, Debug)]
 pub struct Breaker {
-    params: BreakerParams,
+    /// Shared by every backend of a service: 40 bytes each otherwise.
+    params: Arc<BreakerParams>,
     state: BreakerState,
     /// Consecutive failures while closed.
     failures: u32,
@@ -78,9 +79,9 @@ pub struct Breaker {
 
 impl Breaker {
     /// A closed breaker with no ejections.
-    pub fn new(params: BreakerParams) -> Self {
+    pub fn new(params: impl Into<Arc<BreakerParams>>) -> Self {
         Breaker {
-            params,
+            params: params.into(),
             state: BreakerState::Closed,
             failures: 0,
             ejections: 0,

@@ -71,12 +71,22 @@ impl ServiceState {
                 },
             };
             let from_hostname = matches!(entry.address, BackendAddress::Host { .. });
-            let mut backend = Backend::new(&self.config, &entry, key, from_hostname, id, now);
+            let mut backend = Backend::new(
+                &self.config,
+                &self.breaker,
+                &entry,
+                key,
+                from_hostname,
+                id,
+                now,
+            );
             // An id from a pinned table may carry a suspect mark the kernel set while no
             // daemon (or the service's predecessor) was there to confirm or lift it: trust
             // no mark this core did not see. Lifted as soon as a table names the id; a
             // backend that is really dead is marked again after the threshold.
-            backend.passive.marked = self.adopted_ids.contains_key(&addr);
+            if self.adopted_ids.contains_key(&addr) {
+                backend.passive_mut().marked = true;
+            }
             // Drains are keyed by backend name, which for a hostname's addresses is only
             // known here.
             // A restored drain's grace (`drain_after`) counts from now: the core has no wall

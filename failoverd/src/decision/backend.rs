@@ -92,8 +92,9 @@ pub struct Backend {
     /// Its hostname no longer resolves to it, but it keeps taking connections until the
     /// addresses that replaced it have their first verdicts (make before break).
     pub retiring: bool,
-    /// Kernel-observed connect failures (passive health).
-    pub passive: PassiveState,
+    /// Kernel-observed connect failures (passive health), once there were any: most backends
+    /// never see one, and the state is 40 bytes in each of tens of thousands.
+    passive: Option<Box<PassiveState>>,
     /// While drained with `terminate.drain_after` set: when what is still open to it is
     /// aborted.
     pub drain_deadline: Option<Instant>,
@@ -103,6 +104,7 @@ impl Backend {
     /// A backend with no verdict yet, seen first at `now`: never silently healthy.
     pub fn new(
         service: &ServiceConfig,
+        breaker: &Arc<BreakerParams>,
         config: &BackendConfig,
         key: BackendKey,
         from_hostname: bool,
@@ -121,20 +123,38 @@ impl Backend {
             priority: config.priority,
             id,
             health: HealthState::new(h.rise, h.fall),
-            breaker: Breaker::new(BreakerParams {
-                failures: service.breaker.failures,
-                open_for: service.breaker.open_for,
-                max_open_for: service.breaker.max_open_for,
-                rise: h.rise,
-            }),
+            breaker: Breaker::new(Arc::clone(breaker)),
             drain: None,
             last_probe: None,
             since: now,
             verdict_due: after(now, first_verdict_wait(service)),
             retiring: false,
-            passive: PassiveState::default(),
+            passive: None,
             drain_deadline: None,
         }
+    }
+
+    /// What the kernel has told about its translated connects (passive health).
+    pub fn passive(&self) -> &PassiveState {
+        static NONE: PassiveState = PassiveState {
+            last_failure: None,
+            consecutive: 0,
+            ejections: 0,
+            ejected: false,
+            marked: false,
+        };
+        self.passive.as_deref().unwrap_or(&NONE)
+    }
+
+    /// The passive-health state to change, made on first use.
+    pub(super) fn passive_mut(&mut self) -> &mut PassiveState {
+        self.passive.get_or_insert_with(Box::default)
+    }
+
+    /// The passive-health state, if the kernel ever reported about it: to clear a flag
+    /// without making a state for it.
+    pub(super) fn passive_if_any(&mut self) -> Option<&mut PassiveState> {
+        self.passive.as_deref_mut()
     }
 
     /// Where its probes go: its traffic address, or its `health.port` (derived, not kept: 32
@@ -169,7 +189,7 @@ impl Backend {
     pub fn state_word(&self) -> &'static str {
         if self.drain.is_some() {
             "drained"
-        } else if self.breaker.is_open() || (self.passive.ejected && !self.is_live()) {
+        } else if self.breaker.is_open() || (self.passive().ejected && !self.is_live()) {
             "ejected"
         } else {
             self.health.status().word()

@@ -53,7 +53,7 @@ impl ServiceState {
             .fold((0, 0), |(n, e), b| {
                 (
                     n + 1,
-                    e + usize::from(b.breaker.is_open() || b.passive.ejected),
+                    e + usize::from(b.breaker.is_open() || b.passive().ejected),
                 )
             });
         // Passive ejections alone may take out max_ejected_percent of a group, but always at
@@ -61,8 +61,9 @@ impl ServiceState {
         let room =
             ejected == 0 || may_eject(group, ejected, self.config.breaker.max_ejected_percent);
         let b = self.backends.get_mut(&key).expect("found above");
-        b.passive.last_failure = Some((now, kind));
-        b.passive.consecutive = consecutive;
+        let passive = b.passive_mut();
+        passive.last_failure = Some((now, kind));
+        passive.consecutive = consecutive;
         out.push(Transition::PassiveFailure {
             backend: b.name.clone(),
             kind,
@@ -91,7 +92,7 @@ impl ServiceState {
             });
             // Lifted at the end of this input if it is in the table (panic mode, a cap),
             // else as soon as it is back in one.
-            b.passive.marked |= suspect;
+            b.passive_mut().marked |= suspect;
             return false;
         }
         let (for_, ejections) = match b.breaker.eject(now) {
@@ -103,9 +104,10 @@ impl ServiceState {
             }
         };
         b.since = now;
-        b.passive.ejected = true;
-        b.passive.ejections = b.passive.ejections.saturating_add(1);
-        b.passive.marked |= suspect;
+        let passive = b.passive_mut();
+        passive.ejected = true;
+        passive.ejections = passive.ejections.saturating_add(1);
+        passive.marked |= suspect;
         out.push(Transition::PassiveEjected {
             backend: b.name.clone(),
             kind,
@@ -119,9 +121,9 @@ impl ServiceState {
     /// Lifts the suspect mark of every marked backend the VIP's table names (again).
     pub(super) fn lift_marks_in_table(&mut self) {
         let Some(table) = &self.table else { return };
-        for b in self.backends.values_mut().filter(|b| b.passive.marked) {
+        for b in self.backends.values_mut().filter(|b| b.passive().marked) {
             if table.all_backends().any(|t| t.id == b.id) {
-                b.passive.marked = false;
+                b.passive_mut().marked = false;
                 self.effects.clear_suspect.push(b.id);
             }
         }

@@ -188,13 +188,13 @@ impl ServiceState {
                     in_state_for: now.saturating_duration_since(b.since),
                     drain: b.drain.as_deref().cloned(),
                     passive: PassiveStatus {
-                        consecutive: b.passive.consecutive,
+                        consecutive: b.passive().consecutive,
                         last_failure: b
-                            .passive
+                            .passive()
                             .last_failure
                             .map(|(at, kind)| (now.saturating_duration_since(at), kind)),
-                        ejections: b.passive.ejections,
-                        ejected: b.passive.ejected && !b.is_live(),
+                        ejections: b.passive().ejections,
+                        ejected: b.passive().ejected && !b.is_live(),
                     },
                 })
                 .collect(),
@@ -234,10 +234,10 @@ impl ServiceState {
                         .and_then(|k| self.backends.get(k))
                         .map(|k| k.name.clone()),
                 }
-            } else if b.passive.ejected && !b.is_live() && b.drain.is_none() {
+            } else if b.passive().ejected && !b.is_live() && b.drain.is_none() {
                 OutReason::PassiveEjected {
-                    consecutive: b.passive.consecutive,
-                    kind: b.passive.last_failure.map(|(_, k)| k),
+                    consecutive: b.passive().consecutive,
+                    kind: b.passive().last_failure.map(|(_, k)| k),
                     ejections: b.breaker.ejections(),
                 }
             } else if b.breaker.is_open() {

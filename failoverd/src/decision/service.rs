@@ -19,7 +19,7 @@ use super::{
     transition::{Decision, Evidence, TerminateReason, Termination, Transition},
 };
 use crate::{
-    breaker::may_eject,
+    breaker::{may_eject, BreakerParams},
     config::{Failback, OnAllDown, ServiceConfig},
     datapath::{TableBackend, Vip, VipTable},
     health::ProbeResult,
@@ -34,6 +34,8 @@ pub struct ServiceState {
     pub(super) config: Arc<ServiceConfig>,
     pub(super) vip: Vip,
     pub(super) vip_id: u32,
+    /// The breaker's parameters, one allocation shared by every backend's breaker.
+    pub(super) breaker: Arc<BreakerParams>,
     /// One sorted vector, not a tree: see [`SortedMap`].
     pub(super) backends: SortedMap<BackendKey, Backend>,
     /// Ids an adopted table gave to addresses, reused so kernel counters continue.
@@ -104,6 +106,12 @@ impl ServiceState {
     ) -> Self {
         let config = config.into();
         ServiceState {
+            breaker: Arc::new(BreakerParams {
+                failures: config.breaker.failures,
+                open_for: config.breaker.open_for,
+                max_open_for: config.breaker.max_open_for,
+                rise: config.health.rise,
+            }),
             resolve_due: after(now, first_verdict_wait(&config)),
             one_primary: crate::health::Probe::for_config(&config.health).wants_one_primary(),
             split: None,
@@ -388,7 +396,9 @@ impl ServiceState {
             b.since = now;
             if to == crate::health::HealthStatus::Healthy {
                 // Back by its probes: a passive strike (if that is what took it out) is over.
-                b.passive.ejected = false;
+                if let Some(passive) = b.passive_if_any() {
+                    passive.ejected = false;
+                }
             }
             out.push(Transition::Health {
                 backend: b.name.clone(),
@@ -411,7 +421,9 @@ impl ServiceState {
             // longer holds it out on kernel evidence alone. (Half-opening changes nothing:
             // it is still out for what the kernel saw.)
             if !matches!(event, crate::breaker::BreakerEvent::HalfOpened) {
-                b.passive.ejected = false;
+                if let Some(passive) = b.passive_if_any() {
+                    passive.ejected = false;
+                }
             }
             out.extend(breaker_transition(&b.name, event, Some(Evidence(result))));
         }

@@ -562,7 +562,7 @@ fn a_restart_lifts_marks_it_did_not_see_on_the_ids_it_adopts() {
         lifted.extend(d.clear_suspect);
     }
     assert_eq!(lifted, vec![a_id, b_id]);
-    assert!(state.backends().all(|b| !b.passive.marked));
+    assert!(state.backends().all(|b| !b.passive().marked));
 }
 
 #[test]
