@@ -48,6 +48,11 @@ impl Sender {
         self.try_send(message)
     }
 
+    /// Wakes the task without a message: it then looks at the daemon's stop switch.
+    pub fn ring(&self) {
+        self.0.bell.notify_one();
+    }
+
     /// Whether both send to the same task.
     pub fn same_inbox(&self, other: &Sender) -> bool {
         Arc::ptr_eq(&self.0, &other.0)

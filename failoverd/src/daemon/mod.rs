@@ -132,6 +132,17 @@ struct Inner {
     drains: Mutex<Drains>,
 }
 
+impl Drop for Inner {
+    /// A daemon dropped without [`Running::shutdown`] (a test, a failed start) stops its
+    /// service tasks as one that shuts down does.
+    fn drop(&mut self) {
+        self.stopping.send_replace(true);
+        for service in self.services.get_mut().values() {
+            service.tx.ring();
+        }
+    }
+}
+
 /// A cheap, cloneable handle on a running daemon.
 #[derive(Clone)]
 pub struct DaemonHandle {
@@ -495,6 +506,10 @@ impl<D: Datapath + 'static> Running<D> {
         let services = std::mem::take(&mut *self.handle.inner.services.write().await);
         // Every service first, then the waiting: one by one, 10,000 services took seconds.
         self.handle.inner.stopping.send_replace(true);
+        // Service tasks look at `stopping` when woken.
+        for service in services.values() {
+            service.tx.ring();
+        }
         for stop in services.values().filter_map(|h| h.stop.as_ref()) {
             stop.send(true).ok();
         }

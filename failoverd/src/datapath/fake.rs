@@ -429,7 +429,7 @@ mod tests {
                 addr: "[::1]:80".parse().unwrap(),
                 id: 2,
             }],
-            slots: vec![0],
+            slots: vec![0].into(),
             fallback: Vec::new(),
             passive_threshold: 0,
         };

@@ -149,7 +149,7 @@ mod tests {
                 addr: "127.0.0.1:80".parse().unwrap(),
                 id: backend_id,
             }],
-            slots: vec![0],
+            slots: vec![0].into(),
             fallback: Vec::new(),
             passive_threshold: 0,
         }

@@ -4,6 +4,7 @@ use std::{
     fmt,
     net::{IpAddr, Ipv6Addr, SocketAddr},
     str::FromStr,
+    sync::Arc,
 };
 
 use failoverd_shared as shared;
@@ -113,7 +114,8 @@ pub struct VipTable {
     /// Backends the slots point into.
     pub backends: Vec<TableBackend>,
     /// Indexes into `backends`, repeated by weight; empty = refuse connects.
-    pub slots: Vec<u8>,
+    /// Shared between tables with the same weights (see [`crate::select::shared`]).
+    pub slots: Arc<[u8]>,
     /// Where the kernel sends a connect when every backend the slots name is marked
     /// suspect by kernel-observed failures (passive health), before the daemon has even
     /// woken: the live backends of the next priority. Never named by a slot; as many as
@@ -177,7 +179,7 @@ impl VipTable {
             vip,
             vip_id,
             backends,
-            slots,
+            slots: crate::select::shared(slots),
             fallback: Vec::new(),
             passive_threshold: 0,
         })
@@ -207,7 +209,7 @@ impl VipTable {
             vip,
             vip_id,
             backends: Vec::new(),
-            slots: Vec::new(),
+            slots: Arc::from([]),
             fallback: Vec::new(),
             passive_threshold: 0,
         }
@@ -260,7 +262,7 @@ impl VipTable {
                 id: b.id,
             };
         }
-        for (slot, &index) in value.slots.iter_mut().zip(&self.slots) {
+        for (slot, &index) in value.slots.iter_mut().zip(self.slots.iter()) {
             if usize::from(index) >= self.backends.len() {
                 return Err(TableError::SlotOutOfRange {
                     vip,
@@ -286,7 +288,7 @@ impl VipTable {
             vip,
             vip_id: value.vip_id,
             backends: value.backends[..active_count].iter().map(entry).collect(),
-            slots: value.slots[..slot_count].to_vec(),
+            slots: crate::select::shared(value.slots[..slot_count].to_vec()),
             fallback: value.backends[active_count..backend_count]
                 .iter()
                 .map(entry)
@@ -298,7 +300,7 @@ impl VipTable {
     /// Each backend's share of new connections, in slots out of `slots.len()`.
     pub fn slot_counts(&self) -> Vec<usize> {
         let mut counts = vec![0; self.backends.len()];
-        for &s in &self.slots {
+        for &s in self.slots.iter() {
             if let Some(c) = counts.get_mut(usize::from(s)) {
                 *c += 1;
             }
@@ -440,7 +442,7 @@ mod tests {
             vip: vip("127.1.0.1:80"),
             vip_id: 1,
             backends: vec![backend("127.0.0.1:80", 2)],
-            slots: vec![0, 1],
+            slots: vec![0, 1].into(),
             fallback: Vec::new(),
             passive_threshold: 0,
         };

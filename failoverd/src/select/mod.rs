@@ -4,4 +4,4 @@ mod priority;
 mod slots;
 
 pub use priority::{select, AllDown, Candidate, FailbackMode, Selection};
-pub use slots::{fill_slots, SlotError};
+pub use slots::{fill_slots, shared, SlotError};

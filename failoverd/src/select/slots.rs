@@ -1,5 +1,7 @@
 //! Weights → slot table: each backend gets a share of the slots in proportion to its weight.
 
+use std::sync::{Arc, Mutex, PoisonError};
+
 use failoverd_shared::{MAX_BACKENDS, MAX_SLOTS};
 
 /// Why a set of weights cannot become a slot table.
@@ -59,6 +61,33 @@ pub fn fill_slots(weights: &[u32]) -> Result<Vec<u8>, SlotError> {
 }
 
 /// Spreads each index's count evenly over the table (smooth weighted round robin).
+/// Distinct slot tables [`shared`] remembers, the newest last.
+const RECENT_MAX: usize = 32;
+
+/// The slot tables lately handed out by [`shared`].
+static RECENT: Mutex<Vec<Arc<[u8]>>> = Mutex::new(Vec::new());
+
+/// `slots` as an allocation shared with an equal slot table handed out before, if it is one
+/// of the last [`RECENT_MAX`] distinct ones; a new one otherwise.
+///
+/// A slot table is 256 bytes and a pure function of the live backends' weights, so at scale
+/// nearly every VIP has one of a handful (4 equal weights, 3 after a failure…): shared,
+/// 10,000 VIPs hold a few of them instead of 10,000 (and the daemon's core and writer, which
+/// share each table, no copy more). Remembering only the last few keeps the lookup cheap
+/// next to building the table.
+pub fn shared(slots: Vec<u8>) -> Arc<[u8]> {
+    let mut recent = RECENT.lock().unwrap_or_else(PoisonError::into_inner);
+    if let Some(same) = recent.iter().rev().find(|s| ***s == *slots) {
+        return Arc::clone(same);
+    }
+    let slots: Arc<[u8]> = slots.into();
+    if recent.len() == RECENT_MAX {
+        recent.remove(0);
+    }
+    recent.push(Arc::clone(&slots));
+    slots
+}
+
 fn interleave(counts: &[u64]) -> Vec<u8> {
     let total: i64 = counts.iter().sum::<u64>() as i64;
     let mut current = vec![0i64; counts.len()];
@@ -81,6 +110,16 @@ fn interleave(counts: &[u64]) -> Vec<u8> {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn equal_slot_tables_share_one_allocation() {
+        let a = shared(fill_slots(&[100, 100, 100, 7]).unwrap());
+        let b = shared(fill_slots(&[100, 100, 100, 7]).unwrap());
+        let c = shared(fill_slots(&[100, 100, 7, 100]).unwrap());
+        assert!(Arc::ptr_eq(&a, &b));
+        assert!(!Arc::ptr_eq(&a, &c));
+        assert_eq!(*a, *fill_slots(&[100, 100, 100, 7]).unwrap());
+    }
 
     fn shares(slots: &[u8], n: usize) -> Vec<usize> {
         let mut counts = vec![0; n];
