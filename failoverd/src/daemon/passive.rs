@@ -8,10 +8,7 @@
 //! its service without waiting behind map writes; the service's answer (a new table, a mark
 //! to lift) goes to the writer like any other.
 
-use std::{
-    collections::HashMap,
-    sync::{Mutex, PoisonError},
-};
+use std::sync::{Mutex, PoisonError};
 
 use tokio::sync::watch;
 
@@ -23,11 +20,15 @@ use crate::{
 
 /// Which service task owns each backend counter id: one lookup per failure, no name search
 /// and no lock a service holds for long. Each task keeps its own ids in step.
+///
+/// Indexed by id: ids are small and dense (the allocator hands them out from 1 up), so a
+/// vector of 8-byte slots is about a third of a hash map's memory at 80,000 backends, and
+/// never more than `MAX_COUNTERS` slots (2 MiB).
 #[derive(Default)]
-pub struct Routes(Mutex<HashMap<u32, Sender>>);
+pub struct Routes(Mutex<Vec<Option<Sender>>>);
 
 impl Routes {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u32, Sender>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Option<Sender>>> {
         self.0.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
@@ -35,21 +36,27 @@ impl Routes {
     /// nowhere. Returns `ids`, for the next call.
     pub fn set(&self, tx: &Sender, had: &[u32], ids: Vec<u32>) -> Vec<u32> {
         let mut routes = self.lock();
-        for id in had.iter().filter(|id| !ids.contains(id)) {
+        for &id in had.iter().filter(|id| !ids.contains(id)) {
             // A reload may have handed the id to a successor task already: only our own goes.
-            if routes.get(id).is_some_and(|owner| owner.same_inbox(tx)) {
-                routes.remove(id);
+            if let Some(slot) = routes.get_mut(id as usize) {
+                if slot.as_ref().is_some_and(|owner| owner.same_inbox(tx)) {
+                    *slot = None;
+                }
             }
         }
         for &id in &ids {
-            routes.insert(id, tx.clone());
+            let i = id as usize;
+            if routes.len() <= i {
+                routes.resize_with(i + 1, || None);
+            }
+            routes[i] = Some(tx.clone());
         }
         ids
     }
 
     /// The task that owns `backend_id`, if any.
     fn owner(&self, backend_id: u32) -> Option<Sender> {
-        self.lock().get(&backend_id).cloned()
+        self.lock().get(backend_id as usize).cloned().flatten()
     }
 }
 
