@@ -79,7 +79,10 @@ pub struct ProbeHub {
 pub struct Subscription {
     loops: Weak<Mutex<Loops>>,
     feed: Arc<Feed>,
-    reader: Arc<feed::Reader>,
+    /// Its place in the feed's readers.
+    id: u64,
+    /// The number it has read up to, as the feed keeps it: looked at without the feed's lock.
+    seen: AtomicU64,
 }
 
 impl ProbeHub {
@@ -136,11 +139,12 @@ impl ProbeHub {
             }
         };
         // Under the hub's lock, so a concurrent last unsubscribe cannot stop this loop.
-        let reader = feed.add_reader(id, bell);
+        let seen = AtomicU64::new(feed.add_reader(id, bell));
         Subscription {
             loops: Arc::downgrade(&self.loops),
             feed,
-            reader,
+            id,
+            seen,
         }
     }
 }
@@ -150,7 +154,7 @@ impl Subscription {
     /// how many were lost because the feed had to drop them before this reader took them
     /// (only after [`feed::KEEP_MAX`] unread results: a service stalled that long).
     pub fn read(&self, out: &mut Vec<Published>) -> u64 {
-        self.feed.read(&self.reader, out)
+        self.feed.read(self.id, &self.seen, out)
     }
 }
 
@@ -161,7 +165,7 @@ impl Drop for Subscription {
             return;
         };
         let mut loops = lock(&loops);
-        if self.feed.remove_reader(self.reader.id) > 0 {
+        if self.feed.remove_reader(self.id) > 0 {
             return;
         }
         let slot = slot(self.feed.target());

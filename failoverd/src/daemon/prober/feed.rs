@@ -44,15 +44,17 @@ pub struct Feed {
 struct Inner {
     /// The results not every reader has taken, oldest first, numbers consecutive.
     kept: VecDeque<Published>,
-    readers: Vec<Arc<Reader>>,
+    /// Sorted by id (ids only grow). Kept inline, not one allocation each: a target shared by
+    /// 10,000 services has 10,000 readers.
+    readers: Vec<Reader>,
 }
 
 /// One subscription's place in a feed.
-pub struct Reader {
+struct Reader {
     /// Tells readers of one feed apart.
-    pub(super) id: u64,
+    id: u64,
     /// The last number this reader took.
-    cursor: AtomicU64,
+    cursor: u64,
     /// Rung on every publish: its service task's wake-up.
     bell: Arc<Notify>,
 }
@@ -84,23 +86,23 @@ impl Feed {
         lock(&self.inner).kept.len()
     }
 
-    /// A reader that takes the results published from now on.
-    pub(super) fn add_reader(&self, id: u64, bell: Arc<Notify>) -> Arc<Reader> {
+    /// Adds reader `id` (greater than every id added before), which takes the results
+    /// published from now on; returns its cursor, the number it has taken up to.
+    pub(super) fn add_reader(&self, id: u64, bell: Arc<Notify>) -> u64 {
         let mut inner = lock(&self.inner);
-        let reader = Arc::new(Reader {
-            id,
-            // Under the lock, so no publish slips between this load and the push.
-            cursor: AtomicU64::new(self.latest.load(Ordering::Acquire)),
-            bell,
-        });
-        inner.readers.push(Arc::clone(&reader));
-        reader
+        // Under the lock, so no publish slips between this load and the push.
+        let cursor = self.latest.load(Ordering::Acquire);
+        debug_assert!(inner.readers.last().is_none_or(|r| r.id < id));
+        inner.readers.push(Reader { id, cursor, bell });
+        cursor
     }
 
     /// Removes a reader; returns how many are left.
     pub(super) fn remove_reader(&self, id: u64) -> usize {
         let mut inner = lock(&self.inner);
-        inner.readers.retain(|r| r.id != id);
+        if let Ok(i) = inner.readers.binary_search_by_key(&id, |r| r.id) {
+            inner.readers.remove(i);
+        }
         inner.readers.len()
     }
 
@@ -112,7 +114,7 @@ impl Feed {
         let taken = inner
             .readers
             .iter()
-            .map(|r| r.cursor.load(Ordering::Acquire))
+            .map(|r| r.cursor)
             .min()
             .unwrap_or(u64::MAX);
         while inner.kept.front().is_some_and(|p| p.seq <= taken) {
@@ -137,21 +139,26 @@ impl Feed {
         }
     }
 
-    /// Appends what `reader` has not taken yet, oldest first, to `out`; returns how many
-    /// results it lost to [`KEEP_MAX`].
-    pub(super) fn read(&self, reader: &Reader, out: &mut Vec<Published>) -> u64 {
-        let cursor = reader.cursor.load(Ordering::Acquire);
+    /// Appends what reader `id` has not taken yet, oldest first, to `out`; returns how many
+    /// results it lost to [`KEEP_MAX`]. `seen` is the reader's own copy of its cursor, which
+    /// it alone reads and this keeps in step.
+    pub(super) fn read(&self, id: u64, seen: &AtomicU64, out: &mut Vec<Published>) -> u64 {
         // The common case for a service woken by another target's result: no lock.
-        if self.latest.load(Ordering::Acquire) <= cursor {
+        if self.latest.load(Ordering::Acquire) <= seen.load(Ordering::Acquire) {
             return 0;
         }
-        let inner = lock(&self.inner);
+        let mut inner = lock(&self.inner);
         let latest = self.latest.load(Ordering::Acquire);
         let first = inner.kept.front().map_or(latest + 1, |p| p.seq);
+        let Ok(i) = inner.readers.binary_search_by_key(&id, |r| r.id) else {
+            return 0;
+        };
+        let cursor = inner.readers[i].cursor;
         let lost = first.saturating_sub(cursor + 1);
         let skip = usize::try_from((cursor + 1).saturating_sub(first)).unwrap_or(usize::MAX);
         out.extend(inner.kept.iter().skip(skip).cloned());
-        reader.cursor.store(latest, Ordering::Release);
+        inner.readers[i].cursor = latest;
+        seen.store(latest, Ordering::Release);
         lost
     }
 }
