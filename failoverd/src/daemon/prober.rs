@@ -73,7 +73,12 @@ pub struct ProbeHub {
     completed: Arc<AtomicU64>,
     /// How late probes start, daemon-wide: first-verdict deadlines stretch with it.
     lag: Arc<LagMeter>,
+    /// The probes [`Self::shared_probe`] handed out lately, newest last.
+    recent: Mutex<Vec<Arc<Probe>>>,
 }
+
+/// Distinct probes [`ProbeHub::shared_probe`] remembers.
+const RECENT_PROBES: usize = 16;
 
 /// A backend's subscription to its target's results; dropping it unsubscribes.
 pub struct Subscription {
@@ -96,6 +101,7 @@ impl ProbeHub {
             next_id: AtomicU64::new(0),
             completed: Arc::new(AtomicU64::new(0)),
             lag: Arc::new(LagMeter::default()),
+            recent: Mutex::new(Vec::new()),
         }
     }
 
@@ -107,6 +113,22 @@ impl ProbeHub {
     /// Loops running now (distinct targets).
     pub fn targets(&self) -> usize {
         lock(&self.loops).values().map(Vec::len).sum()
+    }
+
+    /// `probe` as an allocation shared with an equal one handed out lately: services with
+    /// equal health sections probe alike, and at 10,000 services one copy each is a
+    /// megabyte. Looks back over the last [`RECENT_PROBES`] distinct ones only.
+    pub fn shared_probe(&self, probe: Probe) -> Arc<Probe> {
+        let mut recent = lock(&self.recent);
+        if let Some(same) = recent.iter().rev().find(|p| ***p == probe) {
+            return Arc::clone(same);
+        }
+        let probe = Arc::new(probe);
+        if recent.len() == RECENT_PROBES {
+            recent.remove(0);
+        }
+        recent.push(Arc::clone(&probe));
+        probe
     }
 
     /// How late probe starts have been lately, daemon-wide (see [`LagMeter`]).

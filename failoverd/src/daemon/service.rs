@@ -265,7 +265,9 @@ impl ServiceTask {
         crate::metrics::zero_service(&config.name, &priorities);
         shared.readiness.service_started();
         ServiceTask {
-            probe: Arc::new(Probe::for_config(&config.health)),
+            probe: shared
+                .probes
+                .shared_probe(Probe::for_config(&config.health)),
             state,
             probing: SortedMap::new(),
             gauges: Gauges::default(),

@@ -192,3 +192,17 @@ async fn a_dead_target_reports_failures() {
     s.read(&mut out);
     assert!(out.iter().all(|p| p.result.is_err()) && !out.is_empty());
 }
+
+#[tokio::test]
+async fn equal_probes_are_one_allocation() {
+    let hub = hub_with(Alternating::new(Duration::from_millis(1)));
+    let tcp = crate::config::HealthConfig::default();
+    let mut http = crate::config::HealthConfig::default();
+    http.kind = crate::config::HealthKind::Http;
+    let a = hub.shared_probe(Probe::for_config(&tcp));
+    let b = hub.shared_probe(Probe::for_config(&http));
+    let c = hub.shared_probe(Probe::for_config(&tcp));
+    assert!(Arc::ptr_eq(&a, &c));
+    assert!(!Arc::ptr_eq(&a, &b));
+    assert_eq!(*b, Probe::for_config(&http));
+}
