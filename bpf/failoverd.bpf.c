@@ -46,7 +46,7 @@ struct {
 	__type(key, struct fo_vip_key);
 	__type(value, struct fo_service);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
-} failoverd_services_v3 SEC(".maps");
+} failoverd_services_v4 SEC(".maps");
 
 /* Per-socket reverse translations; the kernel frees them with the socket. */
 struct {
@@ -55,17 +55,22 @@ struct {
 	__type(key, int);
 	__type(value, struct fo_sock_state);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
-} failoverd_sockets_v3 SEC(".maps");
+} failoverd_sockets_v4 SEC(".maps");
 
-/* Counter id (VIP id or backend id) -> per-CPU counters. */
+/*
+ * Counter id (VIP id or backend id) -> per-CPU counters. An array indexed by id
+ * (the daemon hands out ids below FO_MAX_COUNTERS): the verifier inlines the
+ * lookup, and no element is ever created on the connect path. The price is
+ * memory, allocated up front: FO_MAX_COUNTERS * sizeof(struct fo_counters) per
+ * possible CPU (18 MiB each).
+ */
 struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__uint(max_entries, FO_MAX_COUNTERS);
-	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__type(key, __u32);
 	__type(value, struct fo_counters);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
-} failoverd_counters_v3 SEC(".maps");
+} failoverd_counters_v4 SEC(".maps");
 
 /*
  * Backend -> the one VIP that names it: the reverse translation of a marked TCP
@@ -80,7 +85,7 @@ struct {
 	__type(key, struct fo_vip_key);
 	__type(value, struct fo_reverse);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
-} failoverd_reverse_v3 SEC(".maps");
+} failoverd_reverse_v4 SEC(".maps");
 
 /* Backend id -> failures in a row and the suspect threshold (an array: the
  * connect hook's lookup is inlined by the verifier, a few ns). */
@@ -90,14 +95,14 @@ struct {
 	__type(key, __u32);
 	__type(value, struct fo_passive);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
-} failoverd_passive_v3 SEC(".maps");
+} failoverd_passive_v4 SEC(".maps");
 
 /* Failed translated connects, read by the daemon without polling. */
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
 	__uint(max_entries, FO_EVENTS_BYTES);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
-} failoverd_events_v3 SEC(".maps");
+} failoverd_events_v4 SEC(".maps");
 
 /* Backend ids whose translated sockets the termination iterators report. */
 struct {
@@ -106,7 +111,7 @@ struct {
 	__type(key, __u32);
 	__type(value, __u8);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
-} failoverd_terminate_v3 SEC(".maps");
+} failoverd_terminate_v4 SEC(".maps");
 
 /* What layout the pinned maps hold; written by user space, never read here. */
 struct {
@@ -115,7 +120,7 @@ struct {
 	__type(key, __u32);
 	__type(value, struct fo_meta);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
-} failoverd_meta_v3 SEC(".maps");
+} failoverd_meta_v4 SEC(".maps");
 
 enum fo_counter {
 	FO_CONNECTS,
@@ -131,17 +136,11 @@ enum fo_counter {
 
 static __always_inline void count(__u32 id, enum fo_counter which)
 {
-	struct fo_counters *c = bpf_map_lookup_elem(&failoverd_counters_v3, &id);
+	struct fo_counters *c = bpf_map_lookup_elem(&failoverd_counters_v4, &id);
 
-	if (!c) {
-		struct fo_counters zero = {};
-
-		/* Two CPUs may race to create it: NOEXIST lets one win. */
-		bpf_map_update_elem(&failoverd_counters_v3, &id, &zero, BPF_NOEXIST);
-		c = bpf_map_lookup_elem(&failoverd_counters_v3, &id);
-		if (!c)
-			return;
-	}
+	/* NULL only for an id beyond the array, which no writer hands out. */
+	if (!c)
+		return;
 	/* Per-CPU values: no other CPU writes this one, no atomics needed. */
 	switch (which) {
 	case FO_CONNECTS:
@@ -254,7 +253,7 @@ find_backend_entry(struct fo_sock_state *st, const __u32 peer[4], __u16 port_be)
 /* Whether kernel-observed failures marked this backend suspect. */
 static __always_inline int is_suspect(__u32 id)
 {
-	struct fo_passive *p = bpf_map_lookup_elem(&failoverd_passive_v3, &id);
+	struct fo_passive *p = bpf_map_lookup_elem(&failoverd_passive_v4, &id);
 
 	return p && p->threshold && p->failures >= p->threshold;
 }
@@ -329,7 +328,7 @@ static __always_inline int translate(struct bpf_sock_addr *ctx, const struct fo_
 	struct bpf_sock *sk;
 	__u32 draw;
 
-	svc = bpf_map_lookup_elem(&failoverd_services_v3, key);
+	svc = bpf_map_lookup_elem(&failoverd_services_v4, key);
 	if (!svc)
 		return NOT_A_VIP;
 	if (svc->slot_count == 0) {
@@ -341,7 +340,7 @@ static __always_inline int translate(struct bpf_sock_addr *ctx, const struct fo_
 
 	sk = ctx->sk;
 	if (sticky && sk) {
-		st = bpf_sk_storage_get(&failoverd_sockets_v3, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
+		st = bpf_sk_storage_get(&failoverd_sockets_v4, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
 		if (st)
 			e = find_vip_entry(st, key);
 	}
@@ -383,7 +382,7 @@ static __always_inline int translate(struct bpf_sock_addr *ctx, const struct fo_
 	}
 
 	if (!st && sk) {
-		st = bpf_sk_storage_get(&failoverd_sockets_v3, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
+		st = bpf_sk_storage_get(&failoverd_sockets_v4, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
 		if (st)
 			e = find_vip_entry(st, key);
 	}
@@ -424,9 +423,9 @@ static __always_inline void forget_translations(struct bpf_sock_addr *ctx)
 
 	if (!sk || ctx->protocol != IPPROTO_UDP)
 		return;
-	st = bpf_sk_storage_get(&failoverd_sockets_v3, sk, 0, 0);
+	st = bpf_sk_storage_get(&failoverd_sockets_v4, sk, 0, 0);
 	if (st)
-		bpf_sk_storage_delete(&failoverd_sockets_v3, sk);
+		bpf_sk_storage_delete(&failoverd_sockets_v4, sk);
 }
 
 static __always_inline int xlate4(struct bpf_sock_addr *ctx, int sticky)
@@ -512,7 +511,7 @@ static __always_inline int reverse(struct bpf_sock_addr *ctx, __u32 peer[4], __u
 
 	if (!sk)
 		return 0;
-	st = bpf_sk_storage_get(&failoverd_sockets_v3, sk, 0, 0);
+	st = bpf_sk_storage_get(&failoverd_sockets_v4, sk, 0, 0);
 	if (st) {
 		/* The entry names the backend: a peer that is not that backend
 		 * means the entry is stale and nothing is rewritten. */
@@ -528,7 +527,7 @@ static __always_inline int reverse(struct bpf_sock_addr *ctx, __u32 peer[4], __u
 	addr_copy(bkey.addr_be, peer);
 	bkey.port_be = *port_be;
 	bkey.proto = IPPROTO_TCP;
-	r = bpf_map_lookup_elem(&failoverd_reverse_v3, &bkey);
+	r = bpf_map_lookup_elem(&failoverd_reverse_v4, &bkey);
 	if (!r)
 		return 0;
 	addr_copy(peer, r->vip.addr_be);
@@ -665,7 +664,7 @@ static __always_inline __u32 sockops_backend(struct bpf_sock_ops *ops, struct fo
 	bkey->proto = IPPROTO_TCP;
 
 	if (sk) {
-		st = bpf_sk_storage_get(&failoverd_sockets_v3, sk, 0, 0);
+		st = bpf_sk_storage_get(&failoverd_sockets_v4, sk, 0, 0);
 		if (st) {
 			e = find_backend_entry(st, bkey->addr_be, bkey->port_be);
 			if (e) {
@@ -674,7 +673,7 @@ static __always_inline __u32 sockops_backend(struct bpf_sock_ops *ops, struct fo
 			}
 		}
 	}
-	r = bpf_map_lookup_elem(&failoverd_reverse_v3, bkey);
+	r = bpf_map_lookup_elem(&failoverd_reverse_v4, bkey);
 	if (!r)
 		return 0;
 	*vip_id = r->vip_id;
@@ -693,13 +692,13 @@ static __always_inline void connect_failed(struct bpf_sock_ops *ops, __u8 kind)
 	if (!id)
 		return;
 	count(id, kind == FO_EVENT_REFUSED ? FO_CONNECT_FAILURES : FO_SYN_TIMEOUTS);
-	p = bpf_map_lookup_elem(&failoverd_passive_v3, &id);
+	p = bpf_map_lookup_elem(&failoverd_passive_v4, &id);
 	if (p) {
 		/* Connects to one backend fail on every CPU at once: atomic. */
 		run = __sync_fetch_and_add(&p->failures, 1) + 1;
 		threshold = p->threshold;
 	}
-	ev = bpf_ringbuf_reserve(&failoverd_events_v3, sizeof(*ev), 0);
+	ev = bpf_ringbuf_reserve(&failoverd_events_v4, sizeof(*ev), 0);
 	if (!ev)
 		return; /* the daemon is behind; the counters still hold the truth */
 	ev->ktime_ns = bpf_ktime_get_ns();
@@ -728,7 +727,7 @@ static __always_inline void connect_established(struct bpf_sock_ops *ops)
 	if (!id)
 		return;
 	count(id, FO_ESTABLISHED);
-	p = bpf_map_lookup_elem(&failoverd_passive_v3, &id);
+	p = bpf_map_lookup_elem(&failoverd_passive_v4, &id);
 	/* Read before write: a healthy backend's entry stays clean in every cache. */
 	if (p && p->failures)
 		p->failures = 0;
@@ -743,7 +742,7 @@ int fo_sockops(struct bpf_sock_ops *ops)
 		/* Kernels that cannot set the mark from the connect hook: a socket
 		 * it gave storage to is marked here instead. */
 		if (!(ops->bpf_sock_ops_cb_flags & FO_MARK_BIT) && ops->sk &&
-		    bpf_sk_storage_get(&failoverd_sockets_v3, ops->sk, 0, 0))
+		    bpf_sk_storage_get(&failoverd_sockets_v4, ops->sk, 0, 0))
 			bpf_sock_ops_cb_flags_set(ops, FO_MARK_CONNECTING);
 		return 1;
 	}
@@ -826,7 +825,7 @@ static __always_inline int sock_addrs(const struct sock_common *skc, struct fo_d
 /* The backend id a socket's storage says it was translated to for this peer, or 0. */
 static __always_inline __u32 storage_backend(void *sk, struct fo_doomed *rec)
 {
-	struct fo_sock_state *st = bpf_sk_storage_get(&failoverd_sockets_v3, sk, 0, 0);
+	struct fo_sock_state *st = bpf_sk_storage_get(&failoverd_sockets_v4, sk, 0, 0);
 	struct fo_sock_entry *e;
 
 	if (!st)
@@ -838,7 +837,7 @@ static __always_inline __u32 storage_backend(void *sk, struct fo_doomed *rec)
 static __always_inline void report_if_doomed(struct seq_file *seq, __u32 id, struct fo_doomed *rec,
 					     const void *sk)
 {
-	if (!id || !bpf_map_lookup_elem(&failoverd_terminate_v3, &id))
+	if (!id || !bpf_map_lookup_elem(&failoverd_terminate_v4, &id))
 		return;
 	rec->cookie = bpf_get_socket_cookie((void *)sk);
 	bpf_seq_write(seq, rec, sizeof(*rec));
@@ -866,7 +865,7 @@ int fo_iter_tcp(struct bpf_iter__tcp *ctx)
 		addr_copy(bkey.addr_be, rec.dst_be);
 		bkey.port_be = rec.dst_port_be;
 		bkey.proto = IPPROTO_TCP;
-		r = bpf_map_lookup_elem(&failoverd_reverse_v3, &bkey);
+		r = bpf_map_lookup_elem(&failoverd_reverse_v4, &bkey);
 		if (r)
 			id = r->backend_id;
 	}

@@ -12,7 +12,7 @@
 
 #include <linux/types.h>
 
-#define FO_LAYOUT_VERSION 3
+#define FO_LAYOUT_VERSION 4
 
 /* Backends one VIP can name at once. */
 #define FO_MAX_BACKENDS 32

@@ -8,7 +8,7 @@
 use core::mem::size_of;
 
 /// Layout version of every map below; stored in the meta map when the maps are created.
-pub const LAYOUT_VERSION: u32 = 3;
+pub const LAYOUT_VERSION: u32 = 4;
 /// Backends one VIP can name at once.
 pub const MAX_BACKENDS: usize = 32;
 /// Slots of a VIP's selection table: weights are resolved to 1/256.
@@ -47,21 +47,21 @@ pub mod sock_mark {
 /// Pinned map names, versioned with the layout.
 pub mod map_names {
     /// VIP key → the VIP's whole selection table.
-    pub const SERVICES: &str = "failoverd_services_v3";
+    pub const SERVICES: &str = "failoverd_services_v4";
     /// Socket-local storage: per-socket reverse translations (UDP, and TCP to shared backends).
-    pub const SOCKETS: &str = "failoverd_sockets_v3";
-    /// Counter id → per-CPU counters.
-    pub const COUNTERS: &str = "failoverd_counters_v3";
+    pub const SOCKETS: &str = "failoverd_sockets_v4";
+    /// Counter id → per-CPU counters (an array indexed by id).
+    pub const COUNTERS: &str = "failoverd_counters_v4";
     /// One [`super::Meta`] value: the layout the pinned maps hold.
-    pub const META: &str = "failoverd_meta_v3";
+    pub const META: &str = "failoverd_meta_v4";
     /// Backend address → the one VIP that names it: TCP's reverse translation.
-    pub const REVERSE: &str = "failoverd_reverse_v3";
+    pub const REVERSE: &str = "failoverd_reverse_v4";
     /// Backend id → consecutive kernel-observed failures and the suspect threshold.
-    pub const PASSIVE: &str = "failoverd_passive_v3";
+    pub const PASSIVE: &str = "failoverd_passive_v4";
     /// Ring buffer of [`super::ConnectEvent`]s.
-    pub const EVENTS: &str = "failoverd_events_v3";
+    pub const EVENTS: &str = "failoverd_events_v4";
     /// Backend ids whose translated sockets the termination iterators report.
-    pub const TERMINATE: &str = "failoverd_terminate_v3";
+    pub const TERMINATE: &str = "failoverd_terminate_v4";
     /// Every map, in the order they are checked.
     pub const ALL: [&str; 8] = [
         SERVICES, SOCKETS, COUNTERS, META, REVERSE, PASSIVE, EVENTS, TERMINATE,

@@ -44,11 +44,11 @@ fn expected() -> [Expected; 8] {
         },
         Expected {
             name: map_names::COUNTERS,
-            map_type: MapType::PerCpuHash,
+            map_type: MapType::PerCpuArray,
             key_size: size_of::<u32>() as u32,
             value_size: size_of::<Counters>() as u32,
             max_entries: failoverd_shared::MAX_COUNTERS,
-            flags: NO_PREALLOC,
+            flags: 0,
         },
         Expected {
             name: map_names::META,

@@ -6,7 +6,7 @@ use std::{
 };
 
 use aya::{
-    maps::{Array, HashMap, IterableMap, Map, MapData, MapError, PerCpuHashMap},
+    maps::{Array, HashMap, IterableMap, Map, MapData, MapError, PerCpuArray, PerCpuValues},
     Ebpf,
 };
 use failoverd_shared::{map_names, Counters, Passive, Service, VipKey};
@@ -14,10 +14,13 @@ use failoverd_shared::{map_names, Counters, Passive, Service, VipKey};
 use super::{layout, reverse::ReverseMap, DatapathError};
 use crate::datapath::{CounterTotals, InstalledTable, Vip, VipTable};
 
+/// What `aya::util::nr_cpus` reads: per-CPU values are one per possible CPU.
+const POSSIBLE_CPUS: &str = "/sys/devices/system/cpu/possible";
+
 /// Handles on the maps failoverd reads and writes.
 pub struct PinnedMaps {
     services: HashMap<MapData, VipKey, Service>,
-    counters: PerCpuHashMap<MapData, u32, Counters>,
+    counters: PerCpuArray<MapData, Counters>,
     reverse: ReverseMap,
     passive: Array<MapData, Passive>,
     /// The threshold last written to the passive map per backend id, so an unchanged
@@ -84,7 +87,7 @@ impl PinnedMaps {
         Ok(PinnedMaps {
             services: HashMap::try_from(services)
                 .map_err(DatapathError::map("opening", map_names::SERVICES))?,
-            counters: PerCpuHashMap::try_from(counters)
+            counters: PerCpuArray::try_from(counters)
                 .map_err(DatapathError::map("opening", map_names::COUNTERS))?,
             reverse: ReverseMap::new(
                 HashMap::try_from(reverse)
@@ -240,24 +243,42 @@ impl PinnedMaps {
         }
     }
 
-    /// Every id the counters map holds counters for.
+    /// Every id with a non-zero counter. The counters map is an array, so this reads every
+    /// id's per-CPU values (one syscall per id; done when the writer starts).
     pub fn counter_ids(&self) -> Result<Vec<u32>, DatapathError> {
-        self.counters
-            .keys()
-            .collect::<Result<Vec<u32>, MapError>>()
-            .map_err(DatapathError::map("listing", map_names::COUNTERS))
+        let mut ids = Vec::new();
+        for id in 0..failoverd_shared::MAX_COUNTERS {
+            if self.per_cpu(id)?.iter().any(|c| *c != Counters::default()) {
+                ids.push(id);
+            }
+        }
+        Ok(ids)
     }
 
-    /// Deletes an id's per-CPU counters; the programs recreate them at zero
-    /// on the next count. Deleting an absent id is not an error.
+    /// Zeroes an id's per-CPU counters, so they count from zero for whoever gets the id
+    /// next. Resetting an id that counted nothing, or one beyond the map, is not an error.
     pub fn reset_counters(&mut self, id: u32) -> Result<(), DatapathError> {
-        match self.counters.remove(&id) {
-            Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
-            Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => {
-                Ok(())
-            }
-            Err(e) => Err(DatapathError::map("deleting from", map_names::COUNTERS)(e)),
+        if id >= failoverd_shared::MAX_COUNTERS {
+            return Ok(());
         }
+        let cpus =
+            aya::util::nr_cpus().map_err(|(path, e)| DatapathError::io("reading", path)(e))?;
+        let zero = PerCpuValues::try_from(vec![Counters::default(); cpus])
+            .map_err(DatapathError::io("reading", POSSIBLE_CPUS))?;
+        self.counters
+            .set(id, zero, 0)
+            .map_err(DatapathError::map("zeroing", map_names::COUNTERS))
+    }
+
+    /// An id's per-CPU counters; all zero for an id beyond the map.
+    fn per_cpu(&self, id: u32) -> Result<Vec<Counters>, DatapathError> {
+        if id >= failoverd_shared::MAX_COUNTERS {
+            return Ok(Vec::new());
+        }
+        self.counters
+            .get(&id, 0)
+            .map(|values| values.iter().copied().collect())
+            .map_err(DatapathError::map("reading", map_names::COUNTERS))
     }
 
     /// The kernel ids of the maps these handles write.
@@ -287,11 +308,7 @@ impl PinnedMaps {
 
     /// Counters of one id, summed over CPUs; zero when nothing was counted.
     pub fn counters(&self, id: u32) -> Result<CounterTotals, DatapathError> {
-        let per_cpu = match self.counters.get(&id, 0) {
-            Ok(values) => values,
-            Err(MapError::KeyNotFound) => return Ok(CounterTotals::default()),
-            Err(e) => return Err(DatapathError::map("reading", map_names::COUNTERS)(e)),
-        };
+        let per_cpu = self.per_cpu(id)?;
         Ok(per_cpu
             .iter()
             .fold(CounterTotals::default(), |acc, c| CounterTotals {
