@@ -243,7 +243,7 @@ fn bench() -> Result<(), Box<dyn std::error::Error>> {
     println!("|---|---:|---:|---:|---:|---:|");
     let (mut r4, mut r6, mut rs4, mut rs6) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for rep in 1..=reps {
-        let mut one = |target: SocketAddr, prog: &[u32]| -> Result<_, Box<dyn std::error::Error>> {
+        let one = |target: SocketAddr, prog: &[u32]| -> Result<_, Box<dyn std::error::Error>> {
             let (p0, s0) = (stats(prog), stats(&so));
             run_client(&cgroup, target, n)?;
             let (p1, s1) = (stats(prog), stats(&so));
