@@ -1000,6 +1000,12 @@ fn a_restarted_writer_zeroes_counts_of_ids_no_table_names() -> TestResult {
         check(report.ok == 20 && dp.counters(84)?.connects > 0, || {
             format!("backend 84 got no connects: {report:?}")
         })?;
+        // The counters map is read whole (in batches): the ids that counted, and no other.
+        let ids = dp.counter_ids()?;
+        check(
+            ids.contains(&84) && ids.contains(&83) && !ids.contains(&85),
+            || format!("listed ids: {ids:?}"),
+        )?;
         // A reload drops backend 84: its counts stay in the kernel.
         dp.apply(&table(vip, &[(a.addr(), 83)])?)?;
     }

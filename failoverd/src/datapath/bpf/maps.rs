@@ -2,6 +2,7 @@
 
 use std::{
     collections::{BTreeMap, HashSet},
+    os::fd::AsFd,
     path::{Path, PathBuf},
 };
 
@@ -16,6 +17,9 @@ use crate::datapath::{CounterTotals, InstalledTable, Vip, VipTable};
 
 /// What `aya::util::nr_cpus` reads: per-CPU values are one per possible CPU.
 const POSSIBLE_CPUS: &str = "/sys/devices/system/cpu/possible";
+
+/// Ids per syscall when the counters map is read whole: 4,096 × 72 B per possible CPU.
+const COUNTER_BATCH: u32 = 4096;
 
 /// Handles on the maps failoverd reads and writes.
 pub struct PinnedMaps {
@@ -243,15 +247,22 @@ impl PinnedMaps {
         }
     }
 
-    /// Every id with a non-zero counter. The counters map is an array, so this reads every
-    /// id's per-CPU values (one syscall per id; done when the writer starts).
+    /// Every id with a non-zero counter. The counters map is an array, so this reads it
+    /// whole, in batches (done when the writer starts).
     pub fn counter_ids(&self) -> Result<Vec<u32>, DatapathError> {
         let mut ids = Vec::new();
-        for id in 0..failoverd_shared::MAX_COUNTERS {
-            if self.per_cpu(id)?.iter().any(|c| *c != Counters::default()) {
+        let fd = self.counters.map().fd().as_fd();
+        let cpus =
+            aya::util::nr_cpus().map_err(|(path, e)| DatapathError::io("reading", path)(e))?;
+        super::sys::per_cpu_array_for_each::<Counters>(fd, cpus, COUNTER_BATCH, |id, per_cpu| {
+            if per_cpu.iter().any(|c| *c != Counters::default()) {
                 ids.push(id);
             }
-        }
+        })
+        .map_err(DatapathError::io(
+            "listing",
+            self.pin_dir.join(map_names::COUNTERS),
+        ))?;
         Ok(ids)
     }
 
