@@ -295,10 +295,10 @@ avoid_suspect(const struct fo_service *svc, __u32 draw)
 	return NULL;
 }
 
-/* Marks a TCP socket as translated (see FO_MARK_CONNECTING); 0 when marked. */
+/* Marks a TCP socket as translated (see FO_MARK_TRANSLATED); 0 when marked. */
 static __always_inline long mark_translated(struct bpf_sock_addr *ctx)
 {
-	int mark = FO_MARK_CONNECTING;
+	int mark = FO_MARK_TRANSLATED;
 
 	return bpf_setsockopt(ctx, SOL_TCP, TCP_BPF_SOCK_OPS_CB_FLAGS, &mark, sizeof(mark));
 }
@@ -739,10 +739,11 @@ int fo_sockops(struct bpf_sock_ops *ops)
 	__u32 op = ops->op;
 
 	if (op == BPF_SOCK_OPS_TCP_CONNECT_CB) {
-		/* Kernels that cannot set the mark from the connect hook: a socket
-		 * it gave storage to is marked here instead. */
-		if (!(ops->bpf_sock_ops_cb_flags & FO_MARK_BIT) && ops->sk &&
-		    bpf_sk_storage_get(&failoverd_sockets_v4, ops->sk, 0, 0))
+		/* The socket is in SYN_SENT now: from here on its state changes
+		 * matter. Kernels that cannot set the mark from the connect hook: a
+		 * socket it gave storage to is marked here instead. */
+		if ((ops->bpf_sock_ops_cb_flags & FO_MARK_BIT) ||
+		    (ops->sk && bpf_sk_storage_get(&failoverd_sockets_v4, ops->sk, 0, 0)))
 			bpf_sock_ops_cb_flags_set(ops, FO_MARK_CONNECTING);
 		return 1;
 	}

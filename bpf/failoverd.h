@@ -36,9 +36,12 @@
 /*
  * The mark of a translated TCP socket: bpf_sock_ops_cb_flags, set by the connect
  * hook with bpf_setsockopt(TCP_BPF_SOCK_OPS_CB_FLAGS). It costs no allocation, and
- * it is exactly what the sock_ops program needs: STATE while connecting (to see
- * SYN_SENT -> CLOSE), RTO for the socket's life (SYN timeouts; rare when healthy).
+ * it is exactly what the sock_ops program needs: RTO for the socket's life (SYN
+ * timeouts; rare when healthy), and STATE while connecting (to see SYN_SENT ->
+ * CLOSE). The connect hook sets RTO only; sock_ops adds STATE at TCP_CONNECT_CB,
+ * after the socket entered SYN_SENT, so CLOSE -> SYN_SENT costs no callback.
  */
+#define FO_MARK_TRANSLATED (1 /* RTO_CB */)
 #define FO_MARK_CONNECTING (4 /* STATE_CB */ | 1 /* RTO_CB */)
 #define FO_MARK_ESTABLISHED (1 /* RTO_CB */)
 #define FO_MARK_BIT 1

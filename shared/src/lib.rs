@@ -40,7 +40,8 @@ pub mod backend_flags {
 pub mod sock_mark {
     /// `BPF_SOCK_OPS_RTO_CB_FLAG`: kept for the socket's life; RTOs are rare when healthy.
     pub const RTO: u32 = 1;
-    /// `BPF_SOCK_OPS_STATE_CB_FLAG`: only while connecting, to see `SYN_SENT → CLOSE`.
+    /// `BPF_SOCK_OPS_STATE_CB_FLAG`: only while connecting, to see `SYN_SENT → CLOSE`; added by
+    /// `sock_ops` once the socket is in `SYN_SENT` (the connect hook sets [`RTO`] alone).
     pub const STATE: u32 = 4;
 }
 
