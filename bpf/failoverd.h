@@ -88,11 +88,19 @@ struct fo_service {
 _Static_assert(sizeof(struct fo_service) == 1048, "fo_service layout");
 
 /*
- * Per-CPU counters of one VIP id or backend id. Each counts one thing; the
- * refusals are counted under VIP ids, the rest under backend ids.
+ * Per-CPU counters of one VIP id or backend id, in two maps. What every
+ * translated connect counts is in a per-CPU array indexed by id (struct
+ * fo_hot_counters); the rest, counted only when something goes wrong or out of
+ * the connect path, in a per-CPU hash whose entry is created on first use
+ * (struct fo_counters). Each field counts one thing; the refusals are counted
+ * under VIP ids, the rest under backend ids.
  */
-struct fo_counters {
+struct fo_hot_counters {
 	__u64 connects;          /* connect()/sendmsg() translated */
+};
+_Static_assert(sizeof(struct fo_hot_counters) == 8, "fo_hot_counters layout");
+
+struct fo_counters {
 	__u64 rejected;          /* refused with ECONNREFUSED: no live backend */
 	__u64 no_sock_storage;   /* translated, but no socket storage: the peer shows as the backend */
 	__u64 bad_table;         /* refused with EHOSTUNREACH: a slot names no backend */
@@ -102,7 +110,7 @@ struct fo_counters {
 	__u64 syn_timeouts;      /* SYN retransmission timeouts of translated connects */
 	__u64 diverted;          /* connects sent elsewhere: this backend was suspect */
 };
-_Static_assert(sizeof(struct fo_counters) == 72, "fo_counters layout");
+_Static_assert(sizeof(struct fo_counters) == 64, "fo_counters layout");
 
 /* Value of the reverse map, keyed by a backend (in fo_vip_key form). */
 struct fo_reverse {

@@ -51,8 +51,10 @@ pub mod map_names {
     pub const SERVICES: &str = "failoverd_services_v4";
     /// Socket-local storage: per-socket reverse translations (UDP, and TCP to shared backends).
     pub const SOCKETS: &str = "failoverd_sockets_v4";
-    /// Counter id → per-CPU counters (an array indexed by id).
+    /// Counter id → per-CPU [`super::Counters`]: a hash, an id's entry made on first use.
     pub const COUNTERS: &str = "failoverd_counters_v4";
+    /// Counter id → per-CPU [`super::HotCounters`]: an array indexed by id.
+    pub const CONNECTS: &str = "failoverd_connects_v4";
     /// One [`super::Meta`] value: the layout the pinned maps hold.
     pub const META: &str = "failoverd_meta_v4";
     /// Backend address → the one VIP that names it: TCP's reverse translation.
@@ -64,8 +66,8 @@ pub mod map_names {
     /// Backend ids whose translated sockets the termination iterators report.
     pub const TERMINATE: &str = "failoverd_terminate_v4";
     /// Every map, in the order they are checked.
-    pub const ALL: [&str; 8] = [
-        SERVICES, SOCKETS, COUNTERS, META, REVERSE, PASSIVE, EVENTS, TERMINATE,
+    pub const ALL: [&str; 9] = [
+        SERVICES, SOCKETS, COUNTERS, CONNECTS, META, REVERSE, PASSIVE, EVENTS, TERMINATE,
     ];
 }
 
@@ -145,15 +147,26 @@ impl Default for Service {
     }
 }
 
-/// Per-CPU counters of one VIP id or backend id; each field counts one thing.
+/// Per-CPU counters every translated connect counts, of one VIP id or backend id: the value
+/// of the [`map_names::CONNECTS`] array, indexed by id. The other counters are
+/// [`Counters`], in a hash; together they are all of an id's counters.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HotCounters {
+    /// `connect()`/`sendmsg()` calls translated.
+    pub connects: u64,
+}
+const _: () = assert!(size_of::<HotCounters>() == 8);
+
+/// Per-CPU counters of one VIP id or backend id that the connect path does not count on
+/// every call: the value of the [`map_names::COUNTERS`] hash, whose entry for an id exists
+/// once one of them counted. Each field counts one thing.
 ///
-/// Under a backend id: `connects`, `no_sock_storage` and the kernel-observed outcomes;
-/// the refusals are counted under the VIP id.
+/// Under a backend id: `no_sock_storage` and the kernel-observed outcomes (and
+/// [`HotCounters::connects`]); the refusals are counted under the VIP id.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Counters {
-    /// `connect()`/`sendmsg()` calls translated.
-    pub connects: u64,
     /// Calls refused with ECONNREFUSED: no live backend.
     pub rejected: u64,
     /// Calls translated without socket storage: getpeername/recvmsg show the backend.
@@ -171,7 +184,7 @@ pub struct Counters {
     /// Connects sent elsewhere because this backend was marked suspect.
     pub diverted: u64,
 }
-const _: () = assert!(size_of::<Counters>() == 72);
+const _: () = assert!(size_of::<Counters>() == 64);
 
 /// Value of the reverse map (key: the backend as a [`VipKey`]): the one VIP that names it.
 #[repr(C)]
@@ -338,6 +351,8 @@ mod pod {
     unsafe impl aya::Pod for super::Service {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::Counters {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::HotCounters {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::SockState {}
     // SAFETY: as above.
