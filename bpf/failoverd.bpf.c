@@ -59,21 +59,25 @@ struct {
 
 /*
  * Counter id (VIP id or backend id) -> per-CPU counters, split by how often they
- * are counted (see struct fo_hot_counters in failoverd.h).
+ * are counted (struct fo_hot_counters and struct fo_counters in failoverd.h).
  *
- * Hot: what every translated connect counts, in an array indexed by id (the
- * daemon hands out ids below FO_MAX_COUNTERS). The verifier inlines the lookup
- * and no element is ever created on the connect path: in a per-CPU hash (layout
- * v3) the two counts of a connect cost ~70 ns of its ~310 ns. The array is allocated up front:
- * FO_MAX_COUNTERS * sizeof(struct fo_hot_counters) = 262,144 * 8 B = 2 MiB per
- * possible CPU (128 MiB on a 64-CPU host), plus 262,144 * 8 B = 2 MiB of
- * per-element pointers once. All 9 counters in the array (72 B) were 18 MiB per
- * possible CPU, 1.2 GiB on 64 CPUs.
+ * Hot: what every translated connect counts (connects in the connect hook,
+ * established in sock_ops), in an array indexed by id (the daemon hands out ids
+ * below FO_MAX_COUNTERS). The verifier inlines the lookup and no element is
+ * ever created: in a per-CPU hash (layout v3) the two counts of connect4 cost
+ * ~70 ns of its ~310 ns, and established ~35 ns of sock_ops per connect. The
+ * array is allocated up front, whatever is in use:
+ *   FO_MAX_COUNTERS * sizeof(struct fo_hot_counters) = 262,144 * 16 B
+ *     = 4 MiB per possible CPU (8 MiB on 2 CPUs, 256 MiB on 64),
+ *   + 262,144 * 8 B = 2 MiB of per-element pointers, once.
+ * All 9 counters in the array (72 B each) took 18 MiB per possible CPU
+ * (1,152 MiB on 64); connects alone (8 B) would take 2 MiB.
  *
- * Cold: the other counters, in a per-CPU hash without preallocation: an id's
- * entry (sizeof(struct fo_counters) = 64 B per possible CPU, plus the element)
- * exists only once something was counted under it, so refusals, failures and
- * diversions that never happen cost no memory.
+ * Cold: the other counters, in a per-CPU hash without preallocation. Fixed:
+ * its buckets, 262,144 * 16 B = 4 MiB once (as in layout v3). An id's entry,
+ * sizeof(struct fo_counters) = 56 B per possible CPU plus the element, exists
+ * only once something was counted under it: refusals, failures, SYN timeouts
+ * and diversions that never happen cost no memory.
  */
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
@@ -176,17 +180,22 @@ static __always_inline struct fo_counters *cold_counters(__u32 id)
 	return c;
 }
 
-/* `which` is a constant at every call site: each count compiles to one map. */
+/* `which` is known at each call site (connect_failed's two choices are both
+ * cold), so each count compiles to a lookup in one map. */
 static __always_inline void count(__u32 id, enum fo_counter which)
 {
 	struct fo_hot_counters *h;
 	struct fo_counters *c;
 
 	/* Per-CPU values: no other CPU writes this one, no atomics needed. */
-	if (which == FO_CONNECTS) {
+	if (which == FO_CONNECTS || which == FO_ESTABLISHED) {
 		h = hot_counters(id);
-		if (h)
+		if (!h)
+			return;
+		if (which == FO_CONNECTS)
 			h->connects++;
+		else
+			h->established++;
 		return;
 	}
 	c = cold_counters(id);
@@ -210,8 +219,7 @@ static __always_inline void count(__u32 id, enum fo_counter which)
 	case FO_CONNECT_FAILURES:
 		c->connect_failures++;
 		break;
-	case FO_ESTABLISHED:
-		c->established++;
+	case FO_ESTABLISHED: /* hot: counted above */
 		break;
 	case FO_SYN_TIMEOUTS:
 		c->syn_timeouts++;

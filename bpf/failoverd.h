@@ -88,17 +88,19 @@ struct fo_service {
 _Static_assert(sizeof(struct fo_service) == 1048, "fo_service layout");
 
 /*
- * Per-CPU counters of one VIP id or backend id, in two maps. What every
- * translated connect counts is in a per-CPU array indexed by id (struct
- * fo_hot_counters); the rest, counted only when something goes wrong or out of
- * the connect path, in a per-CPU hash whose entry is created on first use
- * (struct fo_counters). Each field counts one thing; the refusals are counted
- * under VIP ids, the rest under backend ids.
+ * Per-CPU counters of one VIP id or backend id, in two maps (see the maps in
+ * failoverd.bpf.c for their memory). What every healthy translated connect
+ * counts is in a per-CPU array indexed by id (struct fo_hot_counters); the
+ * rest, counted when something is refused or goes wrong, in a per-CPU hash
+ * whose entry for an id is created on first use (struct fo_counters). Each
+ * field counts one thing; the refusals are counted under VIP ids, the rest
+ * under backend ids.
  */
 struct fo_hot_counters {
 	__u64 connects;          /* connect()/sendmsg() translated */
+	__u64 established;       /* translated TCP connects that completed the handshake */
 };
-_Static_assert(sizeof(struct fo_hot_counters) == 8, "fo_hot_counters layout");
+_Static_assert(sizeof(struct fo_hot_counters) == 16, "fo_hot_counters layout");
 
 struct fo_counters {
 	__u64 rejected;          /* refused with ECONNREFUSED: no live backend */
@@ -106,11 +108,10 @@ struct fo_counters {
 	__u64 bad_table;         /* refused with EHOSTUNREACH: a slot names no backend */
 	__u64 family_mismatch;   /* refused with EAFNOSUPPORT: an IPv6 backend for an AF_INET socket */
 	__u64 connect_failures;  /* translated TCP connects refused or reset in SYN_SENT */
-	__u64 established;       /* translated TCP connects that completed the handshake */
 	__u64 syn_timeouts;      /* SYN retransmission timeouts of translated connects */
 	__u64 diverted;          /* connects sent elsewhere: this backend was suspect */
 };
-_Static_assert(sizeof(struct fo_counters) == 64, "fo_counters layout");
+_Static_assert(sizeof(struct fo_counters) == 56, "fo_counters layout");
 
 /* Value of the reverse map, keyed by a backend (in fo_vip_key form). */
 struct fo_reverse {

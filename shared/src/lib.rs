@@ -53,7 +53,8 @@ pub mod map_names {
     pub const SOCKETS: &str = "failoverd_sockets_v4";
     /// Counter id → per-CPU [`super::Counters`]: a hash, an id's entry made on first use.
     pub const COUNTERS: &str = "failoverd_counters_v4";
-    /// Counter id → per-CPU [`super::HotCounters`]: an array indexed by id.
+    /// Counter id → per-CPU [`super::HotCounters`] (connects, established): an array indexed
+    /// by id.
     pub const CONNECTS: &str = "failoverd_connects_v4";
     /// One [`super::Meta`] value: the layout the pinned maps hold.
     pub const META: &str = "failoverd_meta_v4";
@@ -147,23 +148,25 @@ impl Default for Service {
     }
 }
 
-/// Per-CPU counters every translated connect counts, of one VIP id or backend id: the value
-/// of the [`map_names::CONNECTS`] array, indexed by id. The other counters are
+/// Per-CPU counters every healthy translated connect counts, of one VIP id or backend id:
+/// the value of the [`map_names::CONNECTS`] array, indexed by id. The other counters are
 /// [`Counters`], in a hash; together they are all of an id's counters.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct HotCounters {
     /// `connect()`/`sendmsg()` calls translated.
     pub connects: u64,
+    /// Translated TCP connects that completed the handshake.
+    pub established: u64,
 }
-const _: () = assert!(size_of::<HotCounters>() == 8);
+const _: () = assert!(size_of::<HotCounters>() == 16);
 
-/// Per-CPU counters of one VIP id or backend id that the connect path does not count on
-/// every call: the value of the [`map_names::COUNTERS`] hash, whose entry for an id exists
-/// once one of them counted. Each field counts one thing.
+/// Per-CPU counters of one VIP id or backend id that a healthy connect does not count: the
+/// value of the [`map_names::COUNTERS`] hash, whose entry for an id exists once one of them
+/// counted. Each field counts one thing.
 ///
-/// Under a backend id: `no_sock_storage` and the kernel-observed outcomes (and
-/// [`HotCounters::connects`]); the refusals are counted under the VIP id.
+/// Under a backend id: `no_sock_storage` and the kernel-observed failures (and
+/// [`HotCounters`]); the refusals are counted under the VIP id.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Counters {
@@ -177,14 +180,12 @@ pub struct Counters {
     pub family_mismatch: u64,
     /// Translated TCP connects refused or reset before the handshake completed.
     pub connect_failures: u64,
-    /// Translated TCP connects that completed the handshake.
-    pub established: u64,
     /// SYN retransmission timeouts of translated TCP connects.
     pub syn_timeouts: u64,
     /// Connects sent elsewhere because this backend was marked suspect.
     pub diverted: u64,
 }
-const _: () = assert!(size_of::<Counters>() == 64);
+const _: () = assert!(size_of::<Counters>() == 56);
 
 /// Value of the reverse map (key: the backend as a [`VipKey`]): the one VIP that names it.
 #[repr(C)]

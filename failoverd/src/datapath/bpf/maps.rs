@@ -21,13 +21,13 @@ use crate::datapath::{CounterTotals, InstalledTable, Vip, VipTable};
 /// What `aya::util::nr_cpus` reads: per-CPU values are one per possible CPU.
 const POSSIBLE_CPUS: &str = "/sys/devices/system/cpu/possible";
 
-/// Ids per syscall when the hot counters array is read whole: 4,096 × 8 B per possible CPU.
+/// Ids per syscall when the hot counters array is read whole: 4,096 × 16 B per possible CPU.
 const COUNTER_BATCH: u32 = 4096;
 
 /// Handles on the maps failoverd reads and writes.
 pub struct PinnedMaps {
     services: HashMap<MapData, VipKey, Service>,
-    /// What every translated connect counts, indexed by id.
+    /// What every healthy translated connect counts (connects, established), indexed by id.
     connects: PerCpuArray<MapData, HotCounters>,
     /// The other counters, an id's entry made when one of them first counts.
     counters: PerCpuHashMap<MapData, u32, Counters>,
@@ -363,6 +363,7 @@ impl PinnedMaps {
             .iter()
             .fold(CounterTotals::default(), |acc, c| CounterTotals {
                 connects: acc.connects + c.connects,
+                established: acc.established + c.established,
                 ..acc
             });
         Ok(self
@@ -374,7 +375,7 @@ impl PinnedMaps {
                 no_sock_storage: acc.no_sock_storage + c.no_sock_storage,
                 bad_table: acc.bad_table + c.bad_table,
                 family_mismatch: acc.family_mismatch + c.family_mismatch,
-                established: acc.established + c.established,
+                established: acc.established,
                 connect_failures: acc.connect_failures + c.connect_failures,
                 syn_timeouts: acc.syn_timeouts + c.syn_timeouts,
                 diverted: acc.diverted + c.diverted,
