@@ -12,7 +12,7 @@
 
 #include <linux/types.h>
 
-#define FO_LAYOUT_VERSION 3
+#define FO_LAYOUT_VERSION 4
 
 /* Backends one VIP can name at once. */
 #define FO_MAX_BACKENDS 32
@@ -36,9 +36,12 @@
 /*
  * The mark of a translated TCP socket: bpf_sock_ops_cb_flags, set by the connect
  * hook with bpf_setsockopt(TCP_BPF_SOCK_OPS_CB_FLAGS). It costs no allocation, and
- * it is exactly what the sock_ops program needs: STATE while connecting (to see
- * SYN_SENT -> CLOSE), RTO for the socket's life (SYN timeouts; rare when healthy).
+ * it is exactly what the sock_ops program needs: RTO for the socket's life (SYN
+ * timeouts; rare when healthy), and STATE while connecting (to see SYN_SENT ->
+ * CLOSE). The connect hook sets RTO only; sock_ops adds STATE at TCP_CONNECT_CB,
+ * after the socket entered SYN_SENT, so CLOSE -> SYN_SENT costs no callback.
  */
+#define FO_MARK_TRANSLATED (1 /* RTO_CB */)
 #define FO_MARK_CONNECTING (4 /* STATE_CB */ | 1 /* RTO_CB */)
 #define FO_MARK_ESTABLISHED (1 /* RTO_CB */)
 #define FO_MARK_BIT 1
@@ -85,21 +88,30 @@ struct fo_service {
 _Static_assert(sizeof(struct fo_service) == 1048, "fo_service layout");
 
 /*
- * Per-CPU counters of one VIP id or backend id. Each counts one thing; the
- * refusals are counted under VIP ids, the rest under backend ids.
+ * Per-CPU counters of one VIP id or backend id, in two maps (see the maps in
+ * failoverd.bpf.c for their memory). What every healthy translated connect
+ * counts is in a per-CPU array indexed by id (struct fo_hot_counters); the
+ * rest, counted when something is refused or goes wrong, in a per-CPU hash
+ * whose entry for an id is created on first use (struct fo_counters). Each
+ * field counts one thing; the refusals are counted under VIP ids, the rest
+ * under backend ids.
  */
-struct fo_counters {
+struct fo_hot_counters {
 	__u64 connects;          /* connect()/sendmsg() translated */
+	__u64 established;       /* translated TCP connects that completed the handshake */
+};
+_Static_assert(sizeof(struct fo_hot_counters) == 16, "fo_hot_counters layout");
+
+struct fo_counters {
 	__u64 rejected;          /* refused with ECONNREFUSED: no live backend */
 	__u64 no_sock_storage;   /* translated, but no socket storage: the peer shows as the backend */
 	__u64 bad_table;         /* refused with EHOSTUNREACH: a slot names no backend */
 	__u64 family_mismatch;   /* refused with EAFNOSUPPORT: an IPv6 backend for an AF_INET socket */
 	__u64 connect_failures;  /* translated TCP connects refused or reset in SYN_SENT */
-	__u64 established;       /* translated TCP connects that completed the handshake */
 	__u64 syn_timeouts;      /* SYN retransmission timeouts of translated connects */
 	__u64 diverted;          /* connects sent elsewhere: this backend was suspect */
 };
-_Static_assert(sizeof(struct fo_counters) == 72, "fo_counters layout");
+_Static_assert(sizeof(struct fo_counters) == 56, "fo_counters layout");
 
 /* Value of the reverse map, keyed by a backend (in fo_vip_key form). */
 struct fo_reverse {

@@ -999,15 +999,31 @@ fn a_restarted_writer_zeroes_counts_of_ids_no_table_names() -> TestResult {
     let a = TcpBackend::start(loopback(), 83)?;
     let b = TcpBackend::start(loopback(), 84)?;
     let vip = tcp_vip("127.77.17.3:80");
+    // A VIP with no live backend: its refusals are its only counts, all in the hash.
+    let refusing = tcp_vip("127.77.17.4:80");
     {
         let mut dp = env.open()?;
         dp.apply(&table(vip, &[(a.addr(), 83), (b.addr(), 84)])?)?;
+        dp.apply(&VipTable::refusing(refusing, 86))?;
         let report = env.client(&ClientSpec::new(vip.addr, Mode::TcpReadId, 20))?;
         check(report.ok == 20 && dp.counters(84)?.connects > 0, || {
             format!("backend 84 got no connects: {report:?}")
         })?;
-        // A reload drops backend 84: its counts stay in the kernel.
+        env.client(&ClientSpec::new(refusing.addr, Mode::TcpConnectOnly, 3))?;
+        let c = dp.counters(86)?;
+        check(c.rejected == 3 && c.connects == 0, || {
+            format!("VIP 86 counted {c:?}")
+        })?;
+        // Both counters maps are listed: the array read whole (in batches) for the ids
+        // that counted connects, the hash for the ids that counted anything else.
+        let ids = dp.counter_ids()?;
+        check(
+            ids.contains(&84) && ids.contains(&83) && ids.contains(&86) && !ids.contains(&85),
+            || format!("listed ids: {ids:?}"),
+        )?;
+        // A reload drops backend 84 and VIP 86: their counts stay in the kernel.
         dp.apply(&table(vip, &[(a.addr(), 83)])?)?;
+        dp.remove(&refusing)?;
     }
     let kept = BpfDatapath::open(&env.config())?.counters(83)?.connects;
     // The restart: the writer adopts the table and resets what no table names.
@@ -1016,8 +1032,12 @@ fn a_restarted_writer_zeroes_counts_of_ids_no_table_names() -> TestResult {
     check(dp.counters(84)? == Default::default(), || {
         format!("id 84 still counts {:?}", dp.counters(84))
     })?;
-    check(!dp.counter_ids()?.contains(&84), || {
-        "id 84 is listed".into()
+    check(dp.counters(86)? == Default::default(), || {
+        format!("id 86 still counts {:?}", dp.counters(86))
+    })?;
+    let ids = dp.counter_ids()?;
+    check(!ids.contains(&84) && !ids.contains(&86), || {
+        format!("listed ids: {ids:?}")
     })?;
     check(dp.counters(83)?.connects == kept && kept > 0, || {
         format!("the adopted backend lost its counts: {kept}")

@@ -8,7 +8,7 @@
 use core::mem::size_of;
 
 /// Layout version of every map below; stored in the meta map when the maps are created.
-pub const LAYOUT_VERSION: u32 = 3;
+pub const LAYOUT_VERSION: u32 = 4;
 /// Backends one VIP can name at once.
 pub const MAX_BACKENDS: usize = 32;
 /// Slots of a VIP's selection table: weights are resolved to 1/256.
@@ -40,31 +40,35 @@ pub mod backend_flags {
 pub mod sock_mark {
     /// `BPF_SOCK_OPS_RTO_CB_FLAG`: kept for the socket's life; RTOs are rare when healthy.
     pub const RTO: u32 = 1;
-    /// `BPF_SOCK_OPS_STATE_CB_FLAG`: only while connecting, to see `SYN_SENT → CLOSE`.
+    /// `BPF_SOCK_OPS_STATE_CB_FLAG`: only while connecting, to see `SYN_SENT → CLOSE`; added by
+    /// `sock_ops` once the socket is in `SYN_SENT` (the connect hook sets [`RTO`] alone).
     pub const STATE: u32 = 4;
 }
 
 /// Pinned map names, versioned with the layout.
 pub mod map_names {
     /// VIP key → the VIP's whole selection table.
-    pub const SERVICES: &str = "failoverd_services_v3";
+    pub const SERVICES: &str = "failoverd_services_v4";
     /// Socket-local storage: per-socket reverse translations (UDP, and TCP to shared backends).
-    pub const SOCKETS: &str = "failoverd_sockets_v3";
-    /// Counter id → per-CPU counters.
-    pub const COUNTERS: &str = "failoverd_counters_v3";
+    pub const SOCKETS: &str = "failoverd_sockets_v4";
+    /// Counter id → per-CPU [`super::Counters`]: a hash, an id's entry made on first use.
+    pub const COUNTERS: &str = "failoverd_counters_v4";
+    /// Counter id → per-CPU [`super::HotCounters`] (connects, established): an array indexed
+    /// by id.
+    pub const CONNECTS: &str = "failoverd_connects_v4";
     /// One [`super::Meta`] value: the layout the pinned maps hold.
-    pub const META: &str = "failoverd_meta_v3";
+    pub const META: &str = "failoverd_meta_v4";
     /// Backend address → the one VIP that names it: TCP's reverse translation.
-    pub const REVERSE: &str = "failoverd_reverse_v3";
+    pub const REVERSE: &str = "failoverd_reverse_v4";
     /// Backend id → consecutive kernel-observed failures and the suspect threshold.
-    pub const PASSIVE: &str = "failoverd_passive_v3";
+    pub const PASSIVE: &str = "failoverd_passive_v4";
     /// Ring buffer of [`super::ConnectEvent`]s.
-    pub const EVENTS: &str = "failoverd_events_v3";
+    pub const EVENTS: &str = "failoverd_events_v4";
     /// Backend ids whose translated sockets the termination iterators report.
-    pub const TERMINATE: &str = "failoverd_terminate_v3";
+    pub const TERMINATE: &str = "failoverd_terminate_v4";
     /// Every map, in the order they are checked.
-    pub const ALL: [&str; 8] = [
-        SERVICES, SOCKETS, COUNTERS, META, REVERSE, PASSIVE, EVENTS, TERMINATE,
+    pub const ALL: [&str; 9] = [
+        SERVICES, SOCKETS, COUNTERS, CONNECTS, META, REVERSE, PASSIVE, EVENTS, TERMINATE,
     ];
 }
 
@@ -144,15 +148,28 @@ impl Default for Service {
     }
 }
 
-/// Per-CPU counters of one VIP id or backend id; each field counts one thing.
+/// Per-CPU counters every healthy translated connect counts, of one VIP id or backend id:
+/// the value of the [`map_names::CONNECTS`] array, indexed by id. The other counters are
+/// [`Counters`], in a hash; together they are all of an id's counters.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HotCounters {
+    /// `connect()`/`sendmsg()` calls translated.
+    pub connects: u64,
+    /// Translated TCP connects that completed the handshake.
+    pub established: u64,
+}
+const _: () = assert!(size_of::<HotCounters>() == 16);
+
+/// Per-CPU counters of one VIP id or backend id that a healthy connect does not count: the
+/// value of the [`map_names::COUNTERS`] hash, whose entry for an id exists once one of them
+/// counted. Each field counts one thing.
 ///
-/// Under a backend id: `connects`, `no_sock_storage` and the kernel-observed outcomes;
-/// the refusals are counted under the VIP id.
+/// Under a backend id: `no_sock_storage` and the kernel-observed failures (and
+/// [`HotCounters`]); the refusals are counted under the VIP id.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Counters {
-    /// `connect()`/`sendmsg()` calls translated.
-    pub connects: u64,
     /// Calls refused with ECONNREFUSED: no live backend.
     pub rejected: u64,
     /// Calls translated without socket storage: getpeername/recvmsg show the backend.
@@ -163,14 +180,12 @@ pub struct Counters {
     pub family_mismatch: u64,
     /// Translated TCP connects refused or reset before the handshake completed.
     pub connect_failures: u64,
-    /// Translated TCP connects that completed the handshake.
-    pub established: u64,
     /// SYN retransmission timeouts of translated TCP connects.
     pub syn_timeouts: u64,
     /// Connects sent elsewhere because this backend was marked suspect.
     pub diverted: u64,
 }
-const _: () = assert!(size_of::<Counters>() == 72);
+const _: () = assert!(size_of::<Counters>() == 56);
 
 /// Value of the reverse map (key: the backend as a [`VipKey`]): the one VIP that names it.
 #[repr(C)]
@@ -337,6 +352,8 @@ mod pod {
     unsafe impl aya::Pod for super::Service {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::Counters {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::HotCounters {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::SockState {}
     // SAFETY: as above.

@@ -127,8 +127,8 @@ pub trait Datapath: Send {
     /// Counters of a VIP id or backend id; zero when nothing was counted yet.
     fn counters(&self, id: u32) -> Result<CounterTotals, DatapathError>;
 
-    /// Every id the kernel holds counters for. Default: none (a datapath
-    /// that keeps no counters, such as a test wrapper).
+    /// Every id the kernel holds non-zero counters for. Default: none (a
+    /// datapath that keeps no counters, such as a test wrapper).
     fn counter_ids(&self) -> Result<Vec<u32>, DatapathError> {
         Ok(Vec::new())
     }

@@ -7,7 +7,9 @@
 use std::{mem::size_of, path::Path};
 
 use aya::maps::{Array, MapData, MapType};
-use failoverd_shared::{map_names, Counters, Meta, Passive, Reverse, Service, SockState, VipKey};
+use failoverd_shared::{
+    map_names, Counters, HotCounters, Meta, Passive, Reverse, Service, SockState, VipKey,
+};
 
 use super::DatapathError;
 
@@ -24,7 +26,7 @@ struct Expected {
     flags: u32,
 }
 
-fn expected() -> [Expected; 8] {
+fn expected() -> [Expected; 9] {
     [
         Expected {
             name: map_names::SERVICES,
@@ -49,6 +51,14 @@ fn expected() -> [Expected; 8] {
             value_size: size_of::<Counters>() as u32,
             max_entries: failoverd_shared::MAX_COUNTERS,
             flags: NO_PREALLOC,
+        },
+        Expected {
+            name: map_names::CONNECTS,
+            map_type: MapType::PerCpuArray,
+            key_size: size_of::<u32>() as u32,
+            value_size: size_of::<HotCounters>() as u32,
+            max_entries: failoverd_shared::MAX_COUNTERS,
+            flags: 0,
         },
         Expected {
             name: map_names::META,

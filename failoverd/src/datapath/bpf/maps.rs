@@ -1,22 +1,35 @@
 //! The services and counters maps, opened from a freshly loaded object or straight from their pins.
 
 use std::{
-    collections::{BTreeMap, HashSet},
+    collections::{BTreeMap, BTreeSet, HashSet},
+    os::fd::AsFd,
     path::{Path, PathBuf},
 };
 
 use aya::{
-    maps::{Array, HashMap, IterableMap, Map, MapData, MapError, PerCpuHashMap},
+    maps::{
+        Array, HashMap, IterableMap, Map, MapData, MapError, PerCpuArray, PerCpuHashMap,
+        PerCpuValues,
+    },
     Ebpf,
 };
-use failoverd_shared::{map_names, Counters, Passive, Service, VipKey};
+use failoverd_shared::{map_names, Counters, HotCounters, Passive, Service, VipKey};
 
 use super::{layout, reverse::ReverseMap, DatapathError};
 use crate::datapath::{CounterTotals, InstalledTable, Vip, VipTable};
 
+/// What `aya::util::nr_cpus` reads: per-CPU values are one per possible CPU.
+const POSSIBLE_CPUS: &str = "/sys/devices/system/cpu/possible";
+
+/// Ids per syscall when the hot counters array is read whole: 4,096 × 16 B per possible CPU.
+const COUNTER_BATCH: u32 = 4096;
+
 /// Handles on the maps failoverd reads and writes.
 pub struct PinnedMaps {
     services: HashMap<MapData, VipKey, Service>,
+    /// What every healthy translated connect counts (connects, established), indexed by id.
+    connects: PerCpuArray<MapData, HotCounters>,
+    /// The other counters, an id's entry made when one of them first counts.
     counters: PerCpuHashMap<MapData, u32, Counters>,
     reverse: ReverseMap,
     passive: Array<MapData, Passive>,
@@ -39,13 +52,16 @@ impl PinnedMaps {
         let counters = ebpf
             .take_map(map_names::COUNTERS)
             .ok_or_else(|| missing(map_names::COUNTERS))?;
+        let connects = ebpf
+            .take_map(map_names::CONNECTS)
+            .ok_or_else(|| missing(map_names::CONNECTS))?;
         let reverse = ebpf
             .take_map(map_names::REVERSE)
             .ok_or_else(|| missing(map_names::REVERSE))?;
         let passive = ebpf
             .take_map(map_names::PASSIVE)
             .ok_or_else(|| missing(map_names::PASSIVE))?;
-        Self::from_maps([services, counters, reverse, passive], pin_dir)
+        Self::from_maps([services, counters, connects, reverse, passive], pin_dir)
     }
 
     /// Opens the maps of a datapath pinned under `pin_dir`, without loading or
@@ -70,6 +86,7 @@ impl PinnedMaps {
             [
                 open(map_names::SERVICES)?,
                 open(map_names::COUNTERS)?,
+                open(map_names::CONNECTS)?,
                 open(map_names::REVERSE)?,
                 open(map_names::PASSIVE)?,
             ],
@@ -78,12 +95,14 @@ impl PinnedMaps {
     }
 
     fn from_maps(
-        [services, counters, reverse, passive]: [Map; 4],
+        [services, counters, connects, reverse, passive]: [Map; 5],
         pin_dir: &Path,
     ) -> Result<Self, DatapathError> {
         Ok(PinnedMaps {
             services: HashMap::try_from(services)
                 .map_err(DatapathError::map("opening", map_names::SERVICES))?,
+            connects: PerCpuArray::try_from(connects)
+                .map_err(DatapathError::map("opening", map_names::CONNECTS))?,
             counters: PerCpuHashMap::try_from(counters)
                 .map_err(DatapathError::map("opening", map_names::COUNTERS))?,
             reverse: ReverseMap::new(
@@ -240,17 +259,47 @@ impl PinnedMaps {
         }
     }
 
-    /// Every id the counters map holds counters for.
+    /// Every id with counters: those with a non-zero hot counter (the array is read whole,
+    /// in batches; done when the writer starts) and those the hash holds an entry for.
     pub fn counter_ids(&self) -> Result<Vec<u32>, DatapathError> {
-        self.counters
-            .keys()
-            .collect::<Result<Vec<u32>, MapError>>()
-            .map_err(DatapathError::map("listing", map_names::COUNTERS))
+        let mut ids = BTreeSet::new();
+        let fd = self.connects.map().fd().as_fd();
+        let cpus =
+            aya::util::nr_cpus().map_err(|(path, e)| DatapathError::io("reading", path)(e))?;
+        super::sys::per_cpu_array_for_each::<HotCounters>(
+            fd,
+            cpus,
+            COUNTER_BATCH,
+            |id, per_cpu| {
+                if per_cpu.iter().any(|c| *c != HotCounters::default()) {
+                    ids.insert(id);
+                }
+            },
+        )
+        .map_err(DatapathError::io(
+            "listing",
+            self.pin_dir.join(map_names::CONNECTS),
+        ))?;
+        for id in self.counters.keys() {
+            ids.insert(id.map_err(DatapathError::map("listing", map_names::COUNTERS))?);
+        }
+        Ok(ids.into_iter().collect())
     }
 
-    /// Deletes an id's per-CPU counters; the programs recreate them at zero
-    /// on the next count. Deleting an absent id is not an error.
+    /// Zeroes an id's counters, so they count from zero for whoever gets the id next: its
+    /// hot counters are overwritten with zeros for every possible CPU (an array cannot
+    /// delete), its hash entry is deleted (the programs make it again, at zero, on the next
+    /// count). Resetting an id that counted nothing, or one beyond the map, is not an error.
     pub fn reset_counters(&mut self, id: u32) -> Result<(), DatapathError> {
+        if id < failoverd_shared::MAX_COUNTERS {
+            let cpus =
+                aya::util::nr_cpus().map_err(|(path, e)| DatapathError::io("reading", path)(e))?;
+            let zero = PerCpuValues::try_from(vec![HotCounters::default(); cpus])
+                .map_err(DatapathError::io("reading", POSSIBLE_CPUS))?;
+            self.connects
+                .set(id, zero, 0)
+                .map_err(DatapathError::map("zeroing", map_names::CONNECTS))?;
+        }
         match self.counters.remove(&id) {
             Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
             Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => {
@@ -260,8 +309,28 @@ impl PinnedMaps {
         }
     }
 
+    /// An id's per-CPU hot counters; none for an id beyond the array.
+    fn hot_per_cpu(&self, id: u32) -> Result<Vec<HotCounters>, DatapathError> {
+        if id >= failoverd_shared::MAX_COUNTERS {
+            return Ok(Vec::new());
+        }
+        self.connects
+            .get(&id, 0)
+            .map(|values| values.iter().copied().collect())
+            .map_err(DatapathError::map("reading", map_names::CONNECTS))
+    }
+
+    /// An id's per-CPU cold counters; none when the hash holds no entry for it.
+    fn cold_per_cpu(&self, id: u32) -> Result<Vec<Counters>, DatapathError> {
+        match self.counters.get(&id, 0) {
+            Ok(values) => Ok(values.iter().copied().collect()),
+            Err(MapError::KeyNotFound) => Ok(Vec::new()),
+            Err(e) => Err(DatapathError::map("reading", map_names::COUNTERS)(e)),
+        }
+    }
+
     /// The kernel ids of the maps these handles write.
-    pub fn map_ids(&self) -> Result<[(&'static str, u32); 4], DatapathError> {
+    pub fn map_ids(&self) -> Result<[(&'static str, u32); 5], DatapathError> {
         let id = |map: &MapData, name: &'static str| {
             map.info()
                 .map(|info| (name, info.id()))
@@ -270,6 +339,7 @@ impl PinnedMaps {
         Ok([
             id(self.services.map(), map_names::SERVICES)?,
             id(self.counters.map(), map_names::COUNTERS)?,
+            id(self.connects.map(), map_names::CONNECTS)?,
             id(self.reverse.map(), map_names::REVERSE)?,
             id(self.passive.map(), map_names::PASSIVE)?,
         ])
@@ -285,22 +355,27 @@ impl PinnedMaps {
             .unwrap_or(0))
     }
 
-    /// Counters of one id, summed over CPUs; zero when nothing was counted.
+    /// Counters of one id, summed over CPUs and over both maps; zero when nothing was
+    /// counted.
     pub fn counters(&self, id: u32) -> Result<CounterTotals, DatapathError> {
-        let per_cpu = match self.counters.get(&id, 0) {
-            Ok(values) => values,
-            Err(MapError::KeyNotFound) => return Ok(CounterTotals::default()),
-            Err(e) => return Err(DatapathError::map("reading", map_names::COUNTERS)(e)),
-        };
-        Ok(per_cpu
+        let hot = self
+            .hot_per_cpu(id)?
             .iter()
             .fold(CounterTotals::default(), |acc, c| CounterTotals {
                 connects: acc.connects + c.connects,
+                established: acc.established + c.established,
+                ..acc
+            });
+        Ok(self
+            .cold_per_cpu(id)?
+            .iter()
+            .fold(hot, |acc, c| CounterTotals {
+                connects: acc.connects,
                 rejected: acc.rejected + c.rejected,
                 no_sock_storage: acc.no_sock_storage + c.no_sock_storage,
                 bad_table: acc.bad_table + c.bad_table,
                 family_mismatch: acc.family_mismatch + c.family_mismatch,
-                established: acc.established + c.established,
+                established: acc.established,
                 connect_failures: acc.connect_failures + c.connect_failures,
                 syn_timeouts: acc.syn_timeouts + c.syn_timeouts,
                 diverted: acc.diverted + c.diverted,

@@ -12,6 +12,7 @@ use std::{
 
 const BPF_OBJ_GET: libc::c_long = 7;
 const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
+const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
 const BPF_LINK_UPDATE: libc::c_long = 29;
 const BPF_LINK_DETACH: libc::c_long = 34;
 
@@ -129,6 +130,71 @@ pub fn cgroup_link_info(link: BorrowedFd<'_>) -> io::Result<CgroupLinkInfo> {
         cgroup_id: info.cgroup_id,
         attach_type: info.attach_type,
     })
+}
+
+/// `bpf_attr.batch`.
+#[repr(C)]
+struct BatchAttr {
+    in_batch: u64,
+    out_batch: u64,
+    keys: u64,
+    values: u64,
+    count: u32,
+    map_fd: u32,
+    elem_flags: u64,
+    flags: u64,
+}
+
+/// Reads a per-CPU array of `T` whole, `batch` ids per syscall, calling `each(id, per_cpu)`
+/// with the values of every possible CPU (aya 0.14 reads one id per syscall: 262,144
+/// syscalls for the counters map).
+pub fn per_cpu_array_for_each<T: aya::Pod + Default>(
+    map: BorrowedFd<'_>,
+    cpus: usize,
+    batch: u32,
+    mut each: impl FnMut(u32, &[T]),
+) -> io::Result<()> {
+    // The kernel copies each CPU's value at an 8-byte stride.
+    if !mem::size_of::<T>().is_multiple_of(8) {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "per-CPU value size is not a multiple of 8",
+        ));
+    }
+    let mut keys = vec![0u32; batch as usize];
+    let mut values = vec![T::default(); batch as usize * cpus];
+    let mut out_batch = 0u32;
+    let mut first = true;
+    loop {
+        let in_batch = out_batch;
+        let mut attr = BatchAttr {
+            in_batch: if first {
+                0
+            } else {
+                &in_batch as *const u32 as u64
+            },
+            out_batch: &mut out_batch as *mut u32 as u64,
+            keys: keys.as_mut_ptr() as u64,
+            values: values.as_mut_ptr() as u64,
+            count: batch,
+            map_fd: map.as_raw_fd() as u32,
+            elem_flags: 0,
+            flags: 0,
+        };
+        first = false;
+        // ENOENT: the last batch, possibly partial, was copied.
+        let done = match bpf(BPF_MAP_LOOKUP_BATCH, &mut attr) {
+            Ok(_) => false,
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => true,
+            Err(e) => return Err(e),
+        };
+        for (i, id) in keys.iter().take(attr.count as usize).enumerate() {
+            each(*id, &values[i * cpus..(i + 1) * cpus]);
+        }
+        if done || attr.count == 0 {
+            return Ok(());
+        }
+    }
 }
 
 /// Capabilities the datapath needs, by bit number (linux/capability.h).
