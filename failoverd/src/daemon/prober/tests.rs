@@ -197,8 +197,10 @@ async fn a_dead_target_reports_failures() {
 async fn equal_probes_are_one_allocation() {
     let hub = hub_with(Alternating::new(Duration::from_millis(1)));
     let tcp = crate::config::HealthConfig::default();
-    let mut http = crate::config::HealthConfig::default();
-    http.kind = crate::config::HealthKind::Http;
+    let http = crate::config::HealthConfig {
+        kind: crate::config::HealthKind::Http,
+        ..Default::default()
+    };
     let a = hub.shared_probe(Probe::for_config(&tcp));
     let b = hub.shared_probe(Probe::for_config(&http));
     let c = hub.shared_probe(Probe::for_config(&tcp));

@@ -279,7 +279,7 @@ mod tests {
 
     #[test]
     fn a_failed_map_write_names_its_errno() {
-        let e = DatapathError::map("writing", "failoverd_services_v3")(
+        let e = DatapathError::map("writing", "failoverd_services_v4")(
             aya::maps::MapError::SyscallError(aya::sys::SyscallError {
                 call: "bpf_map_update_elem",
                 io_error: io::Error::from_raw_os_error(libc::E2BIG),
@@ -288,7 +288,7 @@ mod tests {
         let text = e.to_string();
         assert!(text.contains("E2BIG"), "{text}");
         assert!(text.contains("os error 7"), "{text}");
-        assert!(text.contains("writing map failoverd_services_v3"), "{text}");
+        assert!(text.contains("writing map failoverd_services_v4"), "{text}");
         assert_eq!(e.errno(), Some(libc::E2BIG));
     }
 }
