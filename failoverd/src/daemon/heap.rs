@@ -5,13 +5,15 @@
 //! Measured at 10,000 VIPs × 8 backends (docs/benchmarks.md, daemon memory): after start
 //! glibc held ~117 MB for ~96 MB in use, the rest free chunks between live ones, spread over
 //! one arena per thread that ever allocated; capping the arenas and trimming once ready took
-//! VmRSS from 129.1 to 118.8 MiB, and one arena instead of two 2.3 MiB more.
+//! VmRSS from 129.1 to 118.8 MiB.
 //!
 //! Elsewhere than glibc both are no-ops.
 
 /// Arenas glibc may create: its default is 8 per core, one per thread that ever allocates.
-/// One: every thread's small allocations come from its own cache (tcache) anyway, and at
-/// 10,000 VIPs one arena held 96.9 MiB where two held 99.2, for the same CPU (0.21, 0.20 cores).
+/// One: every thread's small allocations come from its own cache (tcache) anyway, and fewer
+/// arenas leave fewer half-empty ones. At 10,000 VIPs one run with one arena held 96.9 MiB,
+/// one with two 99.2, for the same CPU (0.21, 0.20 cores); runs of one build differ by up to
+/// 8 MiB, so that is a hint, not a proof.
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 const ARENAS: libc::c_int = 1;
 
