@@ -34,8 +34,9 @@ use std::{
 };
 
 use common::{
-    free_port, kernel, linger_zero, median, median_ratio, pct, pin_to_cpu, quick, Haproxy,
-    HAPROXY_BASE,
+    free_port, kernel, linger_zero, median, median_ratio, pct, pin_to_cpu,
+    programs::{attached, run_stats, BPF_CGROUP_INET4_CONNECT},
+    quick, Haproxy, HAPROXY_BASE,
 };
 use failoverd::datapath::{
     BpfDatapath, CgroupSpec, Datapath, DatapathConfig, Protocol, TableBackend, Vip, VipTable,
@@ -138,64 +139,6 @@ fn client(spec: &Spec) -> Run {
     }
     run.elapsed_ns = start.elapsed().as_nanos() as u64;
     run
-}
-
-/// Calls and total run time of the connect4 programs `ids` (the bench's own; other test runs
-/// on the machine load programs of the same name into cgroups of their own).
-fn connect4_stats(ids: &[u32]) -> (u64, u64) {
-    aya::programs::loaded_programs()
-        .filter_map(Result::ok)
-        .filter(|p| ids.contains(&p.id()))
-        .fold((0, 0), |(n, t), p| {
-            (n + p.run_count(), t + p.run_time().as_nanos() as u64)
-        })
-}
-
-/// `union bpf_attr` as `BPF_PROG_QUERY` reads it (the kernel accepts a shorter attr than its
-/// own, and zero in every field we leave out).
-#[repr(C)]
-#[derive(Default)]
-struct ProgQueryAttr {
-    target_fd: u32,
-    attach_type: u32,
-    query_flags: u32,
-    attach_flags: u32,
-    prog_ids: u64,
-    prog_cnt: u32,
-    pad: u32,
-}
-
-/// `BPF_PROG_QUERY` in `linux/bpf.h`.
-const BPF_PROG_QUERY: libc::c_long = 16;
-/// `BPF_CGROUP_INET4_CONNECT` in `linux/bpf.h`.
-const BPF_CGROUP_INET4_CONNECT: u32 = 10;
-
-/// Ids of the connect4 programs attached to `cgroup` (aya 0.14 has no public query for cgroup
-/// socket-address programs, hence the raw syscall).
-fn attached_connect4(cgroup: &TestCgroup) -> std::io::Result<Vec<u32>> {
-    let dir = File::open(cgroup.path())?;
-    let mut ids = [0u32; 8];
-    let mut attr = ProgQueryAttr {
-        target_fd: dir.as_raw_fd() as u32,
-        attach_type: BPF_CGROUP_INET4_CONNECT,
-        prog_ids: ids.as_mut_ptr() as u64,
-        prog_cnt: ids.len() as u32,
-        ..ProgQueryAttr::default()
-    };
-    // SAFETY: attr is a valid, writable bpf_attr prefix of the size passed; prog_ids points at
-    // `prog_cnt` writable u32s that outlive the call.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_PROG_QUERY,
-            &mut attr as *mut ProgQueryAttr,
-            std::mem::size_of::<ProgQueryAttr>(),
-        )
-    };
-    if rc != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(ids[..(attr.prog_cnt as usize).min(ids.len())].to_vec())
 }
 
 /// An echo backend: accept, echo what arrives until EOF, close. Two threads on `BACKEND_CPU`.
@@ -508,7 +451,7 @@ fn bench() -> Result<(), Box<dyn std::error::Error>> {
     // Run-time statistics cost a little on every BPF call; they are on only
     // while this process holds the fd.
     let _stats = aya::sys::enable_stats(aya::sys::Stats::RunTime)?;
-    let hook_ids = attached_connect4(&setup.cgroup)?;
+    let hook_ids = attached(setup.cgroup.path(), BPF_CGROUP_INET4_CONNECT)?;
     if hook_ids.is_empty() {
         return Err("no connect4 program is attached to the bench cgroup".into());
     }
@@ -534,13 +477,13 @@ fn bench() -> Result<(), Box<dyn std::error::Error>> {
                     mode,
                     count: per_round,
                 };
-                let before = connect4_stats(&hook_ids);
+                let before = run_stats(&hook_ids);
                 let run = run_client(
                     p.inside.then_some(&setup.cgroup),
                     p.in_netns.then_some(&setup.netns),
                     &spec,
                 )?;
-                let after = connect4_stats(&hook_ids);
+                let after = run_stats(&hook_ids);
                 hook[i].0 += after.0 - before.0;
                 hook[i].1 += after.1 - before.1;
                 rates[i].push(f64::from(per_round - run.failed) / (run.elapsed_ns as f64 / 1e9));

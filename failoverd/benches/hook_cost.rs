@@ -16,7 +16,6 @@ mod support;
 mod common;
 
 use std::{
-    fs::File,
     net::{SocketAddr, TcpListener, TcpStream},
     os::fd::AsRawFd,
     process::{Command, Stdio},
@@ -27,7 +26,13 @@ use std::{
     thread,
 };
 
-use common::{kernel, linger_zero, median, pin_to_cpu};
+use common::{
+    kernel, linger_zero, median, pin_to_cpu,
+    programs::{
+        attached, run_stats, BPF_CGROUP_INET4_CONNECT, BPF_CGROUP_INET6_CONNECT,
+        BPF_CGROUP_SOCK_OPS,
+    },
+};
 use failoverd::datapath::{
     BpfDatapath, CgroupSpec, Datapath, DatapathConfig, Protocol, TableBackend, Vip, VipTable,
 };
@@ -44,26 +49,6 @@ const VIP6_PORT: u16 = 9;
 const CLIENT_CPU: usize = 0;
 /// The backends' CPU.
 const BACKEND_CPU: usize = 1;
-
-/// `BPF_PROG_QUERY` in `linux/bpf.h`.
-const BPF_PROG_QUERY: libc::c_long = 16;
-/// `enum bpf_attach_type` values of the programs measured.
-const BPF_CGROUP_SOCK_OPS: u32 = 3;
-const BPF_CGROUP_INET4_CONNECT: u32 = 10;
-const BPF_CGROUP_INET6_CONNECT: u32 = 11;
-
-/// `union bpf_attr` as `BPF_PROG_QUERY` reads it.
-#[repr(C)]
-#[derive(Default)]
-struct ProgQueryAttr {
-    target_fd: u32,
-    attach_type: u32,
-    query_flags: u32,
-    attach_flags: u32,
-    prog_ids: u64,
-    prog_cnt: u32,
-    pad: u32,
-}
 
 fn main() {
     if let Ok(spec) = std::env::var(CLIENT_ENV) {
@@ -93,43 +78,6 @@ fn client(spec: &str) {
         eprintln!("{failed} of {count} connects to {addr} failed");
         std::process::exit(1);
     }
-}
-
-/// Ids of the programs of `attach_type` attached to `cgroup` (aya 0.14 has no public query).
-fn attached(cgroup: &TestCgroup, attach_type: u32) -> std::io::Result<Vec<u32>> {
-    let dir = File::open(cgroup.path())?;
-    let mut ids = [0u32; 8];
-    let mut attr = ProgQueryAttr {
-        target_fd: dir.as_raw_fd() as u32,
-        attach_type,
-        prog_ids: ids.as_mut_ptr() as u64,
-        prog_cnt: ids.len() as u32,
-        ..ProgQueryAttr::default()
-    };
-    // SAFETY: attr is a valid, writable bpf_attr prefix of the size passed; prog_ids points at
-    // `prog_cnt` writable u32s that outlive the call.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_PROG_QUERY,
-            &mut attr as *mut ProgQueryAttr,
-            std::mem::size_of::<ProgQueryAttr>(),
-        )
-    };
-    if rc != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(ids[..(attr.prog_cnt as usize).min(ids.len())].to_vec())
-}
-
-/// Calls and total run time of the programs `ids`.
-fn stats(ids: &[u32]) -> (u64, u64) {
-    aya::programs::loaded_programs()
-        .filter_map(Result::ok)
-        .filter(|p| ids.contains(&p.id()))
-        .fold((0, 0), |(n, t), p| {
-            (n + p.run_count(), t + p.run_time().as_nanos() as u64)
-        })
 }
 
 /// A backend that accepts and closes connections, on `BACKEND_CPU`.
@@ -228,9 +176,9 @@ fn bench() -> Result<(), Box<dyn std::error::Error>> {
 
     // Run-time statistics are on only while this fd is held.
     let _stats = aya::sys::enable_stats(aya::sys::Stats::RunTime)?;
-    let c4 = attached(&cgroup, BPF_CGROUP_INET4_CONNECT)?;
-    let c6 = attached(&cgroup, BPF_CGROUP_INET6_CONNECT)?;
-    let so = attached(&cgroup, BPF_CGROUP_SOCK_OPS)?;
+    let c4 = attached(cgroup.path(), BPF_CGROUP_INET4_CONNECT)?;
+    let c6 = attached(cgroup.path(), BPF_CGROUP_INET6_CONNECT)?;
+    let so = attached(cgroup.path(), BPF_CGROUP_SOCK_OPS)?;
     if c4.is_empty() || c6.is_empty() || so.is_empty() {
         return Err("connect4, connect6 or sock_ops is not attached to the bench cgroup".into());
     }
@@ -244,9 +192,9 @@ fn bench() -> Result<(), Box<dyn std::error::Error>> {
     let (mut r4, mut r6, mut rs4, mut rs6) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for rep in 1..=reps {
         let one = |target: SocketAddr, prog: &[u32]| -> Result<_, Box<dyn std::error::Error>> {
-            let (p0, s0) = (stats(prog), stats(&so));
+            let (p0, s0) = (run_stats(prog), run_stats(&so));
             run_client(&cgroup, target, n)?;
-            let (p1, s1) = (stats(prog), stats(&so));
+            let (p1, s1) = (run_stats(prog), run_stats(&so));
             let calls = p1.0 - p0.0;
             if calls < u64::from(n) {
                 return Err(format!("{calls} hook calls for {n} connects to {target}").into());

@@ -15,6 +15,7 @@ pub mod decision;
 pub mod dirs;
 pub mod fleet;
 pub mod health;
+pub mod interned;
 pub mod limits;
 pub mod metrics;
 pub mod panics;

@@ -17,6 +17,7 @@ use std::{
 };
 
 pub mod figures;
+pub mod programs;
 
 use crate::support::{io_context, unique_name, TempDir};
 

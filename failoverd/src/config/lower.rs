@@ -4,7 +4,6 @@ use std::{
     collections::{hash_map::Entry, HashMap},
     net::SocketAddr,
     path::{Path, PathBuf},
-    sync::Arc,
 };
 
 use failoverd_shared::{VipKey, MAX_BACKENDS, MAX_COUNTERS, MAX_SERVICES, RESERVED_COUNTER_IDS};
@@ -20,7 +19,10 @@ use super::{
     BackendAddress, BackendConfig, Config, ControlSection, DatapathSection, EtcdSection, EtcdTls,
     FleetSection, HealthConfig, MetricsSection, ResolverSection, ServiceConfig,
 };
-use crate::datapath::{CgroupSpec, Protocol, Vip};
+use crate::{
+    datapath::{CgroupSpec, Protocol, Vip},
+    interned::Recent,
+};
 
 /// Builds the configuration and records every broken rule in `issues`; the
 /// result is meaningful only if `issues` stays empty.
@@ -90,7 +92,9 @@ pub(super) fn lower(raw: RawConfig, source: &Path, issues: &mut Issues) -> Confi
     // (`127.0.0.1:80` and `[::ffff:127.0.0.1]:80`) cannot both be accepted.
     let mut vip_owners: HashMap<VipKey, usize> = HashMap::new();
     let mut services = Vec::with_capacity(raw.services.len());
-    let mut healths = Vec::new();
+    // Equal sections (at scale nearly all, usually `defaults.health`; ~400 bytes and a few
+    // allocations each, with every check kind's keys) share one allocation.
+    let mut healths: Recent<HealthConfig> = Recent::new(16);
     for (i, s) in raw.services.iter().enumerate() {
         let path = format!("services[{i}]");
         let at = |key: &str| format!("{path}.{key}");
@@ -201,7 +205,7 @@ pub(super) fn lower(raw: RawConfig, source: &Path, issues: &mut Issues) -> Confi
             protocol: vip.protocol,
             on_all_down: s.on_all_down.as_ref().map(|v| v.0).unwrap_or_default(),
             failback: s.failback.as_ref().map(|v| v.0).unwrap_or_default(),
-            health: shared_health(&mut healths, health),
+            health: healths.share(health),
             breaker,
             passive,
             terminate,
@@ -223,25 +227,6 @@ pub(super) fn lower(raw: RawConfig, source: &Path, issues: &mut Issues) -> Confi
 
 /// The datapath's fixed sizes: services in its map, counter ids for services
 /// and backends. A file beyond them would load and then fail write by write.
-/// Health sections lately seen, the newest last: [`shared_health`] looks this far back.
-const SHARED_HEALTH_LOOKBACK: usize = 16;
-
-/// `health` as an allocation shared with an earlier service's equal section, if one of the
-/// last few distinct ones is equal (with thousands of services nearly all use the same,
-/// usually `defaults.health`, and a section with every check kind's keys is ~400 bytes and a
-/// few allocations); a new one otherwise. Looking only a few back keeps loading linear.
-fn shared_health(seen: &mut Vec<Arc<HealthConfig>>, health: HealthConfig) -> Arc<HealthConfig> {
-    if let Some(same) = seen.iter().rev().find(|h| ***h == health) {
-        return Arc::clone(same);
-    }
-    let health = Arc::new(health);
-    if seen.len() == SHARED_HEALTH_LOOKBACK {
-        seen.remove(0);
-    }
-    seen.push(Arc::clone(&health));
-    health
-}
-
 pub(super) fn kernel_limits(services: &[ServiceConfig], issues: &mut Issues) {
     let max_services = MAX_SERVICES as usize;
     if services.len() > max_services {

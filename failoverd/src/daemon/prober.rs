@@ -32,7 +32,10 @@ use tokio::{
 pub use feed::{Feed, Published};
 pub use lag::LagMeter;
 
-use crate::health::{HealthCheck, Probe};
+use crate::{
+    health::{HealthCheck, Probe},
+    interned::Recent,
+};
 
 /// What to probe. Two backends with equal targets share one loop.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -73,12 +76,9 @@ pub struct ProbeHub {
     completed: Arc<AtomicU64>,
     /// How late probes start, daemon-wide: first-verdict deadlines stretch with it.
     lag: Arc<LagMeter>,
-    /// The probes [`Self::shared_probe`] handed out lately, newest last.
-    recent: Mutex<Vec<Arc<Probe>>>,
+    /// The probes [`Self::shared_probe`] handed out lately.
+    recent: Mutex<Recent<Probe>>,
 }
-
-/// Distinct probes [`ProbeHub::shared_probe`] remembers.
-const RECENT_PROBES: usize = 16;
 
 /// A backend's subscription to its target's results; dropping it unsubscribes.
 pub struct Subscription {
@@ -101,7 +101,7 @@ impl ProbeHub {
             next_id: AtomicU64::new(0),
             completed: Arc::new(AtomicU64::new(0)),
             lag: Arc::new(LagMeter::default()),
-            recent: Mutex::new(Vec::new()),
+            recent: Mutex::new(Recent::new(16)),
         }
     }
 
@@ -117,18 +117,9 @@ impl ProbeHub {
 
     /// `probe` as an allocation shared with an equal one handed out lately: services with
     /// equal health sections probe alike, and at 10,000 services one copy each is a
-    /// megabyte. Looks back over the last [`RECENT_PROBES`] distinct ones only.
+    /// megabyte.
     pub fn shared_probe(&self, probe: Probe) -> Arc<Probe> {
-        let mut recent = lock(&self.recent);
-        if let Some(same) = recent.iter().rev().find(|p| ***p == probe) {
-            return Arc::clone(same);
-        }
-        let probe = Arc::new(probe);
-        if recent.len() == RECENT_PROBES {
-            recent.remove(0);
-        }
-        recent.push(Arc::clone(&probe));
-        probe
+        lock(&self.recent).share(probe)
     }
 
     /// How late probe starts have been lately, daemon-wide (see [`LagMeter`]).

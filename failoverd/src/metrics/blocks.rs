@@ -18,7 +18,7 @@ use std::{
 use metrics::HistogramFn;
 
 use super::labels::{
-    CONNECT_KINDS, PROBE_REASONS, STATES, TERMINATE_REASONS, TRANSITIONS, ZEROED_TRANSITIONS,
+    CONNECT_KINDS, PROBE_REASONS, STATES, TERMINATE_REASONS, TRANSITIONS, UNZEROED_TRANSITION,
 };
 use super::PROBE_BUCKETS;
 
@@ -172,8 +172,8 @@ impl BackendBlock {
     /// Registers the counters alerts are built on at 0.
     pub fn zero(&self) {
         let mut bits = bit::EJECTIONS;
-        for to in ZEROED_TRANSITIONS {
-            if let Some(i) = TRANSITIONS.iter().position(|t| *t == to) {
+        for (i, to) in TRANSITIONS.iter().enumerate() {
+            if *to != UNZEROED_TRANSITION {
                 bits |= 1 << (bit::TRANSITION + i as u32);
             }
         }

@@ -61,14 +61,10 @@ pub fn write_block_family(out: &mut String, name: &'static str, live: &Live) -> 
             nth_counters(w, b, "to", &TRANSITIONS, &b.transitions, bit::TRANSITION);
         }),
         names::BREAKER_EJECTIONS => each_backend(&mut w, live, |w, b| {
-            if b.has(bit::EJECTIONS) {
-                w.line("", None, b.breaker_ejections.load(Relaxed));
-            }
+            one_counter(w, b, bit::EJECTIONS, &b.breaker_ejections);
         }),
         names::PASSIVE_EJECTIONS => each_backend(&mut w, live, |w, b| {
-            if b.has(bit::EJECTIONS) {
-                w.line("", None, b.passive_ejections.load(Relaxed));
-            }
+            one_counter(w, b, bit::EJECTIONS, &b.passive_ejections);
         }),
         names::PASSIVE_FAILURES => each_backend(&mut w, live, |w, b| {
             let (counters, first) = (&b.passive_failures, bit::PASSIVE_FAILURE);
@@ -83,19 +79,13 @@ pub fn write_block_family(out: &mut String, name: &'static str, live: &Live) -> 
             nth_counters(w, b, "reason", &TERMINATE_REASONS, counters, first);
         }),
         names::CONNECTS => each_backend(&mut w, live, |w, b| {
-            if b.has(bit::CONNECTS) {
-                w.line("", None, b.connects.load(Relaxed));
-            }
+            one_counter(w, b, bit::CONNECTS, &b.connects);
         }),
         names::CONNECTS_ESTABLISHED => each_backend(&mut w, live, |w, b| {
-            if b.has(bit::OUTCOMES) {
-                w.line("", None, b.established.load(Relaxed));
-            }
+            one_counter(w, b, bit::OUTCOMES, &b.established);
         }),
         names::CONNECTS_DIVERTED => each_backend(&mut w, live, |w, b| {
-            if b.has(bit::OUTCOMES) {
-                w.line("", None, b.diverted.load(Relaxed));
-            }
+            one_counter(w, b, bit::OUTCOMES, &b.diverted);
         }),
         names::CONNECT_FAILURES => each_backend(&mut w, live, |w, b| {
             if b.has(bit::OUTCOMES) {
@@ -242,7 +232,20 @@ fn each_backend(
     }
 }
 
-/// The existing series of a family labelled by one closed set.
+/// A backend's unlabelled counter, once its series exists (`present`, bit `bits`).
+fn one_counter(
+    w: &mut Writer<'_>,
+    b: &BackendBlock,
+    bits: u64,
+    counter: &std::sync::atomic::AtomicU64,
+) {
+    if b.has(bits) {
+        w.line("", None, counter.load(Relaxed));
+    }
+}
+
+/// The existing series of a family labelled by one closed set: one per word of `words`
+/// whose bit (from `first`) is set, labelled `label`.
 fn nth_counters(
     w: &mut Writer<'_>,
     b: &BackendBlock,

@@ -15,16 +15,9 @@ pub const TRANSITIONS: [&str; 7] = [
     "unknown",
 ];
 
-/// The transitions [`crate::metrics::zero_backend`] registers at 0 (all but `unknown`, which
-/// a backend never goes back to).
-pub const ZEROED_TRANSITIONS: [&str; 6] = [
-    "drained",
-    "ejected",
-    "healthy",
-    "readmitted",
-    "undrained",
-    "unhealthy",
-];
+/// The one transition [`crate::metrics::zero_backend`] does not register at 0: a backend
+/// never goes back to `unknown`.
+pub const UNZEROED_TRANSITION: &str = "unknown";
 
 /// `state` of `failoverd_backend_state` (`Backend::state_word`).
 pub const STATES: [&str; 5] = ["drained", "ejected", "healthy", "unhealthy", "unknown"];

@@ -477,12 +477,19 @@ fn zero_registration_shows_exactly_the_alert_counters_at_0() {
         zero_service("z", &[0]);
         zero_backend("z", "a");
     });
-    let mut want: Vec<String> = labels::ZEROED_TRANSITIONS
-        .iter()
-        .map(|to| {
-            format!(r#"failoverd_backend_transitions_total{{service="z",backend="a",to="{to}"}} 0"#)
-        })
-        .collect();
+    let mut want: Vec<String> = [
+        "drained",
+        "ejected",
+        "healthy",
+        "readmitted",
+        "undrained",
+        "unhealthy",
+    ]
+    .iter()
+    .map(|to| {
+        format!(r#"failoverd_backend_transitions_total{{service="z",backend="a",to="{to}"}} 0"#)
+    })
+    .collect();
     want.extend(
         [
             r#"failoverd_breaker_ejections_total{service="z",backend="a"} 0"#,

@@ -299,8 +299,9 @@ impl<D: Datapath> Writer<D> {
                     }
                     WriterCommand::Remove(vip) => {
                         tracing::info!(vip = %vip, "VIP removed from the datapath");
-                        self.written.remove(&vip);
-                        self.owners.vip_removed(&vip);
+                        if let Some(table) = self.written.remove(&vip) {
+                            self.owners.vip_removed(&table);
+                        }
                     }
                 }
                 self.recovered(vip);

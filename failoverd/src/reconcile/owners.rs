@@ -88,10 +88,13 @@ impl Owners {
         self.marks.extend(marks_of(table));
     }
 
-    /// Forgets `vip`'s id → VIP entry, its table removed (the marks of its ids stay: an id
-    /// installed again for the same owner keeps its counts).
-    pub fn vip_removed(&mut self, vip: &Vip) {
-        self.vips.retain(|_, v| v != vip);
+    /// Forgets the VIP id → VIP entry of `table`, removed (the marks of its ids stay: an id
+    /// installed again for the same owner keeps its counts). One lookup, not a walk over
+    /// every VIP: a reload may remove thousands.
+    pub fn vip_removed(&mut self, table: &VipTable) {
+        if self.vips.get(&table.vip_id) == Some(&table.vip) {
+            self.vips.remove(&table.vip_id);
+        }
     }
 
     /// What is remembered of `id`'s owner.

@@ -12,6 +12,11 @@ fn vip(n: u8) -> Vip {
     }
 }
 
+/// The command that makes `v`'s table [`table`]`(v, port)`.
+fn apply(v: Vip, port: u16) -> WriterCommand {
+    WriterCommand::Apply(Arc::new(table(v, port)))
+}
+
 fn table(v: Vip, port: u16) -> VipTable {
     let b = TableBackend {
         addr: format!("127.0.0.1:{port}").parse().unwrap(),
@@ -77,11 +82,11 @@ impl Running {
 #[test]
 fn writes_only_what_changed() {
     let mut w = Writer::new(FakeDatapath::new()).unwrap();
-    w.queue(WriterCommand::Apply(Arc::new(table(vip(1), 1))));
-    w.queue(WriterCommand::Apply(Arc::new(table(vip(2), 2))));
+    w.queue(apply(vip(1), 1));
+    w.queue(apply(vip(2), 2));
     assert!(!w.flush());
-    w.queue(WriterCommand::Apply(Arc::new(table(vip(1), 1))));
-    w.queue(WriterCommand::Apply(Arc::new(table(vip(2), 3))));
+    w.queue(apply(vip(1), 1));
+    w.queue(apply(vip(2), 3));
     w.flush();
     assert_eq!(w.writes(), 3);
     assert_eq!(writes(&w).last(), Some(&FakeWrite::Apply(table(vip(2), 3))));
@@ -93,7 +98,7 @@ fn adopts_pinned_tables_and_does_not_rewrite_them() {
     dp.apply(&table(vip(1), 1)).unwrap();
     dp.writes.clear();
     let mut w = Writer::new(dp).unwrap();
-    w.queue(WriterCommand::Apply(Arc::new(table(vip(1), 1))));
+    w.queue(apply(vip(1), 1));
     w.flush();
     assert_eq!(w.writes(), 0);
     assert!(writes(&w).is_empty());
@@ -104,7 +109,7 @@ async fn a_failed_write_is_kept_and_retried_after_its_backoff() {
     let mut dp = FakeDatapath::new();
     dp.fail_next_write = Some("map full".into());
     let mut w = Writer::new(dp).unwrap();
-    w.queue(WriterCommand::Apply(Arc::new(table(vip(1), 1))));
+    w.queue(apply(vip(1), 1));
     assert!(w.flush(), "the failed write must stay queued");
     assert_eq!(w.errors(), 1);
     assert!(w.flush(), "not retried before its backoff");
@@ -120,8 +125,8 @@ async fn a_failed_write_is_kept_and_retried_after_its_backoff() {
 #[test]
 fn the_newest_command_for_a_vip_wins() {
     let mut w = Writer::new(FakeDatapath::new()).unwrap();
-    w.queue(WriterCommand::Apply(Arc::new(table(vip(1), 1))));
-    w.queue(WriterCommand::Apply(Arc::new(table(vip(1), 2))));
+    w.queue(apply(vip(1), 1));
+    w.queue(apply(vip(1), 2));
     w.flush();
     assert_eq!(writes(&w), vec![FakeWrite::Apply(table(vip(1), 2))]);
 }
@@ -142,9 +147,7 @@ async fn the_task_retries_after_a_second_and_stops_on_shutdown() {
     let (tx, rx) = mpsc::channel(8);
     let (stop_tx, stop_rx) = watch::channel(false);
     let task = tokio::spawn(run_writer(writer, rx, stop_rx));
-    tx.send(WriterCommand::Apply(Arc::new(table(vip(1), 1))).into())
-        .await
-        .unwrap();
+    tx.send(apply(vip(1), 1).into()).await.unwrap();
     tokio::time::sleep(RETRY_AFTER + Duration::from_millis(10)).await;
     stop_tx.send(true).unwrap();
     let writer = task.await.unwrap();
@@ -156,9 +159,9 @@ fn a_new_table_for_a_failing_vip_is_tried_at_once() {
     let dp = FakeDatapath::new();
     dp.handle().fail_writes(libc::ENOMEM, 1);
     let mut w = Writer::new(dp).unwrap();
-    w.queue(WriterCommand::Apply(Arc::new(table(vip(1), 1))));
+    w.queue(apply(vip(1), 1));
     assert!(w.flush());
-    w.queue(WriterCommand::Apply(Arc::new(table(vip(1), 2))));
+    w.queue(apply(vip(1), 2));
     assert!(
         !w.flush(),
         "a different table does not wait for the backoff"
@@ -172,12 +175,8 @@ async fn a_full_map_is_retried_with_backoff_and_reported_with_its_errno() {
     let dp = FakeDatapath::new();
     dp.handle().set_max_entries(Some(1));
     let running = Running::start(dp);
-    running
-        .send(WriterCommand::Apply(Arc::new(table(vip(1), 1))))
-        .await;
-    running
-        .send(WriterCommand::Apply(Arc::new(table(vip(2), 2))))
-        .await;
+    running.send(apply(vip(1), 1)).await;
+    running.send(apply(vip(2), 2)).await;
     assert!(!running.barrier().await, "vip 2 cannot be written");
 
     let failure = running.view.failing(&vip(2)).expect("vip 2 is failing");
@@ -212,9 +211,7 @@ async fn a_failing_write_shows_in_the_view_until_it_recovers() {
     let dp = FakeDatapath::new();
     dp.handle().fail_writes(libc::ENOMEM, 2);
     let running = Running::start(dp);
-    running
-        .send(WriterCommand::Apply(Arc::new(table(vip(1), 1))))
-        .await;
+    running.send(apply(vip(1), 1)).await;
     assert!(!running.barrier().await);
     let failure = running.view.failing(&vip(1)).expect("failing");
     assert_eq!((failure.errno, failure.attempts), (Some(libc::ENOMEM), 1));
@@ -232,12 +229,8 @@ async fn a_failing_write_shows_in_the_view_until_it_recovers() {
 #[tokio::test(start_paused = true)]
 async fn an_entry_deleted_behind_the_writers_back_is_restored() {
     let running = Running::start(FakeDatapath::new());
-    running
-        .send(WriterCommand::Apply(Arc::new(table(vip(1), 1))))
-        .await;
-    running
-        .send(WriterCommand::Apply(Arc::new(table(vip(2), 2))))
-        .await;
+    running.send(apply(vip(1), 1)).await;
+    running.send(apply(vip(2), 2)).await;
     assert!(running.barrier().await);
 
     running.kernel.delete_entry(&vip(1));
@@ -260,9 +253,7 @@ async fn an_entry_deleted_behind_the_writers_back_is_restored() {
 #[tokio::test(start_paused = true)]
 async fn an_entry_altered_behind_the_writers_back_is_rewritten() {
     let running = Running::start(FakeDatapath::new());
-    running
-        .send(WriterCommand::Apply(Arc::new(table(vip(1), 1))))
-        .await;
+    running.send(apply(vip(1), 1)).await;
     assert!(running.barrier().await);
     running.kernel.alter_entry(table(vip(1), 9));
     tokio::time::sleep(CHECK_EVERY + Duration::from_millis(10)).await;
@@ -278,12 +269,8 @@ async fn an_entry_altered_behind_the_writers_back_is_rewritten() {
 #[tokio::test(start_paused = true)]
 async fn a_datapath_taken_apart_makes_every_vip_fail_until_it_is_back() {
     let running = Running::start(FakeDatapath::new());
-    running
-        .send(WriterCommand::Apply(Arc::new(table(vip(1), 1))))
-        .await;
-    running
-        .send(WriterCommand::Apply(Arc::new(table(vip(2), 2))))
-        .await;
+    running.send(apply(vip(1), 1)).await;
+    running.send(apply(vip(2), 2)).await;
     assert!(running.barrier().await);
     running.kernel.take_apart("link pin /x was removed");
     tokio::time::sleep(CHECK_EVERY + Duration::from_millis(10)).await;
@@ -311,9 +298,7 @@ async fn a_datapath_taken_apart_makes_every_vip_fail_until_it_is_back() {
 #[tokio::test(start_paused = true)]
 async fn a_check_that_cannot_look_changes_nothing() {
     let running = Running::start(FakeDatapath::new());
-    running
-        .send(WriterCommand::Apply(Arc::new(table(vip(1), 1))))
-        .await;
+    running.send(apply(vip(1), 1)).await;
     assert!(running.barrier().await);
     running.kernel.fail_checks(Some(libc::EMFILE));
     tokio::time::sleep(2 * CHECK_EVERY + Duration::from_millis(10)).await;
@@ -333,9 +318,7 @@ async fn a_check_that_cannot_look_changes_nothing() {
 async fn a_reset_message_zeroes_an_id_no_table_holds_and_spares_live_ones() {
     let dp = FakeDatapath::new();
     let running = Running::start(dp);
-    running
-        .send(WriterCommand::Apply(Arc::new(table(vip(1), 7))))
-        .await;
+    running.send(apply(vip(1), 7)).await;
     assert!(running.barrier().await);
     running.kernel.set_counters(7, counted(5));
     running.kernel.set_counters(9, counted(60));
@@ -391,7 +374,7 @@ fn the_same_owner_keeps_its_counts_across_a_restart_and_removal() {
     let mut w = Writer::new(dp).unwrap();
     w.queue(WriterCommand::Remove(vip(1)));
     w.flush();
-    w.queue(WriterCommand::Apply(Arc::new(table(vip(1), 7))));
+    w.queue(apply(vip(1), 7));
     w.flush();
     assert_eq!(kernel.counters(7), counted(100));
     assert!(kernel.resets().is_empty());
@@ -481,9 +464,7 @@ async fn sockets_are_aborted_and_marks_lifted_after_the_table_sent_before_them_i
     let task = tokio::spawn(run_writer(writer, rx, stop_rx));
     kernel.set_open_sockets(7, Terminated { tcp: 3, udp: 1 });
     // Queued together, before the writer runs: one batch.
-    tx.send(WriterCommand::Apply(Arc::new(table(vip(1), 8))).into())
-        .await
-        .unwrap();
+    tx.send(apply(vip(1), 8).into()).await.unwrap();
     let (reply, answer) = tokio::sync::oneshot::channel();
     tx.send(WriterMessage::Terminate {
         backend_ids: vec![7],

@@ -4,6 +4,8 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use failoverd_shared::{MAX_BACKENDS, MAX_SLOTS};
 
+use crate::interned::Recent;
+
 /// Why a set of weights cannot become a slot table.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum SlotError {
@@ -61,31 +63,21 @@ pub fn fill_slots(weights: &[u32]) -> Result<Vec<u8>, SlotError> {
 }
 
 /// Spreads each index's count evenly over the table (smooth weighted round robin).
-/// Distinct slot tables [`shared`] remembers, the newest last.
-const RECENT_MAX: usize = 32;
+/// The slot tables lately handed out by [`shared`]: 32 distinct ones.
+static RECENT: Mutex<Recent<[u8]>> = Mutex::new(Recent::new(32));
 
-/// The slot tables lately handed out by [`shared`].
-static RECENT: Mutex<Vec<Arc<[u8]>>> = Mutex::new(Vec::new());
-
-/// `slots` as an allocation shared with an equal slot table handed out before, if it is one
-/// of the last [`RECENT_MAX`] distinct ones; a new one otherwise.
+/// `slots` as an allocation shared with an equal slot table handed out lately; a new one
+/// otherwise.
 ///
 /// A slot table is 256 bytes and a pure function of the live backends' weights, so at scale
 /// nearly every VIP has one of a handful (4 equal weights, 3 after a failure…): shared,
 /// 10,000 VIPs hold a few of them instead of 10,000 (and the daemon's core and writer, which
-/// share each table, no copy more). Remembering only the last few keeps the lookup cheap
-/// next to building the table.
+/// share each table, no copy more).
 pub fn shared(slots: Vec<u8>) -> Arc<[u8]> {
-    let mut recent = RECENT.lock().unwrap_or_else(PoisonError::into_inner);
-    if let Some(same) = recent.iter().rev().find(|s| ***s == *slots) {
-        return Arc::clone(same);
-    }
-    let slots: Arc<[u8]> = slots.into();
-    if recent.len() == RECENT_MAX {
-        recent.remove(0);
-    }
-    recent.push(Arc::clone(&slots));
-    slots
+    RECENT
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .share(slots)
 }
 
 fn interleave(counts: &[u64]) -> Vec<u8> {
