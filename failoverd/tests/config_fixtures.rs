@@ -137,7 +137,7 @@ fn the_example_config_parses_to_what_it_says() {
     assert_eq!(cache.health.kind, HealthKind::Tcp);
     assert_eq!(cache.health.timeout, Duration::from_millis(500));
     assert_eq!(cache.backends[0].weight, 300);
-    assert_eq!(cache.backends[1].name, "[2001:db8:10::32]:6379");
+    assert_eq!(&*cache.backends[1].name, "[2001:db8:10::32]:6379");
 
     let dns = &c.services[2];
     assert_eq!(dns.protocol, Protocol::Udp);

@@ -265,7 +265,7 @@ fn write_service(f: &mut fmt::Formatter<'_>, s: &ServiceConfig) -> fmt::Result {
             };
             let address = backend.address.to_string();
             // An unnamed backend is named by its address: no need to say it twice.
-            if backend.name != address {
+            if *backend.name != *address {
                 write!(f, "    {} {address}", backend.name)?;
             } else {
                 write!(f, "    {address}")?;

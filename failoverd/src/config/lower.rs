@@ -375,7 +375,7 @@ fn backend(
         );
     }
     BackendConfig {
-        name: b.name.clone().unwrap_or_else(|| written.to_string()),
+        name: b.name.clone().unwrap_or_else(|| written.to_string()).into(),
         address,
         weight,
         priority: u8::try_from(priority).unwrap_or(u8::MAX),

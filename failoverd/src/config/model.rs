@@ -493,7 +493,7 @@ pub struct BackendConfig {
     /// `address`: `ip:port` (`[ipv6]:port`) or `hostname:port`; port not 0.
     pub address: BackendAddress,
     /// `name`: unique in the service. Default: the address as [`BackendAddress`] displays it.
-    pub name: String,
+    pub name: std::sync::Arc<str>,
     /// `weight`: share of connects among live backends of one priority, 0-1000; 0 takes none. Default: 100.
     pub weight: u32,
     /// `priority`: 0 is tried first, higher numbers only when all lower ones are down. Default: 0.

@@ -109,7 +109,7 @@ fn the_issue_example_parses_to_what_it_says() {
     assert_eq!(s.health.http.expect_status, StatusMatch::List(vec![200]));
     assert_eq!(s.health.http.expect_body.as_deref(), Some("running"));
     assert_eq!(s.detection_bound(), Duration::from_millis(3300));
-    assert_eq!(s.backends[1].name, "b");
+    assert_eq!(&*s.backends[1].name, "b");
     assert_eq!(
         s.backends[1].address,
         BackendAddress::Host {
@@ -135,7 +135,7 @@ fn a_minimal_file_gets_every_default() {
     assert_eq!(*s.health, HealthConfig::default());
     assert_eq!(s.breaker, BreakerConfig::default());
     let b = &s.backends[0];
-    assert_eq!(b.name, "10.0.0.1:80");
+    assert_eq!(&*b.name, "10.0.0.1:80");
     assert_eq!((b.weight, b.priority), (100, 0));
 }
 
@@ -379,7 +379,7 @@ fn ipv4_mapped_addresses_are_used_in_their_ipv4_form() {
         s.backends[0].address,
         BackendAddress::Ip("127.0.0.1:81".parse().unwrap())
     );
-    assert_eq!(s.backends[0].name, "[::ffff:127.0.0.1]:81");
+    assert_eq!(&*s.backends[0].name, "[::ffff:127.0.0.1]:81");
 }
 
 #[test]

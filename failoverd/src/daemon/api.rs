@@ -118,7 +118,7 @@ impl DaemonApi {
             .collect();
         // A backend whose name resolves to nothing shows as such, not as missing.
         for (name, address) in s.unresolved {
-            let entry = service.and_then(|c| c.backends.iter().find(|b| b.name == name));
+            let entry = service.and_then(|c| c.backends.iter().find(|b| *b.name == *name));
             backends.push(BackendReport {
                 name,
                 address,

@@ -336,9 +336,9 @@ impl DaemonApi {
             .ok_or_else(|| ControlError::NotFound(format!("no service named `{service}`")))?;
         // `name@ip:port` names one address of a hostname backend.
         let known = s.backends.iter().any(|b| {
-            b.name == backend
+            *b.name == *backend
                 || backend
-                    .strip_prefix(b.name.as_str())
+                    .strip_prefix(&*b.name)
                     .is_some_and(|rest| rest.starts_with('@'))
         });
         if known {

@@ -351,7 +351,7 @@ impl Observer {
 pub struct Gauges {
     active: Option<u8>,
     live: usize,
-    backends: Vec<(String, u8, &'static str, bool, bool)>,
+    backends: Vec<(Arc<str>, u8, &'static str, bool, bool)>,
 }
 
 impl Gauges {

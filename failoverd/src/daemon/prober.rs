@@ -18,7 +18,7 @@ use std::{
     net::SocketAddr,
     sync::{
         atomic::{AtomicU64, Ordering},
-        Arc, Mutex, PoisonError, Weak,
+        Arc, Mutex, PoisonError,
     },
     time::Duration,
 };
@@ -82,7 +82,6 @@ pub struct ProbeHub {
 
 /// A backend's subscription to its target's results; dropping it unsubscribes.
 pub struct Subscription {
-    loops: Weak<Mutex<Loops>>,
     feed: Arc<Feed>,
     /// Its place in the feed's readers.
     id: u64,
@@ -136,7 +135,7 @@ impl ProbeHub {
         let feed = match same.iter().find(|l| *l.feed.target() == target) {
             Some(existing) => Arc::clone(&existing.feed),
             None => {
-                let feed = Arc::new(Feed::new(target));
+                let feed = Arc::new(Feed::new(target, Arc::downgrade(&self.loops)));
                 let task = tokio::spawn(run(
                     Arc::clone(&feed),
                     Arc::clone(&self.checker),
@@ -153,12 +152,7 @@ impl ProbeHub {
         };
         // Under the hub's lock, so a concurrent last unsubscribe cannot stop this loop.
         let seen = AtomicU64::new(feed.add_reader(id, bell));
-        Subscription {
-            loops: Arc::downgrade(&self.loops),
-            feed,
-            id,
-            seen,
-        }
+        Subscription { feed, id, seen }
     }
 }
 
@@ -169,12 +163,17 @@ impl Subscription {
     pub fn read(&self, out: &mut Vec<Published>) -> u64 {
         self.feed.read(self.id, &self.seen, out)
     }
+
+    /// What it reads the results of.
+    pub fn target(&self) -> &ProbeTarget {
+        self.feed.target()
+    }
 }
 
 impl Drop for Subscription {
     fn drop(&mut self) {
         // The hub is gone: its loops went with it.
-        let Some(loops) = self.loops.upgrade() else {
+        let Some(loops) = self.feed.loops() else {
             return;
         };
         let mut loops = lock(&loops);

@@ -25,8 +25,8 @@ use super::{
 use crate::{
     datapath::{ConnectFailure, DatapathError, IdAllocator, IdsExhausted, Terminated, VipTable},
     decision::{
-        BackendKey, CounterIds, Decision, Drain, Evidence, Explanation, Input, Refused,
-        ServiceState, ServiceStatus, SortedMap, Transition,
+        CounterIds, Decision, Drain, Evidence, Explanation, Input, Keyed, Refused, ServiceState,
+        ServiceStatus, SortedMap, Transition,
     },
     health::Probe,
     reconcile::{KernelView, WriterCommand, WriterMessage},
@@ -193,10 +193,21 @@ impl CounterIds for LockedIds<'_> {
 
 /// A backend's probe subscription, and with per-backend series what records its probes.
 struct Probing {
+    /// The backend's counter id: unique, never reused within a service while it lives, and
+    /// 4 bytes where its [`crate::decision::BackendKey`] is 40.
+    id: u32,
     subscription: Subscription,
     /// Boxed and only with `metrics.per_backend`: 40 bytes in each of tens of thousands of
     /// backends otherwise, for series that are not exported.
     series: Option<Box<ProbeSeries>>,
+}
+
+impl Keyed for Probing {
+    type Key = u32;
+
+    fn key(&self) -> &u32 {
+        &self.id
+    }
 }
 
 /// What records one backend's probes into its per-backend series.
@@ -204,15 +215,15 @@ struct ProbeSeries {
     /// Its latency histogram, looked up once.
     latency: metrics::Histogram,
     /// The backend's name, for its probe-failure series without a search per result.
-    name: String,
+    name: Arc<str>,
 }
 
 /// The shell of one service.
 pub struct ServiceTask {
     state: ServiceState,
     probe: Arc<Probe>,
-    /// Sorted by key, as the core's backends.
-    probing: SortedMap<BackendKey, Probing>,
+    /// One per backend of the core, by backend id.
+    probing: SortedMap<Probing>,
     gauges: Gauges,
     /// Addresses of IP backends, fed to the core when the task starts.
     initial: Vec<(usize, Vec<SocketAddr>)>,
@@ -392,23 +403,27 @@ impl ServiceTask {
     /// Takes every result the service's targets published since it last looked, in order
     /// per target, then follows the probe lag.
     async fn on_probes(&mut self) {
-        let mut batch: Vec<(BackendKey, Published)> = Vec::new();
+        let mut batch: Vec<(u32, Published)> = Vec::new();
         let mut read = Vec::new();
-        for (key, p) in self.probing.iter() {
+        for (&id, p) in self.probing.iter() {
             let lost = p.subscription.read(&mut read);
             if lost > 0 {
-                tracing::error!(service = %self.state.config().name, backend = %key.addr, lost, "probe results were lost: this service task stalled for over a thousand probe intervals");
+                tracing::error!(service = %self.state.config().name, backend = %p.subscription.target().addr, lost, "probe results were lost: this service task stalled for over a thousand probe intervals");
             }
-            batch.extend(read.drain(..).map(|r| (*key, r)));
+            batch.extend(read.drain(..).map(|r| (id, r)));
         }
-        for (key, published) in batch {
-            self.on_probe(key, published).await;
+        for (id, published) in batch {
+            self.on_probe(id, published).await;
         }
         self.follow_lag().await;
     }
 
-    async fn on_probe(&mut self, key: BackendKey, published: Published) {
-        if let Some(series) = self.probing.get(&key).and_then(|p| p.series.as_deref()) {
+    async fn on_probe(&mut self, id: u32, published: Published) {
+        // A handful of backends: a scan, not an index kept per service.
+        let Some(key) = self.state.backends().find(|b| b.id == id).map(|b| b.key) else {
+            return; // Removed (DNS) while its results waited.
+        };
+        if let Some(series) = self.probing.get(&id).and_then(|p| p.series.as_deref()) {
             self.shared.observer.probe(
                 &self.state.config().name,
                 &series.name,
@@ -559,9 +574,9 @@ impl ServiceTask {
         self.routed = self.shared.routes.set(&self.tx, &self.routed, ids);
         let config = self.state.config();
         self.probing
-            .retain(|key, _| self.state.backends().any(|b| b.key == *key));
+            .retain(|id, _| self.state.backends().any(|b| b.id == *id));
         for b in self.state.backends() {
-            if self.probing.contains_key(&b.key) {
+            if self.probing.contains_key(&b.id) {
                 continue;
             }
             crate::metrics::zero_backend(&config.name, &b.name);
@@ -574,18 +589,16 @@ impl ServiceTask {
                 },
                 Arc::clone(&self.bell),
             );
-            self.probing.insert(
-                b.key,
-                Probing {
-                    subscription,
-                    series: crate::metrics::per_backend().then(|| {
-                        Box::new(ProbeSeries {
-                            latency: crate::metrics::probe_latency(&config.name, &b.name),
-                            name: b.name.clone(),
-                        })
-                    }),
-                },
-            );
+            self.probing.insert(Probing {
+                id: b.id,
+                subscription,
+                series: crate::metrics::per_backend().then(|| {
+                    Box::new(ProbeSeries {
+                        latency: crate::metrics::probe_latency(&config.name, &b.name),
+                        name: b.name.clone(),
+                    })
+                }),
+            });
         }
     }
 }

@@ -43,7 +43,7 @@ impl ServiceState {
                 if !b.retiring {
                     b.retiring = true;
                     out.push(Transition::AddressRetiring {
-                        backend: b.name.clone(),
+                        backend: b.name.to_string(),
                     });
                 }
             } else {
@@ -91,15 +91,15 @@ impl ServiceState {
             // known here.
             // A restored drain's grace (`drain_after`) counts from now: the core has no wall
             // clock to tell how much of it passed before a restart.
-            if let Some(drain) = self.drains.get(&backend.name).cloned() {
+            if let Some(drain) = self.drains.get(&*backend.name).cloned() {
                 backend.set_drain(drain, self.config.terminate.drain_after, now);
             }
             if from_hostname {
                 out.push(Transition::AddressAdded {
-                    backend: backend.name.clone(),
+                    backend: backend.name.to_string(),
                 });
             }
-            self.backends.insert(key, backend);
+            self.backends.insert(backend);
         }
     }
 
@@ -144,9 +144,9 @@ impl ServiceState {
             if !self.adopted_ids.values().any(|&id| id == b.id) {
                 ids.release(b.id);
             }
-            self.effects.removed.push((b.id, b.name.clone()));
+            self.effects.removed.push((b.id, b.name.to_string()));
             out.push(Transition::AddressRemoved {
-                backend: b.name,
+                backend: b.name.to_string(),
                 why,
             });
         }

@@ -4,6 +4,7 @@ use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use tokio::time::Instant;
 
+use super::sorted::Keyed;
 use crate::{
     breaker::{Breaker, BreakerParams},
     config::{BackendConfig, HealthConfig, ServiceConfig},
@@ -65,11 +66,12 @@ pub struct PassiveState {
 /// Everything the core knows about one backend address.
 #[derive(Debug)]
 pub struct Backend {
-    /// Where it came from and where traffic goes.
+    /// Where it came from and where traffic goes. Never changed once made: its service's
+    /// backends are kept in its order (see [`Keyed`]).
     pub key: BackendKey,
     /// Name used by status, logs and drain: the configured name, or
     /// `name@ip:port` for each address of a hostname backend.
-    pub name: String,
+    pub name: Arc<str>,
     /// Share of new connections within its priority group.
     pub weight: u32,
     /// 0 is preferred.
@@ -100,6 +102,14 @@ pub struct Backend {
     pub drain_deadline: Option<Instant>,
 }
 
+impl Keyed for Backend {
+    type Key = BackendKey;
+
+    fn key(&self) -> &BackendKey {
+        &self.key
+    }
+}
+
 impl Backend {
     /// A backend with no verdict yet, seen first at `now`: never silently healthy.
     pub fn new(
@@ -115,9 +125,10 @@ impl Backend {
         Backend {
             key,
             name: if from_hostname {
-                format!("{}@{}", config.name, key.addr)
+                format!("{}@{}", config.name, key.addr).into()
             } else {
-                config.name.clone()
+                // The config's own allocation: names are most of a backend's heap otherwise.
+                Arc::clone(&config.name)
             },
             weight: config.weight,
             priority: config.priority,

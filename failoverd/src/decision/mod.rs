@@ -26,5 +26,5 @@ pub use backend::{Backend, BackendKey, Drain, LastProbe, PassiveState};
 pub use input::{CounterIds, Input, Refused};
 pub use report::{BackendStatus, Explanation, OutReason, PassiveStatus, ServiceStatus};
 pub use service::ServiceState;
-pub use sorted::SortedMap;
+pub use sorted::{Keyed, SortedMap};
 pub use transition::{Decision, Evidence, PassiveHold, TerminateReason, Termination, Transition};

@@ -65,7 +65,7 @@ impl ServiceState {
         passive.last_failure = Some((now, kind));
         passive.consecutive = consecutive;
         out.push(Transition::PassiveFailure {
-            backend: b.name.clone(),
+            backend: b.name.to_string(),
             kind,
             consecutive,
         });
@@ -86,7 +86,7 @@ impl ServiceState {
         };
         if let Some(why) = hold {
             out.push(Transition::PassiveHeld {
-                backend: b.name.clone(),
+                backend: b.name.to_string(),
                 consecutive,
                 why,
             });
@@ -109,7 +109,7 @@ impl ServiceState {
         passive.ejections = passive.ejections.saturating_add(1);
         passive.marked |= suspect;
         out.push(Transition::PassiveEjected {
-            backend: b.name.clone(),
+            backend: b.name.to_string(),
             kind,
             consecutive,
             open_for: for_,

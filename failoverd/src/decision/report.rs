@@ -174,7 +174,7 @@ impl ServiceState {
                 .backends
                 .values()
                 .map(|b| BackendStatus {
-                    name: b.name.clone(),
+                    name: b.name.to_string(),
                     addr: b.key.addr,
                     state: b.state_word(),
                     health: b.health.status(),
@@ -218,7 +218,7 @@ impl ServiceState {
         for b in self.backends.values() {
             let percent = share(b.key.addr);
             if percent > 0.0 {
-                reachable.push((b.name.clone(), b.key.addr, percent));
+                reachable.push((b.name.to_string(), b.key.addr, percent));
                 continue;
             }
             let split = self
@@ -232,7 +232,7 @@ impl ServiceState {
                     kept: kept
                         .as_ref()
                         .and_then(|k| self.backends.get(k))
-                        .map(|k| k.name.clone()),
+                        .map(|k| k.name.to_string()),
                 }
             } else if b.passive().ejected && !b.is_live() && b.drain.is_none() {
                 OutReason::PassiveEjected {
@@ -261,7 +261,7 @@ impl ServiceState {
                     },
                 }
             };
-            out.push((b.name.clone(), b.key.addr, reason));
+            out.push((b.name.to_string(), b.key.addr, reason));
         }
         Explanation {
             service: self.config.name.clone(),

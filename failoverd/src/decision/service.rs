@@ -37,7 +37,7 @@ pub struct ServiceState {
     /// The breaker's parameters, one allocation shared by every backend's breaker.
     pub(super) breaker: Arc<BreakerParams>,
     /// One sorted vector, not a tree: see [`SortedMap`].
-    pub(super) backends: SortedMap<BackendKey, Backend>,
+    pub(super) backends: SortedMap<Backend>,
     /// Ids an adopted table gave to addresses, reused so kernel counters continue.
     pub(super) adopted_ids: HashMap<SocketAddr, u32>,
     /// Drains by backend name, applied as backends appear (a hostname's addresses come late).
@@ -165,7 +165,7 @@ impl ServiceState {
             .iter()
             .enumerate()
             .filter(|(i, _)| !self.backends.keys().any(|k| k.config_index == *i))
-            .map(|(_, b)| (b.name.clone(), b.address.to_string()))
+            .map(|(_, b)| (b.name.to_string(), b.address.to_string()))
             .collect()
     }
 
@@ -182,7 +182,7 @@ impl ServiceState {
     /// Every backend that claims primary while more than one does, and the one kept.
     pub fn split_brain(&self) -> Option<(Vec<&str>, Option<&str>)> {
         let (claimants, kept) = self.split.as_ref()?;
-        let name = |k: &BackendKey| self.backends.get(k).map(|b| b.name.as_str());
+        let name = |k: &BackendKey| self.backends.get(k).map(|b| &*b.name);
         Some((
             claimants.iter().filter_map(name).collect(),
             kept.as_ref().and_then(name),
@@ -346,12 +346,12 @@ impl ServiceState {
     fn key_of(&self, backend: &str) -> Result<BackendKey, Refused> {
         self.backends
             .iter()
-            .find(|(_, b)| b.name == backend)
+            .find(|(_, b)| *b.name == *backend)
             .map(|(k, _)| *k)
             .ok_or_else(|| Refused::UnknownBackend {
                 service: self.config.name.clone(),
                 backend: backend.to_string(),
-                known: self.backends.values().map(|b| b.name.clone()).collect(),
+                known: self.backends.values().map(|b| b.name.to_string()).collect(),
             })
     }
 
@@ -401,7 +401,7 @@ impl ServiceState {
                 }
             }
             out.push(Transition::Health {
-                backend: b.name.clone(),
+                backend: b.name.to_string(),
                 addr: key.addr,
                 to,
                 evidence: Evidence(Arc::clone(&result)),
@@ -548,7 +548,7 @@ impl ServiceState {
             .as_ref()
             .is_none_or(|(was, was_kept)| *was != claimants || *was_kept != kept);
         if changed {
-            let name = |k: &BackendKey| self.backends[k].name.clone();
+            let name = |k: &BackendKey| self.backends[k].name.to_string();
             out.push(Transition::SplitBrain {
                 primaries: claimants.iter().map(name).collect(),
                 kept: kept.as_ref().map(name),

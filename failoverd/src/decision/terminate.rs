@@ -61,7 +61,7 @@ impl ServiceState {
                 None
             };
             if let Some(reason) = reason {
-                asks.push((b.name.clone(), b.id, reason));
+                asks.push((b.name.to_string(), b.id, reason));
             }
         }
         for (name, id, reason) in asks {

@@ -9,13 +9,13 @@ use std::{
     collections::VecDeque,
     sync::{
         atomic::{AtomicU64, Ordering},
-        Arc, Mutex,
+        Arc, Mutex, Weak,
     },
 };
 
 use tokio::{sync::Notify, time::Instant};
 
-use super::{lock, ProbeTarget};
+use super::{lock, Loops, ProbeTarget};
 use crate::health::ProbeResult;
 
 /// Results a feed keeps for a reader that does not read: 1024 probe intervals of a stalled
@@ -36,6 +36,9 @@ pub struct Published {
 /// One target's results.
 pub struct Feed {
     target: ProbeTarget,
+    /// The hub's loops, where the last reader to leave stops this feed's loop: kept once
+    /// here, not in each of its (up to tens of thousands of) subscriptions.
+    loops: Weak<Mutex<Loops>>,
     /// The newest result's number (0 before the first): readers look at it without the lock.
     latest: AtomicU64,
     inner: Mutex<Inner>,
@@ -60,15 +63,21 @@ struct Reader {
 }
 
 impl Feed {
-    pub(super) fn new(target: ProbeTarget) -> Self {
+    pub(super) fn new(target: ProbeTarget, loops: Weak<Mutex<Loops>>) -> Self {
         Feed {
             target,
+            loops,
             latest: AtomicU64::new(0),
             inner: Mutex::new(Inner {
                 kept: VecDeque::new(),
                 readers: Vec::new(),
             }),
         }
+    }
+
+    /// The hub's loops, unless the hub is gone (and its loops with it).
+    pub(super) fn loops(&self) -> Option<Arc<Mutex<Loops>>> {
+        self.loops.upgrade()
     }
 
     /// What this feed's loop probes.
