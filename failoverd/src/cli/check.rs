@@ -78,7 +78,7 @@ pub fn run(args: &CheckArgs) -> Result<(), CheckError> {
         Output::Table => Summary(&config).to_string(),
         Output::Json => output::json(&JsonSummary {
             file: config.source.display().to_string(),
-            services: config.services.iter().map(json_service).collect(),
+            services: config.services.iter().map(|s| json_service(s)).collect(),
         })?,
     };
     Ok(print(&text)?)
@@ -455,7 +455,7 @@ services:
         let kinds: Vec<(String, Option<String>)> = config
             .services
             .iter()
-            .map(json_service)
+            .map(|s| json_service(s))
             .map(|j| (j.health_kind, j.role))
             .collect();
         let want = [

@@ -11,6 +11,7 @@ use std::{
     collections::HashMap,
     net::SocketAddr,
     path::{Path, PathBuf},
+    sync::Arc,
 };
 
 use failoverd_shared::VipKey;
@@ -101,7 +102,7 @@ pub fn service_documents(
 }
 
 /// Checks one fleet service document (the value of `key` in etcd) like a config file.
-pub fn parse_service(key: &str, text: &str) -> Result<ServiceConfig, ConfigError> {
+pub fn parse_service(key: &str, text: &str) -> Result<Arc<ServiceConfig>, ConfigError> {
     let source = PathBuf::from(format!("etcd:{key}"));
     let mut config = super::parse(text, &source)?;
     let expected = key.rsplit('/').next().unwrap_or(key);
@@ -128,7 +129,10 @@ pub fn parse_service(key: &str, text: &str) -> Result<ServiceConfig, ConfigError
 /// the local file (which is read again only to locate it) or in the fleet service's key.
 ///
 /// `fleet` is `(etcd key, service)`.
-pub fn join(local: &Config, fleet: &[(String, ServiceConfig)]) -> Result<Config, ConfigError> {
+pub fn join(
+    local: &Config,
+    fleet: &[(String, Arc<ServiceConfig>)],
+) -> Result<Config, ConfigError> {
     let mut found: Option<(Side, String, String)> = None;
     let names: HashMap<&str, usize> = local
         .services
@@ -145,8 +149,8 @@ pub fn join(local: &Config, fleet: &[(String, ServiceConfig)]) -> Result<Config,
     let vip_addrs = |services: &mut dyn Iterator<Item = &ServiceConfig>| {
         services.map(|s| s.vip).collect::<Vec<SocketAddr>>()
     };
-    let local_vips = vip_addrs(&mut local.services.iter());
-    let fleet_vips = vip_addrs(&mut fleet.iter().map(|(_, s)| s));
+    let local_vips = vip_addrs(&mut local.services.iter().map(|s| &**s));
+    let fleet_vips = vip_addrs(&mut fleet.iter().map(|(_, s)| &**s));
     for (key, s) in fleet {
         if let Some(&i) = names.get(s.name.as_str()) {
             found = Some((
@@ -197,7 +201,7 @@ pub fn join(local: &Config, fleet: &[(String, ServiceConfig)]) -> Result<Config,
         }
     }
     let mut joined = local.clone();
-    joined.services.extend(fleet.iter().map(|(_, s)| s.clone()));
+    joined.services.extend(fleet.iter().map(|(_, s)| Arc::clone(s)));
     if found.is_none() {
         let mut issues = Issues::default();
         kernel_limits(&joined.services, &mut issues);
@@ -330,7 +334,7 @@ services:
         );
     }
 
-    fn fleet_of(text: &str) -> Vec<(String, ServiceConfig)> {
+    fn fleet_of(text: &str) -> Vec<(String, Arc<ServiceConfig>)> {
         parsed(text, "fleet.yaml")
             .services
             .into_iter()

@@ -4,6 +4,7 @@ use std::{
     collections::{hash_map::Entry, HashMap},
     net::SocketAddr,
     path::{Path, PathBuf},
+    sync::Arc,
 };
 
 use failoverd_shared::{VipKey, MAX_BACKENDS, MAX_COUNTERS, MAX_SERVICES, RESERVED_COUNTER_IDS};
@@ -199,7 +200,7 @@ pub(super) fn lower(raw: RawConfig, source: &Path, issues: &mut Issues) -> Confi
             },
             issues,
         );
-        services.push(ServiceConfig {
+        services.push(Arc::new(ServiceConfig {
             name: s.name.clone(),
             vip: vip.addr,
             protocol: vip.protocol,
@@ -210,7 +211,7 @@ pub(super) fn lower(raw: RawConfig, source: &Path, issues: &mut Issues) -> Confi
             passive,
             terminate,
             backends: backends(s, &path, vip.addr, &vips, issues),
-        });
+        }));
     }
 
     kernel_limits(&services, issues);
@@ -227,7 +228,7 @@ pub(super) fn lower(raw: RawConfig, source: &Path, issues: &mut Issues) -> Confi
 
 /// The datapath's fixed sizes: services in its map, counter ids for services
 /// and backends. A file beyond them would load and then fail write by write.
-pub(super) fn kernel_limits(services: &[ServiceConfig], issues: &mut Issues) {
+pub(super) fn kernel_limits(services: &[Arc<ServiceConfig>], issues: &mut Issues) {
     let max_services = MAX_SERVICES as usize;
     if services.len() > max_services {
         issues.value(

@@ -58,8 +58,10 @@ pub struct Config {
     pub metrics: MetricsSection,
     /// `resolver`: how hostname backends are resolved.
     pub resolver: ResolverSection,
-    /// `services`: one entry per VIP, `defaults` already merged in.
-    pub services: Vec<ServiceConfig>,
+    /// `services`: one entry per VIP, `defaults` already merged in. Each shared: the daemon
+    /// runs a service on this very allocation, and a fleet join or a reload copies pointers,
+    /// not 10,000 service configs.
+    pub services: Vec<Arc<ServiceConfig>>,
     /// `fleet`: shared services and drains from etcd. Default: `None`, this host alone.
     pub fleet: Option<FleetSection>,
     /// The file this configuration came from (as given to [`super::load`]).

@@ -1,6 +1,6 @@
 //! End-to-end tests of [`parse`]: text in, a [`Config`] or a located error out.
 
-use std::{path::Path, time::Duration};
+use std::{path::Path, sync::Arc, time::Duration};
 
 use super::*;
 use crate::datapath::{CgroupSpec, Protocol, Vip};
@@ -692,13 +692,14 @@ fn more_services_than_the_services_map_holds_are_refused() {
 fn more_services_and_backends_than_counter_ids_are_refused() {
     let ids = (failoverd_shared::MAX_COUNTERS - failoverd_shared::RESERVED_COUNTER_IDS) as usize;
     // Built directly: a file this size takes seconds to parse in a debug build.
-    let mut service = ok(MINIMAL).services.remove(0);
+    let mut service = Arc::unwrap_or_clone(ok(MINIMAL).services.remove(0));
     let backend = service.backends.remove(0);
     service.backends = (0..32).map(|_| backend.clone()).collect();
     let per_service = 33;
     let full = ids / per_service;
-    let mut services = vec![service.clone(); full];
-    let check = |services: &[ServiceConfig]| {
+    let service = Arc::new(service);
+    let mut services = vec![Arc::clone(&service); full];
+    let check = |services: &[Arc<ServiceConfig>]| {
         let mut issues = super::issues::Issues::default();
         super::lower::kernel_limits(services, &mut issues);
         issues
@@ -709,7 +710,7 @@ fn more_services_and_backends_than_counter_ids_are_refused() {
     // The ids left over are fewer than one more service needs.
     let left = ids - full * per_service;
     assert!(left < per_service);
-    services.push(service.clone());
+    services.push(Arc::clone(&service));
     let (path, message) = check(&services).expect("refused");
     assert_eq!(path, format!("services[{full}].backends[{}]", left - 1));
     assert!(
@@ -720,7 +721,7 @@ fn more_services_and_backends_than_counter_ids_are_refused() {
         "{message}"
     );
     // Hostname backends take their ids as they resolve: not counted here.
-    let last = services.last_mut().unwrap();
+    let last = Arc::make_mut(services.last_mut().unwrap());
     for b in &mut last.backends {
         b.address = BackendAddress::Host {
             host: "db.internal".into(),

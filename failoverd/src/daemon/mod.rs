@@ -266,7 +266,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 impl DaemonHandle {
     fn start_service(
         &self,
-        service: &ServiceConfig,
+        service: &Arc<ServiceConfig>,
         adopted: Option<VipTable>,
     ) -> Result<ServiceHandle, DaemonError> {
         let shared = &self.inner.shared;
@@ -295,7 +295,8 @@ impl DaemonHandle {
             .get(&service.name)
             .cloned()
             .unwrap_or_default();
-        let config = Arc::new(service.clone());
+        // The config's own allocation: no copy per running service.
+        let config = Arc::clone(service);
         let state = ServiceState::new(
             Arc::clone(&config),
             vip_id,

@@ -44,7 +44,7 @@ impl DaemonHandle {
         let mut adopt: BTreeMap<String, VipTable> = BTreeMap::new();
         for name in names {
             let keep = new.services.iter().find(|s| s.name == name);
-            if keep == Some(&*services[&name].config) {
+            if keep.map(|k| &**k) == Some(&*services[&name].config) {
                 report.unchanged.push(name);
                 continue;
             }
