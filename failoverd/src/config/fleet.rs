@@ -129,10 +129,7 @@ pub fn parse_service(key: &str, text: &str) -> Result<Arc<ServiceConfig>, Config
 /// the local file (which is read again only to locate it) or in the fleet service's key.
 ///
 /// `fleet` is `(etcd key, service)`.
-pub fn join(
-    local: &Config,
-    fleet: &[(String, Arc<ServiceConfig>)],
-) -> Result<Config, ConfigError> {
+pub fn join(local: &Config, fleet: &[(String, Arc<ServiceConfig>)]) -> Result<Config, ConfigError> {
     let mut found: Option<(Side, String, String)> = None;
     let names: HashMap<&str, usize> = local
         .services
@@ -201,7 +198,9 @@ pub fn join(
         }
     }
     let mut joined = local.clone();
-    joined.services.extend(fleet.iter().map(|(_, s)| Arc::clone(s)));
+    joined
+        .services
+        .extend(fleet.iter().map(|(_, s)| Arc::clone(s)));
     if found.is_none() {
         let mut issues = Issues::default();
         kernel_limits(&joined.services, &mut issues);
