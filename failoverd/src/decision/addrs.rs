@@ -57,8 +57,8 @@ impl ServiceState {
                 b.retiring = false;
                 continue;
             }
-            let id = match self.adopted_ids.get(&addr) {
-                Some(&id) => id,
+            let id = match self.adopted_id(addr) {
+                Some(id) => id,
                 None => match ids.allocate() {
                     Ok(id) => id,
                     Err(e) => {
@@ -84,7 +84,7 @@ impl ServiceState {
             // daemon (or the service's predecessor) was there to confirm or lift it: trust
             // no mark this core did not see. Lifted as soon as a table names the id; a
             // backend that is really dead is marked again after the threshold.
-            if self.adopted_ids.contains_key(&addr) {
+            if self.adopted_id(addr).is_some() {
                 backend.passive_mut().marked = true;
             }
             // Drains are keyed by backend name, which for a hostname's addresses is only
@@ -141,7 +141,7 @@ impl ServiceState {
         out: &mut Vec<Transition>,
     ) {
         if let Some(b) = self.backends.remove(key) {
-            if !self.adopted_ids.values().any(|&id| id == b.id) {
+            if !self.adopted_ids.iter().any(|&(_, id)| id == b.id) {
                 ids.release(b.id);
             }
             self.effects.removed.push((b.id, b.name.to_string()));

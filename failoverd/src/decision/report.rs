@@ -223,7 +223,7 @@ impl ServiceState {
             }
             let split = self
                 .split
-                .as_ref()
+                .as_deref()
                 .filter(|(all, kept)| all.contains(&b.key) && kept.as_ref() != Some(&b.key));
             let reason = if let Some(d) = &b.drain {
                 OutReason::Drained((**d).clone())
