@@ -33,8 +33,8 @@ impl Routes {
     }
 
     /// Makes `ids` route to `tx`, and the ids `tx` had before that are not in `ids` route
-    /// nowhere. Returns `ids`, for the next call.
-    pub fn set(&self, tx: &Sender, had: &[u32], ids: Vec<u32>) -> Vec<u32> {
+    /// nowhere.
+    pub fn set(&self, tx: &Sender, had: &[u32], ids: &[u32]) {
         let mut routes = self.lock();
         for &id in had.iter().filter(|id| !ids.contains(id)) {
             // A reload may have handed the id to a successor task already: only our own goes.
@@ -44,14 +44,13 @@ impl Routes {
                 }
             }
         }
-        for &id in &ids {
+        for &id in ids {
             let i = id as usize;
             if routes.len() <= i {
                 routes.resize_with(i + 1, || None);
             }
             routes[i] = Some(tx.clone());
         }
-        ids
     }
 
     /// The task that owns `backend_id`, if any.
