@@ -5,6 +5,7 @@ set -euo pipefail
 
 packages=(
   clang llvm libbpf-dev linux-libc-dev  # compile bpf/*.c (build.rs)
+  make gcc libc6-dev                     # build: jemalloc, the daemon's allocator (tikv-jemalloc-sys runs configure and make)
   iproute2                               # tests: network namespaces
   bpftool                                # operators: inspect maps and links
   prometheus                             # tests: promtool and a real Prometheus for the alert rules

@@ -48,7 +48,6 @@ pub enum RunError {
 
 /// Runs the daemon until SIGTERM or SIGINT.
 pub fn run(args: &RunArgs) -> Result<(), RunError> {
-    daemon::heap::limit_arenas();
     // The config is checked before anything live is touched.
     let config = config::load(&args.config)?;
     let pin_dir = config.datapath.pin_dir.clone();

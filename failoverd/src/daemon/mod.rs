@@ -17,7 +17,6 @@ pub mod api;
 pub mod drains;
 pub mod events;
 pub mod fleet;
-pub mod heap;
 mod hostname;
 mod inbox;
 pub mod lock;

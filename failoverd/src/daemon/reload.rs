@@ -91,8 +91,6 @@ impl DaemonHandle {
         if !self.barrier().await? {
             tracing::warn!("reload applied; some datapath writes failed and are being retried");
         }
-        // The old services' state and the new config's parse are freed.
-        super::heap::release_free();
         tracing::info!(
             added = ?report.added,
             removed = ?report.removed,

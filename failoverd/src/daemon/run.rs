@@ -254,8 +254,6 @@ async fn notify_when_ready(handle: DaemonHandle, mut stop: tokio::sync::watch::R
     loop {
         if handle.ready() {
             tracing::info!("every service has its first verdicts: ready");
-            // The start's temporaries (the config's parse, the first decisions) are freed.
-            super::heap::release_free();
             notify(&[sd_notify::NotifyState::Ready]);
             return;
         }
