@@ -129,8 +129,9 @@ impl ProbeHub {
     /// Subscribes to `target`'s results, starting a loop unless one already probes it. The
     /// subscription reads only results published from now on; `bell` is notified on each.
     pub fn subscribe(&self, target: ProbeTarget, bell: Arc<Notify>) -> Subscription {
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let mut loops = lock(&self.loops);
+        // Under the hub's lock: ids then reach every feed in the order they are handed out.
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let same = loops.entry(slot(&target)).or_default();
         let feed = match same.iter().find(|l| *l.feed.target() == target) {
             Some(existing) => Arc::clone(&existing.feed),

@@ -4,7 +4,7 @@
 use std::{
     net::SocketAddr,
     sync::{
-        atomic::{AtomicU32, Ordering},
+        atomic::{AtomicU32, AtomicU64, Ordering},
         Arc,
     },
     time::Duration,
@@ -207,4 +207,76 @@ async fn equal_probes_are_one_allocation() {
     assert!(Arc::ptr_eq(&a, &c));
     assert!(!Arc::ptr_eq(&a, &b));
     assert_eq!(*b, Probe::for_config(&http));
+}
+
+/// What one publish of a pass looks like.
+fn a_pass() -> Arc<ProbeResult> {
+    Arc::new(Ok(ProbeOk {
+        latency: Duration::from_millis(1),
+        detail: "connected".into(),
+        role: None,
+    }))
+}
+
+#[test]
+fn readers_that_arrive_out_of_id_order_each_read_every_result() {
+    let feed = Feed::new(target(addr(), 100), std::sync::Weak::new());
+    let bell = Arc::new(Notify::new());
+    // Two services subscribing at once could hand their ids to the feed in either order.
+    let seen: Vec<(u64, std::sync::atomic::AtomicU64)> = [5, 3, 4, 9, 1]
+        .into_iter()
+        .map(|id| (id, AtomicU64::new(feed.add_reader(id, Arc::clone(&bell)))))
+        .collect();
+    feed.publish(tokio::time::Instant::now(), a_pass());
+    for (id, seen) in &seen {
+        let mut out = Vec::new();
+        assert_eq!(
+            feed.read(*id, seen, &mut out),
+            0,
+            "reader {id} lost nothing"
+        );
+        assert_eq!(out.len(), 1, "reader {id} reads the one result");
+    }
+    for (id, _) in &seen {
+        feed.remove_reader(*id);
+    }
+    assert_eq!(feed.remove_reader(1), 0, "every reader found and removed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn subscriptions_made_at_once_on_many_threads_all_read() {
+    let hub = Arc::new(hub_with(Alternating::new(Duration::ZERO)));
+    let bell = Arc::new(Notify::new());
+    let threads: Vec<_> = (0..4)
+        .map(|_| {
+            let (hub, bell) = (Arc::clone(&hub), Arc::clone(&bell));
+            tokio::spawn(async move {
+                (0..500)
+                    .map(|_| hub.subscribe(target(addr(), 10), Arc::clone(&bell)))
+                    .collect::<Vec<_>>()
+            })
+        })
+        .collect();
+    let mut subscriptions = Vec::new();
+    for t in threads {
+        subscriptions.extend(t.await.expect("subscribing thread"));
+    }
+    // Every subscription, whatever order its id reached the feed in, reads the next result.
+    let published = subscriptions[0].feed.published();
+    tokio::time::timeout(Duration::from_secs(5), async {
+        while subscriptions[0].feed.published() == published {
+            bell.notified().await;
+        }
+    })
+    .await
+    .expect("a result within 5 s");
+    let unread = subscriptions
+        .iter()
+        .filter(|s| {
+            let mut out = Vec::new();
+            s.read(&mut out);
+            out.is_empty()
+        })
+        .count();
+    assert_eq!(unread, 0, "of {} subscriptions", subscriptions.len());
 }
