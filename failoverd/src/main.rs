@@ -7,9 +7,9 @@ use failoverd::cli::{self, Cli, Command};
 
 /// jemalloc, not glibc's malloc: at 10,000 VIPs × 8 backends glibc kept about 10 MB of free
 /// chunks resident between live ones after the start's burst (84.0 MiB VmRSS for 62 MB in
-/// use, even trimmed once ready); jemalloc configured as [`MALLOC_CONF`] says held 79.1 MiB,
-/// and the daemon's CPU at that size went from 0.20–0.23 to 0.15 cores (docs/benchmarks.md,
-/// daemon memory).
+/// use, even trimmed once ready); jemalloc configured as [`MALLOC_CONF`] says holds 77.7–79.1
+/// MiB over six runs, and the daemon's CPU at that size went from 0.20–0.24 to 0.14–0.18
+/// cores (docs/benchmarks.md, daemon memory).
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 

@@ -223,8 +223,8 @@ pub async fn start_with<D: Datapath + 'static>(
     {
         let mut services = handle.inner.services.write().await;
         for service in &config.services {
-            let started = handle
-                .start_service(service, adopted.get(&service.vip()).map(|t| (**t).clone()))?;
+            // The writer's allocation of the adopted table: the core shares it.
+            let started = handle.start_service(service, adopted.get(&service.vip()).cloned())?;
             services.insert(service.name.clone(), started);
         }
     }
@@ -266,7 +266,7 @@ impl DaemonHandle {
     fn start_service(
         &self,
         service: &Arc<ServiceConfig>,
-        adopted: Option<VipTable>,
+        adopted: Option<Arc<VipTable>>,
     ) -> Result<ServiceHandle, DaemonError> {
         let shared = &self.inner.shared;
         let vip_id = match &adopted {
@@ -461,7 +461,7 @@ impl DaemonHandle {
 }
 
 /// Stops a service's task and returns the table it last decided or adopted.
-async fn stop_service(handle: ServiceHandle) -> Option<VipTable> {
+async fn stop_service(handle: ServiceHandle) -> Option<Arc<VipTable>> {
     let (reply, answer) = oneshot::channel();
     let last = match handle.tx.send(Message::Stop { reply }).await {
         Ok(()) => answer.await.ok().flatten(),

@@ -1,6 +1,6 @@
 //! Reload: apply a new config to a running daemon, touching only what changed.
 
-use std::collections::BTreeMap;
+use std::{collections::BTreeMap, sync::Arc};
 
 use super::{stop_service, DaemonError, DaemonHandle};
 use crate::{config::Config, datapath::VipTable, reconcile::WriterCommand};
@@ -41,7 +41,7 @@ impl DaemonHandle {
         let mut report = ReloadReport::default();
         let mut services = self.inner.services.write().await;
         let names: Vec<String> = services.keys().cloned().collect();
-        let mut adopt: BTreeMap<String, VipTable> = BTreeMap::new();
+        let mut adopt: BTreeMap<String, Arc<VipTable>> = BTreeMap::new();
         for name in names {
             let keep = new.services.iter().find(|s| s.name == name);
             if keep.map(|k| &**k) == Some(&*services[&name].config) {

@@ -116,7 +116,7 @@ pub enum Message {
     /// decided or adopted, which a successor adopts.
     Stop {
         /// Answered with the table.
-        reply: oneshot::Sender<Option<VipTable>>,
+        reply: oneshot::Sender<Option<Arc<VipTable>>>,
     },
 }
 
@@ -339,7 +339,6 @@ impl ServiceTask {
                     _ = sleep_until_opt(deadline) => false,
                 };
                 if !rung {
-                    // A deadline that the measured lag stretches is not due yet.
                     Box::pin(self.on_tick()).await;
                     continue;
                 }
@@ -364,7 +363,7 @@ impl ServiceTask {
     async fn on_message(&mut self, message: Message) -> Handled {
         match message {
             Message::Stop { reply } => {
-                reply.send(self.state.table().cloned()).ok();
+                reply.send(self.state.shared_table()).ok();
                 return Handled::Stop;
             }
             Message::Addrs {

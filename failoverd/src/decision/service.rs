@@ -99,7 +99,7 @@ impl ServiceState {
     pub fn new(
         config: impl Into<Arc<ServiceConfig>>,
         vip_id: u32,
-        adopted: Option<VipTable>,
+        adopted: Option<Arc<VipTable>>,
         drains: BTreeMap<String, Drain>,
         now: Instant,
     ) -> Self {
@@ -126,7 +126,9 @@ impl ServiceState {
             drains,
             active: None,
             panic: false,
-            table: adopted.map(Arc::new),
+            // The writer's own allocation of it (or the predecessor's): one copy while the
+            // decision stays the same, as it does for good after most restarts.
+            table: adopted,
             managed: false,
             failback_requested: false,
             effects: Effects::default(),
@@ -199,6 +201,12 @@ impl ServiceState {
     /// The table last decided or adopted.
     pub fn table(&self) -> Option<&VipTable> {
         self.table.as_deref()
+    }
+
+    /// The table last decided or adopted, as the allocation the writer shares: for the
+    /// service that takes over the VIP (a reload) to adopt without a copy.
+    pub fn shared_table(&self) -> Option<Arc<VipTable>> {
+        self.table.clone()
     }
 
     /// The backends, in key order.

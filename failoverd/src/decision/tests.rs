@@ -29,7 +29,7 @@ struct Rig {
 }
 
 /// `backends` as YAML flow entries; `extra` are more service keys.
-fn rig_with(extra: &str, backends: &[&str], adopted: Option<VipTable>) -> Rig {
+fn rig_with(extra: &str, backends: &[&str], adopted: Option<Arc<VipTable>>) -> Rig {
     let mut yaml = format!(
         "services:\n  - name: svc\n    vip: 127.66.0.1:80\n    health: {{ kind: tcp, interval: 100ms, timeout: 50ms, rise: 2, fall: 3 }}\n{extra}    backends:\n"
     );
@@ -234,8 +234,8 @@ fn adopted(vip_id: u32, backends: &[(&str, u32)]) -> VipTable {
 
 #[test]
 fn adopting_a_table_that_stays_is_neither_a_write_nor_a_failover() {
-    let table = adopted_with(9, &[(A, 10)], &[(B, 11)]);
-    let mut r = rig_with("", &PRIMARY_AND_BACKUP, Some(table.clone()));
+    let table = Arc::new(adopted_with(9, &[(A, 10)], &[(B, 11)]));
+    let mut r = rig_with("", &PRIMARY_AND_BACKUP, Some(Arc::clone(&table)));
     assert_eq!(
         r.state
             .backends()
@@ -247,7 +247,11 @@ fn adopting_a_table_that_stays_is_neither_a_write_nor_a_failover() {
     );
     let d = r.rounds(2, &[(A, true), (B, true)]);
     assert_eq!(d.table, None, "the kernel already holds this table");
-    assert_eq!(r.state.table(), Some(&table));
+    assert_eq!(r.state.table(), Some(&*table));
+    assert!(
+        Arc::ptr_eq(&r.state.shared_table().unwrap(), &table),
+        "the core keeps the adopted allocation (the writer's), not a copy of it"
+    );
     assert!(
         moves(&d).is_empty(),
         "traffic did not move: {:?}",
@@ -259,7 +263,11 @@ fn adopting_a_table_that_stays_is_neither_a_write_nor_a_failover() {
 fn manual_failback_survives_a_restart_or_reload_through_the_adopted_table() {
     // The kernel sends to the backup (an earlier run failed over); the primary is back.
     let table = adopted(9, &[(B, 11)]);
-    let mut r = rig_with("    failback: manual\n", &PRIMARY_AND_BACKUP, Some(table));
+    let mut r = rig_with(
+        "    failback: manual\n",
+        &PRIMARY_AND_BACKUP,
+        Some(Arc::new(table)),
+    );
     let d = r.rounds(2, &[(A, true), (B, true)]);
     assert_eq!(
         r.table_addrs(),
@@ -504,7 +512,7 @@ fn an_unresolved_name_leaves_an_adopted_table_serving() {
     let mut r = rig_with(
         "",
         &["{ name: db, address: 'nxdomain.test.invalid:7001' }"],
-        Some(table.clone()),
+        Some(Arc::new(table.clone())),
     );
     r.now += Duration::from_secs(60);
     let d = r.feed(Input::Tick);

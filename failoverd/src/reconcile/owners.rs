@@ -21,7 +21,7 @@ use crate::datapath::{Vip, VipTable};
 
 /// Whom a counter id counts for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub(super) enum Owner {
+enum Owner {
     /// The VIP's own counters.
     Vip(Vip),
     /// A backend address of a VIP.
@@ -41,7 +41,7 @@ pub(super) struct Mark {
 
 impl Mark {
     /// The mark of `owner`, installed by the table of VIP id `vip_id`.
-    pub fn new(owner: &Owner, vip_id: u32) -> Self {
+    fn new(owner: &Owner, vip_id: u32) -> Self {
         // SipHash with fixed keys: the same owner gives the same mark in every run.
         let mut hasher = DefaultHasher::new();
         owner.hash(&mut hasher);

@@ -47,8 +47,8 @@ pub struct Feed {
 struct Inner {
     /// The results not every reader has taken, oldest first, numbers consecutive.
     kept: VecDeque<Published>,
-    /// Sorted by id (ids only grow). Kept inline, not one allocation each: a target shared by
-    /// 10,000 services has 10,000 readers.
+    /// Sorted by id (kept so by [`Feed::add_reader`]). Kept inline, not one allocation each: a
+    /// target shared by 10,000 services has 10,000 readers.
     readers: Vec<Reader>,
 }
 
@@ -95,8 +95,8 @@ impl Feed {
         lock(&self.inner).kept.len()
     }
 
-    /// Adds reader `id` (greater than every id added before), which takes the results
-    /// published from now on; returns its cursor, the number it has taken up to.
+    /// Adds reader `id` (unique in this feed), which takes the results published from now
+    /// on; returns its cursor, the number it has taken up to.
     pub(super) fn add_reader(&self, id: u64, bell: Arc<Notify>) -> u64 {
         let mut inner = lock(&self.inner);
         // Under the lock, so no publish slips between this load and the push.

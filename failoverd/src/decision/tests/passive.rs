@@ -494,7 +494,7 @@ fn a_backend_a_reload_removed_from_the_table_is_aborted_as_removed() {
     let mut r = rig_with(
         "    terminate: { on_down: true }\n",
         &["{ name: b, address: '127.0.0.1:7002' }"],
-        Some(table),
+        Some(Arc::new(table)),
     );
     let d = r.rounds(2, &[(B, true)]);
     assert_eq!(r.table_addrs(), vec![addr(B)]);
@@ -542,7 +542,7 @@ fn a_restart_lifts_marks_it_did_not_see_on_the_ids_it_adopts() {
     let mut state = ServiceState::new(
         old.state.config().clone(),
         table.vip_id,
-        Some(table),
+        Some(Arc::new(table)),
         Default::default(),
         old.now,
     );
